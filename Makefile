@@ -1,0 +1,34 @@
+# avakit: `make demo` runs the whole loop on synthetic data; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch 2.14.1 + torchvision 0.29.1: the pair that installs here and runs on CPU
+# (torch 2.13.0 with any registry torchvision fails to load torchvision's C ops).
+TORCH := torch==2.14.1 torchvision==0.29.1
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) -e '.[dev,export]' $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, torchvision, webdataset, avakit"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/avakit demo --out demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_shard.py
+
+clean:
+	rm -rf demo outputs .pytest_cache

@@ -1,0 +1,5 @@
+"""`python -m avakit` runs the CLI."""
+
+from avakit.cli import main
+
+main()

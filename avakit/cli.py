@@ -1,0 +1,184 @@
+"""The `avakit` command line: parse options, call the library, print with Rich. No logic here.
+
+Library modules are imported inside each command so `avakit --help` stays fast (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
+from rich.table import Table
+
+from avakit.errors import AvakitError
+
+err_console = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Turns AvakitError into one red line on stderr and its exit code (no traceback)."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except AvakitError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished work is kept; run the same command to resume")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="avakit",
+    help="From the AVA aesthetics dataset to a trained, evaluated, deployable score model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str = "images"):
+    """A Rich progress bar with a rate column; yields an `advance(n)` callable."""
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task(description, total=total, rate="")
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            speed = bar.tasks[task].speed
+            bar.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
+
+        yield advance
+
+
+def _print_shard_summary(manifest: dict, out: Path) -> None:
+    table = Table(title=f"shards in {out}")
+    for col in ("split", "samples", "shards", "MB", "mean score", "votes/image"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, info in manifest["splits"].items():
+        stats = info["label_stats"]
+        table.add_row(
+            split, f"{info['samples']:,}", str(len(info["shards"])), f"{info['bytes'] / 1e6:,.1f}",
+            f"{stats['mean_score_mean']:.2f} ± {stats['mean_score_std']:.2f}" if stats["n"] else "-",
+            f"{stats['votes_per_image_mean']:.0f}" if stats["n"] else "-",
+        )
+    console.print(table)
+    counts = manifest["counts"]
+    console.print(
+        f"rows read {counts['rows_read']:,} = samples written {counts['samples_written']:,}"
+        f" + rows skipped {counts['rows_skipped']:,}"
+    )
+    if manifest["skipped_by_reason"]:
+        skipped = Table(title="skipped rows by reason (all listed in manifest.json)")
+        skipped.add_column("reason")
+        skipped.add_column("rows", justify="right")
+        for reason, n in manifest["skipped_by_reason"].items():
+            skipped.add_row(reason, f"{n:,}")
+        console.print(skipped)
+
+
+@app.command()
+def shard(
+    ava_txt: Annotated[Path, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")],
+    images: Annotated[Path, typer.Option(help="Folder of {image id}.jpg files.")],
+    out: Annotated[Path, typer.Option(help="Output folder for the shards and manifest.json.")] = Path("shards"),
+    split: Annotated[str, typer.Option(help="random, or official (needs --test-list).")] = "random",
+    test_list: Annotated[Path | None, typer.Option(help="Official test ids, e.g. generic_test.jpgl.")] = None,
+    val_ratio: Annotated[float, typer.Option(help="Share of rows for validation.")] = 0.1,
+    test_ratio: Annotated[float, typer.Option(help="Share of rows for test (random split).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Split seed: the same seed gives the same split.")] = 42,
+    short_side: Annotated[int, typer.Option(help="Shorter side of stored images, pixels.")] = 256,
+    quality: Annotated[int, typer.Option(help="JPEG quality of stored images.")] = 90,
+    shard_size: Annotated[int, typer.Option(help="Rows per shard (AVA train: ~200 shards).")] = 1000,
+    workers: Annotated[int | None, typer.Option(help="Processes [default: all cores].")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows (for trials).")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
+) -> None:
+    """Preprocess AVA.txt + images into WebDataset shards and manifest.json.
+
+    Each image is decoded (JPEG DCT scaling), EXIF-rotated, converted to RGB, resized so its
+    shorter side is --short-side and re-encoded. Unusable rows are skipped and listed in the
+    manifest with their reason. Interrupted? Run the same command again: it resumes.
+
+    Example: avakit shard --ava-txt AVA/AVA.txt --images AVA/images --out shards/
+    """
+    from avakit.shards import ShardOptions, plan_sharding, write_shards
+
+    options = ShardOptions(short_side, quality, shard_size, split, val_ratio, test_ratio, seed, limit)
+    plan = plan_sharding(ava_txt, images, out, options, test_list, strict)
+    done = len(plan.tasks) - len(plan.pending)
+    if done:
+        console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")
+    with progress_bar("sharding", plan.pending_images) as advance:
+        manifest = write_shards(plan, workers or _cpu_count(), advance)
+    _print_shard_summary(manifest, out)
+    console.print(f"manifest: {out / 'manifest.json'}")
+
+
+@app.command()
+def inspect(
+    shards: Annotated[Path, typer.Argument(help="Folder with manifest.json and the shards.")],
+    decode: Annotated[bool, typer.Option(help="Decode every image and validate every label.")] = False,
+) -> None:
+    """Check shards against manifest.json (files, sha256, counts) and print label statistics.
+
+    Exits 1 naming each mismatch.
+    """
+    from avakit.manifest import load_manifest, verify_shards
+
+    n_shards = sum(len(s["shards"]) for s in load_manifest(shards)["splits"].values())
+    with progress_bar("checking", n_shards, unit="shards") as advance:
+        manifest, problems = verify_shards(shards, decode=decode, progress=advance)
+    _print_shard_summary(manifest, shards)
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]mismatch:[/red] {p}")
+        raise AvakitError(f"{shards}: {len(problems)} problem(s) found", exit_code=1)
+    console.print(f"[green]ok[/green]: every shard matches the manifest{' and decodes' if decode else ''}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo dataset and outputs.")] = Path("demo"),
+    n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
+) -> None:
+    """Run the whole loop on a synthetic AVA-like dataset: generate, then shard."""
+    from avakit.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.synthetic import make_synthetic_ava
+
+    data = out / "ava"
+    if not (data / "AVA.txt").is_file():
+        console.print(f"generating {n} synthetic AVA-like images in {data}")
+        make_synthetic_ava(data, n=n, seed=seed)
+    plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
+    with progress_bar("sharding", plan.pending_images) as advance:
+        manifest = write_shards(plan, _cpu_count(), advance)
+    _print_shard_summary(manifest, out / "shards")
+    console.print(f"demo shards: {out / 'shards'}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

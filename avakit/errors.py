@@ -1,0 +1,13 @@
+"""The one exception type for user errors: caught at the CLI, printed as one line."""
+
+
+class AvakitError(Exception):
+    """A problem with the user's input (path, option, file content), not a bug.
+
+    `exit_code` is what the CLI exits with: 2 for bad paths and options (the Unix usage
+    convention), 1 for a check that ran and found a problem.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

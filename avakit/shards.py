@@ -1,0 +1,294 @@
+"""`avakit shard`: AVA.txt + images/ -> preprocessed WebDataset shards + manifest.json.
+
+Each split's rows are sorted by image id and cut into fixed chunks of `shard_size` rows; chunk k
+of split s becomes `{s}-{k:06d}.tar` (rows whose image is unusable are left out of it and
+recorded). A shard is therefore a pure function of its rows and the options, so shards are
+written in parallel, one per worker task, and a run that was interrupted resumes by writing
+only the shards that are not complete yet: the result is byte-identical either way.
+
+A shard is written to a temporary name, its record (counts, sha256, skipped rows) is saved in
+`.progress/`, and only then is the tar renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue as queue_mod
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from avakit.ava import AvaRow, Skipped, official_split, parse_ava_txt, parse_id_list, random_split
+from avakit.errors import AvakitError
+from avakit.imageio import ImageSkip, encode_jpeg, load_rgb
+from avakit.manifest import build_manifest, file_sha256, write_json_atomic
+
+PROGRESS_DIR = ".progress"
+TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Everything that decides the content of the shards (workers and strict do not)."""
+
+    short_side: int = 256  # shorter side of the stored JPEG, in pixels
+    quality: int = 90  # JPEG quality of the stored image
+    shard_size: int = 1000  # rows per shard: AVA's train split gets ~200 shards
+    split: str = "random"  # random | official
+    val_ratio: float = 0.1  # share of rows for validation
+    test_ratio: float = 0.1  # share of rows for test (random split only)
+    seed: int = 42  # split seed: the same seed always gives the same split
+    limit: int | None = None  # read only the first N rows of AVA.txt (trials)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: its split, number and rows (sorted by image id)."""
+
+    split: str
+    index: int
+    rows: tuple[AvaRow, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}.tar"
+
+
+@dataclass
+class ShardPlan:
+    """What `shard` will do: the parsed input, all shard tasks and those still to write."""
+
+    ava_txt: Path
+    images: Path
+    out: Path
+    options: ShardOptions
+    sources: dict
+    rows_read: int
+    rows: list[AvaRow]
+    parse_skipped: list[Skipped]
+    tasks: list[ShardTask]
+    pending: list[ShardTask] = field(default_factory=list)
+
+    @property
+    def pending_images(self) -> int:
+        return sum(len(t.rows) for t in self.pending)
+
+
+def _validate_options(opt: ShardOptions, test_list: Path | None) -> None:
+    if not 1 <= opt.short_side <= 4096:
+        raise AvakitError(f"--short-side must be in 1..4096, got {opt.short_side}")
+    if not 1 <= opt.quality <= 100:
+        raise AvakitError(f"--quality must be in 1..100, got {opt.quality}")
+    if opt.shard_size < 1:
+        raise AvakitError(f"--shard-size must be at least 1, got {opt.shard_size}")
+    if opt.limit is not None and opt.limit < 1:
+        raise AvakitError(f"--limit must be at least 1, got {opt.limit}")
+    if opt.split not in ("random", "official"):
+        raise AvakitError(f"--split must be 'random' or 'official', got {opt.split!r}")
+    if opt.split == "official" and test_list is None:
+        raise AvakitError("--split official needs --test-list (e.g. generic_test.jpgl)")
+
+
+def plan_sharding(
+    ava_txt: Path,
+    images: Path,
+    out: Path,
+    options: ShardOptions,
+    test_list: Path | None = None,
+    strict: bool = False,
+) -> ShardPlan:
+    """Parse the inputs, split them, and find which shards under `out` are still to be written."""
+    ava_txt, images, out = Path(ava_txt), Path(images), Path(out)
+    _validate_options(options, test_list)
+    if not images.is_dir():
+        raise AvakitError(f"{images}: images folder not found")
+    rows, parse_skipped, rows_read = parse_ava_txt(ava_txt, strict=strict, limit=options.limit)
+    if not rows:
+        raise AvakitError(f"{ava_txt}: no valid rows")
+    ids = [r.image_id for r in rows]
+    if options.split == "official":
+        assert test_list is not None
+        split_ids = official_split(ids, parse_id_list(test_list), options.val_ratio, options.seed)
+    else:
+        split_ids = random_split(ids, options.val_ratio, options.test_ratio, options.seed)
+    by_id = {r.image_id: r for r in rows}
+    tasks = []
+    for split, members in split_ids.items():
+        for k, start in enumerate(range(0, len(members), options.shard_size)):
+            chunk = members[start:start + options.shard_size]
+            tasks.append(ShardTask(split, k, tuple(by_id[i] for i in chunk)))
+    sources = {"ava_txt": {"name": ava_txt.name, "sha256": file_sha256(ava_txt)}}
+    if test_list is not None and options.split == "official":
+        sources["test_list"] = {"name": test_list.name, "sha256": file_sha256(test_list)}
+    plan = ShardPlan(ava_txt, images, out, options, sources, rows_read, rows, parse_skipped, tasks)
+    _prepare_out(plan)
+    plan.pending = [t for t in tasks if _load_record(out, t) is None]
+    return plan
+
+
+def _fingerprint(plan: ShardPlan) -> dict:
+    return {"sources": plan.sources, "options": asdict(plan.options)}
+
+
+def _prepare_out(plan: ShardPlan) -> None:
+    """Create `out`, refuse a folder holding other shards, and clear stale temporary files."""
+    out = plan.out
+    if out.exists() and not out.is_dir():
+        raise AvakitError(f"{out}: exists and is not a folder")
+    progress = out / PROGRESS_DIR
+    progress.mkdir(parents=True, exist_ok=True)
+    stamp = progress / "options.json"
+    wanted = _fingerprint(plan)
+    if stamp.exists():
+        if json.loads(stamp.read_text()) != wanted:
+            raise AvakitError(
+                f"{out}: holds shards made from other inputs or options; "
+                "use another --out or delete the folder"
+            )
+    elif any(out.glob("*.tar")):
+        raise AvakitError(f"{out}: already holds shards not made by this command; use another --out")
+    else:
+        write_json_atomic(stamp, wanted)
+    for tmp in list(out.glob("*.tmp")) + list(progress.glob("*.tmp")):
+        tmp.unlink(missing_ok=True)
+
+
+def _record_path(out: Path, task: ShardTask) -> Path:
+    return out / PROGRESS_DIR / (task.name + ".json")
+
+
+def _load_record(out: Path, task: ShardTask) -> dict | None:
+    """The finished shard's record, or None when the shard is still to be written."""
+    path = _record_path(out, task)
+    if not (out / task.name).is_file() or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+_progress_queue: mp.Queue | None = None
+_parent_pid: int | None = None
+
+
+def _init_worker(progress_queue: mp.Queue, parent_pid: int) -> None:
+    global _progress_queue, _parent_pid
+    _progress_queue, _parent_pid = progress_queue, parent_pid
+
+
+def _tick(n: int, progress: Callable[[int], None] | None) -> None:
+    if progress is not None:
+        progress(n)
+    elif _progress_queue is not None:
+        if os.getppid() != _parent_pid:  # the parent was killed: stop, the rerun resumes
+            os._exit(1)
+        _progress_queue.put(n)
+
+
+def write_shard(
+    task: ShardTask, images: Path, out: Path, options: ShardOptions,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Preprocess the task's images into one shard; return its record (also saved to disk)."""
+    skipped, written = [], []
+    tmp_name = f".{os.getpid()}.tmp"
+    opened = {}
+
+    def opener(fname: str):
+        opened["f"] = open(fname + tmp_name, "wb")  # noqa: SIM115 - closed in finish()
+        return opened["f"]
+
+    def finish(fname: str) -> None:
+        opened["f"].close()
+        tmp = Path(fname + tmp_name)
+        record = {
+            "name": task.name, "split": task.split, "samples": len(written),
+            "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
+            "image_ids": written, "skipped": [asdict(s) for s in skipped],
+        }
+        record_path = _record_path(out, task)
+        write_json_atomic(record_path, record, tmp_suffix=tmp_name)
+        os.replace(tmp, fname)
+
+    sink = wds.ShardWriter(
+        str(out / f"{task.split}-%06d.tar"), maxcount=len(task.rows) + 1, start_shard=task.index,
+        opener=opener, post=finish, verbose=0, mtime=TAR_MTIME,
+    )
+    for n, row in enumerate(task.rows, start=1):
+        try:
+            im = load_rgb(images / f"{row.image_id}.jpg", short_side=options.short_side)
+            sample = {
+                "__key__": str(row.image_id),
+                "jpg": encode_jpeg(im, options.quality),
+                "json": json.dumps(row.label()).encode(),
+            }
+        except ImageSkip as e:
+            skipped.append(Skipped(row.line, row.image_id, e.reason, e.detail))
+        else:
+            sink.write(sample)
+            written.append(row.image_id)
+        if n % 16 == 0 or n == len(task.rows):
+            _tick(16 if n % 16 == 0 else n % 16, progress)
+    sink.close()
+    return json.loads(_record_path(out, task).read_text())
+
+
+def _run_pool(plan: ShardPlan, workers: int, progress: Callable[[int], None] | None) -> None:
+    """Write the pending shards in `workers` processes, feeding `progress` image counts."""
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    progress_queue = ctx.Queue()
+    args = (plan.images, plan.out, plan.options)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())
+    ) as pool:
+        futures = {pool.submit(write_shard, t, *args) for t in plan.pending}
+        try:
+            while futures:
+                done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()
+                _drain(progress_queue, progress)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    _drain(progress_queue, progress)
+
+
+def _drain(progress_queue: mp.Queue, progress: Callable[[int], None] | None) -> None:
+    while True:
+        try:
+            n = progress_queue.get_nowait()
+        except queue_mod.Empty:
+            return
+        if progress is not None:
+            progress(n)
+
+
+def write_shards(
+    plan: ShardPlan, workers: int = 1, progress: Callable[[int], None] | None = None
+) -> dict:
+    """Write every pending shard (in `workers` processes), then manifest.json; return the manifest."""
+    if workers < 1:
+        raise AvakitError(f"--workers must be at least 1, got {workers}")
+    workers = min(workers, max(1, len(plan.pending)))
+    if workers == 1:
+        for task in plan.pending:
+            write_shard(task, plan.images, plan.out, plan.options, progress)
+    else:
+        _run_pool(plan, workers, progress)
+    records = []
+    for task in plan.tasks:
+        record = _load_record(plan.out, task)
+        if record is None:
+            raise AvakitError(f"{plan.out / task.name}: shard was not completed")
+        records.append(record)
+    manifest = build_manifest(plan, records)
+    write_json_atomic(plan.out / "manifest.json", manifest)
+    return manifest
