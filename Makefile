@@ -13,8 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) -e '.[dev,export]' $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) $(TORCH)
+	$(PIP) -e '.[dev,export]' $(TORCH)
 	$(BIN)/python -c "import torch, torchvision, webdataset, avakit"
 	touch $@
 

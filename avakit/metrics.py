@@ -1,0 +1,165 @@
+"""Evaluation metrics for aesthetic-score models, in plain numpy/scipy (no torch import).
+
+Functions accept array-likes and return Python floats (except the per-row `dist_mean`,
+`dist_std` and `clamp_scores`, which return arrays). Correlations over constant input are
+undefined and come back as NaN without a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+METRIC_NAMES: dict[str, str] = {
+    "srcc": "SRCC",
+    "plcc": "PLCC",
+    "accuracy": "Acc",
+    "emd": "EMD",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "std_srcc": "SRCC(std)",
+}
+
+SCORE_MIN = 1.0
+SCORE_MAX = 10.0
+
+
+def _pair(pred: ArrayLike, gt: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as flat float64 arrays of the same length; ValueError otherwise."""
+    a = np.asarray(pred, dtype=np.float64).reshape(-1)
+    b = np.asarray(gt, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"length mismatch: {a.size} predictions, {b.size} targets")
+    return a, b
+
+
+def _dists(dist: ArrayLike) -> np.ndarray:
+    """A [N, K] float64 array of distributions; ValueError for another number of dims."""
+    d = np.asarray(dist, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"expected distributions of shape [N, K], got {d.shape}")
+    return d
+
+
+def _correlation(fn, pred: ArrayLike, gt: ArrayLike) -> float:
+    """Apply a scipy correlation; NaN for fewer than 2 samples or constant input."""
+    a, b = _pair(pred, gt)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(fn(a, b)[0])
+
+
+def srcc(pred: ArrayLike, gt: ArrayLike) -> float:
+    """Spearman rank correlation coefficient; NaN when undefined."""
+    return _correlation(stats.spearmanr, pred, gt)
+
+
+def plcc(pred: ArrayLike, gt: ArrayLike) -> float:
+    """Pearson linear correlation coefficient; NaN when undefined."""
+    return _correlation(stats.pearsonr, pred, gt)
+
+
+def accuracy(pred_mean: ArrayLike, gt_mean: ArrayLike, threshold: float = 5.0) -> float:
+    """Binary accuracy, "high quality" meaning a score strictly above `threshold`."""
+    a, b = _pair(pred_mean, gt_mean)
+    if a.size == 0:
+        return math.nan
+    return float(np.mean((a > threshold) == (b > threshold)))
+
+
+def majority_baseline(gt_mean: ArrayLike, threshold: float = 5.0) -> float:
+    """Accuracy of always predicting the more frequent of the two classes."""
+    b = np.asarray(gt_mean, dtype=np.float64).reshape(-1)
+    if b.size == 0:
+        return math.nan
+    high = float(np.mean(b > threshold))
+    return max(high, 1.0 - high)
+
+
+def emd(pred_dist: ArrayLike, gt_dist: ArrayLike, r: float = 2) -> float:
+    """NIMA's Earth Mover's Distance between distributions [N, K], mean over samples.
+
+    Per sample: (mean over bins of |CDF_pred - CDF_gt| ** r) ** (1 / r).
+    """
+    if r <= 0:
+        raise ValueError(f"r must be positive, got {r}")
+    p, t = _dists(pred_dist), _dists(gt_dist)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: {p.shape} and {t.shape}")
+    if p.shape[0] == 0:
+        return math.nan
+    diff = np.abs(np.cumsum(p, axis=1) - np.cumsum(t, axis=1))
+    per_sample = np.mean(diff**r, axis=1) ** (1.0 / r)
+    return float(np.mean(per_sample))
+
+
+def mae(pred: ArrayLike, gt: ArrayLike) -> float:
+    """Mean absolute error."""
+    a, b = _pair(pred, gt)
+    return float(np.mean(np.abs(a - b))) if a.size else math.nan
+
+
+def rmse(pred: ArrayLike, gt: ArrayLike) -> float:
+    """Root mean squared error."""
+    a, b = _pair(pred, gt)
+    return float(np.sqrt(np.mean((a - b) ** 2))) if a.size else math.nan
+
+
+def _scores(k: int) -> np.ndarray:
+    """The ratings 1..k."""
+    return np.arange(1, k + 1, dtype=np.float64)
+
+
+def dist_mean(dist: ArrayLike) -> np.ndarray:
+    """Mean score sum_k k * p_k (k = 1..K) of each row of `dist` [N, K]; shape [N]."""
+    d = _dists(dist)
+    return d @ _scores(d.shape[1])
+
+
+def dist_std(dist: ArrayLike) -> np.ndarray:
+    """Standard deviation of the score under each row of `dist` [N, K]; shape [N]."""
+    d = _dists(dist)
+    scores = _scores(d.shape[1])
+    mean = d @ scores
+    var = np.sum(d * (scores[None, :] - mean[:, None]) ** 2, axis=1)
+    return np.sqrt(np.clip(var, 0.0, None))
+
+
+def clamp_scores(x: ArrayLike) -> np.ndarray:
+    """Clip predicted mean scores to the rating range [1, 10] (for regression outputs)."""
+    return np.clip(np.asarray(x, dtype=np.float64), SCORE_MIN, SCORE_MAX)
+
+
+def compute_metrics(
+    pred_mean: ArrayLike,
+    gt_mean: ArrayLike,
+    pred_dist: ArrayLike | None = None,
+    gt_dist: ArrayLike | None = None,
+) -> dict:
+    """All metrics for one evaluation: srcc, plcc, accuracy, mae, rmse and n.
+
+    With both `pred_dist` and `gt_dist` [N, K], also `emd` and `std_srcc` (SRCC between the
+    predicted and real score standard deviations).
+    """
+    a, b = _pair(pred_mean, gt_mean)
+    out: dict = {
+        "srcc": srcc(a, b),
+        "plcc": plcc(a, b),
+        "accuracy": accuracy(a, b),
+        "mae": mae(a, b),
+        "rmse": rmse(a, b),
+        "n": int(a.size),
+    }
+    if pred_dist is not None and gt_dist is not None:
+        p, t = _dists(pred_dist), _dists(gt_dist)
+        if p.shape[0] != a.size:
+            raise ValueError(f"{p.shape[0]} distributions for {a.size} mean scores")
+        out["emd"] = emd(p, t)
+        out["std_srcc"] = srcc(dist_std(p), dist_std(t))
+    return out
