@@ -6,18 +6,22 @@ Library modules are imported inside each command so `avakit --help` stays fast (
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from avakit.errors import AvakitError
 
@@ -102,9 +106,9 @@ def _print_shard_summary(manifest: dict, out: Path) -> None:
 def shard(
     ava_txt: Annotated[Path, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")],
     images: Annotated[Path, typer.Option(help="Folder of {image id}.jpg files.")],
-    out: Annotated[Path, typer.Option(help="Output folder for the shards and manifest.json.")] = Path("shards"),
+    out: Annotated[Path, typer.Option(help="Output folder for shards + manifest.json.")] = Path("shards"),
     split: Annotated[str, typer.Option(help="random, or official (needs --test-list).")] = "random",
-    test_list: Annotated[Path | None, typer.Option(help="Official test ids, e.g. generic_test.jpgl.")] = None,
+    test_list: Annotated[Path | None, typer.Option(help="Official test ids (generic_test.jpgl).")] = None,
     val_ratio: Annotated[float, typer.Option(help="Share of rows for validation.")] = 0.1,
     test_ratio: Annotated[float, typer.Option(help="Share of rows for test (random split).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Split seed: the same seed gives the same split.")] = 42,
@@ -131,7 +135,7 @@ def shard(
     if done:
         console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")
     with progress_bar("sharding", plan.pending_images) as advance:
-        manifest = write_shards(plan, workers or _cpu_count(), advance)
+        manifest = write_shards(plan, _cpu_count() if workers is None else workers, advance)
     _print_shard_summary(manifest, out)
     console.print(f"manifest: {out / 'manifest.json'}")
 
@@ -155,7 +159,8 @@ def inspect(
         for p in problems:
             err_console.print(f"[red]mismatch:[/red] {p}")
         raise AvakitError(f"{shards}: {len(problems)} problem(s) found", exit_code=1)
-    console.print(f"[green]ok[/green]: every shard matches the manifest{' and decodes' if decode else ''}")
+    checked = "matches the manifest and decodes" if decode else "matches the manifest"
+    console.print(f"[green]ok[/green]: every shard {checked}")
 
 
 @app.command()
@@ -172,7 +177,8 @@ def demo(
     if not (data / "AVA.txt").is_file():
         console.print(f"generating {n} synthetic AVA-like images in {data}")
         make_synthetic_ava(data, n=n, seed=seed)
-    plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
+    options = ShardOptions(shard_size=100)
+    plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", options)
     with progress_bar("sharding", plan.pending_images) as advance:
         manifest = write_shards(plan, _cpu_count(), advance)
     _print_shard_summary(manifest, out / "shards")

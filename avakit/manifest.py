@@ -91,7 +91,7 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
         "sources": plan.sources,
         "preprocessing": {
             "short_side": opts.pop("short_side"), "quality": opts.pop("quality"),
-            "format": "jpg", "exif_orientation": "applied", "resample": "lanczos",
+            "format": "jpg", "exif_orientation": "applied", "resample": "jpeg-dct-scaling+bilinear",
         },
         "shard_size": opts.pop("shard_size"),
         "split": {"method": opts.pop("split"), **opts},

@@ -12,7 +12,6 @@ A shard is written to a temporary name, its record (counts, sha256, skipped rows
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os

@@ -57,8 +57,13 @@ def synthetic_image(q: float, rng: np.random.Generator, size: tuple[int, int]) -
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
         s = int(rng.integers(4, max(5, min(w, h) // 10)))
         draw.rectangle((x, y, x + s, y + s), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    arr = np.asarray(im, dtype=np.float32)
-    arr += rng.normal(0.0, 4.0 + 36.0 * (1 - q), size=arr.shape).astype(np.float32)
+    # Grain: coarse blotches (stronger for poor pictures) plus a little fine sensor noise, so
+    # files compress like photos (~100 KB at 800x534) rather than like white noise.
+    coarse = rng.normal(0.0, 3.0 + 20.0 * (1 - q), size=(max(1, h // 4), max(1, w // 4), 3))
+    coarse_im = Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) + np.asarray(coarse_im, dtype=np.float32) - 128.0
+    arr += rng.normal(0.0, 2.0, size=arr.shape).astype(np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from avakit.ava import (
-    official_split, parse_ava_txt, parse_id_list, parse_id_names, random_split,
+    official_split,
+    parse_ava_txt,
+    parse_id_list,
+    parse_id_names,
+    random_split,
 )
 from avakit.errors import AvakitError
 

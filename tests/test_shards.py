@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -52,9 +53,8 @@ def test_shards_are_plain_webdataset(tiny_ava: SyntheticAva, tmp_path: Path) -> 
             assert set(label) == {"image_id", "index", "votes", "tags", "challenge"}
             seen.append(int(key))
     assert sorted(seen) == sorted(tiny_ava.image_ids)
-    with open(out / manifest["splits"]["train"]["shards"][0]["name"], "rb") as f:
-        import tarfile
-        names = [m.name for m in tarfile.open(fileobj=f)]
+    with tarfile.open(out / manifest["splits"]["train"]["shards"][0]["name"]) as tar:
+        names = [m.name for m in tar]
     assert names[:2] == [names[0].split(".")[0] + ".jpg", names[0].split(".")[0] + ".json"]
 
 

@@ -1,0 +1,84 @@
+"""Benchmark `avakit shard` against a naive one-process Pillow loop on the same images.
+
+Both read the same generated full-size JPEGs (800x534, ~100 KB, like AVA's photos) and write
+256-px-short-side JPEGs at quality 90. Reports images/s per core for each and the ratio
+(target >= 2x per core), and the scaling of `shard` with --workers (target: near-linear).
+
+    .venv/bin/python benchmarks/bench_shard.py [--n 200] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from avakit.shards import ShardOptions, plan_sharding, write_shards
+from avakit.synthetic import make_synthetic_ava
+
+
+def naive_baseline(ids: list[int], images: Path, out: Path) -> float:
+    """Seconds for the hand-rolled loop: full decode, resize (Pillow's default filter), encode, tar."""
+    start = time.perf_counter()
+    with tarfile.open(out, "w") as tar:
+        for image_id in ids:
+            im = Image.open(images / f"{image_id}.jpg").convert("RGB")
+            scale = 256 / min(im.size)
+            im = im.resize((round(im.width * scale), round(im.height * scale)))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=90)
+            info = tarfile.TarInfo(f"{image_id}.jpg")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+    return time.perf_counter() - start
+
+
+def avakit_shard(data: Path, out: Path, workers: int) -> float:
+    """Seconds for `avakit shard` (library call) with `workers` processes."""
+    start = time.perf_counter()
+    plan = plan_sharding(data / "AVA.txt", data / "images", out, ShardOptions(shard_size=25, val_ratio=0,
+                                                                              test_ratio=0))
+    write_shards(plan, workers=workers)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="number of images")
+    parser.add_argument("--workers", default=f"1,{os.cpu_count()}", help="worker counts to try")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ava = make_synthetic_ava(tmp / "ava", n=args.n, seed=0, fixed_size=(800, 534), quality=90)
+        sizes = [p.stat().st_size for p in ava.images.iterdir()]
+        print(f"{args.n} images 800x534, median {statistics.median(sizes) / 1e3:.0f} KB")
+        base = min(naive_baseline(list(ava.image_ids), ava.images, tmp / f"naive{r}.tar")
+                   for r in range(args.repeats))
+        base_rate = args.n / base
+        print(f"{'naive Pillow loop, 1 process':32s} {base_rate:8.1f} img/s  {base_rate:8.1f} img/s/core")
+        rates = {}
+        for workers in [int(w) for w in args.workers.split(",")]:
+            best = min(avakit_shard(ava.root, tmp / f"s{workers}-{r}", workers) for r in range(args.repeats))
+            rates[workers] = args.n / best
+            print(f"{f'avakit shard --workers {workers}':32s} {rates[workers]:8.1f} img/s  "
+                  f"{rates[workers] / workers:8.1f} img/s/core")
+        per_core = rates[1] / base_rate
+        print(f"\nper-core speed-up vs naive: {per_core:.2f}x (target >= 2x) "
+              f"{'PASS' if per_core >= 2 else 'FAIL'}")
+        for workers, rate in rates.items():
+            if workers > 1:
+                print(f"scaling 1 -> {workers} workers: {rate / rates[1]:.2f}x "
+                      f"({rate / rates[1] / workers:.0%} of linear)")
+
+
+if __name__ == "__main__":
+    main()
