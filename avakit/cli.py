@@ -163,6 +163,94 @@ def inspect(
     console.print(f"[green]ok[/green]: every shard {checked}")
 
 
+class RichProgress:
+    """train.Progress on a Rich bar: images/s, running loss, ETA; one bar per epoch/eval."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+
+    def start(self, description: str, total: int | None) -> None:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]} {task.fields[loss]}"), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=err_console, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(description, total=total, rate="", loss="")
+        self.loss = None
+
+    def advance(self, n: int, loss: float | None = None) -> None:
+        assert self.bar is not None
+        if loss is not None:
+            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        self.bar.advance(self.task, n)
+        speed = self.bar.tasks[self.task].speed
+        self.bar.update(self.task, rate=f"{speed:,.0f} img/s" if speed else "",
+                        loss=f"loss {self.loss:.4f}" if self.loss is not None else "")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _log_to_console() -> None:
+    """Show the library's log lines (the same lines as training.log) on the terminal."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("avakit")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=err_console, show_path=False, show_level=False, show_time=False,
+                              markup=False, highlighter=None)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML config (configs/*.yaml).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a key: --set training.batch_size=32 (repeatable).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
+    quick_experiment: Annotated[float | None, typer.Option(
+        help="Use a fixed fraction of every split, e.g. 0.1.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+) -> None:
+    """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
+
+    Every epoch: train, evaluate on val (SRCC, PLCC, accuracy), keep best_model.pt and last.pt;
+    at the end, evaluate the best model on test. Multi-GPU: torchrun --nproc_per_node N avakit train.
+
+    Example: avakit train --config configs/gpu.yaml --set training.batch_size=32
+    """
+    from avakit.config import load_config
+    from avakit.train import fit, resume_config
+
+    if resume is not None and config is not None:
+        raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
+    cfg = resume_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
+    _log_to_console()
+    run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
+    results = run_dir / "results.json"
+    if results.is_file():
+        import json
+
+        found = json.loads(results.read_text())
+        table = Table(title=f"best epoch {found['best_epoch']} of {found['epochs']}")
+        table.add_column("split")
+        for name in ("SRCC", "PLCC", "Acc", "MAE", "n"):
+            table.add_column(name, justify="right")
+        for split in ("val", "test"):
+            if split in found:
+                m = found[split]
+                keys = ("srcc", "plcc", "accuracy", "mae")
+                table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in keys), str(m.get("n", 0)))
+        console.print(table)
+    console.print(f"run folder: {run_dir}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo dataset and outputs.")] = Path("demo"),

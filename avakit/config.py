@@ -139,7 +139,7 @@ class TrainingConfig:
 
 @dataclass
 class TelemetryConfig:
-    """Throughput / memory telemetry during training."""
+    """Gradient-norm and learning-rate telemetry (CSV files in the run folder)."""
 
     enabled: bool = True
     collect_every_n: int = _f(10, ge=1)

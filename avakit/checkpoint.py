@@ -1,0 +1,87 @@
+"""Checkpoints: atomic save, `weights_only` load, RNG state capture, loading a run's model.
+
+Everything stored is tensors and plain Python containers, so checkpoints load with
+`torch.load(path, weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avakit.config import Config, config_from_dict
+from avakit.errors import AvakitError
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as weights_only-safe values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` captured."""
+    version, internal, *rest = state["python"]
+    random.setstate((version, tuple(internal), *rest))
+    name, keys, *np_rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *np_rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    tmp = Path(f"{path}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """torch.load(weights_only=True) on CPU; a missing or foreign file is a user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvakitError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
+        raise AvakitError(f"{path}: not a readable avakit checkpoint ({e.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt or "config" not in ckpt:
+        raise AvakitError(f"{path}: not an avakit checkpoint (no model_state_dict/config)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[Any, Config]:
+    """Rebuild the model (random init, no download) and load its trained weights."""
+    from avakit.model import build_model
+
+    cfg = config_from_dict(ckpt["config"])
+    m = cfg.model
+    model = build_model(m.backbone, pretrained=False, weights_path=None, mlp_hidden_dims=m.mlp_hidden_dims,
+                        dropout=m.dropout, activation=m.activation, output_mode=m.output_mode,
+                        freeze=m.freeze)
+    model.load_state_dict(ckpt["model_state_dict"])
+    return model.eval(), cfg
+
+
+def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """The path of a run folder's best_model.pt or last.pt."""
+    names = {"best": "best_model.pt", "last": "last.pt"}
+    if which not in names:
+        raise AvakitError(f"--checkpoint must be 'best' or 'last', got {which!r}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AvakitError(f"{run_dir}: run folder not found")
+    return run_dir / names[which]

@@ -1,0 +1,155 @@
+"""Streaming pipeline: shard URLs -> decoded, augmented, batched uint8 tensors.
+
+One sample = (uint8 image [3, crop, crop], votes float [10], image id, valid flag). JPEGs are
+decoded with torchvision.io.decode_jpeg (libjpeg-turbo) in DataLoader workers; shards are
+split across DDP ranks (in the main process) and across workers (webdataset.split_by_worker),
+so every validation sample is seen exactly once per evaluation. Shard order and the sample
+shuffle buffer are seeded by (seed, epoch), so an epoch's order does not depend on what ran
+before it: a resumed run sees the same data as an uninterrupted one.
+
+A sample whose image does not decode is kept as an all-zero image with valid=False; the
+training loop drops and counts those, so corrupt data is never silently skipped.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import braceexpand
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from avakit.errors import AvakitError
+from avakit.manifest import file_sha256, load_manifest
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """A split's shard URLs and its sample count (None when the source has no manifest)."""
+
+    split: str
+    urls: tuple[str, ...]
+    samples: int | None
+    manifest_sha256: str | None = None
+
+
+def resolve_split(shards: str | dict, split: str) -> SplitSource:
+    """Find a split's shards: a folder with manifest.json, or URL patterns (brace-expanded)."""
+    if isinstance(shards, dict):
+        patterns = shards.get(split)
+        if patterns is None:
+            raise AvakitError(f"data.shards: no URLs given for split {split!r}")
+        patterns = [patterns] if isinstance(patterns, str) else patterns
+        urls = [u for p in patterns for u in braceexpand.braceexpand(p)]
+        return SplitSource(split, tuple(urls), None)
+    folder = Path(shards)
+    manifest = load_manifest(folder)
+    info = manifest["splits"].get(split)
+    if info is None:
+        raise AvakitError(f"{folder / 'manifest.json'}: no split {split!r}")
+    urls = tuple(str(folder / s["name"]) for s in info["shards"] if s["samples"] > 0)
+    return SplitSource(split, urls, info["samples"], file_sha256(folder / "manifest.json"))
+
+
+def keep_sample(key: str, fraction: float) -> bool:
+    """Deterministic `--quick-experiment` subset: the same keys for every run and epoch."""
+    return fraction >= 1.0 or zlib.crc32(key.encode()) / 2**32 < fraction
+
+
+def _shard_stream(urls: list[str], seed: int, shuffle: bool, infinite: bool) -> Callable[[], Iterator]:
+    """First pipeline stage: this rank's shard URLs, reshuffled per pass, once or forever."""
+
+    def stream() -> Iterator[dict]:
+        for cycle in range(2**62 if infinite else 1):
+            order = list(urls)
+            if shuffle:
+                random.Random(seed * 1_000_003 + cycle).shuffle(order)
+            yield from ({"url": u} for u in order)
+
+    return stream
+
+
+def _warn(exn: Exception) -> bool:
+    warnings.warn(f"skipping unreadable shard data: {exn!r}", stacklevel=2)
+    return True
+
+
+class SampleDecoder:
+    """Raw webdataset sample -> (uint8 crop, votes, image id, valid). Picklable for workers."""
+
+    def __init__(self, preset: Callable[[torch.Tensor], torch.Tensor], crop_size: int) -> None:
+        self.preset = preset
+        self.crop_size = crop_size
+
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+        import json
+
+        label = json.loads(sample["json"])
+        votes = torch.tensor(label["votes"], dtype=torch.float32)
+        try:
+            data = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+            image = self.preset(decode_jpeg(data, mode=ImageReadMode.RGB))
+        except (RuntimeError, KeyError, ValueError):
+            image = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.uint8)
+            return image, votes, int(label["image_id"]), False
+        return image, votes, int(label["image_id"]), True
+
+
+def collate(samples: list[tuple]) -> Batch:
+    """Stack decoded samples into one batch."""
+    images, votes, ids, valid = zip(*samples, strict=True)
+    return (torch.stack(images), torch.stack(votes), torch.tensor(ids, dtype=torch.int64),
+            torch.tensor(valid, dtype=torch.bool))
+
+
+def make_pipeline(
+    urls: list[str], decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
+    shuffle_buffer: int = 1000, fraction: float = 1.0, infinite: bool = False,
+) -> wds.DataPipeline:
+    """The webdataset pipeline of one epoch over `urls` (already this rank's share)."""
+    epoch_seed = seed * 10_007 + epoch
+    stages: list = [_shard_stream(urls, epoch_seed, shuffle=train, infinite=infinite),
+                    wds.split_by_worker, wds.tarfile_to_samples(handler=_warn)]
+    if fraction < 1.0:
+        stages.append(wds.select(lambda s: keep_sample(s["__key__"], fraction)))
+    if train and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
+                                  rng=random.Random(epoch_seed)))
+    stages += [wds.map(decoder), wds.batched(batch_size, collation_fn=collate, partial=True)]
+    return wds.DataPipeline(*stages)
+
+
+def make_loader(
+    source: SplitSource, decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
+    num_workers: int = 0, shuffle_buffer: int = 1000, fraction: float = 1.0, rank: int = 0,
+    world_size: int = 1, pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over this rank's shards of `source` for one epoch.
+
+    Under DDP (world_size > 1) the training stream cycles over the rank's shards forever; the
+    caller takes the same number of batches on every rank, so no rank waits on another.
+    """
+    urls = list(source.urls)
+    if train and world_size > 1:
+        random.Random(seed * 7 + epoch).shuffle(urls)  # a new rank/shard pairing each epoch
+    urls = urls[rank::world_size]
+    infinite = train and world_size > 1
+    if infinite and not urls:
+        raise AvakitError(f"{source.split}: fewer shards ({len(source.urls)}) than processes ({world_size})")
+    workers = min(num_workers, len(urls)) if urls else 0
+    pipeline = make_pipeline(urls, decoder, batch_size=batch_size, train=train, seed=seed + 1000 * rank,
+                             epoch=epoch, shuffle_buffer=shuffle_buffer, fraction=fraction,
+                             infinite=infinite)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
+    return DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      generator=generator, persistent_workers=False,
+                      prefetch_factor=4 if workers else None)

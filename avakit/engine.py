@@ -1,0 +1,261 @@
+"""The inner loops: `train_one_epoch` and `evaluate`, plus turning outputs into a predictions table.
+
+Small functions in the style of torchvision's references; `train.fit` strings them together.
+Batches arrive as uint8 crops; `Normalize` runs on the training device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from avakit import metrics
+from avakit.errors import AvakitError
+from avakit.losses import distribution_mean, votes_to_distribution
+
+SCORES = np.arange(1, 11)
+
+
+class WarmupSchedule:
+    """LR factor: linear warmup, then cosine to 0 or constant, times a plateau factor.
+
+    `t` counts optimizer steps (or epochs when the step count is unknown). The object's
+    __dict__ is saved by LambdaLR.state_dict(), so the plateau state resumes too.
+    """
+
+    def __init__(self, kind: str, warmup: int, total: int, patience: int) -> None:
+        self.kind, self.warmup, self.total = kind, warmup, max(total, 1)
+        self.patience = max(1, patience)
+        self.plateau_factor, self.best, self.bad_epochs = 1.0, -math.inf, 0
+
+    def __call__(self, t: int) -> float:
+        factor = (t + 1) / self.warmup if t < self.warmup else 1.0
+        if self.kind == "cosine" and t >= self.warmup:
+            progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return factor * self.plateau_factor
+
+    def epoch_end(self, metric: float) -> None:
+        """Plateau: divide the LR by 10 after `patience` epochs without a better val SRCC."""
+        if self.kind != "plateau" or not math.isfinite(metric):
+            return
+        if metric > self.best:
+            self.best, self.bad_epochs = metric, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.plateau_factor, self.bad_epochs = self.plateau_factor * 0.1, 0
+
+
+@dataclass
+class StepContext:
+    """What one optimisation step needs besides the batch."""
+
+    model: nn.Module
+    normalize: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    output_mode: str
+    device: torch.device
+    amp: str = "off"
+    channels_last: bool = False
+    grad_clip: float | None = None
+    grad_accum_steps: int = 1
+    scaler: torch.amp.GradScaler | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped per optimizer step
+    telemetry: object | None = None  # has maybe_collect(step, epoch)
+    max_steps: int | None = None  # DDP: the same number of optimizer steps on every rank
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch did."""
+
+    loss: float = 0.0
+    samples: int = 0
+    corrupt: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    last_step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def img_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """torch.autocast for bf16/fp16, a no-op for 'off'."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def prepare_batch(batch: tuple, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Drop corrupt samples, move to device, normalise: (x, votes, ids, n_corrupt)."""
+    images, votes, ids, valid = batch
+    corrupt = int((~valid).sum())
+    if corrupt:
+        images, votes, ids = images[valid], votes[valid], ids[valid]
+    non_blocking = ctx.device.type == "cuda"
+    x = ctx.normalize(images.to(ctx.device, non_blocking=non_blocking))
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, votes.to(ctx.device, non_blocking=non_blocking), ids, corrupt
+
+
+def targets(votes: torch.Tensor, output_mode: str) -> torch.Tensor:
+    """Distribution mode: votes normalised to sum 1; regression: the mean score."""
+    dist = votes_to_distribution(votes)
+    return dist if output_mode == "distribution" else distribution_mean(dist)
+
+
+def _optimizer_step(ctx: StepContext, step: int, epoch: int) -> None:
+    if ctx.scaler is not None:
+        ctx.scaler.unscale_(ctx.optimizer)
+    if ctx.telemetry is not None:
+        ctx.telemetry.maybe_collect(step, epoch)
+    if ctx.grad_clip:
+        params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+    if ctx.scaler is not None:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.scheduler is not None:
+        ctx.scheduler.step()
+
+
+def train_one_epoch(
+    ctx: StepContext, loader, epoch: int, step: int, advance: Callable[[int, float], None] | None = None
+) -> EpochStats:
+    """One pass over the loader; `step` is the global optimizer step count at the start.
+
+    Raises AvakitError on a NaN/inf loss, naming the epoch and step.
+    """
+    ctx.model.train()
+    stats = EpochStats(last_step=step)
+    start, total, micro = time.perf_counter(), 0.0, 0
+    batches = iter(loader)
+    while ctx.max_steps is None or stats.steps < ctx.max_steps:
+        batch = next(batches, None)
+        if batch is None:
+            break
+        x, votes, _, corrupt = prepare_batch(batch, ctx)
+        stats.corrupt += corrupt
+        if len(x) == 0:
+            continue
+        sync = (micro + 1) % ctx.grad_accum_steps == 0
+        no_sync = getattr(ctx.model, "no_sync", None)
+        with (no_sync() if no_sync is not None and not sync else contextlib.nullcontext()):
+            with autocast(ctx.device, ctx.amp):
+                out = ctx.model(x)
+            loss = ctx.loss_fn(out.float(), targets(votes, ctx.output_mode))
+            if not math.isfinite(loss_value := loss.item()):
+                raise AvakitError(f"loss is {loss_value} at epoch {epoch}, optimizer step {stats.last_step}; "
+                                  "stopped, the last good checkpoint (last.pt) is kept", exit_code=1)
+            scaled = loss / ctx.grad_accum_steps
+            (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
+        micro += 1
+        if sync:
+            _optimizer_step(ctx, stats.last_step, epoch)
+            stats.last_step += 1
+            stats.steps += 1
+        total += loss_value * len(x)
+        stats.samples += len(x)
+        stats.losses.append(loss_value)
+        if advance is not None:
+            advance(len(x), loss_value)
+    if micro % ctx.grad_accum_steps and ctx.max_steps is None:  # leftover micro-batches
+        _optimizer_step(ctx, stats.last_step, epoch)
+        stats.last_step += 1
+        stats.steps += 1
+    stats.loss = total / max(stats.samples, 1)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader, ctx: StepContext, advance: Callable[[int], None] | None = None
+) -> dict:
+    """Run the model over a loader: {'ids', 'outputs', 'votes', 'loss_sum', 'n', 'corrupt', 'seconds'}.
+
+    `outputs` are probabilities [N, 10] in distribution mode, raw mean scores [N] in regression.
+    """
+    model.eval()
+    ids, outputs, votes_all = [], [], []
+    loss_sum, corrupt, start = 0.0, 0, time.perf_counter()
+    for batch in loader:
+        x, votes, batch_ids, bad = prepare_batch(batch, ctx)
+        corrupt += bad
+        if len(x) == 0:
+            continue
+        with autocast(ctx.device, ctx.amp):
+            out = model(x)
+        out = out.float()
+        loss_sum += ctx.loss_fn(out, targets(votes, ctx.output_mode)).item() * len(x)
+        outputs.append((out.softmax(dim=1) if ctx.output_mode == "distribution" else out).cpu())
+        votes_all.append(votes.cpu())
+        ids.append(batch_ids)
+        if advance is not None:
+            advance(len(x))
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    cat = (lambda xs: torch.cat(xs).numpy()) if ids else (lambda xs: np.zeros((0,)))
+    return {"ids": cat(ids), "outputs": cat(outputs), "votes": cat(votes_all), "loss_sum": loss_sum,
+            "n": int(sum(len(i) for i in ids)), "corrupt": corrupt, "seconds": time.perf_counter() - start}
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Concatenate `evaluate` results gathered from several ranks (sorted by image id)."""
+    nonempty = [p for p in parts if p["n"]]
+    if not nonempty:
+        return {**parts[0], "n": 0, "loss_sum": 0.0}
+    ids = np.concatenate([p["ids"] for p in nonempty])
+    order = np.argsort(ids, kind="stable")
+    return {
+        "ids": ids[order],
+        "outputs": np.concatenate([p["outputs"] for p in nonempty])[order],
+        "votes": np.concatenate([p["votes"] for p in nonempty])[order],
+        "loss_sum": sum(p["loss_sum"] for p in parts), "n": int(len(ids)),
+        "corrupt": sum(p["corrupt"] for p in parts), "seconds": max(p["seconds"] for p in parts),
+    }
+
+
+def predictions_frame(result: dict, output_mode: str) -> pd.DataFrame:
+    """image_id, pred_mean, gt_mean, [pred_dist_1..10], gt_dist_1..10 (the run-folder contract)."""
+    gt_dist = result["votes"] / result["votes"].sum(axis=1, keepdims=True)
+    frame = {"image_id": result["ids"].astype(np.int64)}
+    if output_mode == "distribution":
+        frame["pred_mean"] = result["outputs"] @ SCORES
+    else:
+        frame["pred_mean"] = metrics.clamp_scores(result["outputs"].reshape(-1))
+    frame["gt_mean"] = gt_dist @ SCORES
+    if output_mode == "distribution":
+        frame.update({f"pred_dist_{k}": result["outputs"][:, k - 1] for k in SCORES})
+    frame.update({f"gt_dist_{k}": gt_dist[:, k - 1] for k in SCORES})
+    return pd.DataFrame(frame)
+
+
+def frame_metrics(df: pd.DataFrame) -> dict:
+    """The literature's metrics from a predictions table (EMD/std SRCC when it has distributions)."""
+    if df.empty:
+        return {"n": 0}
+    pred_cols = [f"pred_dist_{k}" for k in SCORES]
+    has_dist = pred_cols[0] in df
+    return metrics.compute_metrics(
+        df["pred_mean"].to_numpy(), df["gt_mean"].to_numpy(),
+        df[pred_cols].to_numpy() if has_dist else None,
+        df[[f"gt_dist_{k}" for k in SCORES]].to_numpy() if has_dist else None,
+    )

@@ -1,0 +1,224 @@
+"""Gradient-norm and learning-rate CSV telemetry for training runs.
+
+`Telemetry` writes two files under `run_dir/telemetry/`:
+
+* `gradient_norms.csv`: `batch_idx,epoch,overall,backbone_layer4,mlp_head,mlp_layer_0,...`,
+  the L2 norm of the current gradients of all parameters, of the last CNN stage
+  (`model.last_stage()`), of the whole MLP head and of each head Linear (weight + bias).
+* `learning_rates.csv`: `batch_idx,epoch,lr_group_0,...`, the current lr of each optimizer
+  param group.
+
+`batch_idx` is the global optimizer-step counter. A part without gradients (frozen, or not
+reached yet) is written as 0.0. Only the process that writes the run directory (rank 0 under
+DDP) creates a `Telemetry`; DDP has already all-reduced the gradients when it is called, so
+rank 0 sees the global ones. `read_telemetry` loads both files back for the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from avakit.model import AestheticModel
+
+TELEMETRY_DIR = "telemetry"
+GRAD_FILE = "gradient_norms.csv"
+LR_FILE = "learning_rates.csv"
+
+
+def _unwrap(model: nn.Module) -> AestheticModel:
+    """The AestheticModel inside a DDP (`.module`) or torch.compile (`._orig_mod`) wrapper."""
+    for _ in range(4):
+        if isinstance(model, AestheticModel):
+            break
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model  # type: ignore[return-value]
+
+
+def _rewrite_before(path: Path, header: list[str], resume_step: int) -> None:
+    """Keep the header and the well-formed rows of `path` with batch_idx < resume_step."""
+    kept: list[list[str]] = [header]
+    if path.is_file():
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        if rows and rows[0] != header:
+            warnings.warn(
+                f"{path} has columns {rows[0]}, expected {header}; starting it afresh",
+                stacklevel=3,
+            )
+            rows = []
+        for row in rows[1:]:
+            if len(row) != len(header):  # e.g. a line cut short by the crash
+                continue
+            try:
+                if int(row[0]) < resume_step:
+                    kept.append(row)
+            except ValueError:
+                continue
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        csv.writer(fh).writerows(kept)
+    os.replace(tmp, path)
+
+
+class Telemetry:
+    """Collects gradient norms and learning rates every `collect_every_n` optimizer steps.
+
+    Call `maybe_collect(step, epoch)` after `loss.backward()` (after `scaler.unscale_` under
+    AMP, before any gradient clipping to see the raw norms) and before `optimizer.step()`.
+    Create it on rank 0 only. With `enabled=False` nothing is written and `maybe_collect`
+    returns at once. `resume_step` keeps the existing files minus the rows with
+    batch_idx >= resume_step and appends after them; without it the files are recreated.
+    Usable as a context manager; `close()` is idempotent.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        model: AestheticModel,
+        optimizer: torch.optim.Optimizer,
+        enabled: bool = True,
+        collect_every_n: int = 10,
+        resume_step: int | None = None,
+    ) -> None:
+        if collect_every_n < 1:
+            raise ValueError(f"collect_every_n must be >= 1, got {collect_every_n}")
+        self.enabled = enabled
+        self.collect_every_n = int(collect_every_n)
+        self.optimizer = optimizer
+        self._files: list[IO[str]] = []
+        if not enabled:
+            return
+        model = _unwrap(model)
+        self._params = list(model.parameters())
+        index = {id(p): i for i, p in enumerate(self._params)}
+        layers = list(model.head.layers)
+        parts: list[list[nn.Parameter]] = [
+            list(model.last_stage().parameters()),
+            list(model.head.parameters()),
+            *(list(layer.parameters()) for layer in layers),
+        ]
+        self._part_index = [[index[id(p)] for p in part] for part in parts]
+        self._n_groups = len(optimizer.param_groups)
+        self._membership: dict[tuple[int, ...], torch.Tensor] = {}
+        self._warned_groups = False
+
+        grad_header = ["batch_idx", "epoch", "overall", "backbone_layer4", "mlp_head"]
+        grad_header += [f"mlp_layer_{i}" for i in range(len(layers))]
+        lr_header = ["batch_idx", "epoch"] + [f"lr_group_{i}" for i in range(self._n_groups)]
+        out_dir = Path(run_dir) / TELEMETRY_DIR
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.grad_path, self.lr_path = out_dir / GRAD_FILE, out_dir / LR_FILE
+        self._grad_writer = self._open(self.grad_path, grad_header, resume_step)
+        self._lr_writer = self._open(self.lr_path, lr_header, resume_step)
+
+    def _open(self, path: Path, header: list[str], resume_step: int | None) -> Any:
+        """Open `path` for appending after writing (or trimming) it; returns a csv writer."""
+        if resume_step is None:
+            with path.open("w", newline="") as fh:
+                csv.writer(fh).writerow(header)
+        else:
+            _rewrite_before(path, header, int(resume_step))
+        fh = path.open("a", newline="")
+        self._files.append(fh)
+        return csv.writer(fh)
+
+    def _membership_matrix(self, present: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """[n_parts, n_present] 0/1 matrix: which present grads belong to which part."""
+        if present not in self._membership:
+            col = {p: j for j, p in enumerate(present)}
+            mat = torch.zeros(len(self._part_index), len(present), dtype=torch.float32)
+            for i, part in enumerate(self._part_index):
+                for p in part:
+                    if p in col:
+                        mat[i, col[p]] = 1.0
+            self._membership[present] = mat.to(device)
+        return self._membership[present]
+
+    def _grad_norms(self) -> list[float]:
+        """[overall, backbone_layer4, mlp_head, mlp_layer_0, ...] with one host sync."""
+        present = tuple(i for i, p in enumerate(self._params) if p.grad is not None)
+        n_parts = len(self._part_index)
+        if not present:
+            return [0.0] * (1 + n_parts)
+        grads = [self._params[i].grad for i in present]
+        try:
+            norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+        except (RuntimeError, TypeError, AttributeError):  # private API: per-tensor fallback
+            norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+        device = norms[0].device
+        squares = torch.stack([n.to(device) for n in norms]).square()
+        # elementwise product + sum, not a matmul: TF32 matmuls would cost precision
+        parts = (self._membership_matrix(present, device) * squares).sum(dim=1).sqrt()
+        overall = squares.sum().sqrt().unsqueeze(0)
+        return torch.cat([overall, parts]).tolist()
+
+    def maybe_collect(self, step: int, epoch: int) -> None:
+        """Record one row in each file when `step % collect_every_n == 0`."""
+        if not self.enabled or not self._files or step % self.collect_every_n:
+            return
+        norms = self._grad_norms()
+        lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        if len(lrs) != self._n_groups and not self._warned_groups:
+            self._warned_groups = True
+            warnings.warn(
+                f"optimizer now has {len(lrs)} param groups, telemetry records {self._n_groups}",
+                stacklevel=2,
+            )
+        lrs = (lrs + [float("nan")] * self._n_groups)[: self._n_groups]
+        self._grad_writer.writerow([step, epoch, *(f"{v:.7g}" for v in norms)])
+        self._lr_writer.writerow([step, epoch, *(f"{v:.7g}" for v in lrs)])
+        for fh in self._files:
+            fh.flush()
+
+    def close(self) -> None:
+        """Close both files; later `maybe_collect` calls do nothing."""
+        for fh in self._files:
+            fh.close()
+        self._files = []
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    """One telemetry CSV without malformed rows, sorted by batch_idx; None if absent/empty."""
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path, on_bad_lines="skip")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    if "batch_idx" not in df.columns:
+        return None
+    df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["batch_idx"])
+    if df.empty:
+        return None
+    df["batch_idx"] = df["batch_idx"].astype("int64")
+    df = df.drop_duplicates("batch_idx", keep="last").sort_values("batch_idx")
+    return df.reset_index(drop=True)
+
+
+def read_telemetry(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(gradient norms, learning rates) of a run; each None when missing or without rows."""
+    base = Path(run_dir) / TELEMETRY_DIR
+    return _read_csv(base / GRAD_FILE), _read_csv(base / LR_FILE)
