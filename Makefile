@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/avakit demo --out demo
+	$(BIN)/avakit demo --out demo --config configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -173,7 +173,9 @@ class RichProgress:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]} {task.fields[loss]}"), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn()]
-        self.bar = Progress(*columns, console=err_console, transient=True)
+        # Off when stderr is not a terminal (CI logs, pipes): the log lines say it all there.
+        self.bar = Progress(*columns, console=err_console, transient=True,
+                            disable=not err_console.is_terminal)
         self.bar.start()
         self.task = self.bar.add_task(description, total=total, rate="", loss="")
         self.loss = None
@@ -208,6 +210,25 @@ def _log_to_console() -> None:
     logger.setLevel(logging.INFO)
 
 
+def _print_results(run_dir: Path) -> None:
+    """The val/test metrics table of a finished run (nothing when the run was cut short)."""
+    results = run_dir / "results.json"
+    if results.is_file():
+        import json
+
+        found = json.loads(results.read_text())
+        table = Table(title=f"best epoch {found['best_epoch']} of {found['epochs']}")
+        table.add_column("split")
+        for name in ("SRCC", "PLCC", "Acc", "MAE", "n"):
+            table.add_column(name, justify="right")
+        for split in ("val", "test"):
+            if split in found:
+                m = found[split]
+                keys = ("srcc", "plcc", "accuracy", "mae")
+                table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in keys), str(m.get("n", 0)))
+        console.print(table)
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML config (configs/*.yaml).")] = None,
@@ -233,44 +254,41 @@ def train(
     cfg = resume_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
     _log_to_console()
     run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
-    results = run_dir / "results.json"
-    if results.is_file():
-        import json
-
-        found = json.loads(results.read_text())
-        table = Table(title=f"best epoch {found['best_epoch']} of {found['epochs']}")
-        table.add_column("split")
-        for name in ("SRCC", "PLCC", "Acc", "MAE", "n"):
-            table.add_column(name, justify="right")
-        for split in ("val", "test"):
-            if split in found:
-                m = found[split]
-                keys = ("srcc", "plcc", "accuracy", "mae")
-                table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in keys), str(m.get("n", 0)))
-        console.print(table)
+    _print_results(run_dir)
     console.print(f"run folder: {run_dir}")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo dataset and outputs.")] = Path("demo"),
+    config: Annotated[Path, typer.Option(help="Training config of the demo.")] = Path("configs/demo.yaml"),
     n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
 ) -> None:
-    """Run the whole loop on a synthetic AVA-like dataset: generate, then shard."""
+    """The whole loop on a synthetic AVA-like dataset: generate, shard, train.
+
+    Everything goes under --out: ava/ (AVA.txt, tags, challenges, images), shards/, outputs/.
+    """
+    from avakit.config import load_config
     from avakit.shards import ShardOptions, plan_sharding, write_shards
     from avakit.synthetic import make_synthetic_ava
+    from avakit.train import fit
 
+    cfg = load_config(config, [f"data.shards={out / 'shards'}", f"output_dir={out / 'outputs'}"])
     data = out / "ava"
     if not (data / "AVA.txt").is_file():
-        console.print(f"generating {n} synthetic AVA-like images in {data}")
+        console.print(f"1/3 generating {n} synthetic AVA-like images in {data}")
         make_synthetic_ava(data, n=n, seed=seed)
-    options = ShardOptions(shard_size=100)
-    plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", options)
+    console.print(f"2/3 sharding into {out / 'shards'}")
+    plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
     with progress_bar("sharding", plan.pending_images) as advance:
         manifest = write_shards(plan, _cpu_count(), advance)
     _print_shard_summary(manifest, out / "shards")
-    console.print(f"demo shards: {out / 'shards'}")
+    console.print(f"3/3 training {config}")
+    _log_to_console()
+    run_dir = fit(cfg, progress=RichProgress())
+    _print_results(run_dir)
+    console.print(f"[bold]demo done[/bold]: data {data}, shards {out / 'shards'}, run folder {run_dir}")
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from avakit.errors import AvakitError
 from avakit.manifest import file_sha256, load_manifest
 
+# torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
+# decoder that ships with torchvision, so keep using it without a warning per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid
 
 
