@@ -7,10 +7,11 @@ Batches arrive as uint8 crops; `Normalize` runs on the training device.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from avakit.errors import AvakitError
 from avakit.losses import distribution_mean, votes_to_distribution
 
 SCORES = np.arange(1, 11)
+log = logging.getLogger("avakit.train")
 
 
 class WarmupSchedule:
@@ -73,6 +75,7 @@ class StepContext:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped per optimizer step
     telemetry: object | None = None  # has maybe_collect(step, epoch)
     max_steps: int | None = None  # DDP: the same number of optimizer steps on every rank
+    log_interval: int = 0  # log the running loss every N optimizer steps (0 = never)
 
 
 @dataclass
@@ -85,7 +88,6 @@ class EpochStats:
     steps: int = 0
     seconds: float = 0.0
     last_step: int = 0
-    losses: list[float] = field(default_factory=list)
 
     @property
     def img_per_s(self) -> float:
@@ -167,13 +169,16 @@ def train_one_epoch(
             scaled = loss / ctx.grad_accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         micro += 1
+        total += loss_value * len(x)
+        stats.samples += len(x)
         if sync:
             _optimizer_step(ctx, stats.last_step, epoch)
             stats.last_step += 1
             stats.steps += 1
-        total += loss_value * len(x)
-        stats.samples += len(x)
-        stats.losses.append(loss_value)
+            if ctx.log_interval and stats.last_step % ctx.log_interval == 0:
+                log.info("epoch %03d step %d  loss %.4f (epoch mean %.4f)  %.0f img/s", epoch,
+                         stats.last_step, loss_value, total / stats.samples,
+                         stats.samples / (time.perf_counter() - start))
         if advance is not None:
             advance(len(x), loss_value)
     if micro % ctx.grad_accum_steps and ctx.max_steps is None:  # leftover micro-batches

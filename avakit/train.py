@@ -161,6 +161,7 @@ def build_trainer(
         grad_accum_steps=t.grad_accum_steps,
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
         scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
+        log_interval=cfg.log_interval,
     )
     return Trainer(cfg, run_dir, dist, device, model, core, ctx, scheduler, schedule, sources, steps,
                    fraction, RunState())
