@@ -69,10 +69,14 @@ def model_from_checkpoint(ckpt: dict) -> tuple[Any, Config]:
 
     cfg = config_from_dict(ckpt["config"])
     m = cfg.model
-    model = build_model(m.backbone, pretrained=False, weights_path=None, mlp_hidden_dims=m.mlp_hidden_dims,
-                        dropout=m.dropout, activation=m.activation, output_mode=m.output_mode,
-                        freeze=m.freeze)
-    model.load_state_dict(ckpt["model_state_dict"])
+    with torch.device("meta"):  # no random init: the weights come from the checkpoint
+        model = build_model(m.backbone, pretrained=False, weights_path=None,
+                            mlp_hidden_dims=m.mlp_hidden_dims, dropout=m.dropout, activation=m.activation,
+                            output_mode=m.output_mode, freeze=m.freeze)
+    try:
+        model.load_state_dict(ckpt["model_state_dict"], assign=True)
+    except RuntimeError as e:
+        raise AvakitError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
     return model.eval(), cfg
 
 

@@ -5,7 +5,9 @@ Library modules are imported inside each command so `avakit --help` stays fast (
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -256,6 +258,93 @@ def train(
     run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
     _print_results(run_dir)
     console.print(f"run folder: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
+    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    shards: Annotated[Path | None, typer.Option(help="Shards [default: the run's data.shards].")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
+    batch_size: Annotated[int | None, typer.Option(help="[default: the run's batch size]")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Score a split with a run's checkpoint: SRCC, PLCC, Acc, EMD, MAE, RMSE and latency.
+
+    Writes RUN_DIR/eval_{split}.json and RUN_DIR/predictions/{split}.parquet. Without --tta the
+    numbers equal those `train` wrote to results.json for the same checkpoint and split.
+    """
+    from avakit.evaluate import evaluate_run
+    from avakit.metrics import METRIC_NAMES
+
+    _log_to_console()
+    report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress())
+    m = report["metrics"]
+    table = Table(title=f"{run_dir.name}: {split} split, {report['checkpoint']} (epoch {report['epoch']}), "
+                        f"tta {tta}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc"):
+        if key in m:
+            table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
+    table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
+    table.add_row("samples", str(m["n"]))
+    table.add_row(f"latency ({report['device']}, batch {report['batch_size']})",
+                  f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
+    console.print(table)
+    console.print(f"wrote {run_dir / f'eval_{split}.json'}, {run_dir / 'predictions' / f'{split}.parquet'}")
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked for images).")],
+    run: Annotated[Path | None, typer.Option(help="Run folder: scores with its best_model.pt.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint file instead of --run.")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="An exported model.onnx (onnxruntime, no torch).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
+) -> None:
+    """Score photos: mean score (1-10), its std and the 10-bin distribution.
+
+    Uses the eval transform stored with the model. Folders are walked for jpg, jpeg, png, webp,
+    bmp, tif (any case). A file that cannot be read is reported and the others are still scored;
+    the exit code is then 1. json/csv columns: path, mean_score, std, dist_1..dist_10, error.
+
+    Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
+    """
+    from avakit.predict import Prediction, format_predictions, load_scorer, score_images
+    from avakit.preprocess import find_images
+
+    if fmt not in ("table", "json", "csv"):
+        raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
+    paths, missing = find_images(inputs)
+    scorer = load_scorer(run, checkpoint, onnx, device)
+    with progress_bar("scoring", len(paths)) if len(paths) > 32 else contextlib.nullcontext() as advance:
+        predictions = score_images(scorer, paths, batch_size, advance)
+    predictions += [Prediction(str(p), error=reason) for p, reason in missing]
+    if fmt == "table":
+        table = Table()
+        for col in ("image", "mean score", "std", "error"):
+            table.add_column(col, justify="left" if col in ("image", "error") else "right")
+        for p in predictions:
+            table.add_row(p.path, f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
+                          f"{p.std:.3f}" if p.std is not None else "-", p.error or "")
+        console.print(table)
+    else:
+        text = format_predictions(predictions, fmt)
+        if output is not None:
+            output.write_text(text)
+            console.print(f"wrote {len(predictions)} rows to {output}")
+        else:
+            sys.stdout.write(text)
+    failed = [p for p in predictions if p.error]
+    for p in failed:
+        err_console.print(f"[red]could not score[/red] {p.path}: {p.error}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

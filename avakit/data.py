@@ -45,6 +45,7 @@ class SplitSource:
     urls: tuple[str, ...]
     samples: int | None
     manifest_sha256: str | None = None
+    preprocessing: dict | None = None  # the manifest's short_side / quality, when known
 
 
 def resolve_split(shards: str | dict, split: str) -> SplitSource:
@@ -62,7 +63,8 @@ def resolve_split(shards: str | dict, split: str) -> SplitSource:
     if info is None:
         raise AvakitError(f"{folder / 'manifest.json'}: no split {split!r}")
     urls = tuple(str(folder / s["name"]) for s in info["shards"] if s["samples"] > 0)
-    return SplitSource(split, urls, info["samples"], file_sha256(folder / "manifest.json"))
+    return SplitSource(split, urls, info["samples"], file_sha256(folder / "manifest.json"),
+                       manifest.get("preprocessing"))
 
 
 def keep_sample(key: str, fraction: float) -> bool:
@@ -93,7 +95,8 @@ class SampleDecoder:
 
     def __init__(self, preset: Callable[[torch.Tensor], torch.Tensor], crop_size: int) -> None:
         self.preset = preset
-        self.crop_size = crop_size
+        views = getattr(preset, "views", 1)  # test-time augmentation views per image
+        self.blank_shape = (3, crop_size, crop_size) if views == 1 else (views, 3, crop_size, crop_size)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
         import json
@@ -104,7 +107,7 @@ class SampleDecoder:
             data = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
             image = self.preset(decode_jpeg(data, mode=ImageReadMode.RGB))
         except (RuntimeError, KeyError, ValueError):
-            image = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.uint8)
+            image = torch.zeros(self.blank_shape, dtype=torch.uint8)
             return image, votes, int(label["image_id"]), False
         return image, votes, int(label["image_id"]), True
 

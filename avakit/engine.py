@@ -102,16 +102,36 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def prepare_batch(batch: tuple, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Drop corrupt samples, move to device, normalise: (x, votes, ids, n_corrupt)."""
+    """Drop corrupt samples, move to device, normalise: (x, votes, ids, n_corrupt).
+
+    x is [B, 3, H, W], or [B, V, 3, H, W] with test-time augmentation views.
+    """
     images, votes, ids, valid = batch
     corrupt = int((~valid).sum())
     if corrupt:
         images, votes, ids = images[valid], votes[valid], ids[valid]
     non_blocking = ctx.device.type == "cuda"
     x = ctx.normalize(images.to(ctx.device, non_blocking=non_blocking))
-    if ctx.channels_last:
+    if ctx.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, votes.to(ctx.device, non_blocking=non_blocking), ids, corrupt
+
+
+def predict_batch(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """Model outputs as probabilities [B, 10] (distribution) or mean scores [B] (regression).
+
+    With views ([B, V, 3, H, W]) the outputs are averaged over the V views.
+    """
+    views = x.shape[1] if x.dim() == 5 else 1
+    if views > 1:
+        x = x.flatten(0, 1)
+        if ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(ctx.device, ctx.amp):
+        out = model(x)
+    out = out.float()
+    out = out.softmax(dim=1) if ctx.output_mode == "distribution" else out.reshape(-1)
+    return out.unflatten(0, (-1, views)).mean(dim=1) if views > 1 else out
 
 
 def targets(votes: torch.Tensor, output_mode: str) -> torch.Tensor:
@@ -192,34 +212,45 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, ctx: StepContext, advance: Callable[[int], None] | None = None
+    model: nn.Module, loader, ctx: StepContext, advance: Callable[[int], None] | None = None,
+    warmup: bool = False,
 ) -> dict:
-    """Run the model over a loader: {'ids', 'outputs', 'votes', 'loss_sum', 'n', 'corrupt', 'seconds'}.
+    """Run the model over a loader.
 
-    `outputs` are probabilities [N, 10] in distribution mode, raw mean scores [N] in regression.
+    Returns {'ids', 'outputs', 'votes', 'loss_sum', 'n', 'corrupt', 'seconds', 'model_seconds'}:
+    `outputs` are probabilities [N, 10] in distribution mode, raw mean scores [N] in regression;
+    `model_seconds` times the forward passes alone (device-synchronised), for latency figures;
+    `warmup` runs the first batch once untimed first (kernel selection, allocator, caches).
     """
     model.eval()
     ids, outputs, votes_all = [], [], []
-    loss_sum, corrupt, start = 0.0, 0, time.perf_counter()
+    loss_sum, corrupt, model_s, start = 0.0, 0, 0.0, time.perf_counter()
+    sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda *a: None)
     for batch in loader:
         x, votes, batch_ids, bad = prepare_batch(batch, ctx)
         corrupt += bad
         if len(x) == 0:
             continue
-        with autocast(ctx.device, ctx.amp):
-            out = model(x)
-        out = out.float()
-        loss_sum += ctx.loss_fn(out, targets(votes, ctx.output_mode)).item() * len(x)
-        outputs.append((out.softmax(dim=1) if ctx.output_mode == "distribution" else out).cpu())
+        if warmup:
+            predict_batch(model, x, ctx)
+            warmup = False
+        sync(ctx.device)
+        t0 = time.perf_counter()
+        out = predict_batch(model, x, ctx)
+        sync(ctx.device)
+        model_s += time.perf_counter() - t0
+        # the loss takes logits: log-probabilities are logits of the same softmax
+        logits = out.clamp_min(1e-12).log() if ctx.output_mode == "distribution" else out
+        loss_sum += ctx.loss_fn(logits, targets(votes, ctx.output_mode)).item() * len(x)
+        outputs.append(out.cpu())
         votes_all.append(votes.cpu())
         ids.append(batch_ids)
         if advance is not None:
             advance(len(x))
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
     cat = (lambda xs: torch.cat(xs).numpy()) if ids else (lambda xs: np.zeros((0,)))
     return {"ids": cat(ids), "outputs": cat(outputs), "votes": cat(votes_all), "loss_sum": loss_sum,
-            "n": int(sum(len(i) for i in ids)), "corrupt": corrupt, "seconds": time.perf_counter() - start}
+            "n": int(sum(len(i) for i in ids)), "corrupt": corrupt, "seconds": time.perf_counter() - start,
+            "model_seconds": model_s}
 
 
 def merge_results(parts: list[dict]) -> dict:
@@ -235,6 +266,7 @@ def merge_results(parts: list[dict]) -> dict:
         "votes": np.concatenate([p["votes"] for p in nonempty])[order],
         "loss_sum": sum(p["loss_sum"] for p in parts), "n": int(len(ids)),
         "corrupt": sum(p["corrupt"] for p in parts), "seconds": max(p["seconds"] for p in parts),
+        "model_seconds": max(p["model_seconds"] for p in parts),
     }
 
 

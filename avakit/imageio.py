@@ -67,9 +67,9 @@ def load_rgb(source: Path | bytes, short_side: int | None = None) -> Image.Image
     """
     if isinstance(source, Path):
         if not source.is_file():
-            raise ImageSkip("missing", str(source))
+            raise ImageSkip("missing", "no such file")
         if source.stat().st_size == 0:
-            raise ImageSkip("empty", str(source))
+            raise ImageSkip("empty", "file has 0 bytes")
         data = source.read_bytes()
     else:
         data = source

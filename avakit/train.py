@@ -200,7 +200,8 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
 def _checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
     payload = {"model_state_dict": tr.core.state_dict(), "config": config_to_dict(tr.cfg),
                "epoch": epoch, "metrics": val, "avakit_version": __version__,
-               "manifest_sha256": tr.sources["train"].manifest_sha256}
+               "manifest_sha256": tr.sources["train"].manifest_sha256,
+               "preprocessing": tr.sources["train"].preprocessing}
     if full:
         s = tr.state
         payload.update(

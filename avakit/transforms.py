@@ -37,16 +37,33 @@ class TrainPreset(nn.Module):
         return self.transforms(img)
 
 
-class EvalPreset(nn.Module):
-    """Resize shorter side to `resize_size`, center crop `crop_size` (deterministic)."""
+TTA_VIEWS = {"none": 1, "flip": 2, "five-crop": 5}
 
-    def __init__(self, cfg: TransformConfig) -> None:
+
+class EvalPreset(nn.Module):
+    """Resize shorter side to `resize_size`, center crop `crop_size` (deterministic).
+
+    Test-time augmentation: `flip` returns [2, 3, c, c] (crop and its mirror), `five-crop`
+    [5, 3, c, c] (corners and center); `evaluate` averages the model's outputs over the views.
+    """
+
+    def __init__(self, cfg: TransformConfig, tta: str = "none") -> None:
         super().__init__()
-        self.transforms = v2.Compose([v2.Resize(cfg.resize_size, antialias=True),
-                                      v2.CenterCrop(cfg.crop_size)])
+        if tta not in TTA_VIEWS:
+            from avakit.errors import AvakitError
+
+            raise AvakitError(f"--tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
+        self.tta, self.views = tta, TTA_VIEWS[tta]
+        self.resize = v2.Resize(cfg.resize_size, antialias=True)
+        self.crop = v2.FiveCrop(cfg.crop_size) if tta == "five-crop" else v2.CenterCrop(cfg.crop_size)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.transforms(img)
+        out = self.crop(self.resize(img))
+        if self.tta == "flip":
+            return torch.stack([out, out.flip(-1)])
+        if self.tta == "five-crop":
+            return torch.stack(list(out))
+        return out
 
 
 class Normalize(nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit.cli import app
@@ -18,12 +19,7 @@ from avakit.synthetic import make_synthetic_ava
 from avakit.train import fit, resume_config
 
 runner = CliRunner()
-TINY = [
-    "model.backbone=resnet18", "model.pretrained=false", "model.mlp_hidden_dims=[16]",
-    "transform.resize_size=40", "transform.crop_size=32", "training.batch_size=16",
-    "training.max_epochs=2", "training.amp=off", "training.warmup_epochs=1", "data.num_workers=0",
-    "data.shuffle_buffer=50", "telemetry.collect_every_n=2", "device=cpu", "log_interval=1",
-]
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,84 @@
+"""`avakit evaluate`: run a run folder's checkpoint over a split and report the literature's metrics.
+
+Uses the same loader, eval preset, normalisation and metric code as `train`, so with the same
+checkpoint and split (and no test-time augmentation) the numbers equal train's results.json.
+Writes `eval_{split}.json` and `predictions/{split}.parquet` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avakit import metrics
+from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from avakit.data import SampleDecoder, make_loader, resolve_split
+from avakit.distributed import pick_device
+from avakit.engine import StepContext, evaluate, frame_metrics, predictions_frame
+from avakit.errors import AvakitError
+from avakit.losses import get_loss
+from avakit.transforms import EvalPreset, Normalize
+
+
+def evaluate_run(
+    run_dir: Path, split: str = "test", shards: Path | None = None, checkpoint: str = "best",
+    tta: str = "none", batch_size: int | None = None, device: str = "auto", progress=None,
+) -> dict:
+    """Evaluate `run_dir`'s best or last checkpoint on `split`; returns the eval_{split}.json dict."""
+    if split not in ("train", "val", "test"):
+        raise AvakitError(f"--split must be train, val or test, got {split!r}")
+    run_dir = Path(run_dir)
+    ckpt_path = run_checkpoint(run_dir, checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    model, cfg = model_from_checkpoint(ckpt)
+    source = resolve_split(str(shards) if shards is not None else cfg.data.shards, split)
+    if not source.urls:
+        raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
+    dev = pick_device(device)
+    amp = cfg.training.amp  # the precision train evaluated with, so the numbers agree
+    model = model.to(dev)
+    if cfg.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ctx = StepContext(model=model, normalize=Normalize(cfg.transform.normalize_mean,
+                                                       cfg.transform.normalize_std).to(dev),
+                      optimizer=None, loss_fn=get_loss(cfg.training.loss_type).fn,  # type: ignore[arg-type]
+                      output_mode=cfg.model.output_mode, device=dev, amp=amp,
+                      channels_last=cfg.training.channels_last)
+    batch = batch_size or cfg.training.batch_size
+    preset = EvalPreset(cfg.transform, tta)
+    loader = make_loader(source, SampleDecoder(preset, cfg.transform.crop_size), batch_size=batch,
+                         train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers,
+                         pin_memory=dev.type == "cuda")
+    if progress is not None:
+        progress.start(f"evaluate {split}", source.samples)
+    result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
+    if progress is not None:
+        progress.stop()
+    if not result["n"]:
+        raise AvakitError(f"split {split!r}: no sample could be decoded")
+    df = predictions_frame(result, cfg.model.output_mode)
+    found = frame_metrics(df)
+    found.update(
+        majority_baseline=metrics.majority_baseline(df["gt_mean"]),
+        loss=result["loss_sum"] / result["n"], corrupt=result["corrupt"],
+        latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],
+        model_img_per_s=result["n"] / result["model_seconds"] if result["model_seconds"] else 0.0,
+        end_to_end_img_per_s=result["n"] / result["seconds"] if result["seconds"] else 0.0,
+    )
+    report = {"split": split, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "tta": tta,
+              "batch_size": batch, "device": str(dev), "amp": amp, "shards": str(shards or cfg.data.shards),
+              "metrics": found}
+    (run_dir / "predictions").mkdir(exist_ok=True)
+    df.to_parquet(run_dir / "predictions" / f"{split}.parquet", index=False)
+    (run_dir / f"eval_{split}.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    return report
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+

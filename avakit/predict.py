@@ -1,0 +1,144 @@
+"""`avakit predict`: score photos with a trained run (torch) or an exported model (ONNX).
+
+Output rows, the same for every backend and format (json / csv columns, in this order):
+  path        the file scored
+  mean_score  predicted mean rating, 1..10
+  std         standard deviation of the predicted rating distribution (distribution mode; else null)
+  dist_1..dist_10  the predicted distribution of ratings 1..10 (distribution mode; else null)
+  error       why the file could not be scored (null when it was)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avakit.errors import AvakitError
+from avakit.imageio import ImageSkip
+from avakit.preprocess import PreprocessSpec, prepare
+
+SCORES = np.arange(1, 11, dtype=np.float64)
+FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
+
+
+@dataclass
+class Prediction:
+    """One scored (or failed) file."""
+
+    path: str
+    mean_score: float | None = None
+    std: float | None = None
+    dist: list[float] | None = None
+    error: str | None = None
+
+    def row(self) -> dict:
+        dist = self.dist or [None] * 10
+        return {"path": self.path, "mean_score": self.mean_score, "std": self.std,
+                **{f"dist_{k}": d for k, d in zip(range(1, 11), dist, strict=True)}, "error": self.error}
+
+
+class Scorer:
+    """A model behind `__call__(batch [B, 3, c, c] float32) -> outputs`; see load_scorer."""
+
+    spec: PreprocessSpec
+    output_mode: str  # distribution: outputs are probabilities [B, 10]; regression: scores [B]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchScorer(Scorer):
+    """A run's checkpoint in torch (imports torch only when built)."""
+
+    def __init__(self, ckpt_path: Path, device: str = "auto") -> None:
+        import torch
+
+        from avakit.checkpoint import load_checkpoint, model_from_checkpoint
+        from avakit.distributed import pick_device
+
+        ckpt = load_checkpoint(ckpt_path)
+        self.spec = PreprocessSpec.from_checkpoint(ckpt)
+        model, cfg = model_from_checkpoint(ckpt)
+        self.output_mode = cfg.model.output_mode
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.torch = torch
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(batch).to(self.device)).float()
+            out = out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(1.0, 10.0)
+        return out.cpu().numpy()
+
+
+def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: Path | None = None,
+                device: str = "auto") -> Scorer:
+    """Exactly one of a run folder (its best_model.pt), a checkpoint file or an ONNX file."""
+    if sum(x is not None for x in (run, checkpoint, onnx)) != 1:
+        raise AvakitError("give exactly one of --run RUN_DIR, --checkpoint FILE or --onnx FILE")
+    if onnx is not None:
+        from avakit.onnx_runtime import OnnxScorer
+
+        return OnnxScorer(Path(onnx))
+    if run is not None:
+        from avakit.checkpoint import run_checkpoint
+
+        checkpoint = run_checkpoint(Path(run), "best")
+    assert checkpoint is not None
+    return TorchScorer(Path(checkpoint), device)
+
+
+def _to_prediction(path: Path, out: np.ndarray, output_mode: str) -> Prediction:
+    if output_mode == "distribution":
+        p = out.astype(np.float64)
+        mean = float(p @ SCORES)
+        std = float(np.sqrt(max(0.0, p @ (SCORES - mean) ** 2)))
+        return Prediction(str(path), round(mean, 6), round(std, 6), [round(float(x), 6) for x in p])
+    return Prediction(str(path), round(float(out), 6))
+
+
+def score_images(
+    scorer: Scorer, paths: Sequence[Path], batch_size: int = 16,
+    advance: Callable[[int], None] | None = None,
+) -> list[Prediction]:
+    """Score files in batches; an unreadable file gets a row with its error, the rest go on."""
+    if batch_size < 1:
+        raise AvakitError(f"--batch-size must be at least 1, got {batch_size}")
+    results: dict[int, Prediction] = {}
+    for start in range(0, len(paths), batch_size):
+        ready, arrays = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                arrays.append(prepare(paths[i], scorer.spec))
+                ready.append(i)
+            except ImageSkip as e:
+                reason = f"{e.reason}: {e.detail}" if e.detail else e.reason
+                results[i] = Prediction(str(paths[i]), error=reason)
+        if arrays:
+            outputs = scorer(np.stack(arrays))
+            for i, out in zip(ready, outputs, strict=True):
+                results[i] = _to_prediction(paths[i], out, scorer.output_mode)
+        if advance is not None:
+            advance(min(batch_size, len(paths) - start))
+    return [results[i] for i in range(len(paths))]
+
+
+def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
+    """json (a list of row objects) or csv (header + rows), with the columns documented above."""
+    rows = [p.row() for p in predictions]
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")

@@ -1,0 +1,88 @@
+"""Scoring-time image preparation in Pillow + numpy only (no torch), for `predict` and ONNX.
+
+A photo goes through what its training samples went through: `shard`'s decoding (EXIF, any mode
+to RGB, shorter side to the manifest's short side, JPEG at its quality), then the run's eval
+transform (resize shorter side, center crop) and normalisation. The values come from the
+checkpoint, so `predict` never drifts from `evaluate`; the torch and ONNX paths share this code.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from avakit.imageio import encode_jpeg, load_rgb
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything needed to turn a photo file into the model's input."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    short_side: int | None = None  # shard's stored short side (None: no shard step known)
+    quality: int | None = None  # shard's JPEG quality (None: no JPEG round trip)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> PreprocessSpec:
+        """From a checkpoint's resolved config and the manifest settings it recorded."""
+        t = ckpt["config"]["transform"]
+        shard = ckpt.get("preprocessing") or {}
+        return cls(t["resize_size"], t["crop_size"], tuple(t["normalize_mean"]), tuple(t["normalize_std"]),
+                   shard.get("short_side"), shard.get("quality"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_images(inputs: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files to score: given files as they are, folders walked for image suffixes (any case).
+
+    Returns (paths, problems) where problems are inputs that do not exist.
+    """
+    paths: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            problems.append((item, "no such file or folder"))
+    return paths, problems
+
+
+def _resize_short(im: Image.Image, size: int) -> Image.Image:
+    w, h = im.size
+    if min(w, h) == size:
+        return im
+    # torchvision's Resize(int) rounding of the longer side
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    return im.resize(new, Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+def _center_crop(im: Image.Image, size: int) -> Image.Image:
+    w, h = im.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # as torchvision
+    return im.crop((left, top, left + size, top + size))
+
+
+def prepare(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """A photo file -> normalised float32 [3, crop, crop]. Raises imageio.ImageSkip."""
+    im = load_rgb(Path(path), short_side=spec.short_side or spec.resize_size)
+    if spec.quality is not None:
+        im = Image.open(io.BytesIO(encode_jpeg(im, spec.quality))).convert("RGB")
+    im = _center_crop(_resize_short(im, spec.resize_size), spec.crop_size)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
