@@ -65,14 +65,11 @@ def load_checkpoint(path: Path) -> dict:
 
 def model_from_checkpoint(ckpt: dict) -> tuple[Any, Config]:
     """Rebuild the model (random init, no download) and load its trained weights."""
-    from avakit.model import build_model
+    from avakit.model import model_from_config
 
     cfg = config_from_dict(ckpt["config"])
-    m = cfg.model
     with torch.device("meta"):  # no random init: the weights come from the checkpoint
-        model = build_model(m.backbone, pretrained=False, weights_path=None,
-                            mlp_hidden_dims=m.mlp_hidden_dims, dropout=m.dropout, activation=m.activation,
-                            output_mode=m.output_mode, freeze=m.freeze)
+        model = model_from_config(cfg, load_weights=False)
     try:
         model.load_state_dict(ckpt["model_state_dict"], assign=True)
     except RuntimeError as e:

@@ -146,6 +146,15 @@ class TelemetryConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """Frozen-backbone features: what `avakit features` caches and the model composes."""
+
+    layer: str = _f("final", choices=("final", "layer3"))  # layer3: ResNets only
+    iqa: bool = False  # concatenate hand-crafted IQA features (sharpness, brightness, ...)
+    batch_size: int = _f(64, gt=0)  # images per forward pass during extraction
+
+
+@dataclass
 class Config:
     """The whole training config; see configs/*.yaml for every key explained."""
 
@@ -160,6 +169,7 @@ class Config:
     transform: TransformConfig = field(default_factory=TransformConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -285,6 +295,10 @@ def _check_cross_fields(cfg: Config) -> None:
         raise AvakitError(
             f"training.loss_type: '{loss}' needs model.output_mode "
             f"'{LOSS_OUTPUT_MODE[loss]}' (got '{mode}')"
+        )
+    if cfg.features.layer == "layer3" and not cfg.model.backbone.startswith("resnet"):
+        raise AvakitError(
+            f"features.layer: 'layer3' needs a ResNet backbone (got model.backbone '{cfg.model.backbone}')"
         )
     crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
     if crop > resize:

@@ -10,7 +10,7 @@ returns pooled features [B, D] and its state-dict keys still match torchvision's
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,11 @@ class BackboneSpec:
     last_stage: str
     last_stage_start: int | None
     partial_from: str
+    layer3_dim: int | None = None  # pooled layer3 width (ResNets), for features.layer = layer3
 
 
 def _resnet(name: str, builder: Callable[..., nn.Module], weights: Any, dim: int) -> BackboneSpec:
-    return BackboneSpec(name, builder, weights, dim, "fc", "layer4", None, "layer4")
+    return BackboneSpec(name, builder, weights, dim, "fc", "layer4", None, "layer4", dim // 2)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -134,12 +135,14 @@ class AestheticModel(nn.Module):
         *,
         output_mode: str = "distribution",
         freeze: str = "none",
+        iqa: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_choice("output_mode", output_mode, list(OUTPUT_MODES))
         _check_choice("freeze", freeze, FREEZE_MODES)
         self.backbone = backbone
         self.head = head
+        self.iqa = iqa  # optional IQAFeatures, concatenated to the backbone features
         self.spec = spec
         self.output_mode = output_mode
         self.freeze = freeze
@@ -150,10 +153,19 @@ class AestheticModel(nn.Module):
         """Pooled backbone features [B, spec.feature_dim]."""
         return self.backbone(x)
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head sees: backbone features, plus IQA features when configured."""
+        feats = self.features(x)
+        return feats if self.iqa is None else torch.cat([feats, self.iqa(x)], dim=1)
+
+    def forward_head(self, head_input: torch.Tensor) -> torch.Tensor:
+        """Head only: logits [B, 10] or unclamped scores [B] from `head_input` features."""
+        out = self.head(head_input)
+        return out.squeeze(-1) if self.output_mode == "regression" else out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, 10] (distribution) or unclamped scores [B] (regression)."""
-        out = self.head(self.features(x))
-        return out.squeeze(-1) if self.output_mode == "regression" else out
+        return self.forward_head(self.head_input(x))
 
     def last_stage(self) -> nn.Module:
         """The last CNN stage, reported as "backbone_layer4" by gradient telemetry.
@@ -230,11 +242,15 @@ def build_model(
     activation: str = "relu",
     output_mode: str = "distribution",
     freeze: str = "none",
+    feature_layer: str = "final",
+    iqa_normalize: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> AestheticModel:
     """Build an `AestheticModel` from a registered backbone name.
 
     `weights_path` (a local torchvision state dict) takes precedence over `pretrained`
-    (torchvision's weights API, which downloads when not cached).
+    (torchvision's weights API, which downloads when not cached). `feature_layer="layer3"`
+    (ResNets) pools the third stage instead of the last. `iqa_normalize` = (mean, std) of the
+    input normalisation adds the IQA features (avakit.iqa) to the head's input.
     """
     _check_choice("backbone", backbone, list(BACKBONES))
     _check_choice("activation", activation, list(ACTIVATIONS))
@@ -247,9 +263,21 @@ def build_model(
     setattr(net.get_submodule(parent_path), attr, nn.Identity())
     if weights_path is not None:
         _load_backbone_weights(net, spec, weights_path)
+    _check_choice("feature_layer", feature_layer, ["final", "layer3"])
+    if feature_layer == "layer3":
+        if spec.layer3_dim is None:
+            raise AvakitError(f"feature layer 'layer3' needs a ResNet backbone, not {backbone}")
+        net.layer4 = nn.Identity()  # avgpool then pools layer3's output
+        spec = replace(spec, feature_dim=spec.layer3_dim, last_stage="layer3", partial_from="layer3")
+    iqa = None
+    if iqa_normalize is not None:
+        from avakit.iqa import IQA_NAMES, IQAFeatures
+
+        iqa = IQAFeatures(*iqa_normalize)
     out_dim = OUTPUT_MODES[output_mode]
-    head = MLPHead(spec.feature_dim, mlp_hidden_dims, out_dim, dropout, activation)
-    model = AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze)
+    in_dim = spec.feature_dim + (len(IQA_NAMES) if iqa is not None else 0)
+    head = MLPHead(in_dim, mlp_hidden_dims, out_dim, dropout, activation)
+    model = AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
     model.build_config = {
         "backbone": backbone,
         "mlp_hidden_dims": [int(h) for h in mlp_hidden_dims],
@@ -257,6 +285,8 @@ def build_model(
         "activation": activation,
         "output_mode": output_mode,
         "freeze": freeze,
+        "feature_layer": feature_layer,
+        "iqa": iqa is not None,
     }
     return model
 
@@ -292,3 +322,19 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in params),
         "trainable": sum(p.numel() for p in params if p.requires_grad),
     }
+
+
+def model_from_config(cfg: Any, *, load_weights: bool = True) -> AestheticModel:
+    """The model a `Config` describes (its model, features and transform sections).
+
+    `load_weights=False` skips pretrained / weights_path loading (the weights come from a
+    checkpoint). Head-only runs (`data.features` set) freeze the whole backbone.
+    """
+    m, f = cfg.model, cfg.features
+    iqa = (cfg.transform.normalize_mean, cfg.transform.normalize_std) if f.iqa else None
+    return build_model(
+        m.backbone, pretrained=m.pretrained and load_weights,
+        weights_path=m.weights_path if load_weights else None, mlp_hidden_dims=m.mlp_hidden_dims,
+        dropout=m.dropout, activation=m.activation, output_mode=m.output_mode,
+        freeze="full" if cfg.data.features else m.freeze, feature_layer=f.layer, iqa_normalize=iqa,
+    )

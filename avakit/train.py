@@ -37,7 +37,7 @@ from avakit.engine import (
 )
 from avakit.errors import AvakitError
 from avakit.losses import get_loss
-from avakit.model import build_model, param_groups
+from avakit.model import model_from_config, param_groups
 from avakit.transforms import EvalPreset, Normalize, TrainPreset
 
 log = logging.getLogger("avakit.train")
@@ -72,8 +72,9 @@ class Trainer:
     run_dir: Path
     dist: DistInfo
     device: torch.device
-    model: torch.nn.Module  # possibly DDP-wrapped
+    model: torch.nn.Module  # what trains: the model, DDP-wrapped, or the head only (features)
     core: torch.nn.Module  # the AestheticModel itself
+    eval_model: torch.nn.Module  # what evaluates: core, or the head only (features)
     ctx: StepContext
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: WarmupSchedule
@@ -127,9 +128,7 @@ def build_trainer(
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
     seed_everything(cfg.seed)
-    core = build_model(m.backbone, pretrained=m.pretrained, weights_path=m.weights_path,
-                       mlp_hidden_dims=m.mlp_hidden_dims, dropout=m.dropout, activation=m.activation,
-                       output_mode=m.output_mode, freeze=m.freeze).to(device)
+    core = model_from_config(cfg).to(device)
     if t.channels_last:
         core = core.to(memory_format=torch.channels_last)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
@@ -138,24 +137,27 @@ def build_trainer(
     else:
         optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9, nesterov=True,
                                     weight_decay=t.weight_decay)
-    sources = {s: resolve_split(cfg.data.shards, s) for s in ("train", "val", "test")
-               if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
-    if "train" not in sources or "val" not in sources:
-        raise AvakitError("data.shards: training needs a train and a val split")
-    if dist.enabled and sources["train"].samples is None:
-        raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
+    if cfg.data.features:
+        if dist.enabled:
+            raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
+        from avakit.features import head_only_setup
+
+        sources, model = head_only_setup(cfg, core)
+        eval_model, normalize = model, torch.nn.Identity()
+    else:
+        sources = _shard_sources(cfg, dist)
+        model = eval_model = core
+        normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
     steps = _steps_per_epoch(cfg, sources["train"], fraction, dist.world_size)
     unit = steps or 1
     schedule = WarmupSchedule(t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit,
                               max(1, t.early_stop_patience // 2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
-    model = core
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None)
     ctx = StepContext(
-        model=model,
-        normalize=Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device),
+        model=model, normalize=normalize,
         optimizer=optimizer, loss_fn=get_loss(t.loss_type).fn, output_mode=m.output_mode, device=device,
         amp=t.amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
         grad_accum_steps=t.grad_accum_steps,
@@ -163,12 +165,27 @@ def build_trainer(
         scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
         log_interval=cfg.log_interval,
     )
-    return Trainer(cfg, run_dir, dist, device, model, core, ctx, scheduler, schedule, sources, steps,
-                   fraction, RunState())
+    return Trainer(cfg, run_dir, dist, device, model, core, eval_model, ctx, scheduler, schedule, sources,
+                   steps, fraction, RunState())
+
+
+def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
+    sources = {s: resolve_split(cfg.data.shards, s) for s in ("train", "val", "test")
+               if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
+    if "train" not in sources or "val" not in sources:
+        raise AvakitError("data.shards: training needs a train and a val split")
+    if dist.enabled and sources["train"].samples is None:
+        raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
+    return sources
 
 
 def _loader(tr: Trainer, split: str, train: bool, epoch: int):
     cfg = tr.cfg
+    if cfg.data.features:
+        from avakit.features import feature_loader
+
+        return feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
+                              seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
     preset = TrainPreset(cfg.transform) if train else EvalPreset(cfg.transform)
     return make_loader(
         tr.sources[split], SampleDecoder(preset, cfg.transform.crop_size),
@@ -298,7 +315,7 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
                "quick_experiment": tr.fraction, "checkpoint": "best_model.pt"}
     for split in ("val", "test"):
         if split in tr.sources and tr.sources[split].urls:
-            found, df = run_evaluation(tr, tr.core, split, progress)
+            found, df = run_evaluation(tr, tr.eval_model, split, progress)
             results[split] = found
             if df is not None and tr.dist.is_main:
                 df.to_parquet(tr.run_dir / "predictions" / f"{split}.parquet", index=False)
@@ -384,7 +401,7 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
             progress.stop()
         if stats.corrupt:
             log.warning("epoch %d: %d corrupt training samples skipped", epoch, stats.corrupt)
-        val, df = run_evaluation(tr, tr.core, "val", progress)
+        val, df = run_evaluation(tr, tr.eval_model, "val", progress)
         s.elapsed_s += time.perf_counter() - started
         if _end_of_epoch(tr, epoch, stats, val, df):
             log.info("early stopping: no better val SRCC for %d epochs (best %.4f at epoch %d)",

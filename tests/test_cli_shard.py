@@ -158,3 +158,13 @@ def test_synthetic_is_deterministic(tmp_path: Path) -> None:
     assert all((a.images / f"{i}.jpg").read_bytes() == (b.images / f"{i}.jpg").read_bytes()
                for i in a.image_ids)
     assert len(a.ava_txt.read_text().split("\n")[0].split()) == 15
+
+
+def test_help_does_not_import_torch() -> None:
+    """`avakit --help` and the light commands stay fast: torch is imported only where needed."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom avakit.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

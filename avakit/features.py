@@ -1,0 +1,236 @@
+"""`avakit features`: run the frozen backbone once over the shards and cache what it sees.
+
+Cache folder layout (one set of files per split, written atomically, so extraction resumes per
+split):
+  meta.json              fingerprint (backbone, layer, weights, eval transform, shard manifest
+                         sha256), feature width, the manifest's preprocessing, finished splits
+  backbone.pt            the backbone weights used (so a head trained on the cache composes
+                         into a full model that scores raw photos)
+  {split}.features.npy   float16 [N, D] pooled CNN features
+  {split}.index.parquet  image_id, votes_1..10, mean_score, and the 5 IQA features (float32)
+A cache whose fingerprint differs from the config asking for it is refused as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avakit import __version__
+from avakit.config import Config
+from avakit.data import SampleDecoder, make_loader, resolve_split
+from avakit.distributed import pick_device
+from avakit.engine import autocast
+from avakit.errors import AvakitError
+from avakit.iqa import IQA_NAMES, iqa_features
+from avakit.manifest import file_sha256, write_json_atomic
+from avakit.model import model_from_config
+from avakit.transforms import EvalPreset, Normalize
+
+VOTE_COLS = [f"votes_{k}" for k in range(1, 11)]
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """One split of a feature cache, loaded in memory."""
+
+    split: str
+    ids: np.ndarray  # int64 [N]
+    features: np.ndarray  # float16 [N, D]
+    votes: np.ndarray  # float32 [N, 10]
+    iqa: np.ndarray  # float32 [N, 5]
+    manifest_sha256: str | None
+    preprocessing: dict | None
+
+    @property
+    def samples(self) -> int:
+        return len(self.ids)
+
+    @property
+    def urls(self) -> tuple[str, ...]:  # duck-types SplitSource: "has data"
+        return (self.split,) if len(self.ids) else ()
+
+
+def fingerprint(cfg: Config) -> dict:
+    """What decides the cached numbers: backbone, weights, layer, eval transform, shards."""
+    m, t = cfg.model, cfg.transform
+    weights = (f"file:{file_sha256(Path(m.weights_path))}" if m.weights_path else
+               "torchvision-default" if m.pretrained else f"random-init-seed-{cfg.seed}")
+    manifest = Path(str(cfg.data.shards)) / "manifest.json" if isinstance(cfg.data.shards, str) else None
+    return {"backbone": m.backbone, "layer": cfg.features.layer, "weights": weights,
+            "resize_size": t.resize_size, "crop_size": t.crop_size,
+            "normalize_mean": list(t.normalize_mean), "normalize_std": list(t.normalize_std),
+            "manifest_sha256": file_sha256(manifest) if manifest and manifest.is_file() else None}
+
+
+def _read_meta(out: Path) -> dict | None:
+    path = out / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_cache(cache: Path, cfg: Config) -> dict:
+    """The cache's meta.json if it was made for `cfg`; AvakitError naming the difference if stale."""
+    meta = _read_meta(Path(cache))
+    if meta is None:
+        raise AvakitError(f"{Path(cache) / 'meta.json'}: not found (run `avakit features` first)")
+    wanted = fingerprint(cfg)
+    for key, value in wanted.items():
+        if key == "manifest_sha256" and value is None:
+            continue  # no manifest to compare with (URL sources)
+        if meta["fingerprint"].get(key) != value:
+            raise AvakitError(f"{cache}: stale feature cache: {key} is {meta['fingerprint'].get(key)!r}, "
+                              f"the config needs {value!r}; re-run `avakit features` into a new --out")
+    return meta
+
+
+def _extract_split(model, normalize, loader, device, amp: str, progress) -> tuple:
+    feats, iqa, votes, ids = [], [], [], []
+    with torch.no_grad():
+        for images, batch_votes, batch_ids, valid in loader:
+            images, batch_votes, batch_ids = images[valid], batch_votes[valid], batch_ids[valid]
+            if not len(images):
+                continue
+            images = images.to(device)
+            with autocast(device, amp):
+                out = model.features(normalize(images))
+            feats.append(out.float().cpu().numpy().astype(np.float16))
+            iqa.append(iqa_features(images).cpu().numpy())
+            votes.append(batch_votes.numpy())
+            ids.append(batch_ids.numpy())
+            if progress is not None:
+                progress.advance(len(images))
+    if not ids:
+        return np.zeros((0, model.spec.feature_dim), np.float16), np.zeros((0, 5)), np.zeros((0, 10)), []
+    return np.concatenate(feats), np.concatenate(iqa), np.concatenate(votes), np.concatenate(ids)
+
+
+def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
+    tmp = out / f".{split}.features.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, feats)
+    index = pd.DataFrame({"image_id": np.asarray(ids, np.int64)})
+    for k, col in enumerate(VOTE_COLS):
+        index[col] = votes[:, k].astype(np.float32) if len(votes) else np.zeros(0, np.float32)
+    index["mean_score"] = (votes @ np.arange(1, 11)) / votes.sum(axis=1) if len(votes) else []
+    for k, name in enumerate(IQA_NAMES):
+        index[name] = iqa[:, k].astype(np.float32) if len(iqa) else np.zeros(0, np.float32)
+    index.to_parquet(out / f".{split}.index.parquet.tmp", index=False)
+    os.replace(out / f".{split}.index.parquet.tmp", out / f"{split}.index.parquet")
+    os.replace(tmp, out / f"{split}.features.npy")
+
+
+def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test"), out: Path | None = None,
+                     device: str = "auto", progress=None) -> dict:
+    """Write the feature cache for `splits` into `out`; returns meta.json's contents."""
+    out = Path(out or cfg.data.features or "features")
+    wanted = fingerprint(cfg)
+    meta = _read_meta(out)
+    if meta is not None and meta["fingerprint"] != wanted:
+        raise AvakitError(f"{out}: holds features made with other settings; use another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
+    dev = pick_device(device)
+    model = model_from_config(cfg).to(dev).eval()
+    if cfg.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(dev)
+    amp = cfg.training.amp if dev.type == "cuda" else "off"
+    if meta is None:
+        torch.save(model.backbone.state_dict(), out / "backbone.pt")
+        meta = {"format_version": 1, "created_by": f"avakit {__version__}", "fingerprint": wanted,
+                "feature_dim": model.spec.feature_dim, "iqa_names": list(IQA_NAMES), "splits": {},
+                "preprocessing": None}
+    for split in splits:
+        if split in meta["splits"] and (out / f"{split}.features.npy").is_file():
+            continue  # finished in an earlier run
+        source = resolve_split(cfg.data.shards, split)
+        meta["preprocessing"] = meta["preprocessing"] or source.preprocessing
+        loader = make_loader(source, SampleDecoder(EvalPreset(cfg.transform), cfg.transform.crop_size),
+                             batch_size=cfg.features.batch_size, train=False, seed=cfg.seed, epoch=0,
+                             num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
+        if progress is not None:
+            progress.start(f"features {split}", source.samples)
+        arrays = _extract_split(model, normalize, loader, dev, amp, progress)
+        if progress is not None:
+            progress.stop()
+        _write_split(out, split, *arrays)
+        meta["splits"][split] = len(arrays[3])
+        write_json_atomic(out / "meta.json", meta)
+    return meta
+
+
+def load_feature_split(cache: Path, split: str, meta: dict) -> FeatureSource:
+    """One cached split in memory (features stay float16 until batched)."""
+    cache = Path(cache)
+    if split not in meta["splits"]:
+        raise AvakitError(f"{cache}: no cached features for split {split!r} (run `avakit features`)")
+    index = pd.read_parquet(cache / f"{split}.index.parquet")
+    feats = np.load(cache / f"{split}.features.npy")
+    return FeatureSource(split, index["image_id"].to_numpy(np.int64), feats,
+                         index[VOTE_COLS].to_numpy(np.float32), index[list(IQA_NAMES)].to_numpy(np.float32),
+                         meta["fingerprint"]["manifest_sha256"], meta.get("preprocessing"))
+
+
+class HeadOnly(torch.nn.Module):
+    """Trains/evaluates an AestheticModel's head on cached head inputs (the backbone is skipped).
+
+    `module` is the full model, so checkpoints and telemetry see the real AestheticModel.
+    """
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = core
+
+    def forward(self, head_input: torch.Tensor) -> torch.Tensor:
+        return self.module.forward_head(head_input)
+
+    def train(self, mode: bool = True) -> HeadOnly:
+        self.module.train(mode)  # a frozen backbone stays in eval mode
+        self.training = mode
+        return self
+
+
+def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, FeatureSource], HeadOnly]:
+    """Load the cache `cfg.data.features` (refusing a stale one) into memory for head training.
+
+    The cache's backbone weights go into `core`, and with `features.iqa` the IQA
+    standardisation statistics of the train split, so `core` scores raw photos afterwards.
+    """
+    cache = Path(cfg.data.features)
+    meta = check_cache(cache, cfg)
+    sources = {s: load_feature_split(cache, s, meta) for s in ("train", "val", "test") if s in meta["splits"]}
+    if "train" not in sources or "val" not in sources:
+        raise AvakitError(f"{cache}: head-only training needs cached train and val features")
+    state = torch.load(cache / "backbone.pt", map_location="cpu", weights_only=True)
+    core.backbone.load_state_dict(state)
+    if core.iqa is not None:
+        train_iqa = torch.tensor(sources["train"].iqa)
+        core.iqa.feature_mean.copy_(train_iqa.mean(dim=0))
+        core.iqa.feature_std.copy_(train_iqa.std(dim=0).clamp_min(1e-6))
+    return sources, HeadOnly(core)
+
+
+def feature_loader(source: FeatureSource, core: torch.nn.Module, *, batch_size: int, train: bool, seed: int,
+                   epoch: int, fraction: float = 1.0):
+    """Batches (head input float32, votes, ids, valid) from a cached split; shuffled per epoch."""
+    from avakit.data import keep_sample
+
+    order = np.arange(source.samples)
+    if fraction < 1.0:
+        order = np.array([i for i in order if keep_sample(str(source.ids[i]), fraction)], dtype=np.int64)
+    if train:
+        order = np.random.default_rng(seed * 10_007 + epoch).permutation(order)
+    for start in range(0, len(order), batch_size):
+        idx = np.sort(order[start:start + batch_size]) if not train else order[start:start + batch_size]
+        x = torch.from_numpy(source.features[idx].astype(np.float32))
+        if core.iqa is not None:
+            with torch.no_grad():
+                x = torch.cat([x, core.iqa.standardise(torch.from_numpy(source.iqa[idx]))], dim=1)
+        yield (x, torch.from_numpy(source.votes[idx]), torch.from_numpy(source.ids[idx]),
+               torch.ones(len(idx), dtype=torch.bool))

@@ -1,0 +1,97 @@
+"""Benchmark `avakit predict` on CPU: cold start of the command, and warm images/s.
+
+Cold: wall time of `avakit predict one.jpg --run RUN --format json` in a fresh process, from
+process start to output (target <= 3 s on CPU for resnet50). Warm: images/s of the loaded
+scorer at batch 1 and 32 (preprocessing excluded). Also checks that `avakit --help` imports no
+torch, which is what keeps the cold path short.
+
+    .venv/bin/python benchmarks/bench_predict.py [--backbone resnet50] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avakit.checkpoint import save_checkpoint
+from avakit.config import config_to_dict, load_config
+from avakit.model import build_model
+from avakit.predict import load_scorer
+from avakit.preprocess import prepare
+from avakit.synthetic import make_synthetic_ava
+
+
+def make_run(root: Path, backbone: str) -> Path:
+    """A run folder holding a randomly initialised `backbone` checkpoint (no download)."""
+    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false"])
+    model = build_model(backbone, pretrained=False).eval()
+    run = root / "run"
+    run.mkdir()
+    save_checkpoint(run / "best_model.pt", {
+        "model_state_dict": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": {},
+        "preprocessing": {"short_side": 256, "quality": 90}})
+    return run
+
+
+def cold_start(run: Path, image: Path, repeats: int) -> list[float]:
+    """Wall seconds of whole `avakit predict` processes."""
+    cmd = [sys.executable, "-m", "avakit", "predict", str(image), "--run", str(run), "--format", "json"]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def help_imports_torch() -> tuple[bool, float]:
+    """(does `avakit --help` import torch, its wall seconds)."""
+    code = ("import sys; from avakit.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return proc.stderr.strip().endswith("True"), time.perf_counter() - start
+
+
+def warm_rate(run: Path, images: list[Path], batch: int, seconds: float = 5.0) -> float:
+    """Images/s of the loaded scorer's forward pass at `batch` (inputs prepared beforehand)."""
+    scorer = load_scorer(run=run, device="cpu")
+    arrays = np.stack([prepare(p, scorer.spec) for p in images[:batch]])
+    scorer(arrays)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        scorer(arrays)
+        done += len(arrays)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ava = make_synthetic_ava(root / "ava", n=32, seed=0, fixed_size=(800, 534))
+        images = [ava.images / f"{i}.jpg" for i in ava.image_ids]
+        run = make_run(root, args.backbone)
+        imports_torch, help_s = help_imports_torch()
+        print(f"avakit --help: {help_s:.2f} s, imports torch: {imports_torch}")
+        cold = cold_start(run, images[0], args.repeats)
+        print(f"cold `avakit predict one.jpg` ({args.backbone}, cpu, {torch.get_num_threads()} threads): "
+              f"best {min(cold):.2f} s, median {sorted(cold)[len(cold) // 2]:.2f} s "
+              f"(target <= 3 s) {'PASS' if min(cold) <= 3 else 'FAIL'}")
+        for batch in (1, 32):
+            print(f"warm forward, batch {batch:2d}: {warm_rate(run, images, batch):7.1f} images/s")
+        print(f"--help imports no torch: {'PASS' if not imports_torch else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
