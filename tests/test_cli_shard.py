@@ -165,6 +165,6 @@ def test_help_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom avakit.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    code = ("import sys\nfrom avakit.cli import app\ntry:\n    app(['--help'])\n"
+            "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
