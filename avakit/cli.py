@@ -6,28 +6,25 @@ Library modules are imported inside each command so `avakit --help` stays fast (
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from typer.core import TyperGroup
 
+from avakit.console import (
+    RichProgress,
+    console,
+    cpu_count,
+    err_console,
+    log_to_console,
+    print_results,
+    print_shard_summary,
+    progress_bar,
+)
 from avakit.errors import AvakitError
-
-err_console = Console(stderr=True)
 
 
 class _Group(TyperGroup):
@@ -52,56 +49,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextmanager
-def progress_bar(description: str, total: int, unit: str = "images"):
-    """A Rich progress bar with a rate column; yields an `advance(n)` callable."""
-    columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task(description, total=total, rate="")
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
-
-        yield advance
-
-
-def _print_shard_summary(manifest: dict, out: Path) -> None:
-    table = Table(title=f"shards in {out}")
-    for col in ("split", "samples", "shards", "MB", "mean score", "votes/image"):
-        table.add_column(col, justify="right" if col != "split" else "left")
-    for split, info in manifest["splits"].items():
-        stats = info["label_stats"]
-        table.add_row(
-            split, f"{info['samples']:,}", str(len(info["shards"])), f"{info['bytes'] / 1e6:,.1f}",
-            f"{stats['mean_score_mean']:.2f} ± {stats['mean_score_std']:.2f}" if stats["n"] else "-",
-            f"{stats['votes_per_image_mean']:.0f}" if stats["n"] else "-",
-        )
-    console.print(table)
-    counts = manifest["counts"]
-    console.print(
-        f"rows read {counts['rows_read']:,} = samples written {counts['samples_written']:,}"
-        f" + rows skipped {counts['rows_skipped']:,}"
-    )
-    if manifest["skipped_by_reason"]:
-        skipped = Table(title="skipped rows by reason (all listed in manifest.json)")
-        skipped.add_column("reason")
-        skipped.add_column("rows", justify="right")
-        for reason, n in manifest["skipped_by_reason"].items():
-            skipped.add_row(reason, f"{n:,}")
-        console.print(skipped)
 
 
 @app.command()
@@ -137,8 +84,8 @@ def shard(
     if done:
         console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")
     with progress_bar("sharding", plan.pending_images) as advance:
-        manifest = write_shards(plan, _cpu_count() if workers is None else workers, advance)
-    _print_shard_summary(manifest, out)
+        manifest = write_shards(plan, cpu_count() if workers is None else workers, advance)
+    print_shard_summary(manifest, out)
     console.print(f"manifest: {out / 'manifest.json'}")
 
 
@@ -156,79 +103,13 @@ def inspect(
     n_shards = sum(len(s["shards"]) for s in load_manifest(shards)["splits"].values())
     with progress_bar("checking", n_shards, unit="shards") as advance:
         manifest, problems = verify_shards(shards, decode=decode, progress=advance)
-    _print_shard_summary(manifest, shards)
+    print_shard_summary(manifest, shards)
     if problems:
         for p in problems:
             err_console.print(f"[red]mismatch:[/red] {p}")
         raise AvakitError(f"{shards}: {len(problems)} problem(s) found", exit_code=1)
     checked = "matches the manifest and decodes" if decode else "matches the manifest"
     console.print(f"[green]ok[/green]: every shard {checked}")
-
-
-class RichProgress:
-    """train.Progress on a Rich bar: images/s, running loss, ETA; one bar per epoch/eval."""
-
-    def __init__(self) -> None:
-        self.bar: Progress | None = None
-
-    def start(self, description: str, total: int | None) -> None:
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]} {task.fields[loss]}"), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn()]
-        # Off when stderr is not a terminal (CI logs, pipes): the log lines say it all there.
-        self.bar = Progress(*columns, console=err_console, transient=True,
-                            disable=not err_console.is_terminal)
-        self.bar.start()
-        self.task = self.bar.add_task(description, total=total, rate="", loss="")
-        self.loss = None
-
-    def advance(self, n: int, loss: float | None = None) -> None:
-        assert self.bar is not None
-        if loss is not None:
-            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
-        self.bar.advance(self.task, n)
-        speed = self.bar.tasks[self.task].speed
-        self.bar.update(self.task, rate=f"{speed:,.0f} img/s" if speed else "",
-                        loss=f"loss {self.loss:.4f}" if self.loss is not None else "")
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-
-def _log_to_console() -> None:
-    """Show the library's log lines (the same lines as training.log) on the terminal."""
-    import logging
-
-    from rich.logging import RichHandler
-
-    logger = logging.getLogger("avakit")
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        handler = RichHandler(console=err_console, show_path=False, show_level=False, show_time=False,
-                              markup=False, highlighter=None)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
-def _print_results(run_dir: Path) -> None:
-    """The val/test metrics table of a finished run (nothing when the run was cut short)."""
-    results = run_dir / "results.json"
-    if results.is_file():
-        import json
-
-        found = json.loads(results.read_text())
-        table = Table(title=f"best epoch {found['best_epoch']} of {found['epochs']}")
-        table.add_column("split")
-        for name in ("SRCC", "PLCC", "Acc", "MAE", "n"):
-            table.add_column(name, justify="right")
-        for split in ("val", "test"):
-            if split in found:
-                m = found[split]
-                keys = ("srcc", "plcc", "accuracy", "mae")
-                table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in keys), str(m.get("n", 0)))
-        console.print(table)
 
 
 @app.command()
@@ -254,9 +135,9 @@ def train(
     if resume is not None and config is not None:
         raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
     cfg = resume_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
-    _log_to_console()
+    log_to_console()
     run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
-    _print_results(run_dir)
+    print_results(run_dir)
     console.print(f"run folder: {run_dir}")
 
 
@@ -316,7 +197,7 @@ def evaluate(
     from avakit.evaluate import evaluate_run
     from avakit.metrics import METRIC_NAMES
 
-    _log_to_console()
+    log_to_console()
     report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress())
     m = report["metrics"]
     table = Table(title=f"{run_dir.name}: {split} split, {report['checkpoint']} (epoch {report['epoch']}), "
@@ -332,6 +213,46 @@ def evaluate(
                   f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
     console.print(table)
     console.print(f"wrote {run_dir / f'eval_{split}.json'}, {run_dir / 'predictions' / f'{split}.parquet'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
+    shards: Annotated[Path | None, typer.Option(help="Shards for thumbnails [default: the run's].")] = None,
+    tags: Annotated[Path | None, typer.Option(help="tags.txt, to name semantic tags.")] = None,
+    challenges: Annotated[Path | None, typer.Option(help="challenges.txt, to name challenges.")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open report.html in the browser.")] = False,
+) -> None:
+    """Plots and one self-contained report.html from a run folder (nothing is retrained).
+
+    Training curves, gradient-norm telemetry with warning signs, prediction analysis of the best
+    epoch (and of the test split once `evaluate` or `train` wrote it), SRCC over epochs, errors
+    per semantic tag and challenge, and galleries of the best and worst predicted images.
+    """
+    from avakit.metrics import METRIC_NAMES
+    from avakit.report import build_report
+
+    summary = build_report(run_dir, shards, tags, challenges)
+    table = Table(title=f"{run_dir.name}: best epoch {summary['best_epoch']}")
+    table.add_column("split")
+    keys = ("srcc", "plcc", "accuracy", "emd", "mae", "n")
+    for key in keys:
+        table.add_column(METRIC_NAMES.get(key, key), justify="right")
+    for split in ("val", "test"):
+        m = summary.get(split)
+        if m:
+            table.add_row(split, *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-"))
+                                   for k in keys))
+    console.print(table)
+    for line in summary["warnings"]:
+        console.print(f"[yellow]telemetry:[/yellow] {line}", highlight=False)
+    for line in summary["notes"]:
+        console.print(f"note: {line}", highlight=False)
+    console.print(f"report: {summary['report']}  ({len(summary['pngs'])} plots)")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(Path(summary["report"]).resolve().as_uri())
 
 
 @app.command()
@@ -409,12 +330,12 @@ def demo(
     console.print(f"2/3 sharding into {out / 'shards'}")
     plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
     with progress_bar("sharding", plan.pending_images) as advance:
-        manifest = write_shards(plan, _cpu_count(), advance)
-    _print_shard_summary(manifest, out / "shards")
+        manifest = write_shards(plan, cpu_count(), advance)
+    print_shard_summary(manifest, out / "shards")
     console.print(f"3/3 training {config}")
-    _log_to_console()
+    log_to_console()
     run_dir = fit(cfg, progress=RichProgress())
-    _print_results(run_dir)
+    print_results(run_dir)
     console.print(f"[bold]demo done[/bold]: data {data}, shards {out / 'shards'}, run folder {run_dir}")
 
 

@@ -110,14 +110,14 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
         _log_y(ax_lr, *series)
         if not series:
             _placeholder(ax_lr, "no learning rates recorded")
-        for ax in (ax_loss, ax_corr, ax_lr):
+        for ax in (ax_loss, ax_corr, ax_lr):  # the same epoch axis on every panel
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
             if len(epochs) == 1:
-                ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
                 ax.set_xticks([epochs[0]])
     _style(ax_loss, "Loss", "epoch (0-based)", "loss (mean per image)")
     _style(ax_corr, "Validation correlation", "epoch (0-based)", "correlation coefficient")
-    _style(ax_lr, "Learning rate (end of epoch)", "epoch (0-based)", "learning rate (log scale)")
+    _style(ax_lr, "Learning rate (last step of epoch)", "epoch (0-based)", "learning rate (log scale)")
     fig.suptitle("Training curves")
     return _save(fig, path)
 

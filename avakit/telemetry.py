@@ -21,13 +21,15 @@ import os
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
-from torch import nn
 
-from avakit.model import AestheticModel
+if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (report) stays light
+    import torch
+    from torch import nn
+
+    from avakit.model import AestheticModel
 
 TELEMETRY_DIR = "telemetry"
 GRAD_FILE = "gradient_norms.csv"
@@ -36,6 +38,10 @@ LR_FILE = "learning_rates.csv"
 
 def _unwrap(model: nn.Module) -> AestheticModel:
     """The AestheticModel inside a DDP (`.module`) or torch.compile (`._orig_mod`) wrapper."""
+    from torch import nn
+
+    from avakit.model import AestheticModel
+
     for _ in range(4):
         if isinstance(model, AestheticModel):
             break
@@ -136,6 +142,8 @@ class Telemetry:
 
     def _membership_matrix(self, present: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """[n_parts, n_present] 0/1 matrix: which present grads belong to which part."""
+        import torch
+
         if present not in self._membership:
             col = {p: j for j, p in enumerate(present)}
             mat = torch.zeros(len(self._part_index), len(present), dtype=torch.float32)
@@ -148,6 +156,8 @@ class Telemetry:
 
     def _grad_norms(self) -> list[float]:
         """[overall, backbone_layer4, mlp_head, mlp_layer_0, ...] with one host sync."""
+        import torch
+
         present = tuple(i for i, p in enumerate(self._params) if p.grad is not None)
         n_parts = len(self._part_index)
         if not present:

@@ -22,7 +22,7 @@ import torch
 
 from avakit import __version__
 from avakit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from avakit.config import Config, config_to_dict, load_config, save_config
+from avakit.config import Config, config_to_dict, load_config, save_config, with_absolute_paths
 from avakit.data import SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.distributed import DistInfo, gather_objects, init_distributed, shutdown
 from avakit.engine import (
@@ -242,7 +242,9 @@ def _epoch_record(epoch: int, stats: EpochStats, val: dict, lrs: list[float], wo
 def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> bool:
     """Record the epoch, save predictions and checkpoints; True when early stopping says stop."""
     s, cfg = tr.state, tr.cfg
-    lrs = [g["lr"] for g in tr.ctx.optimizer.param_groups]
+    # the learning rates the epoch's last step used (a per-step scheduler has moved on since)
+    t = max(stats.last_step - 1, 0) if tr.ctx.scheduler is not None else epoch
+    lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
     s.history.append(_epoch_record(epoch, stats, val, lrs, tr.dist.world_size))
     srcc = val.get("srcc", float("nan"))
     improved = math.isfinite(srcc) and srcc > s.best_srcc
@@ -291,6 +293,7 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
     from avakit.distributed import broadcast_object
 
     if resume is None:
+        cfg = with_absolute_paths(cfg)
         run_dir = broadcast_object(new_run_dir(cfg, output_dir) if dist.is_main else None, dist)
         ckpt = None
     else:

@@ -1,0 +1,255 @@
+"""The sections of `report.html`: one self-contained page with inline CSS and no JavaScript.
+
+Small HTML helpers (every inserted text goes through `html.escape`), then one function per
+report section that draws its PNGs through a `Collector` and returns the section's HTML.
+Images are referenced by paths relative to the report folder, so the page opens from disk.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from avakit import report_plots as P
+from avakit.metrics import METRIC_NAMES
+from avakit.plots import plot_gradient_norms, plot_learning_rates, plot_training_curves
+from avakit.report_plots import fmt
+
+if TYPE_CHECKING:
+    from avakit.report import SplitData
+
+SUMMARY_METRICS = ("srcc", "plcc", "accuracy", "emd", "mae", "rmse")
+
+CAPTIONS: dict[str, str] = {
+    "training_curves": "Per epoch: training and validation loss (left), validation SRCC/PLCC with the "
+    "best epoch starred (middle), learning rate of each optimizer param group at the end of the "
+    "epoch (right). A widening gap between train and val loss means overfitting.",
+    "learning_rates": "Learning rate of each param group at every recorded optimizer step (warmup, "
+    "cosine decay or plateau drops show up here).",
+    "gradient_norms": "L2 norm of the gradients per model part at every recorded step, log scale. "
+    "Flat near-zero lines mean a frozen or dead part; spikes or steady growth mean instability.",
+    "scatter": "One dot per image. Dots on the dashed identity line are perfect; a cloud flatter than "
+    "the line means the model compresses scores toward the mean (common on AVA).",
+    "residuals": "Predicted minus real mean score. Centred on zero = unbiased; the width is the "
+    "typical error.",
+    "calibration": "Images grouped by real score (bins of width 1): mean prediction per bin with its "
+    "spread. Points above the identity over-rate that score range, points below under-rate it.",
+    "error_by_score": "Mean absolute error per real-score bin, with the number of images per bin. "
+    "Extreme (rare) scores are usually predicted worst.",
+    "confusion": "The literature's binary task: an image is 'high' when its mean score is above 5. "
+    "Diagonal cells are correct; percentages are of all images.",
+    "score_distributions": "Histograms of real and predicted mean scores. A narrower predicted "
+    "histogram means the model avoids extreme scores.",
+    "srcc_by_epoch": "SRCC/PLCC recomputed from each saved predictions/val_epoch_NNN.parquet "
+    "(one point per file); the star marks the best epoch, whose model is best_model.pt.",
+    "group_mae": "Mean absolute error per group (largest groups first) against the MAE of all "
+    "images (dashed). An image with two tags counts in both; small groups are noisy.",
+    "vote_histograms": "Images picked evenly along the real-score range: the real share of votes per "
+    "rating (blue) next to the predicted distribution (orange).",
+}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ccc; padding-bottom: .3em; }
+h2 { margin-top: 2.2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: right; }
+th { background: #f2f2f2; } td.name, th.name { text-align: left; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.92em; max-width: 60em; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; margin: .8em 0; }
+.warn { background: #fdecea; border-left: 4px solid #d93025; padding: .5em .8em; margin: .8em 0; }
+.ok { background: #e8f5e9; border-left: 4px solid #2e7d32; padding: .5em .8em; margin: .8em 0; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.thumb { width: 170px; font-size: 0.85em; text-align: center; }
+.thumb img { max-width: 160px; max-height: 160px; display: block; margin: 0 auto 4px; }
+.missing { width: 160px; height: 100px; background: #eee; color: #777; display: flex;
+           align-items: center; justify-content: center; margin: 0 auto 4px; }
+"""
+
+
+def esc(value: object) -> str:
+    """Text made safe for HTML (quotes too)."""
+    return html.escape(str(value), quote=True)
+
+
+def note(text: str, kind: str = "note") -> str:
+    """A highlighted paragraph: kind 'note', 'warn' or 'ok'."""
+    return f'<p class="{esc(kind)}">{esc(text)}</p>\n'
+
+
+def paragraph(text: str) -> str:
+    """A plain paragraph."""
+    return f"<p>{esc(text)}</p>\n"
+
+
+def figure(src: str, key: str, alt: str) -> str:
+    """An <img> (path relative to the report folder) with the caption for plot kind `key`."""
+    caption = CAPTIONS.get(key, "")
+    return (f'<figure><img src="{esc(src)}" alt="{esc(alt)}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>\n")
+
+
+def table(header: list[str], rows: Iterable[list[object]], first_is_name: bool = True) -> str:
+    """A plain table; the first column left-aligned when `first_is_name`."""
+    def cell(tag: str, i: int, value: object) -> str:
+        cls = ' class="name"' if first_is_name and i == 0 else ""
+        return f"<{tag}{cls}>{esc(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>\n" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+
+
+def summary_table(best_epoch: int | None, splits: dict[str, dict | None]) -> str:
+    """Best epoch and the headline metrics of each split (None = no predictions)."""
+    header = ["split", "images", *(METRIC_NAMES[m] for m in SUMMARY_METRICS)]
+    rows = []
+    for name, found in splits.items():
+        if found is None:
+            rows.append([name, "no predictions", *("n/a" for _ in SUMMARY_METRICS)])
+        else:
+            rows.append([name, found.get("n", "n/a"), *(fmt(found.get(m), 4) for m in SUMMARY_METRICS)])
+    best = "n/a" if best_epoch is None else str(best_epoch)
+    return paragraph(f"Best epoch (highest val SRCC): {best}") + table(header, rows)
+
+
+def group_table(stats: pd.DataFrame, what: str, max_rows: int = 60) -> str:
+    """Per-group table (name, id, count, mae, srcc, mean real, mean predicted), sorted by count."""
+    header = [what, "id", "images", "MAE", "SRCC", "mean real", "mean predicted"]
+    cols = ["name", "id", "count", "mae", "srcc", "mean_real", "mean_pred"]
+    rows = [[name, gid, n, fmt(mae), fmt(srcc), fmt(real, 2), fmt(pred, 2)]
+            for name, gid, n, mae, srcc, real, pred in stats.head(max_rows)[cols].itertuples(index=False)]
+    more = paragraph(f"{len(stats) - max_rows} smaller groups not shown.") if len(stats) > max_rows else ""
+    return table(header, rows) + more
+
+
+def gallery(items: list[tuple[str | None, int, float, float]]) -> str:
+    """Thumbnails (relative path or None when unavailable) captioned with id, real and predicted."""
+    cells = []
+    for src, image_id, real, pred in items:
+        img = (f'<img src="{esc(src)}" alt="image {esc(image_id)}">' if src
+               else '<div class="missing">no thumbnail</div>')
+        cells.append(f'<div class="thumb">{img}id {esc(image_id)}<br>real {real:.2f} · '
+                     f"predicted {pred:.2f}<br>error {pred - real:+.2f}</div>")
+    return '<div class="gallery">\n' + "\n".join(cells) + "\n</div>\n"
+
+
+def section(heading: str, body: str, level: int = 2, anchor: str | None = None) -> str:
+    """A heading (with an id for the table of contents) followed by its body (already HTML)."""
+    ident = f' id="{esc(anchor)}"' if anchor else ""
+    return f"<h{level}{ident}>{esc(heading)}</h{level}>\n{body}"
+
+
+def contents(entries: list[tuple[str, str]]) -> str:
+    """A list of links to the sections, as (anchor, heading) pairs."""
+    items = "".join(f'<li><a href="#{esc(a)}">{esc(h)}</a></li>' for a, h in entries)
+    return f"<nav><ul>{items}</ul></nav>\n"
+
+
+def page(title: str, subtitle: str, body: str) -> str:
+    """The whole document."""
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{esc(title)}</h1>\n<p>{esc(subtitle)}</p>\n{body}</body>\n</html>\n")
+
+
+@dataclass
+class Collector:
+    """The report folder plus the PNGs written and the sections skipped so far."""
+
+    out: Path
+    pngs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def figure(self, name: str, key: str, fn: Callable[..., Path], data: Any, *rest: Any) -> str:
+        """Draw `fn(data, out/name, *rest)`; its <figure> with the caption of plot kind `key`."""
+        self.pngs.append(fn(data, self.out / name, *rest))
+        return figure(name, key, alt=name.removesuffix(".png").replace("_", " "))
+
+    def note(self, text: str) -> str:
+        """Record a skipped or limited section; the note as a highlighted paragraph."""
+        self.notes.append(text)
+        return note(text)
+
+
+def training_section(c: Collector, history: list[dict], lr_df: pd.DataFrame | None) -> str:
+    """Per-epoch training curves and, from telemetry, the learning rate per step."""
+    body = c.figure("training_curves.png", "training_curves", plot_training_curves, history)
+    if len(history) <= 1:
+        body += c.note(f"training_history.json has {len(history)} epoch(s): the curves are "
+                       f"{'single points' if history else 'empty'}")
+    if lr_df is None:
+        return body + c.note("no telemetry/learning_rates.csv: the per-step learning-rate plot is skipped")
+    return body + c.figure("learning_rates.png", "learning_rates", plot_learning_rates, lr_df)
+
+
+def telemetry_section(c: Collector, grad_df: pd.DataFrame | None, warnings: list[str]) -> str:
+    """Gradient norms per part (log scale) and the warning signs found in them."""
+    if grad_df is None:
+        return c.note("no telemetry/gradient_norms.csv (telemetry disabled?): gradient-norm plot skipped")
+    body = c.figure("gradient_norms.png", "gradient_norms", plot_gradient_norms, grad_df)
+    if not warnings:
+        return body + note("No warning signs in the gradient norms.", "ok")
+    return body + "".join(note(w, "warn") for w in warnings)
+
+
+def predictions_section(c: Collector, splits: list[SplitData]) -> str:
+    """The six prediction-analysis plots of each split."""
+    body = ""
+    for sp in splits:
+        figs = "".join(c.figure(f"{sp.key}_{key}.png", key, fn, sp.df, sp.label)
+                       for key, fn in P.PREDICTION_PLOTS.items())
+        body += section(f"{sp.label} ({len(sp.df)} images)", figs, level=3)
+    return body
+
+
+def epochs_section(c: Collector, points: pd.DataFrame, best_epoch: int | None) -> str:
+    """SRCC/PLCC per epoch from the per-epoch prediction files."""
+    if points.empty:
+        return c.note("no predictions/val_epoch_NNN.parquet (save_val_predictions off?): plot skipped")
+    body = c.figure("srcc_by_epoch.png", "srcc_by_epoch", P.plot_srcc_by_epoch, points, best_epoch)
+    if len(points) == 1:
+        body += c.note("only one per-epoch predictions file: SRCC over epochs is a single point")
+    return body
+
+
+def votes_section(c: Collector, splits: list[SplitData]) -> str:
+    """Predicted vs real vote histograms (distribution mode only)."""
+    dist = [sp for sp in splits if "pred_dist_1" in sp.df.columns]
+    if not dist:
+        return c.note("regression mode (no pred_dist columns): vote-histogram grid skipped")
+    return "".join(c.figure(f"{sp.key}_vote_histograms.png", "vote_histograms", P.plot_vote_histograms,
+                            sp.df, sp.label) for sp in dist)
+
+
+def groups_section(c: Collector, groups: list[tuple[SplitData, str, str, pd.DataFrame]],
+                   min_group: int) -> str:
+    """Per (split, kind): the group table sorted by count and the MAE bar chart."""
+    body = ""
+    for sp, what, part, stats in groups:
+        if stats.empty:
+            inner = c.note(f"{sp.label}: no {what} with at least {min_group} images")
+        else:
+            inner = group_table(stats, what) + c.figure(
+                f"{sp.key}_{part}_mae.png", "group_mae", P.plot_group_mae, stats,
+                f"MAE per {what} ({sp.label})", sp.metrics.get("mae", float("nan")))
+        body += section(f"Per {what} ({sp.label})", inner, level=3)
+    return body
+
+
+def gallery_section(splits: list[SplitData], extremes: Callable) -> str:
+    """Best- and worst-predicted images of each split, with thumbnails where read."""
+    body = ""
+    for sp in splits:
+        for title, rows in zip(("Best predicted", "Worst predicted"), extremes(sp.df), strict=True):
+            items = [(sp.thumbs.get(int(i)), int(i), float(g), float(p))
+                     for i, g, p in rows[["image_id", "gt_mean", "pred_mean"]].itertuples(index=False)]
+            body += section(f"{title} ({sp.label}), by |predicted - real|", gallery(items), level=3)
+    return body
