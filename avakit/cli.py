@@ -313,11 +313,14 @@ def demo(
     n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
 ) -> None:
-    """The whole loop on a synthetic AVA-like dataset: generate, shard, train.
+    """The whole loop on a synthetic AVA-like dataset: generate, shard, train, evaluate, report, predict.
 
     Everything goes under --out: ava/ (AVA.txt, tags, challenges, images), shards/, outputs/.
     """
     from avakit.config import load_config
+    from avakit.evaluate import evaluate_run
+    from avakit.predict import load_scorer, score_images
+    from avakit.report import build_report
     from avakit.shards import ShardOptions, plan_sharding, write_shards
     from avakit.synthetic import make_synthetic_ava
     from avakit.train import fit
@@ -325,18 +328,29 @@ def demo(
     cfg = load_config(config, [f"data.shards={out / 'shards'}", f"output_dir={out / 'outputs'}"])
     data = out / "ava"
     if not (data / "AVA.txt").is_file():
-        console.print(f"1/3 generating {n} synthetic AVA-like images in {data}")
+        console.print(f"1/6 generating {n} synthetic AVA-like images in {data}")
         make_synthetic_ava(data, n=n, seed=seed)
-    console.print(f"2/3 sharding into {out / 'shards'}")
+    console.print(f"2/6 sharding into {out / 'shards'}")
     plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
     with progress_bar("sharding", plan.pending_images) as advance:
         manifest = write_shards(plan, cpu_count(), advance)
     print_shard_summary(manifest, out / "shards")
-    console.print(f"3/3 training {config}")
+    console.print(f"3/6 training {config}")
     log_to_console()
     run_dir = fit(cfg, progress=RichProgress())
     print_results(run_dir)
-    console.print(f"[bold]demo done[/bold]: data {data}, shards {out / 'shards'}, run folder {run_dir}")
+    console.print("4/6 evaluating best_model.pt on the test split")
+    metrics = evaluate_run(run_dir, "test", progress=RichProgress())["metrics"]
+    console.print(f"test SRCC {metrics['srcc']:.4f}, PLCC {metrics['plcc']:.4f}, "
+                  f"Acc {metrics['accuracy']:.4f} (majority class {metrics['majority_baseline']:.4f}), "
+                  f"n={metrics['n']}")
+    console.print("5/6 writing the report")
+    summary = build_report(run_dir, tags=data / "tags.txt", challenges=data / "challenges.txt")
+    photo = sorted((data / "images").glob("*.jpg"))[0]
+    console.print(f"6/6 scoring one photo: {photo}")
+    scored = score_images(load_scorer(run=run_dir), [photo])[0]
+    console.print(f"{photo.name}: mean score {scored.mean_score:.2f} (std {scored.std:.2f})")
+    console.print(f"[bold]demo done[/bold]. run folder: {run_dir}\nreport: {summary['report']}")
 
 
 def main() -> None:
