@@ -34,6 +34,7 @@ def ids_of(loader) -> list[int]:
     return [int(i) for _, _, ids, _ in loader for i in ids]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers, 2 cores
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_validation_sees_every_sample_once(shards: Path, workers: int) -> None:
     source = resolve_split(str(shards), "val")
