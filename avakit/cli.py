@@ -307,6 +307,42 @@ def predict(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
+    output: Annotated[Path, typer.Option(help="The ONNX file to write.")] = Path("model.onnx"),
+    int8: Annotated[bool, typer.Option("--int8", help="Also write <stem>.int8.onnx (calibrated).")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+    shards: Annotated[Path | None, typer.Option(help="Shards for the checks [default: the run's].")] = None,
+    parity_images: Annotated[int, typer.Option(help="Val images for the parity check.")] = 256,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Export backbone + head (+ softmax / clamp) to ONNX with a dynamic batch, then check parity.
+
+    Input: NCHW float32, normalised as the run's eval transform (stored in the file's metadata
+    with the avakit version, output mode, training date, manifest sha256 and val/test SRCC).
+    After export, torch and ONNX FP32 must agree to 1e-4 in mean score and INT8 must keep
+    SRCC >= 0.99 against FP32 over the val images, or the command fails (exit 1).
+    Then: avakit predict photo.jpg --onnx model.onnx   (onnxruntime only)
+    """
+    from avakit.export import export_onnx
+
+    log_to_console()
+    result = export_onnx(run_dir, output, int8, opset, shards, parity_images, checkpoint)
+    p, sizes = result["parity"], result["sizes_mb"]
+    table = Table(title=f"parity on {p['n']} inputs ({p['inputs']})")
+    for col in ("file", "MB", "max |Δ mean score|", "SRCC"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    table.add_row(f"{result['fp32']} (vs torch)", f"{sizes['fp32']:.1f}", f"{p['fp32_max_abs_diff']:.2e}",
+                  f"{p['fp32_srcc']:.6f}")
+    if result["int8"] is not None:
+        table.add_row(f"{result['int8']} (vs FP32)", f"{sizes['int8']:.1f}", f"{p['int8_max_abs_diff']:.2e}",
+                      f"{p['int8_srcc']:.6f}")
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"note: {note}", highlight=False)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo dataset and outputs.")] = Path("demo"),
     config: Annotated[Path, typer.Option(help="Training config of the demo.")] = Path("configs/demo.yaml"),

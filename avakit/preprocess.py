@@ -82,7 +82,12 @@ def prepare(path: Path, spec: PreprocessSpec) -> np.ndarray:
     im = load_rgb(Path(path), short_side=spec.short_side or spec.resize_size)
     if spec.quality is not None:
         im = Image.open(io.BytesIO(encode_jpeg(im, spec.quality))).convert("RGB")
-    im = _center_crop(_resize_short(im, spec.resize_size), spec.crop_size)
+    return prepare_image(im, spec)
+
+
+def prepare_image(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """An RGB image already at shard size (a shard sample) -> normalised float32 [3, crop, crop]."""
+    im = _center_crop(_resize_short(im.convert("RGB"), spec.resize_size), spec.crop_size)
     arr = np.asarray(im, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -2,8 +2,9 @@
 
 Presets work on uint8 CHW tensors and return uint8 crops, so DataLoader workers ship 4x less
 data; `Normalize` turns a uint8 batch into the normalised float batch on the training device.
-`evaluate`, `predict`, `features` and `export` all use `EvalPreset` + `Normalize` with the values
-stored in the run's config, so scoring never drifts from training.
+`train`, `evaluate` and `features` use `EvalPreset` + `Normalize` on shard samples; `predict` and
+`export` start from photo files and use `avakit.preprocess` (Pillow + numpy, no torch), which
+follows the same steps with the values stored in the checkpoint.
 """
 
 from __future__ import annotations

@@ -1,0 +1,116 @@
+"""Benchmark `avakit export`: ONNX FP32 and INT8 in onnxruntime against torch, on CPU.
+
+A randomly initialised resnet50 run (no download) is exported with `export_onnx` (its torch vs
+ONNX parity check included), then quantised to INT8 (static QDQ, calibrated on synthetic
+photos prepared like `predict` does). Reports forward latency of the loaded scorers at batch 1
+and 32 (preprocessing excluded; best and median over rounds that visit every backend in turn,
+so changing machine load hits all of them; the same thread count for all), speed-ups over
+torch, file sizes and INT8's agreement with FP32 (target: INT8 >= 2x torch FP32 at batch 1).
+Random weights rank the photos by tiny score differences, so the INT8 SRCC here says little
+about a trained model; `export_onnx(..., int8=True)` checks that on a real run's val images.
+
+    .venv/bin/python benchmarks/bench_export.py [--backbone resnet50] [--rounds 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avakit.checkpoint import save_checkpoint
+from avakit.config import config_to_dict, load_config
+from avakit.export import export_onnx, mean_scores, quantize_int8, write_metadata
+from avakit.metrics import srcc
+from avakit.model import build_model
+from avakit.onnx_runtime import OnnxScorer, read_metadata
+from avakit.predict import Scorer, load_scorer
+from avakit.preprocess import prepare
+from avakit.synthetic import make_synthetic_ava
+
+
+def make_run(root: Path, backbone: str) -> Path:
+    """A run folder holding a randomly initialised `backbone` checkpoint (no download)."""
+    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false"])
+    torch.manual_seed(0)
+    model = build_model(backbone, pretrained=False).eval()
+    run = root / "run"
+    run.mkdir()
+    save_checkpoint(run / "best_model.pt", {
+        "model_state_dict": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": {},
+        "preprocessing": {"short_side": 256, "quality": 90}})
+    return run
+
+
+def latencies(scorers: dict[str, Scorer], batch: np.ndarray, repeats: int,
+              rounds: int = 3) -> dict[str, list[float]]:
+    """Milliseconds per forward pass: per round, each scorer in turn (warm-up call, `repeats` timed)."""
+    times: dict[str, list[float]] = {name: [] for name in scorers}
+    for _ in range(rounds):
+        for name, scorer in scorers.items():
+            scorer(batch)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                scorer(batch)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per round at batch 1 (32: 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over the backends")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for torch and ORT")
+    parser.add_argument("--calibration", type=int, default=64, help="synthetic photos to calibrate INT8 on")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{os.cpu_count()} CPUs, {args.threads} threads for torch and onnxruntime, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ava = make_synthetic_ava(root / "ava", n=max(args.calibration, 32), seed=0, fixed_size=(400, 300))
+        photos = [ava.images / f"{i}.jpg" for i in ava.image_ids]
+        run = make_run(root, args.backbone)
+        start = time.perf_counter()
+        result = export_onnx(run, root / "model.onnx", images=photos, parity_images=32)
+        print(f"export + FP32 parity check: {time.perf_counter() - start:.1f} s, max |diff| vs torch "
+              f"{result['parity']['fp32_max_abs_diff']:.2g} over {result['parity']['n']} photos")
+        fp32 = OnnxScorer(result["fp32"], threads=args.threads)
+        arrays = np.stack([prepare(p, fp32.spec) for p in photos])
+        int8_path = root / "model.int8.onnx"
+        start = time.perf_counter()
+        method = quantize_int8(result["fp32"], int8_path, arrays[:args.calibration])
+        write_metadata(int8_path, {**read_metadata(result["fp32"]), "precision": "int8"})
+        print(f"INT8 ({method}): {time.perf_counter() - start:.1f} s")
+        scorers = {"torch FP32": load_scorer(run=run, device="cpu"), "ONNX FP32": fp32,
+                   "ONNX INT8": OnnxScorer(int8_path, threads=args.threads)}
+        ref, got = (mean_scores(fp32(arrays), "distribution"),
+                    mean_scores(scorers["ONNX INT8"](arrays), "distribution"))
+        print(f"INT8 vs FP32 on {len(arrays)} photos: SRCC {srcc(got, ref):.4f}, max |diff| "
+              f"{np.max(np.abs(got - ref)):.3f} (FP32 score std {ref.std():.3f}; random weights)")
+        int8_mb = int8_path.stat().st_size / 1e6
+        print(f"sizes: FP32 {result['sizes_mb']['fp32']:.1f} MB, INT8 {int8_mb:.1f} MB\n")
+        rows = {batch: latencies(scorers, arrays[:batch], args.repeats if batch == 1 else 1, args.rounds)
+                for batch in (1, 32)}
+        print(f"{'backend':12s} {'batch':>5s} {'best ms':>9s} {'median ms':>10s} {'img/s':>7s} "
+              f"{'vs torch':>9s}")
+        for batch, times in rows.items():
+            base = min(times["torch FP32"])
+            for name, t in times.items():
+                print(f"{name:12s} {batch:5d} {min(t):9.1f} {statistics.median(t):10.1f} "
+                      f"{batch * 1000 / min(t):7.1f} {base / min(t):8.2f}x")
+        speedup = min(rows[1]["torch FP32"]) / min(rows[1]["ONNX INT8"])
+        verdict = "PASS" if speedup >= 2 else "FAIL"
+        print(f"\nINT8 vs torch FP32 at batch 1: {speedup:.2f}x (target >= 2x) {verdict}")
+        print(f"load average {os.getloadavg()[0]:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()
