@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 IQA_NAMES = ("brightness", "contrast", "sharpness", "colourfulness", "saturation")
-LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))  # made per call: no device state
 
 
 def iqa_features(rgb: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,8 @@ def iqa_features(rgb: torch.Tensor) -> torch.Tensor:
     luma = 0.299 * r + 0.587 * g + 0.114 * b
     brightness = luma.mean(dim=(1, 2)) / 255.0
     contrast = luma.std(dim=(1, 2)) / 255.0
-    lap = nn.functional.conv2d(luma.unsqueeze(1), LAPLACIAN.to(x.device).view(1, 1, 3, 3))
+    kernel = torch.tensor(LAPLACIAN, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
+    lap = nn.functional.conv2d(luma.unsqueeze(1), kernel)
     sharpness = torch.log1p(lap.var(dim=(1, 2, 3)))
     rg, yb = r - g, 0.5 * (r + g) - b
     colourfulness = (torch.sqrt(rg.var(dim=(1, 2)) + yb.var(dim=(1, 2)))

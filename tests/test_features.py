@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,15 @@ def test_head_only_training_composes_into_a_full_model(shards: Path, tmp_path: P
     assert on_images["srcc"] == pytest.approx(results["test"]["srcc"], abs=0.02)  # float16 cache
     cached = pd.read_parquet(run / "predictions/test.parquet")
     assert srcc(cached["pred_mean"], cached["gt_mean"]) == pytest.approx(on_images["srcc"], abs=1e-9)
+    if extra:  # a fresh process builds the IQA model from the checkpoint (meta-device init)
+        photo = next((shards.parent / "ava" / "images").glob("*.jpg"))
+        proc = subprocess.run([sys.executable, "-m", "avakit", "predict", str(photo), "--run", str(run),
+                               "--format", "json"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        fresh = json.loads(proc.stdout)[0]["mean_score"]
+        here = json.loads(
+            runner.invoke(app, ["predict", str(photo), "--run", str(run), "--format", "json"]).stdout)
+        assert fresh == pytest.approx(here[0]["mean_score"], abs=1e-6)
 
 
 def test_iqa_features_behave() -> None:
