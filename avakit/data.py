@@ -13,6 +13,7 @@ training loop drops and counts those, so corrupt data is never silently skipped.
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 import zlib
@@ -23,7 +24,7 @@ from pathlib import Path
 import braceexpand
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from avakit.errors import AvakitError
@@ -99,8 +100,6 @@ class SampleDecoder:
         self.blank_shape = (3, crop_size, crop_size) if views == 1 else (views, 3, crop_size, crop_size)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-        import json
-
         label = json.loads(sample["json"])
         votes = torch.tensor(label["votes"], dtype=torch.float32)
         try:
@@ -113,10 +112,8 @@ class SampleDecoder:
 
 
 def collate(samples: list[tuple]) -> Batch:
-    """Stack decoded samples into one batch."""
-    images, votes, ids, valid = zip(*samples, strict=True)
-    return (torch.stack(images), torch.stack(votes), torch.tensor(ids, dtype=torch.int64),
-            torch.tensor(valid, dtype=torch.bool))
+    """Stack decoded samples into one batch (in a worker, straight into shared memory)."""
+    return tuple(default_collate(samples))  # type: ignore[return-value]
 
 
 def make_pipeline(

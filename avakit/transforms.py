@@ -14,28 +14,47 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from avakit.config import TransformConfig
 
 
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Shorter side to `size` (antialiased bilinear); shard images already at size pass as they are."""
+    return img if min(img.shape[-2:]) == size else F.resize(img, size, antialias=True)
+
+
+def _center(length: int, crop: int) -> int:
+    return int(round((length - crop) / 2.0))  # torchvision's CenterCrop offset
+
+
 class TrainPreset(nn.Module):
-    """Resize shorter side, random (or center) crop, optional flip and colour jitter."""
+    """Resize shorter side, random (or center) crop, optional flip and colour jitter.
+
+    The same operations as torchvision's Resize / RandomCrop / RandomHorizontalFlip /
+    ColorJitter, written with its functional API and slicing: per image, the transform-class
+    dispatch cost more than the crop itself (see benchmarks/bench_loader.py).
+    """
 
     def __init__(self, cfg: TransformConfig) -> None:
         super().__init__()
-        aug = cfg.augmentation
-        steps: list[nn.Module] = [v2.Resize(cfg.resize_size, antialias=True)]
-        crop = v2.RandomCrop if aug.random_crop else v2.CenterCrop
-        steps.append(crop(cfg.crop_size))
-        if aug.horizontal_flip:
-            steps.append(v2.RandomHorizontalFlip())
-        jitter = aug.color_jitter
-        if any((jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)):
-            steps.append(v2.ColorJitter(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue))
-        self.transforms = v2.Compose(steps)
+        aug, jitter = cfg.augmentation, cfg.augmentation.color_jitter
+        self.resize_size, self.crop_size = cfg.resize_size, cfg.crop_size
+        self.random_crop, self.flip = aug.random_crop, aug.horizontal_flip
+        self.jitter = (v2.ColorJitter(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+                       if any((jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)) else None)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.transforms(img)
+        img = _resize(img, self.resize_size)
+        (h, w), c = img.shape[-2:], self.crop_size
+        if self.random_crop:
+            top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
+        else:
+            top, left = _center(h, c), _center(w, c)
+        img = img[..., top:top + c, left:left + c]
+        if self.flip and float(torch.rand(())) < 0.5:
+            img = img.flip(-1)
+        return self.jitter(img) if self.jitter is not None else img
 
 
 TTA_VIEWS = {"none": 1, "flip": 2, "five-crop": 5}
@@ -55,16 +74,16 @@ class EvalPreset(nn.Module):
 
             raise AvakitError(f"--tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
         self.tta, self.views = tta, TTA_VIEWS[tta]
-        self.resize = v2.Resize(cfg.resize_size, antialias=True)
-        self.crop = v2.FiveCrop(cfg.crop_size) if tta == "five-crop" else v2.CenterCrop(cfg.crop_size)
+        self.resize_size, self.crop_size = cfg.resize_size, cfg.crop_size
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        out = self.crop(self.resize(img))
-        if self.tta == "flip":
-            return torch.stack([out, out.flip(-1)])
+        img, c = _resize(img, self.resize_size), self.crop_size
         if self.tta == "five-crop":
-            return torch.stack(list(out))
-        return out
+            return torch.stack(list(F.five_crop(img, [c, c])))
+        (h, w) = img.shape[-2:]
+        top, left = _center(h, c), _center(w, c)
+        out = img[..., top:top + c, left:left + c]
+        return torch.stack([out, out.flip(-1)]) if self.tta == "flip" else out
 
 
 class Normalize(nn.Module):
@@ -77,4 +96,4 @@ class Normalize(nn.Module):
                              persistent=False)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return (batch.float() - self.mean) * self.inv_std
+        return batch.float().sub_(self.mean).mul_(self.inv_std)  # one float temporary, in place
