@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, `weights_only` load, RNG state capture, loading a run's model.
+"""Checkpoints and run folders: atomic save, `weights_only` load, RNG states, a run's model and config.
 
 Everything stored is tensors and plain Python containers, so checkpoints load with
 `torch.load(path, weights_only=True)`.
@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from avakit.config import Config, config_from_dict
+from avakit.config import Config, config_from_dict, load_config
 from avakit.errors import AvakitError
 
 
@@ -86,3 +88,53 @@ def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
     if not run_dir.is_dir():
         raise AvakitError(f"{run_dir}: run folder not found")
     return run_dir / names[which]
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; URLs (scheme://) and `pipe:` commands are left as they are."""
+    if "://" in path or path.startswith("pipe:"):
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """The config with data.shards / data.features / model.weights_path made absolute.
+
+    A run folder's config.yaml then works from any directory (report, evaluate, predict).
+    """
+    shards = cfg.data.shards
+    if isinstance(shards, str):
+        shards = _absolute(shards)
+    else:
+        shards = {k: _absolute(v) if isinstance(v, str) else [_absolute(x) for x in v]
+                  for k, v in shards.items()}
+    data = replace(cfg.data, shards=shards,
+                               features=_absolute(cfg.data.features) if cfg.data.features else None)
+    weights = _absolute(cfg.model.weights_path) if cfg.model.weights_path else None
+    return replace(cfg, data=data, model=replace(cfg.model, weights_path=weights))
+
+
+def run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config a run was started with (its config.yaml), plus `--set` overrides."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise AvakitError(f"{path}: not found (is {run_dir} a run folder?)")
+    return load_config(path, overrides)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def new_run_dir(cfg: Config, output_dir: Path | None) -> Path:
+    """outputs/{name}-{timestamp}, made unique if two runs start in the same second."""
+    base = Path(output_dir or cfg.output_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base / f"{cfg.name}-{stamp}", 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{cfg.name}-{stamp}-{n}"
+    return run_dir

@@ -373,27 +373,3 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     for item in overrides:
         _apply_override(raw, item)
     return config_from_dict(raw)
-
-
-def _absolute(path: str) -> str:
-    """A local path made absolute; URLs (scheme://) and `pipe:` commands are left as they are."""
-    if "://" in path or path.startswith("pipe:"):
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-def with_absolute_paths(cfg: Config) -> Config:
-    """The config with data.shards / data.features / model.weights_path made absolute.
-
-    A run folder's config.yaml then works from any directory (report, evaluate, predict).
-    """
-    shards = cfg.data.shards
-    if isinstance(shards, str):
-        shards = _absolute(shards)
-    else:
-        shards = {k: _absolute(v) if isinstance(v, str) else [_absolute(x) for x in v]
-                  for k, v in shards.items()}
-    data = dataclasses.replace(cfg.data, shards=shards,
-                               features=_absolute(cfg.data.features) if cfg.data.features else None)
-    weights = _absolute(cfg.model.weights_path) if cfg.model.weights_path else None
-    return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, weights_path=weights))

@@ -128,6 +128,8 @@ def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
 def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test"), out: Path | None = None,
                      device: str = "auto", progress=None) -> dict:
     """Write the feature cache for `splits` into `out`; returns meta.json's contents."""
+    if not splits or any(s not in ("train", "val", "test") for s in splits):
+        raise AvakitError(f"--splits must list train, val and/or test, got {','.join(splits)!r}")
     out = Path(out or cfg.data.features or "features")
     wanted = fingerprint(cfg)
     meta = _read_meta(out)

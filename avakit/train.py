@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,8 +20,16 @@ import numpy as np
 import torch
 
 from avakit import __version__
-from avakit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from avakit.config import Config, config_to_dict, load_config, save_config, with_absolute_paths
+from avakit.checkpoint import (
+    load_checkpoint,
+    new_run_dir,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    with_absolute_paths,
+)
+from avakit.config import Config, config_to_dict, save_config
 from avakit.data import SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.distributed import DistInfo, gather_objects, init_distributed, shutdown
 from avakit.engine import (
@@ -82,24 +89,6 @@ class Trainer:
     steps_per_epoch: int | None
     fraction: float
     state: RunState
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def new_run_dir(cfg: Config, output_dir: Path | None) -> Path:
-    """outputs/{name}-{timestamp}, made unique if two runs start in the same second."""
-    base = Path(output_dir or cfg.output_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir, n = base / f"{cfg.name}-{stamp}", 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base / f"{cfg.name}-{stamp}-{n}"
-    return run_dir
 
 
 def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
@@ -337,21 +326,13 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
     return results
 
 
-def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config a run was started with (its config.yaml), plus `--set` overrides."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise AvakitError(f"{path}: not found (is {run_dir} a run folder?)")
-    return load_config(path, overrides)
-
-
 def fit(
     cfg: Config, output_dir: Path | None = None, quick_experiment: float | None = None,
     resume: Path | None = None, progress: Progress | None = None, stop_after_epochs: int | None = None,
 ) -> Path:
     """Train per `cfg` and write the run folder; returns its path.
 
-    `resume` continues that run folder from its last.pt (pass `resume_config(run_dir)` as cfg).
+    `resume` continues that run folder from its last.pt (pass `checkpoint.run_config(run_dir)` as cfg).
     `stop_after_epochs` ends this call after that many epochs, leaving a resumable run (for
     time-limited jobs and tests).
     """

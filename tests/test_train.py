@@ -12,11 +12,12 @@ import torch
 from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
+from avakit.checkpoint import run_config
 from avakit.cli import app
 from avakit.config import load_config
 from avakit.shards import ShardOptions, plan_sharding, write_shards
 from avakit.synthetic import make_synthetic_ava
-from avakit.train import fit, resume_config
+from avakit.train import fit
 
 runner = CliRunner()
 TINY = TINY_TRAIN
@@ -76,7 +77,7 @@ def test_resume_equals_uninterrupted(shards: Path, tmp_path: Path) -> None:
     full = fit(tiny_cfg(shards), output_dir=tmp_path / "a")
     part = fit(tiny_cfg(shards), output_dir=tmp_path / "b", stop_after_epochs=1)
     assert not (part / "results.json").exists() and (part / "last.pt").is_file()
-    resumed = fit(resume_config(part), resume=part)
+    resumed = fit(run_config(part), resume=part)
     assert resumed == part
     a = json.loads((full / "results.json").read_text())
     b = json.loads((part / "results.json").read_text())
