@@ -23,29 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_predict import make_run  # the same random-init run folder (benchmarks/ is on sys.path)
 
-from avakit.checkpoint import save_checkpoint
-from avakit.config import config_to_dict, load_config
 from avakit.export import export_onnx, mean_scores, quantize_int8, write_metadata
 from avakit.metrics import srcc
-from avakit.model import build_model
 from avakit.onnx_runtime import OnnxScorer, read_metadata
 from avakit.predict import Scorer, load_scorer
 from avakit.preprocess import prepare
 from avakit.synthetic import make_synthetic_ava
-
-
-def make_run(root: Path, backbone: str) -> Path:
-    """A run folder holding a randomly initialised `backbone` checkpoint (no download)."""
-    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false"])
-    torch.manual_seed(0)
-    model = build_model(backbone, pretrained=False).eval()
-    run = root / "run"
-    run.mkdir()
-    save_checkpoint(run / "best_model.pt", {
-        "model_state_dict": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": {},
-        "preprocessing": {"short_side": 256, "quality": 90}})
-    return run
 
 
 def latencies(scorers: dict[str, Scorer], batch: np.ndarray, repeats: int,

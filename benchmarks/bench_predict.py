@@ -31,6 +31,7 @@ from avakit.synthetic import make_synthetic_ava
 def make_run(root: Path, backbone: str) -> Path:
     """A run folder holding a randomly initialised `backbone` checkpoint (no download)."""
     cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false"])
+    torch.manual_seed(0)
     model = build_model(backbone, pretrained=False).eval()
     run = root / "run"
     run.mkdir()
