@@ -135,6 +135,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     meta = _read_meta(out)
     if meta is not None and meta["fingerprint"] != wanted:
         raise AvakitError(f"{out}: holds features made with other settings; use another --out or delete it")
+    sources = {split: resolve_split(cfg.data.shards, split) for split in splits}  # bad paths fail first
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
     dev = pick_device(device)
@@ -151,7 +152,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     for split in splits:
         if split in meta["splits"] and (out / f"{split}.features.npy").is_file():
             continue  # finished in an earlier run
-        source = resolve_split(cfg.data.shards, split)
+        source = sources[split]
         meta["preprocessing"] = meta["preprocessing"] or source.preprocessing
         loader = make_loader(source, SampleDecoder(EvalPreset(cfg.transform), cfg.transform.crop_size),
                              batch_size=cfg.features.batch_size, train=False, seed=cfg.seed, epoch=0,

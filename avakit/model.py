@@ -258,7 +258,13 @@ def build_model(
     _check_choice("freeze", freeze, FREEZE_MODES)
     spec = BACKBONES[backbone]
     use_hub = pretrained and weights_path is None
-    net = spec.builder(weights=spec.weights if use_hub else None)
+    try:
+        net = spec.builder(weights=spec.weights if use_hub else None)
+    except OSError as exc:  # the weights API downloads on first use; offline that fails
+        raise AvakitError(
+            f"model.pretrained: could not fetch {backbone} ImageNet weights ({exc.__class__.__name__}); "
+            "offline, set model.weights_path to a local torchvision state dict or model.pretrained=false"
+        ) from None
     parent_path, _, attr = spec.classifier.rpartition(".")
     setattr(net.get_submodule(parent_path), attr, nn.Identity())
     if weights_path is not None:

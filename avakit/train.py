@@ -116,6 +116,7 @@ def build_trainer(
 ) -> Trainer:
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
+    shard_sources = None if cfg.data.features else _shard_sources(cfg, dist)  # bad paths fail first
     seed_everything(cfg.seed)
     core = model_from_config(cfg).to(device)
     if t.channels_last:
@@ -134,7 +135,7 @@ def build_trainer(
         sources, model = head_only_setup(cfg, core)
         eval_model, normalize = model, torch.nn.Identity()
     else:
-        sources = _shard_sources(cfg, dist)
+        sources = shard_sources
         model = eval_model = core
         normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
     steps = _steps_per_epoch(cfg, sources["train"], fraction, dist.world_size)
@@ -278,7 +279,7 @@ def _restore(tr: Trainer, ckpt: dict) -> None:
 
 
 def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist: DistInfo) -> tuple:
-    """(config, run folder, last.pt contents or None); rank 0 creates the folder."""
+    """(config, run folder path, last.pt contents or None)."""
     from avakit.distributed import broadcast_object
 
     if resume is None:
@@ -288,10 +289,14 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
     else:
         run_dir = Path(resume)
         ckpt = load_checkpoint(run_dir / "last.pt")
+    return cfg, run_dir, ckpt
+
+
+def _write_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
+    """Create the run folder (rank 0) once the run is set up: a failed start leaves nothing."""
     if dist.is_main:
         (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    return cfg, run_dir, ckpt
 
 
 def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
@@ -344,8 +349,9 @@ def fit(
     dist, device = init_distributed(cfg.device)
     try:
         cfg, run_dir, ckpt = _prepare_run(cfg, output_dir, resume, dist)
-        _setup_logging(run_dir, dist)
         tr = build_trainer(cfg, run_dir, fraction, dist, device)
+        _write_run_dir(cfg, run_dir, dist)
+        _setup_logging(run_dir, dist)
         if ckpt is not None:
             _restore(tr, ckpt)
             log.info("resuming %s at epoch %d (step %d)", run_dir, tr.state.epoch, tr.state.step)

@@ -221,3 +221,15 @@ def test_unknown_choices_raise(kwargs: dict[str, str], allowed: str) -> None:
     backbone = kwargs.pop("backbone")
     with pytest.raises(AvakitError, match=allowed):
         build_model(backbone, **kwargs)
+
+
+def test_offline_pretrained_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights API downloads on first use; offline that is one clear line, not a traceback."""
+    import urllib.error
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(AvakitError, match="model.pretrained: could not fetch resnet18 .*weights_path"):
+        build_model("resnet18", pretrained=True)
