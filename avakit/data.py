@@ -13,6 +13,7 @@ training loop drops and counts those, so corrupt data is never silently skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import warnings
@@ -73,17 +74,26 @@ def keep_sample(key: str, fraction: float) -> bool:
     return fraction >= 1.0 or zlib.crc32(key.encode()) / 2**32 < fraction
 
 
-def _shard_stream(urls: list[str], seed: int, shuffle: bool, infinite: bool) -> Callable[[], Iterator]:
-    """First pipeline stage: this rank's shard URLs, reshuffled per pass, once or forever."""
+class ShardStream:
+    """First pipeline stage: this rank's shard URLs, reshuffled per pass, once or forever.
 
-    def stream() -> Iterator[dict]:
-        for cycle in range(2**62 if infinite else 1):
-            order = list(urls)
-            if shuffle:
-                random.Random(seed * 1_000_003 + cycle).shuffle(order)
+    A class rather than a closure, so the pipeline pickles for DataLoader workers started with
+    spawn/forkserver (macOS, Python >= 3.14) as well as fork.
+    """
+
+    def __init__(self, urls: list[str], seed: int, shuffle: bool, infinite: bool) -> None:
+        self.urls, self.seed, self.shuffle, self.infinite = list(urls), seed, shuffle, infinite
+
+    def __call__(self) -> Iterator[dict]:
+        for cycle in range(2**62 if self.infinite else 1):
+            order = list(self.urls)
+            if self.shuffle:
+                random.Random(self.seed * 1_000_003 + cycle).shuffle(order)
             yield from ({"url": u} for u in order)
 
-    return stream
+
+def _in_subset(sample: dict, fraction: float) -> bool:
+    return keep_sample(sample["__key__"], fraction)
 
 
 def _warn(exn: Exception) -> bool:
@@ -122,10 +132,10 @@ def make_pipeline(
 ) -> wds.DataPipeline:
     """The webdataset pipeline of one epoch over `urls` (already this rank's share)."""
     epoch_seed = seed * 10_007 + epoch
-    stages: list = [_shard_stream(urls, epoch_seed, shuffle=train, infinite=infinite),
+    stages: list = [ShardStream(urls, epoch_seed, shuffle=train, infinite=infinite),
                     wds.split_by_worker, wds.tarfile_to_samples(handler=_warn)]
     if fraction < 1.0:
-        stages.append(wds.select(lambda s: keep_sample(s["__key__"], fraction)))
+        stages.append(wds.select(functools.partial(_in_subset, fraction=fraction)))
     if train and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
                                   rng=random.Random(epoch_seed)))

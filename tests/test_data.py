@@ -100,3 +100,16 @@ def test_unknown_split_and_source(shards: Path) -> None:
         resolve_split({"train": "a.tar"}, "test")
     with pytest.raises(AvakitError, match="manifest.json: not found"):
         resolve_split(str(shards.parent), "train")
+
+
+def test_pipeline_pickles_for_spawned_workers(shards: Path) -> None:
+    """spawn/forkserver workers (macOS, Python >= 3.14) receive the pipeline pickled."""
+    import pickle
+
+    from avakit.data import make_pipeline
+
+    source = resolve_split(str(shards), "train")
+    pipeline = make_pipeline(list(source.urls), SampleDecoder(TrainPreset(CFG), 32), batch_size=4, train=True,
+                             seed=0, epoch=0, fraction=0.5)
+    copy = pickle.loads(pickle.dumps(pipeline))
+    assert sum(len(b[2]) for b in copy) == sum(len(b[2]) for b in pipeline) > 0
