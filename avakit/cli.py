@@ -278,6 +278,8 @@ def predict(
 
     if fmt not in ("table", "json", "csv"):
         raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
+    if output is not None and fmt == "table":
+        raise AvakitError("--output writes machine-readable rows: add --format json or --format csv")
     paths, missing = find_images(inputs)
     scorer = load_scorer(run, checkpoint, onnx, device)
     with progress_bar("scoring", len(paths)) if len(paths) > 32 else contextlib.nullcontext() as advance:

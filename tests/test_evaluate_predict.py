@@ -129,5 +129,7 @@ def test_predict_bad_options(run: Path, originals: Path, tmp_path: Path) -> None
     assert result.exit_code == 2 and "exactly one of --run" in result.output
     result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--format", "xml"])
     assert result.exit_code == 2 and "--format must be" in result.output
+    result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--output", str(tmp_path / "t")])
+    assert result.exit_code == 2 and "add --format json or --format csv" in result.output
     result = runner.invoke(app, ["predict", str(image), "--run", str(tmp_path / "none")])
     assert result.exit_code == 2 and "run folder not found" in result.output
