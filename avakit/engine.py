@@ -19,7 +19,6 @@ from torch import nn
 
 from avakit.errors import AvakitError
 from avakit.losses import distribution_mean, votes_to_distribution
-from avakit.predictions import SCORES, frame_metrics, predictions_frame  # noqa: F401 - re-exported
 
 log = logging.getLogger("avakit.train")
 

@@ -17,9 +17,10 @@ from avakit import metrics
 from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.data import SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
-from avakit.engine import StepContext, evaluate, frame_metrics, predictions_frame
+from avakit.engine import StepContext, evaluate
 from avakit.errors import AvakitError
 from avakit.losses import get_loss
+from avakit.predictions import frame_metrics, predictions_frame
 from avakit.transforms import EvalPreset, Normalize
 
 

@@ -44,13 +44,13 @@ from avakit.errors import AvakitError
 from avakit.imageio import ImageSkip
 from avakit.metrics import srcc
 from avakit.onnx_runtime import OnnxScorer, encode_metadata
+from avakit.predictions import SCORES
 from avakit.preprocess import PreprocessSpec, prepare, prepare_image
 
 log = logging.getLogger("avakit.export")
 
 FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, mean score
 INT8_MIN_SRCC = 0.99  # rank agreement of INT8 with FP32 mean scores
-SCORES = np.arange(1, 11, dtype=np.float64)
 BATCH = 32
 CALIBRATION_BATCH = 8  # the calibration session outputs every tensor: resnet50 at 32 peaks at 8 GB, at 8 3 GB
 

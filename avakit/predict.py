@@ -23,7 +23,7 @@ from avakit.errors import AvakitError
 from avakit.imageio import ImageSkip
 from avakit.preprocess import PreprocessSpec, prepare
 
-SCORES = np.arange(1, 11, dtype=np.float64)
+SCORES = np.arange(1, 11, dtype=np.float64)  # as avakit.predictions.SCORES, without pandas on the ONNX path
 FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
 
 

@@ -20,9 +20,9 @@ from matplotlib.ticker import MaxNLocator
 
 from avakit import metrics
 from avakit.plots import _placeholder, _save, _style
+from avakit.predictions import SCORES
 
 THRESHOLD = 5.0
-SCORES = np.arange(1, 11)
 SCORE_LABEL = "mean score (1-10)"
 REAL, PRED = "tab:blue", "tab:orange"
 _LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8)

@@ -37,14 +37,13 @@ from avakit.engine import (
     StepContext,
     WarmupSchedule,
     evaluate,
-    frame_metrics,
     merge_results,
-    predictions_frame,
     train_one_epoch,
 )
 from avakit.errors import AvakitError
 from avakit.losses import get_loss
 from avakit.model import model_from_config, param_groups
+from avakit.predictions import frame_metrics, predictions_frame
 from avakit.transforms import EvalPreset, Normalize, TrainPreset
 
 log = logging.getLogger("avakit.train")
