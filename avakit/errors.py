@@ -11,3 +11,6 @@ class AvakitError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    def __reduce__(self):  # noqa: ANN204 - keeps exit_code across processes (shard workers)
+        return (self.__class__, (str(self), self.exit_code))

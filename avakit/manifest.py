@@ -8,10 +8,8 @@ reconcile: rows read = samples written + rows skipped.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import tarfile
 from collections import Counter
 from collections.abc import Callable
@@ -23,28 +21,13 @@ import numpy as np
 
 from avakit import __version__
 from avakit.errors import AvakitError
+from avakit.fileio import file_sha256, write_json_atomic  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from avakit.shards import ShardPlan
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any, tmp_suffix: str = ".tmp") -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    tmp = Path(str(path) + tmp_suffix)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def label_stats(votes: np.ndarray) -> dict:

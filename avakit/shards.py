@@ -213,7 +213,7 @@ def write_shard(
             "image_ids": written, "skipped": [asdict(s) for s in skipped],
         }
         record_path = _record_path(out, task)
-        write_json_atomic(record_path, record, tmp_suffix=tmp_name)
+        write_json_atomic(record_path, record)
         os.replace(tmp, fname)
 
     sink = wds.ShardWriter(
