@@ -16,9 +16,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from avakit.errors import AvakitError
 from avakit.imageio import encode_jpeg, load_rgb
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
+QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
+
+
+def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]):
+        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, got {value!r}")
+    return value
+
+
+def check_preprocessing(value: object, where: str) -> dict:
+    """Validate a `preprocessing` block read back from a manifest, checkpoint or ONNX file.
+
+    Returns {"short_side": int | None, "quality": int | None}; `where` names the file (and key)
+    in the one-line AvakitError raised for a value of the wrong type or out of range.
+    """
+    if value is None:
+        return {"short_side": None, "quality": None}
+    if not isinstance(value, dict):
+        raise AvakitError(f"{where}: preprocessing must be a mapping, got {type(value).__name__}")
+    out = {}
+    for key, bounds in (("short_side", SHORT_SIDE_RANGE), ("quality", QUALITY_RANGE)):
+        item = value.get(key)
+        out[key] = None if item is None else _int_in(item, bounds, f"preprocessing.{key}", where)
+    return out
 
 
 @dataclass(frozen=True)
