@@ -36,6 +36,15 @@ class _Group(TyperGroup):
         except AvakitError as e:
             err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
+            from avakit.fileio import is_disk_full
+
+            if not is_disk_full(e):
+                raise
+            where = f" while writing {e.filename}" if e.filename else ""
+            err_console.print(f"[red]error:[/red] no space left on device{where}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: finished work is kept; run the same command to resume")
             raise typer.Exit(130) from None
