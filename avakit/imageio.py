@@ -41,7 +41,7 @@ FORMATS = tuple(sorted(f for f in Image.ID if f != "EPS"))
 # What Pillow's decoders raise on a corrupt or crafted file (its own fuzzing tests expect these).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError)
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # single band, more than 8 bits
-_STRIP_PIXELS = 1 << 20  # 16/32-bit images are scaled to 8 bits this many pixels at a time
+_STRIP_PIXELS = 1 << 18  # 16/32-bit images are scaled to 8 bits this many pixels at a time
 
 
 class ImageSkip(Exception):
