@@ -38,8 +38,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.init()
 # Every raster format Pillow reads, except EPS: decoding it runs Ghostscript, an external program.
 FORMATS = tuple(sorted(f for f in Image.ID if f != "EPS"))
-# What Pillow's decoders raise on a corrupt or crafted file (its own fuzzing tests expect these).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError)
+# What Pillow's decoders raise on a corrupt, crafted or unsupported file.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                  NotImplementedError)
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # single band, more than 8 bits
 _STRIP_PIXELS = 1 << 18  # 16/32-bit images are scaled to 8 bits this many pixels at a time
 
@@ -70,13 +71,11 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     Works a strip of rows at a time, so no full-size wide temporary (float64 would be 8 bytes a
     pixel: 2.8 GB for a 9400x9400 16-bit PNG) is ever made; only the 1-byte result is full size.
     """
-    _, hi = im.getextrema()
     if im.mode.startswith("I;16"):
         top = 65535.0
-    elif im.mode == "F" and hi <= 1.0:
-        top = 1.0
-    else:
-        top = 65535.0 if hi > 255 else 255.0
+    else:  # I or F (Pillow has no extrema for the I;16 variants)
+        hi = im.getextrema()[1]
+        top = 1.0 if im.mode == "F" and hi <= 1.0 else 65535.0 if hi > 255 else 255.0
     w, h = im.size
     out = np.empty((h, w), np.uint8)
     step = max(1, _STRIP_PIXELS // max(1, w))
@@ -188,7 +187,8 @@ def load_rgb(source: Path | bytes, short_side: int | None = None) -> Image.Image
     reduction with its own anti-aliasing, and an antialiased bilinear resize (torchvision's
     default filter) the last step of less than 2x. Raises ImageSkip.
     """
-    with _opened(source) as im:
+    # Pillow's UserWarnings are notes on corrupt metadata it skipped: the image itself is fine.
+    with warnings.catch_warnings(action="ignore", category=UserWarning), _opened(source) as im:
         check_shape(*im.size, short_side)
         try:
             if short_side is not None and im.format == "JPEG":
@@ -198,12 +198,11 @@ def load_rgb(source: Path | bytes, short_side: int | None = None) -> Image.Image
                 raise ImageSkip("too large", f"{im.size[0]}x{im.size[1]} px in mode {im.mode} decode to "
                                              f"{decoded_bytes(im)} bytes, above {MAX_DECODED_BYTES}")
             im.load()
+            with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
+                ImageOps.exif_transpose(im, in_place=True)
+            return to_rgb(im, None if short_side is None else _target_size(*im.size, short_side))
         except _DECODE_ERRORS as e:
             raise ImageSkip("truncated/undecodable", str(e)) from None
-        with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
-            ImageOps.exif_transpose(im, in_place=True)
-        size = None if short_side is None else _target_size(*im.size, short_side)
-        return to_rgb(im, size)
 
 
 def encode_jpeg(im: Image.Image, quality: int) -> bytes:

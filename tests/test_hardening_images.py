@@ -159,6 +159,15 @@ def test_eps_is_not_handed_to_ghostscript() -> None:
         load_rgb(eps)
 
 
+def test_unsupported_variant_is_a_skip_not_a_traceback() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="DDS")
+    data = bytearray(buf.getvalue())
+    data[80:84] = (6144).to_bytes(4, "little")  # pixel format flags Pillow has no decoder for
+    with pytest.raises(ImageSkip, match="truncated/undecodable: Unknown pixel format"):
+        load_rgb(bytes(data))
+
+
 def test_unreadable_file_is_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "locked.jpg"
     Image.new("RGB", (20, 20)).save(path)
