@@ -136,9 +136,13 @@ def _check_images_folder(images: Path) -> None:
     """Refuse a missing images folder, or one without a single file, before any work."""
     if not images.is_dir():
         raise AvakitError(f"{images}: images folder not found")
-    with os.scandir(images) as entries:
-        if not any(e.is_file() for e in entries):
-            raise AvakitError(f"{images}: images folder holds no files (expected {{image id}}.jpg)")
+    try:
+        with os.scandir(images) as entries:
+            empty = not any(e.is_file() for e in entries)
+    except OSError as e:
+        raise AvakitError(f"{images}: cannot read the images folder: {e.strerror or e}") from None
+    if empty:
+        raise AvakitError(f"{images}: images folder holds no files (expected {{image id}}.jpg)")
 
 
 def _read_test_list(path: Path, ava_ids: set[int], strict: bool) -> tuple[list[int], dict]:

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from avakit.errors import AvakitError
+
 MAX_LINE_BYTES = 4096  # the longest AVA.txt line is ~60 bytes, a tag or challenge name ~40
 ASCII_SPACE = " \t\r\n\v\f"
 _SPACE = re.compile(r"[ \t\r\n\v\f]+")
@@ -50,7 +52,11 @@ class Line:
 
 def read_lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
     """Yield the lines of `path` (without the line break), each at most `max_bytes` long."""
-    with Path(path).open("rb") as f:
+    try:
+        f = Path(path).open("rb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+    with f:
         number = 0
         while raw := f.readline(max_bytes + 1):
             number += 1

@@ -180,6 +180,20 @@ def test_unreadable_file_is_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_rgb(path)
 
 
+def test_unreadable_inputs_are_one_line(tiny_ava: SyntheticAva, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - any signature
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr("avakit.shards.os.scandir", refuse)
+        with pytest.raises(AvakitError, match="images: cannot read the images folder: Permission denied"):
+            plan_sharding(tiny_ava.ava_txt, tiny_ava.images, tmp_path / "s", ShardOptions())
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(AvakitError, match="AVA.txt: cannot read: Permission denied"):
+        parse_ava_txt(tiny_ava.ava_txt)
+
+
 def test_long_ava_line_is_skipped_without_loading_it(tmp_path: Path) -> None:
     path = tmp_path / "AVA.txt"
     with path.open("w") as f:
