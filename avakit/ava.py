@@ -2,16 +2,22 @@
 
 AVA.txt has 15 whitespace-separated integers per line: index, image id, counts of ratings
 1..10, two semantic tag ids (0 = none) and a challenge id. Images are `{image id}.jpg`.
+Every reader goes through `avakit.textlines` (line length cap, UTF-8 with or without BOM,
+ASCII-digit integers with bounds): a bad line is a recorded skip naming its line number, or with
+`strict` one AvakitError; a file without any valid line is an AvakitError showing the first
+reasons.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from avakit.errors import AvakitError
+from avakit.textlines import FieldError, Line, parse_uint, parse_uints, read_lines, split_fields
 
 N_COLUMNS = 15
 SPLITS = ("train", "val", "test")
@@ -59,28 +65,20 @@ REASONS = (
     "duplicate",
     "missing",
     "empty",
+    "unreadable",
     "not an image",
     "truncated/undecodable",
     "too large",
+    "bad aspect ratio",
 )
 
-
-def _parse_line(line_no: int, text: str) -> AvaRow | Skipped:
-    fields = text.split()
-    guess_id = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    if len(fields) != N_COLUMNS:
-        return Skipped(line_no, guess_id, "malformed line", f"{len(fields)} columns, expected 15")
-    try:
-        values = [int(f) for f in fields]
-    except ValueError:
-        bad = next(f for f in fields if not f.lstrip("-").isdigit())
-        return Skipped(line_no, guess_id, "malformed line", f"not an integer: {bad!r}")
-    votes = tuple(values[2:12])
-    if any(v < 0 for v in values):
-        return Skipped(line_no, guess_id, "malformed line", "negative value")
-    if sum(votes) == 0:
-        return Skipped(line_no, values[1], "malformed line", "all vote counts are zero")
-    return AvaRow(line_no, values[0], values[1], votes, (values[12], values[13]), values[14])
+# Bounds of the integer columns. A vote count above 10^9 is no vote count (AVA's most-voted photo
+# has ~550 votes in all); with it a row's 10 counts still sum exactly in float64 (< 2^53), so mean
+# scores stay exact. Ids are stored as int64 (parquet columns, tensors): below 2^63.
+MAX_VOTES = 10**9
+MAX_ID = 2**63 - 1
+COLUMN_NAMES = ("index", "image id", *(f"votes for {k}" for k in range(1, 11)), "tag 1", "tag 2", "challenge")
+MAXIMA = (MAX_ID, MAX_ID, *(MAX_VOTES,) * 10, MAX_ID, MAX_ID, MAX_ID)
 
 
 def parse_ava_txt(
@@ -90,7 +88,8 @@ def parse_ava_txt(
 
     A malformed line or a duplicate image id is skipped and recorded with its line number;
     with `strict` it raises AvakitError naming the file and line. Blank lines are not rows.
-    `limit` reads only the first N rows.
+    `limit` reads only the first N rows. No valid row at all is an AvakitError showing the
+    first reasons with their line numbers.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,57 +98,162 @@ def parse_ava_txt(
     skipped: list[Skipped] = []
     seen: dict[int, int] = {}
     n_read = 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            if limit is not None and n_read >= limit:
-                break
-            n_read += 1
-            item = _parse_line(line_no, text)
-            if isinstance(item, AvaRow) and item.image_id in seen:
-                item = Skipped(line_no, item.image_id, "duplicate",
-                               f"image id already on line {seen[item.image_id]}")
-            if isinstance(item, Skipped):
-                if strict:
-                    raise AvakitError(f"{path}:{line_no}: {item.reason}: {item.detail}")
-                skipped.append(item)
-            else:
-                seen[item.image_id] = line_no
-                rows.append(item)
+    for line in read_lines(path):
+        if line.blank:
+            continue
+        if limit is not None and n_read >= limit:
+            break
+        n_read += 1
+        item = _parse_row(line)
+        if isinstance(item, AvaRow) and item.image_id in seen:
+            item = Skipped(line.number, item.image_id, "duplicate",
+                           f"image id already on line {seen[item.image_id]}")
+        if isinstance(item, Skipped):
+            if strict:
+                raise AvakitError(f"{path}:{line.number}: {item.reason}: {item.detail}")
+            skipped.append(item)
+        else:
+            seen[item.image_id] = line.number
+            rows.append(item)
+    if not rows:
+        raise AvakitError(no_valid_rows(path, "rows", n_read, skipped))
     return rows, skipped, n_read
 
 
-def parse_id_names(path: Path) -> dict[int, str]:
-    """Read tags.txt / challenges.txt: `id name` per line -> {id: name}."""
+def _parse_row(line: Line) -> AvaRow | Skipped:
+    """One non-blank line of AVA.txt -> a row, or why it is skipped."""
+    if line.problem:
+        return Skipped(line.number, None, "malformed line", line.problem)
+    fields = split_fields(line.text)
+    if len(fields) != N_COLUMNS:
+        return Skipped(line.number, _guess_id(fields), "malformed line",
+                       f"{len(fields)} columns, expected {N_COLUMNS}")
+    try:
+        values = parse_uints(fields, MAXIMA)
+    except FieldError as e:
+        column = (e.index or 0) + 1
+        return Skipped(line.number, _guess_id(fields), "malformed line",
+                       f"column {column} ({COLUMN_NAMES[column - 1]}): {e}")
+    votes = tuple(values[2:12])
+    if sum(votes) == 0:
+        return Skipped(line.number, values[1], "malformed line", "all vote counts are zero")
+    return AvaRow(line.number, values[0], values[1], votes, (values[12], values[13]), values[14])
+
+
+def _guess_id(fields: list[str]) -> int | None:
+    """The image id of a skipped line, when its second field is one."""
+    try:
+        return parse_uint(fields[1], MAX_ID) if len(fields) > 1 else None
+    except FieldError:
+        return None
+
+
+def read_id_names(path: Path, strict: bool = False) -> tuple[dict[int, str], list[Skipped]]:
+    """Read tags.txt / challenges.txt, `id name` per line: ({id: name}, skipped lines).
+
+    A line without an id (ASCII digits, below 2^63) or repeating an id is skipped and recorded
+    (with `strict`: an AvakitError naming the file and line).
+    """
     path = Path(path)
     if not path.is_file():
         raise AvakitError(f"{path}: file not found")
     names: dict[int, str] = {}
-    for line_no, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not text.strip():
+    seen: dict[int, int] = {}
+    skipped: list[Skipped] = []
+    n_read = 0
+    for line in read_lines(path):
+        if line.blank:
             continue
-        parts = text.strip().split(maxsplit=1)
-        if not parts[0].isdigit():
-            raise AvakitError(f"{path}:{line_no}: expected 'id name', got {text.strip()!r}")
-        names[int(parts[0])] = parts[1].strip() if len(parts) > 1 else ""
-    return names
+        n_read += 1
+        item = _parse_name_line(line, seen)
+        if isinstance(item, Skipped):
+            if strict:
+                raise AvakitError(f"{path}:{line.number}: {item.reason}: {item.detail}")
+            skipped.append(item)
+        else:
+            seen[item[0]] = line.number
+            names[item[0]] = item[1]
+    if not names and n_read:
+        raise AvakitError(no_valid_rows(path, "lines", n_read, skipped))
+    return names, skipped
 
 
-def parse_id_list(path: Path) -> list[int]:
-    """Read an image list such as generic_test.jpgl: one image id per line."""
+def _parse_name_line(line: Line, seen: dict[int, int]) -> tuple[int, str] | Skipped:
+    if line.problem:
+        return Skipped(line.number, None, "malformed line", line.problem)
+    parts = split_fields(line.text, maxsplit=1)
+    try:
+        key = parse_uint(parts[0], MAX_ID)
+    except FieldError as e:
+        return Skipped(line.number, None, "malformed line", f"expected 'id name', id: {e}")
+    if key in seen:
+        return Skipped(line.number, key, "duplicate", f"id already on line {seen[key]}")
+    return key, parts[1].strip() if len(parts) > 1 else ""
+
+
+def parse_id_names(path: Path) -> dict[int, str]:
+    """Read tags.txt / challenges.txt -> {id: name}; a bad line is an AvakitError naming it."""
+    return read_id_names(path, strict=True)[0]
+
+
+def read_id_list(path: Path, strict: bool = False) -> tuple[list[int], list[Skipped]]:
+    """Read an image list such as generic_test.jpgl, one image id per line: (ids, skipped lines).
+
+    A line that is not one id (ASCII digits, below 2^63), or repeats one, is skipped and recorded
+    (with `strict`: an AvakitError naming the file and line). A list without any valid id is an
+    AvakitError showing the first reasons.
+    """
     path = Path(path)
     if not path.is_file():
         raise AvakitError(f"{path}: image list not found")
-    ids = []
-    for line_no, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        text = text.strip()
-        if not text:
+    ids: list[int] = []
+    seen: dict[int, int] = {}
+    skipped: list[Skipped] = []
+    n_read = 0
+    for line in read_lines(path):
+        if line.blank:
             continue
-        if not text.isdigit():
-            raise AvakitError(f"{path}:{line_no}: expected an image id, got {text!r}")
-        ids.append(int(text))
-    return ids
+        n_read += 1
+        item = _parse_list_line(line, seen)
+        if isinstance(item, Skipped):
+            if strict:
+                raise AvakitError(f"{path}:{line.number}: {item.reason}: {item.detail}")
+            skipped.append(item)
+        else:
+            seen[item] = line.number
+            ids.append(item)
+    if not ids:
+        raise AvakitError(no_valid_rows(path, "image ids", n_read, skipped))
+    return ids, skipped
+
+
+def _parse_list_line(line: Line, seen: dict[int, int]) -> int | Skipped:
+    if line.problem:
+        return Skipped(line.number, None, "malformed line", line.problem)
+    fields = split_fields(line.text)
+    if len(fields) != 1:
+        return Skipped(line.number, None, "malformed line", f"{len(fields)} fields, expected one image id")
+    try:
+        image_id = parse_uint(fields[0], MAX_ID)
+    except FieldError as e:
+        return Skipped(line.number, None, "malformed line", f"image id: {e}")
+    if image_id in seen:
+        return Skipped(line.number, image_id, "duplicate", f"image id already on line {seen[image_id]}")
+    return image_id
+
+
+def parse_id_list(path: Path) -> list[int]:
+    """Read an image list -> ids; a bad line is an AvakitError naming the file and line."""
+    return read_id_list(path, strict=True)[0]
+
+
+def no_valid_rows(path: Path, what: str, n_read: int, skipped: Sequence[Skipped], shown: int = 3) -> str:
+    """The message for a file without a single valid entry: the first reasons, with line numbers."""
+    if n_read == 0:
+        return f"{path}: no {what}: the file has no non-blank line"
+    reasons = "; ".join(f"line {s.line}: {s.reason}: {s.detail}" for s in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{path}: no valid {what} among {n_read} read: {reasons}{more}"
 
 
 def _check_ratio(name: str, value: float) -> None:

@@ -20,6 +20,7 @@ from avakit.errors import AvakitError
 from avakit.imageio import encode_jpeg, load_rgb
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+SUFFIX_LIST = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
 SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
 QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 
@@ -73,18 +74,26 @@ class PreprocessSpec:
 def find_images(inputs: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files to score: given files as they are, folders walked for image suffixes (any case).
 
-    Returns (paths, problems) where problems are inputs that do not exist.
+    Returns (paths, problems): problems are inputs that do not exist and folders without any
+    image file. When there is nothing at all to score, raises AvakitError (one line naming the
+    inputs), before any model is loaded.
     """
     paths: list[Path] = []
     problems: list[tuple[Path, str]] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append((item, f"folder holds no image files ({SUFFIX_LIST})"))
+            paths += found
         elif item.is_file():
             paths.append(item)
         else:
             problems.append((item, "no such file or folder"))
+    if not paths:
+        raise AvakitError("nothing to score: " + "; ".join(f"{p}: {why}" for p, why in problems)
+                          if problems else "nothing to score: give image files or folders")
     return paths, problems
 
 

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import webdataset as wds
 
-from avakit.ava import AvaRow, Skipped, official_split, parse_ava_txt, parse_id_list, random_split
+from avakit.ava import AvaRow, Skipped, official_split, parse_ava_txt, random_split, read_id_list
 from avakit.errors import AvakitError
 from avakit.imageio import ImageSkip, encode_jpeg, load_rgb
 from avakit.manifest import build_manifest, file_sha256, write_json_atomic
 
 PROGRESS_DIR = ".progress"
 TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards
+MAX_SEED = 2**64 - 1  # split seeds are unsigned 64-bit, as training seeds
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ def _validate_options(opt: ShardOptions, test_list: Path | None) -> None:
         raise AvakitError(f"--split must be 'random' or 'official', got {opt.split!r}")
     if opt.split == "official" and test_list is None:
         raise AvakitError("--split official needs --test-list (e.g. generic_test.jpgl)")
+    if opt.split != "official" and test_list is not None:
+        raise AvakitError("--test-list is only used with --split official; add --split official or drop it")
+    if not 0 <= opt.seed <= MAX_SEED:
+        raise AvakitError(f"--seed must be in 0..2^64-1, got {opt.seed}")
 
 
 def plan_sharding(
@@ -105,15 +110,14 @@ def plan_sharding(
     """Parse the inputs, split them, and find which shards under `out` are still to be written."""
     ava_txt, images, out = Path(ava_txt), Path(images), Path(out)
     _validate_options(options, test_list)
-    if not images.is_dir():
-        raise AvakitError(f"{images}: images folder not found")
+    _check_images_folder(images)
     rows, parse_skipped, rows_read = parse_ava_txt(ava_txt, strict=strict, limit=options.limit)
-    if not rows:
-        raise AvakitError(f"{ava_txt}: no valid rows")
     ids = [r.image_id for r in rows]
+    sources = {"ava_txt": {"name": ava_txt.name, "sha256": file_sha256(ava_txt)}}
     if options.split == "official":
         assert test_list is not None
-        split_ids = official_split(ids, parse_id_list(test_list), options.val_ratio, options.seed)
+        test_ids, sources["test_list"] = _read_test_list(Path(test_list), set(ids), strict)
+        split_ids = official_split(ids, test_ids, options.val_ratio, options.seed)
     else:
         split_ids = random_split(ids, options.val_ratio, options.test_ratio, options.seed)
     by_id = {r.image_id: r for r in rows}
@@ -122,13 +126,38 @@ def plan_sharding(
         for k, start in enumerate(range(0, len(members), options.shard_size)):
             chunk = members[start:start + options.shard_size]
             tasks.append(ShardTask(split, k, tuple(by_id[i] for i in chunk)))
-    sources = {"ava_txt": {"name": ava_txt.name, "sha256": file_sha256(ava_txt)}}
-    if test_list is not None and options.split == "official":
-        sources["test_list"] = {"name": test_list.name, "sha256": file_sha256(test_list)}
     plan = ShardPlan(ava_txt, images, out, options, sources, rows_read, rows, parse_skipped, tasks)
     _prepare_out(plan)
     plan.pending = [t for t in tasks if _load_record(out, t) is None]
     return plan
+
+
+def _check_images_folder(images: Path) -> None:
+    """Refuse a missing images folder, or one without a single file, before any work."""
+    if not images.is_dir():
+        raise AvakitError(f"{images}: images folder not found")
+    try:
+        with os.scandir(images) as entries:
+            empty = not any(e.is_file() for e in entries)
+    except OSError as e:
+        raise AvakitError(f"{images}: cannot read the images folder: {e.strerror or e}") from None
+    if empty:
+        raise AvakitError(f"{images}: images folder holds no files (expected {{image id}}.jpg)")
+
+
+def _read_test_list(path: Path, ava_ids: set[int], strict: bool) -> tuple[list[int], dict]:
+    """The official test list's ids and its `sources` entry: checksum and counts.
+
+    `ids_not_in_ava_txt` counts listed ids without a valid row among the AVA.txt rows read (the
+    real generic_test.jpgl names ~70 of them); its malformed or repeated lines are recorded.
+    """
+    ids, skipped = read_id_list(path, strict=strict)
+    entry = {
+        "name": path.name, "sha256": file_sha256(path), "ids_listed": len(ids),
+        "ids_not_in_ava_txt": sum(i not in ava_ids for i in ids),
+        "lines_skipped": [{"line": s.line, "reason": s.reason, "detail": s.detail} for s in skipped],
+    }
+    return ids, entry
 
 
 def _fingerprint(plan: ShardPlan) -> dict:
@@ -290,4 +319,19 @@ def write_shards(
         records.append(record)
     manifest = build_manifest(plan, records)
     write_json_atomic(plan.out / "manifest.json", manifest)
+    check_written(manifest, plan.out)
     return manifest
+
+
+def check_written(manifest: dict, out: Path) -> None:
+    """Exit 1 (after the manifest with its honest counts is written) when no sample was written."""
+    counts = manifest["counts"]
+    if counts["samples_written"] > 0:
+        return
+    reasons = ", ".join(f"{reason} {n}" for reason, n in manifest["skipped_by_reason"].items())
+    first = manifest["skipped"][0] if manifest["skipped"] else None
+    example = (f"; first: line {first['line']} (image {first['image_id']}): {first['reason']}: "
+               f"{first['detail']}" if first else "")
+    raise AvakitError(f"{out}: no sample could be written: {counts['rows_read']} rows read, "
+                      f"{counts['rows_skipped']} skipped ({reasons}){example}; see {out / 'manifest.json'}",
+                      exit_code=1)
