@@ -140,13 +140,16 @@ def train(
         "--set", help="Override a key: --set training.batch_size=32 (repeatable).")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
     quick_experiment: Annotated[float | None, typer.Option(
-        help="Use a fixed fraction of every split, e.g. 0.1.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+        help="Use a fixed fraction of every split, e.g. 0.1 (--resume keeps the run's own).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted run folder, on the data it started with.")] = None,
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
     Every epoch: train, evaluate on val (SRCC, PLCC, accuracy), keep best_model.pt and last.pt;
     at the end, evaluate the best model on test. Multi-GPU: torchrun --nproc_per_node N avakit train.
+    A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
+    command that resumes it.
 
     Example: avakit train --config configs/gpu.yaml --set training.batch_size=32
     """

@@ -369,7 +369,7 @@ def fit(
     if quick_experiment is not None and not 0.0 < quick_experiment <= 1.0:
         raise AvakitError(f"--quick-experiment must be in (0, 1], got {quick_experiment}")
     dist, device = init_distributed(cfg.device)
-    run_dir, fraction, tr = None, quick_experiment, None
+    run_dir, fraction, tr = Path(resume) if resume is not None else None, quick_experiment, None
     try:
         cfg, run_dir, ckpt = _prepare_run(cfg, output_dir, resume, dist)
         stored = stored_definition(ckpt, run_dir / "last.pt") if ckpt is not None else None

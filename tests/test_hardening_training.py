@@ -200,6 +200,32 @@ def test_quick_experiment_resume_equals_uninterrupted(shards: Path, tmp_path: Pa
     assert len(history) == 3 and min(history[2]["lr"]) > 0
 
 
+def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
+    from avakit.resume import check_same_data, run_fraction, stored_definition
+
+    last = tmp_path / "last.pt"
+    shards = {"train": {"manifest_sha256": "a" * 64, "samples": 40},
+              "val": {"manifest_sha256": "a" * 64, "samples": 6}}
+    stored = {"quick_experiment": 1.0, "features": False, "splits": shards}
+    assert stored_definition({"data": stored}, last) == stored and stored_definition({}, last) is None
+    for bad in ("x", {**stored, "quick_experiment": 7}, {**stored, "splits": None}):
+        with pytest.raises(AvakitError, match="last.pt: key 'data' is not a data definition"):
+            stored_definition({"data": bad}, last)
+    with pytest.raises(AvakitError, match=r"--quick-experiment 0.1: .* the full data"):
+        run_fraction(stored, 0.1, last)
+    assert run_fraction(stored, None, last) == 1.0 and run_fraction(None, 0.3, last) == 0.3
+    check_same_data(stored, stored, last)
+    with pytest.raises(AvakitError, match="data.features: .* was trained on shards"):
+        check_same_data(stored, {**stored, "features": True}, last)
+    url_val = {"manifest_sha256": None, "samples": None, "urls": ["v.tar"]}
+    urls = {**stored, "splits": {**shards, "val": url_val}}
+    with pytest.raises(AvakitError, match=r"val data of manifest sha256 aaaaaaaaaaaa \(6 samples\), the "
+                                          r"config now gives 1 URL\(s\) 'v.tar'"):
+        check_same_data(stored, urls, last)
+    with pytest.raises(AvakitError, match="trained on manifest sha256 bbbbbbbbbbbb"):  # last.pt of old avakit
+        check_same_data(None, stored, last, legacy_manifest="b" * 64)
+
+
 # ---- point 17: Ctrl-C prints what is kept and the real command that goes on ----
 
 
