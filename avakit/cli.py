@@ -24,7 +24,28 @@ from avakit.console import (
     print_shard_summary,
     progress_bar,
 )
-from avakit.errors import AvakitError
+from avakit.errors import AvakitError, Interrupted
+
+# What Ctrl-C leaves behind, per command (train, once its run folder exists, says it itself).
+_INTERRUPTED = {
+    "shard": "finished shards are kept; run the same command to resume",
+    "features": "splits already in the cache are kept; run the same command to resume",
+    "train": "nothing was written (the run folder did not exist yet)",
+    "evaluate": "results are written only when complete, so none were written; run the same command again",
+    "predict": "no scores were written; run the same command again",
+    "report": "the report folder may be incomplete; run the same command again to rebuild it",
+    "export": "the ONNX file(s) may be missing or not parity-checked; run the same command again",
+    "inspect": "inspect writes nothing; run it again to check the shards",
+    "demo": "the synthetic data and finished shards are kept and reused by the same command; its "
+            "training then starts a new run",
+}
+
+
+def _interrupted_line(command: str | None, error: KeyboardInterrupt) -> str:
+    """The line Ctrl-C prints: what is kept and how to go on."""
+    if isinstance(error, Interrupted):
+        return str(error)
+    return f"interrupted: {_INTERRUPTED.get(command or '', 'nothing more was done')}"
 
 
 class _Group(TyperGroup):
@@ -45,8 +66,8 @@ class _Group(TyperGroup):
             err_console.print(f"[red]error:[/red] no space left on device{where}", highlight=False,
                               soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: finished work is kept; run the same command to resume")
+        except KeyboardInterrupt as e:
+            err_console.print(_interrupted_line(ctx.invoked_subcommand, e), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
 
@@ -128,13 +149,16 @@ def train(
         "--set", help="Override a key: --set training.batch_size=32 (repeatable).")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
     quick_experiment: Annotated[float | None, typer.Option(
-        help="Use a fixed fraction of every split, e.g. 0.1.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+        help="Use a fixed fraction of every split, e.g. 0.1 (--resume keeps the run's own).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted run folder, on the data it started with.")] = None,
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
     Every epoch: train, evaluate on val (SRCC, PLCC, accuracy), keep best_model.pt and last.pt;
     at the end, evaluate the best model on test. Multi-GPU: torchrun --nproc_per_node N avakit train.
+    A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
+    command that resumes it.
 
     Example: avakit train --config configs/gpu.yaml --set training.batch_size=32
     """

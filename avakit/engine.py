@@ -22,13 +22,27 @@ from avakit.losses import distribution_mean, votes_to_distribution
 
 log = logging.getLogger("avakit.train")
 
+# fp16: the GradScaler skips a step whose gradients overflow and halves its scale. This many
+# skips in a row (the scale divided by 2**25) mean the gradients are not finite at any scale.
+FP16_MAX_SKIPPED_STEPS = 25
+
+
+class NonFiniteError(AvakitError):
+    """Training produced NaN/inf (loss, gradient norm, val metric); the message names where."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message, exit_code)
+
 
 class WarmupSchedule:
     """LR factor: linear warmup, then cosine to 0 or constant, times a plateau factor.
 
     `t` counts optimizer steps (or epochs when the step count is unknown). The object's
-    __dict__ is saved by LambdaLR.state_dict(), so the plateau state resumes too.
+    __dict__ is saved by LambdaLR.state_dict(), so the plateau state resumes too; the `SHAPE`
+    attributes come from the run's config and data, so a resumed run recomputes them.
     """
+
+    SHAPE = ("kind", "warmup", "total", "patience")
 
     def __init__(self, kind: str, warmup: int, total: int, patience: int) -> None:
         self.kind, self.warmup, self.total = kind, warmup, max(total, 1)
@@ -73,6 +87,7 @@ class StepContext:
     telemetry: object | None = None  # has maybe_collect(step, epoch)
     max_steps: int | None = None  # DDP: the same number of optimizer steps on every rank
     log_interval: int = 0  # log the running loss every N optimizer steps (0 = never)
+    skipped_steps: int = 0  # fp16: optimizer steps skipped in a row by the GradScaler (inf gradients)
 
 
 @dataclass
@@ -137,14 +152,36 @@ def targets(votes: torch.Tensor, output_mode: str) -> torch.Tensor:
     return dist if output_mode == "distribution" else distribution_mean(dist)
 
 
+def _grad_norm(ctx: StepContext) -> float:
+    """The total L2 norm of the gradients, clipped to `grad_clip` first when it is set."""
+    params = [p for g in ctx.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not params:
+        return 0.0
+    if ctx.grad_clip:
+        return float(torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+
+def _check_grad_norm(ctx: StepContext, norm: float, step: int, epoch: int) -> None:
+    """NonFiniteError for a NaN/inf gradient norm, except fp16 overflows the GradScaler skips."""
+    if math.isfinite(norm):
+        ctx.skipped_steps = 0
+        return
+    if ctx.scaler is not None and ctx.scaler.is_enabled():
+        ctx.skipped_steps += 1  # the scaler skips this step and lowers its scale: normal in fp16
+        if ctx.skipped_steps < FP16_MAX_SKIPPED_STEPS:
+            return
+        raise NonFiniteError(f"gradient norm is {norm} at epoch {epoch}, optimizer step {step} "
+                             f"({ctx.skipped_steps} fp16 steps in a row skipped for inf/NaN gradients)")
+    raise NonFiniteError(f"gradient norm is {norm} at epoch {epoch}, optimizer step {step}")
+
+
 def _optimizer_step(ctx: StepContext, step: int, epoch: int) -> None:
     if ctx.scaler is not None:
         ctx.scaler.unscale_(ctx.optimizer)
     if ctx.telemetry is not None:
         ctx.telemetry.maybe_collect(step, epoch)
-    if ctx.grad_clip:
-        params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+    _check_grad_norm(ctx, _grad_norm(ctx), step, epoch)  # before the step: the weights stay finite
     if ctx.scaler is not None:
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
@@ -160,7 +197,7 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over the loader; `step` is the global optimizer step count at the start.
 
-    Raises AvakitError on a NaN/inf loss, naming the epoch and step.
+    Raises NonFiniteError on a NaN/inf loss or gradient norm, naming the epoch and step.
     """
     ctx.model.train()
     stats = EpochStats(last_step=step)
@@ -181,8 +218,8 @@ def train_one_epoch(
                 out = ctx.model(x)
             loss = ctx.loss_fn(out.float(), targets(votes, ctx.output_mode))
             if not math.isfinite(loss_value := loss.item()):
-                raise AvakitError(f"loss is {loss_value} at epoch {epoch}, optimizer step {stats.last_step}; "
-                                  "stopped, the last good checkpoint (last.pt) is kept", exit_code=1)
+                raise NonFiniteError(f"loss is {loss_value} at epoch {epoch}, "
+                                     f"optimizer step {stats.last_step}")
             scaled = loss / ctx.grad_accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         micro += 1
@@ -248,6 +285,20 @@ def evaluate(
     return {"ids": cat(ids), "outputs": cat(outputs), "votes": cat(votes_all), "loss_sum": loss_sum,
             "n": int(sum(len(i) for i in ids)), "corrupt": corrupt, "seconds": time.perf_counter() - start,
             "model_seconds": model_s}
+
+
+def check_val_finite(val: dict, epoch: int, step: int) -> None:
+    """NonFiniteError when the val loss or an error metric is NaN/inf (NaN or inf predictions).
+
+    SRCC/PLCC are left alone: constant but finite predictions make them undefined (NaN), which
+    only means that the epoch is no improvement. An empty evaluation (n == 0) is not checked.
+    """
+    if not val.get("n"):
+        return
+    for key in ("loss", "mae", "rmse", "emd"):
+        value = val.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteError(f"val {key} is {value} at epoch {epoch} (after optimizer step {step})")
 
 
 def merge_results(parts: list[dict]) -> dict:

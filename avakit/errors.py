@@ -14,3 +14,11 @@ class AvakitError(Exception):
 
     def __reduce__(self):  # noqa: ANN204 - keeps exit_code across processes (shard workers)
         return (self.__class__, (str(self), self.exit_code))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a command that knows what it kept and how to go on; the message says both.
+
+    A KeyboardInterrupt, so library callers that stop on Ctrl-C still do; the CLI prints the
+    message and exits 130.
+    """

@@ -65,12 +65,16 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def _safe_root(x: Tensor, r: float) -> Tensor:
-    """x ** (1 / r) for x >= 0, with a zero (not NaN) gradient where x == 0."""
+    """x ** (1 / r) for x >= 0, with a zero (not NaN) gradient where x == 0.
+
+    NaN stays NaN (and inf stays inf), so a diverged model cannot hide behind a zero loss.
+    """
     if r == 1:
         return x
     positive = x > 0
     root = torch.where(positive, x, torch.ones_like(x)).pow(1.0 / r)
-    return torch.where(positive, root, torch.zeros_like(x))
+    # x * 0 is 0 with a zero gradient where x == 0, and NaN where x is NaN (NaN > 0 is False)
+    return torch.where(positive, root, x * 0)
 
 
 def emd(logits: Tensor, target: Tensor, r: float = 2) -> Tensor:

@@ -34,16 +34,25 @@ from avakit.data import SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.distributed import DistInfo, gather_objects, init_distributed, shutdown
 from avakit.engine import (
     EpochStats,
+    NonFiniteError,
     StepContext,
     WarmupSchedule,
+    check_val_finite,
     evaluate,
     merge_results,
     train_one_epoch,
 )
-from avakit.errors import AvakitError
+from avakit.errors import AvakitError, Interrupted
 from avakit.losses import get_loss
 from avakit.model import model_from_config, param_groups
 from avakit.predictions import frame_metrics, predictions_frame
+from avakit.resume import (
+    check_same_data,
+    data_definition,
+    interrupted_message,
+    run_fraction,
+    stored_definition,
+)
 from avakit.transforms import EvalPreset, Normalize, TrainPreset
 
 log = logging.getLogger("avakit.train")
@@ -213,6 +222,7 @@ def _checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
         payload.update(
             optimizer=tr.ctx.optimizer.state_dict(), scheduler=tr.scheduler.state_dict(),
             scaler=tr.ctx.scaler.state_dict() if tr.ctx.scaler else None, rng=rng_state(),
+            data=_data_definition(tr),
             state={"epoch": s.epoch, "step": s.step, "best_srcc": s.best_srcc, "best_epoch": s.best_epoch,
                    "bad_epochs": s.bad_epochs, "elapsed_s": s.elapsed_s, "history": s.history})
     return payload
@@ -269,8 +279,12 @@ def _restore(tr: Trainer, ckpt: dict) -> None:
     """Load last.pt's model, optimizer, schedule, scaler, RNG and progress into the trainer."""
     tr.core.load_state_dict(ckpt["model_state_dict"])
     tr.ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    # the schedule's shape (warmup, total steps) follows this run's config and data; only its
+    # progress (plateau state) comes from last.pt
+    shape = {key: getattr(tr.schedule, key) for key in WarmupSchedule.SHAPE}
     tr.scheduler.load_state_dict(ckpt["scheduler"])
     tr.schedule = tr.scheduler.lr_lambdas[0]
+    tr.schedule.__dict__.update(shape)
     if tr.ctx.scaler is not None and ckpt.get("scaler"):
         tr.ctx.scaler.load_state_dict(ckpt["scaler"])
     tr.state = RunState(**ckpt["state"])
@@ -278,16 +292,24 @@ def _restore(tr: Trainer, ckpt: dict) -> None:
 
 
 def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist: DistInfo) -> tuple:
-    """(config, run folder path, last.pt contents or None)."""
+    """(config, run folder path, last.pt contents or None).
+
+    A run folder stopped before its first last.pt (no results.json either) starts again from
+    epoch 0: nothing of it was kept, and the same seed gives the same run.
+    """
     from avakit.distributed import broadcast_object
 
+    cfg = with_absolute_paths(cfg)
     if resume is None:
-        cfg = with_absolute_paths(cfg)
         run_dir = broadcast_object(new_run_dir(cfg, output_dir) if dist.is_main else None, dist)
         ckpt = None
     else:
         run_dir = Path(resume)
-        ckpt = load_checkpoint(run_dir / "last.pt")
+        if not (run_dir / "config.yaml").is_file():
+            raise AvakitError(f"{run_dir / 'config.yaml'}: not found (is {run_dir} a run folder?)")
+        last = run_dir / "last.pt"
+        started_again = not last.is_file() and not (run_dir / "results.json").is_file()
+        ckpt = None if started_again else load_checkpoint(last)
     return cfg, run_dir, ckpt
 
 
@@ -336,40 +358,81 @@ def fit(
 ) -> Path:
     """Train per `cfg` and write the run folder; returns its path.
 
-    `resume` continues that run folder from its last.pt (pass `checkpoint.run_config(run_dir)` as cfg).
+    `resume` continues that run folder from its last.pt (pass `checkpoint.run_config(run_dir)` as cfg)
+    with the data it was trained on: the stored `quick_experiment` fraction and shards; a
+    different fraction, manifest or data.features is an AvakitError.
     `stop_after_epochs` ends this call after that many epochs, leaving a resumable run (for
-    time-limited jobs and tests).
+    time-limited jobs and tests). A NaN/inf loss, gradient norm or val metric stops the run
+    with NonFiniteError (exit 1) before last.pt is overwritten; Ctrl-C once the run folder
+    exists raises `Interrupted` with the command that resumes it.
     """
-    from avakit.telemetry import Telemetry
-
-    fraction = 1.0 if quick_experiment is None else quick_experiment
-    if not 0.0 < fraction <= 1.0:
-        raise AvakitError(f"--quick-experiment must be in (0, 1], got {fraction}")
+    if quick_experiment is not None and not 0.0 < quick_experiment <= 1.0:
+        raise AvakitError(f"--quick-experiment must be in (0, 1], got {quick_experiment}")
     dist, device = init_distributed(cfg.device)
+    run_dir, fraction, tr = Path(resume) if resume is not None else None, quick_experiment, None
     try:
         cfg, run_dir, ckpt = _prepare_run(cfg, output_dir, resume, dist)
+        stored = stored_definition(ckpt, run_dir / "last.pt") if ckpt is not None else None
+        fraction = run_fraction(stored, quick_experiment, run_dir / "last.pt")
         tr = build_trainer(cfg, run_dir, fraction, dist, device)
+        if ckpt is not None:  # before anything in the run folder changes
+            check_same_data(stored, _data_definition(tr), run_dir / "last.pt", ckpt.get("manifest_sha256"))
         _write_run_dir(cfg, run_dir, dist)
-        _setup_logging(run_dir, dist)
-        if ckpt is not None:
-            _restore(tr, ckpt)
-            log.info("resuming %s at epoch %d (step %d)", run_dir, tr.state.epoch, tr.state.step)
-        else:
-            log.info("run %s: %s on %s, %s", run_dir, cfg.model.backbone, device,
-                     f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown")
-        telemetry = Telemetry(run_dir, tr.model, tr.ctx.optimizer,
-                              enabled=cfg.telemetry.enabled and dist.is_main,
-                              collect_every_n=cfg.telemetry.collect_every_n,
-                              resume_step=tr.state.step if ckpt is not None else None)
-        tr.ctx.telemetry = telemetry
-        with telemetry:
-            _epochs(tr, progress, stop_after_epochs)
-        if tr.state.epoch >= cfg.training.max_epochs or tr.state.bad_epochs >= (
-                cfg.training.early_stop_patience or math.inf):
-            _finish(tr, progress, time.perf_counter())
+        _train(tr, ckpt, progress, stop_after_epochs, restarted=resume is not None and ckpt is None)
         return run_dir
+    except KeyboardInterrupt:
+        if run_dir is None or not run_dir.is_dir():
+            raise  # nothing written yet
+        raise Interrupted(interrupted_message(run_dir, fraction)) from None
+    except NonFiniteError as e:
+        raise _stopped(tr, e) from None
     finally:
         shutdown(dist)
+
+
+def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after_epochs: int | None,
+           restarted: bool) -> None:
+    """Log, restore last.pt, run the epochs with telemetry; evaluate and write results at the end."""
+    from avakit.telemetry import Telemetry
+
+    cfg, run_dir = tr.cfg, tr.run_dir
+    _setup_logging(run_dir, tr.dist)
+    if ckpt is not None:
+        _restore(tr, ckpt)
+        log.info("resuming %s at epoch %d (step %d)", run_dir, tr.state.epoch, tr.state.step)
+    else:
+        log.info("run %s%s: %s on %s, %s", run_dir, " (again from epoch 0: no last.pt)" if restarted else "",
+                 cfg.model.backbone, tr.device,
+                 f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown")
+    telemetry = Telemetry(run_dir, tr.model, tr.ctx.optimizer,
+                          enabled=cfg.telemetry.enabled and tr.dist.is_main,
+                          collect_every_n=cfg.telemetry.collect_every_n,
+                          resume_step=tr.state.step if ckpt is not None else None)
+    tr.ctx.telemetry = telemetry
+    with telemetry:
+        _epochs(tr, progress, stop_after_epochs)
+    if tr.state.epoch >= cfg.training.max_epochs or tr.state.bad_epochs >= (
+            cfg.training.early_stop_patience or math.inf):
+        _finish(tr, progress, time.perf_counter())
+
+
+def _data_definition(tr: Trainer) -> dict:
+    return data_definition(tr.sources, tr.fraction, tr.cfg.data.features is not None)
+
+
+def _stopped(tr: Trainer | None, error: NonFiniteError) -> NonFiniteError:
+    """The NaN/inf stop as one line that says what is kept, also written to training.log."""
+    if tr is None:
+        return error
+    last = tr.run_dir / "last.pt"
+    kept = f"the last good checkpoint ({last}) is kept" if last.is_file() else \
+        f"before the first checkpoint (run folder {tr.run_dir})"
+    message = f"{error}; stopped, {kept}"
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in log.handlers:  # the file only: the CLI prints the error line itself
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    return NonFiniteError(message)
 
 
 def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | None) -> None:
@@ -391,6 +454,7 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
         if stats.corrupt:
             log.warning("epoch %d: %d corrupt training samples skipped", epoch, stats.corrupt)
         val, df = run_evaluation(tr, tr.eval_model, "val", progress)
+        check_val_finite(val, epoch, stats.last_step)  # before last.pt or best_model.pt is written
         s.elapsed_s += time.perf_counter() - started
         if _end_of_epoch(tr, epoch, stats, val, df):
             log.info("early stopping: no better val SRCC for %d epochs (best %.4f at epoch %d)",
