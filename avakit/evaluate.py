@@ -35,7 +35,6 @@ def evaluate_run(
         raise AvakitError(f"--split must be train, val or test, got {split!r}")
     run_dir = Path(run_dir)
     ckpt_path = run_checkpoint(run_dir, checkpoint)
-    out = eval_outputs(run_dir, split, checkpoint, tta)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     source = resolve_split(str(shards) if shards is not None else cfg.data.shards, split)
@@ -52,7 +51,8 @@ def evaluate_run(
                       output_mode=cfg.model.output_mode, device=dev, amp=amp,
                       channels_last=cfg.training.channels_last)
     batch = batch_size or cfg.training.batch_size
-    preset = EvalPreset(cfg.transform, tta)
+    preset = EvalPreset(cfg.transform, tta)  # checks --tta
+    out = eval_outputs(run_dir, split, checkpoint, tta)
     loader = make_loader(source, SampleDecoder(preset, cfg.transform.crop_size), batch_size=batch,
                          train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers,
                          pin_memory=dev.type == "cuda")
