@@ -67,8 +67,10 @@ BACKBONE_SCOPE = "/model/backbone/"
 
 def opset_max() -> int:
     """The highest opset torch's TorchScript exporter (dynamo=False) supports."""
-    from torch.onnx import _constants  # private, but the exporter's own bound; 20 in torch 2.x
-
+    try:
+        from torch.onnx import _constants  # private, but the exporter's own bound
+    except ImportError:
+        return 20  # torch 2.x
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
 
 
