@@ -277,7 +277,7 @@ def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> st
                            f"(every image's {g.what} id is 0 or absent)")
         elif g.stats.empty:
             inner = c.note(f"{sp.label}: no {g.what} with at least {min_group} images "
-                           f"({g.tagged} images have one)")
+                           f"({g.tagged} of {len(sp.df)} images have one)")
         else:
             inner = group_table(g.stats, g.what) + c.figure(
                 f"{sp.key}_{g.part}_mae.png", "group_mae", P.plot_group_mae, g.stats,

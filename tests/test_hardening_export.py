@@ -287,7 +287,7 @@ def test_groups_with_too_few_images_keep_their_own_note(tmp_path: Path) -> None:
     c = H.Collector(tmp_path)
     H.groups_section(c, _group_tables([sp], {"tags": {}, "challenge": {}}, 5), 5)
     assert c.notes == ["val: best_model.pt, epoch 0, no TTA: no semantic tag with at least 5 images "
-                       "(1 images have one)",
+                       "(1 of 3 images have one)",
                        "val: best_model.pt, epoch 0, no TTA: the data has no challenges "
                        "(every image's challenge id is 0 or absent)"]
 
