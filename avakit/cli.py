@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -55,7 +56,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except AvakitError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
             from avakit.fileio import is_disk_full
@@ -94,7 +95,7 @@ def shard(
     short_side: Annotated[int, typer.Option(help="Shorter side of stored images, pixels.")] = 256,
     quality: Annotated[int, typer.Option(help="JPEG quality of stored images.")] = 90,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (AVA train: ~200 shards).")] = 1000,
-    workers: Annotated[int | None, typer.Option(help="Processes [default: all cores].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows (for trials).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
 ) -> None:
@@ -180,7 +181,8 @@ def features(
     config: Annotated[Path | None, typer.Option(help="Training config (backbone, shards).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
     splits: Annotated[str, typer.Option(help="Comma-separated splits to extract.")] = "train,val,test",
-    out: Annotated[Path | None, typer.Option(help="Cache [default: data.features or features].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Feature cache folder.",
+                                             show_default="data.features, else features")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Run the frozen backbone once over the shards and cache its pooled features per split.
@@ -215,19 +217,23 @@ def features(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
-    shards: Annotated[Path | None, typer.Option(help="Shards [default: the run's data.shards].")] = None,
+    shards: Annotated[Path | None, typer.Option(help="Shards folder.",
+                                                show_default="the run's data.shards")] = None,
     checkpoint: Annotated[str, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
-    batch_size: Annotated[int | None, typer.Option(help="[default: the run's batch size]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.",
+                                                   show_default="the run's batch size")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Score a split with a run's checkpoint: SRCC, PLCC, Acc, EMD, MAE, RMSE and latency.
 
-    Writes RUN_DIR/eval_{split}.json and RUN_DIR/predictions/{split}.parquet. Without --tta the
-    numbers equal those `train` wrote to results.json for the same checkpoint and split.
+    Writes RUN_DIR/eval/{split}_{checkpoint}_tta-{tta}.json and .parquet (one pair per split,
+    checkpoint and TTA; train's results.json and predictions/ are never overwritten). Without
+    --tta the numbers equal those `train` wrote to results.json for the same checkpoint and split.
     """
     from avakit.evaluate import evaluate_run
     from avakit.metrics import METRIC_NAMES
+    from avakit.rundir import eval_outputs
 
     log_to_console()
     report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress())
@@ -244,22 +250,25 @@ def evaluate(
     table.add_row(f"latency ({report['device']}, batch {report['batch_size']})",
                   f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
     console.print(table)
-    console.print(f"wrote {run_dir / f'eval_{split}.json'}, {run_dir / 'predictions' / f'{split}.parquet'}")
+    written = eval_outputs(run_dir, split, checkpoint, tta)
+    console.print(escape(f"wrote {written.json}, {written.parquet}"), highlight=False)
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
-    shards: Annotated[Path | None, typer.Option(help="Shards for thumbnails [default: the run's].")] = None,
+    shards: Annotated[Path | None, typer.Option(help="Shards for labels and thumbnails.",
+                                                show_default="the run's data.shards")] = None,
     tags: Annotated[Path | None, typer.Option(help="tags.txt, to name semantic tags.")] = None,
     challenges: Annotated[Path | None, typer.Option(help="challenges.txt, to name challenges.")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open report.html in the browser.")] = False,
 ) -> None:
     """Plots and one self-contained report.html from a run folder (nothing is retrained).
 
-    Training curves, gradient-norm telemetry with warning signs, prediction analysis of the best
-    epoch (and of the test split once `evaluate` or `train` wrote it), SRCC over epochs, errors
-    per semantic tag and challenge, and galleries of the best and worst predicted images.
+    Training curves, gradient-norm telemetry with warning signs, prediction analysis of
+    best_model.pt (train's own val and test predictions), SRCC over epochs, errors per semantic
+    tag and challenge, and galleries of the best and worst predicted images. Every panel names
+    the checkpoint, epoch and TTA behind its numbers; `avakit evaluate` results are extra rows.
     """
     from avakit.metrics import METRIC_NAMES
     from avakit.report import build_report
@@ -267,20 +276,20 @@ def report(
     summary = build_report(run_dir, shards, tags, challenges)
     table = Table(title=f"{run_dir.name}: best epoch {summary['best_epoch']}")
     table.add_column("split")
+    table.add_column("model")
     keys = ("srcc", "plcc", "accuracy", "emd", "mae", "n")
     for key in keys:
         table.add_column(METRIC_NAMES.get(key, key), justify="right")
-    for split in ("val", "test"):
-        m = summary.get(split)
-        if m:
-            table.add_row(split, *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-"))
-                                   for k in keys))
+    rows = [(s, summary["models"][s], summary[s]) for s in ("val", "test") if summary.get(s)]
+    for split, model, m in [*rows, *summary["evaluations"]]:
+        table.add_row(split, model, *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-"))
+                                      for k in keys))
     console.print(table)
     for line in summary["warnings"]:
-        console.print(f"[yellow]telemetry:[/yellow] {line}", highlight=False)
+        console.print(f"[yellow]telemetry:[/yellow] {escape(line)}", highlight=False)
     for line in summary["notes"]:
-        console.print(f"note: {line}", highlight=False)
-    console.print(f"report: {summary['report']}  ({len(summary['pngs'])} plots)")
+        console.print(escape(f"note: {line}"), highlight=False)
+    console.print(escape(f"report: {summary['report']}  ({len(summary['pngs'])} plots)"))
     if open_:
         import webbrowser
 
@@ -345,8 +354,9 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
     output: Annotated[Path, typer.Option(help="The ONNX file to write.")] = Path("model.onnx"),
     int8: Annotated[bool, typer.Option("--int8", help="Also write <stem>.int8.onnx (calibrated).")] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
-    shards: Annotated[Path | None, typer.Option(help="Shards for the checks [default: the run's].")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or higher.")] = 17,
+    shards: Annotated[Path | None, typer.Option(help="Shards for the checks.",
+                                                show_default="the run's data.shards")] = None,
     parity_images: Annotated[int, typer.Option(help="Val images for the parity check.")] = 256,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
@@ -363,17 +373,16 @@ def export(
     log_to_console()
     result = export_onnx(run_dir, output, int8, opset, shards, parity_images, checkpoint)
     p, sizes = result["parity"], result["sizes_mb"]
-    table = Table(title=f"parity on {p['n']} inputs ({p['inputs']})")
+    table = Table(title=escape(f"parity on {p['n']} inputs ({p['inputs']})"))
     for col in ("file", "MB", "max |Δ mean score|", "SRCC"):
         table.add_column(col, justify="left" if col == "file" else "right")
-    table.add_row(f"{result['fp32']} (vs torch)", f"{sizes['fp32']:.1f}", f"{p['fp32_max_abs_diff']:.2e}",
-                  f"{p['fp32_srcc']:.6f}")
-    if result["int8"] is not None:
-        table.add_row(f"{result['int8']} (vs FP32)", f"{sizes['int8']:.1f}", f"{p['int8_max_abs_diff']:.2e}",
-                      f"{p['int8_srcc']:.6f}")
+    for precision, against in (("fp32", "torch"), ("int8", "FP32")):
+        if result[precision] is not None:
+            table.add_row(escape(f"{result[precision]} (vs {against})"), f"{sizes[precision]:.1f}",
+                          f"{p[precision + '_max_abs_diff']:.2e}", f"{p[precision + '_srcc']:.6f}")
     console.print(table)
     for note in result["notes"]:
-        console.print(f"note: {note}", highlight=False)
+        console.print(escape(f"note: {note}"), highlight=False)
 
 
 @app.command()

@@ -2,12 +2,12 @@
 
 Uses the same loader, eval preset, normalisation and metric code as `train`, so with the same
 checkpoint and split (and no test-time augmentation) the numbers equal train's results.json.
-Writes `eval_{split}.json` and `predictions/{split}.parquet` in the run folder.
+Writes `eval/{split}_{checkpoint}_tta-{tta}.json` and `.parquet` in the run folder
+(`avakit.rundir.eval_outputs`); train's own results.json and predictions/ are never touched.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,10 @@ from avakit.data import SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
 from avakit.engine import StepContext, evaluate
 from avakit.errors import AvakitError
+from avakit.fileio import atomic_write, write_error, write_json_atomic
 from avakit.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
+from avakit.rundir import eval_outputs
 from avakit.transforms import EvalPreset, Normalize
 
 
@@ -28,7 +30,7 @@ def evaluate_run(
     run_dir: Path, split: str = "test", shards: Path | None = None, checkpoint: str = "best",
     tta: str = "none", batch_size: int | None = None, device: str = "auto", progress=None,
 ) -> dict:
-    """Evaluate `run_dir`'s best or last checkpoint on `split`; returns the eval_{split}.json dict."""
+    """Evaluate `run_dir`'s best or last checkpoint on `split`; returns what eval/{...}.json holds."""
     if split not in ("train", "val", "test"):
         raise AvakitError(f"--split must be train, val or test, got {split!r}")
     run_dir = Path(run_dir)
@@ -49,7 +51,8 @@ def evaluate_run(
                       output_mode=cfg.model.output_mode, device=dev, amp=amp,
                       channels_last=cfg.training.channels_last)
     batch = batch_size or cfg.training.batch_size
-    preset = EvalPreset(cfg.transform, tta)
+    preset = EvalPreset(cfg.transform, tta)  # checks --tta
+    out = eval_outputs(run_dir, split, checkpoint, tta)
     loader = make_loader(source, SampleDecoder(preset, cfg.transform.crop_size), batch_size=batch,
                          train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers,
                          pin_memory=dev.type == "cuda")
@@ -72,9 +75,14 @@ def evaluate_run(
     report = {"split": split, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "tta": tta,
               "batch_size": batch, "device": str(dev), "amp": amp, "shards": str(shards or cfg.data.shards),
               "metrics": found}
-    (run_dir / "predictions").mkdir(exist_ok=True)
-    df.to_parquet(run_dir / "predictions" / f"{split}.parquet", index=False)
-    (run_dir / f"eval_{split}.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    report["predictions"] = out.parquet.relative_to(run_dir).as_posix()
+    try:
+        out.json.parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise write_error(e, out.json.parent) from None
+    with atomic_write(out.parquet) as f:
+        df.to_parquet(f, index=False)
+    write_json_atomic(out.json, report, default=_jsonable)
     return report
 
 

@@ -11,9 +11,15 @@ Everything `predict --onnx` needs (preprocessing, output mode) and the run's pro
 QDQ format, uint8 activations / int8 per-channel weights, MinMax calibration on val images of
 the run's shards. onnxruntime fuses the QDQ pairs into its integer kernels; on this x86 CPU
 (AVX512-VNNI) that was the fastest variant measured for resnet50 (QOperator U8S8 ~1.3x slower,
-int8 activations ~3x slower) and per-channel weights cost no speed. The MLP head's Gemms stay
-FP32 (~1.5 MB, no measurable time; the logits are not rounded to 8 bits). Without shards it
-falls back to dynamic quantisation (ConvInteger: little faster than FP32), with a note.
+int8 activations ~3x slower) and per-channel weights cost no speed. Only the backbone is
+quantised (`backbone_nodes`: the nodes in the exporter's `/model/backbone/` scope); everything
+after its pooled features stays FP32: the IQA branch, the MLP head, the softmax or clamp. So
+the output is never rounded to 8 bits: distributions sum to 1 and scores are not bucketed
+(~1.5 MB and no measurable time for a resnet50 head). Without shards it falls back to dynamic
+quantisation of the same nodes (ConvInteger: little faster than FP32), with a note.
+
+Opsets: `OPSET_MIN` (per-channel QuantizeLinear, and the current semantics of Softmax and the
+reductions the graph uses) to torch's TorchScript exporter's highest (20 in torch 2.x).
 
 After export both files are checked against torch on val images (or given photos); a failed
 check raises AvakitError with exit code 1.
@@ -25,7 +31,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,6 +46,8 @@ from torch import nn
 from avakit import __version__
 from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.errors import AvakitError
+from avakit.extras import require
+from avakit.fileio import atomic_path
 from avakit.imageio import ImageSkip
 from avakit.metrics import srcc
 from avakit.onnx_runtime import OnnxScorer, encode_metadata
@@ -53,6 +60,26 @@ FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, mean score
 INT8_MIN_SRCC = 0.99  # rank agreement of INT8 with FP32 mean scores
 BATCH = 32
 CALIBRATION_BATCH = 8  # the calibration session outputs every tensor: resnet50 at 32 peaks at 8 GB, at 8 3 GB
+OPSET_MIN = 13  # per-channel QuantizeLinear (INT8); Softmax over one axis as the graph uses it
+# The TorchScript exporter's scope of the backbone: ExportModel.model -> AestheticModel.backbone
+BACKBONE_SCOPE = "/model/backbone/"
+
+
+def opset_max() -> int:
+    """The highest opset torch's TorchScript exporter (dynamo=False) supports."""
+    try:
+        from torch.onnx import _constants  # private, but the exporter's own bound
+    except ImportError:
+        return 20  # torch 2.x
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+
+
+def check_opset(opset: int) -> None:
+    """AvakitError naming the supported range unless OPSET_MIN <= opset <= opset_max()."""
+    high = opset_max()
+    if not OPSET_MIN <= opset <= high:
+        raise AvakitError(f"--opset {opset} is not supported: use {OPSET_MIN} to {high} (torch's exporter "
+                          f"writes up to {high}; the graph and INT8 quantisation need at least {OPSET_MIN})")
 
 
 class ExportModel(nn.Module):
@@ -139,21 +166,19 @@ def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     model = onnx.load(str(path))
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, encode_metadata(metadata))
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17) -> None:
     """torch.onnx.export (TorchScript exporter) with a dynamic batch dimension, one inline file."""
+    check_opset(opset)
     example = torch.zeros(2, 3, crop, crop)
-    tmp = output.with_name(output.name + ".tmp")
-    with warnings.catch_warnings():  # the legacy exporter warns that it is legacy
+    with warnings.catch_warnings(), atomic_path(output) as tmp:  # the legacy exporter warns that it is legacy
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["scores"], do_constant_folding=True,
                           dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
-    os.replace(tmp, output)
 
 
 @contextlib.contextmanager
@@ -169,8 +194,25 @@ def _quiet_onnxruntime_quantization() -> Iterator[None]:
         root.setLevel(level)
 
 
+def backbone_nodes(model: Any) -> list[str]:
+    """Names of the nodes INT8 may quantise: those in the exporter's backbone scope.
+
+    Everything else (the IQA branch, the concatenation, the MLP head, softmax / clamp) stays
+    FP32, so the output is not rounded to 8 bits. A node that onnxruntime's pre-processing
+    renamed (a fusion) drops out of the scope and stays FP32 too: the safe direction.
+    """
+    names = [n.name for n in model.graph.node if n.name.startswith(BACKBONE_SCOPE)]
+    if not names:
+        raise AvakitError(f"no node in the exporter's {BACKBONE_SCOPE} scope: nothing to quantise to INT8 "
+                          "(the exporter's node naming changed?)", exit_code=1)
+    return names
+
+
 def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> str:
-    """Static QDQ INT8 (U8S8, per-channel) calibrated on `calibration`, else dynamic; the method."""
+    """Static QDQ INT8 (U8S8, per-channel) of the backbone calibrated on `calibration`, else dynamic.
+
+    Returns the method, for the metadata. Only `backbone_nodes` are quantised.
+    """
     import onnx
     import onnxruntime.quantization as ortq
 
@@ -182,21 +224,22 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> s
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory(dir=output.parent) as tmp, _quiet_onnxruntime_quantization():
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        ortq.quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation
+    with (tempfile.TemporaryDirectory(dir=output.parent) as tmp, _quiet_onnxruntime_quantization(),
+          atomic_path(output) as out):
+        pre = Path(tmp) / "pre.onnx"
+        # ONNX shape inference + graph optimisation; onnxruntime's symbolic shape inference is for
+        # transformers and fails on the IQA branch's reductions at opset >= 18 (same graph without it)
+        ortq.quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        nodes = backbone_nodes(onnx.load(str(pre)))
         if calibration is None:
             # ConvInteger (dynamic conv) only has uint8 x uint8 kernels on CPU
-            ortq.quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=ortq.QuantType.QUInt8)
-            method = "dynamic (uint8 weights, per-channel)"
-        else:
-            head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
-            ortq.quantize_static(str(pre), str(out), Reader(calibration), quant_format=ortq.QuantFormat.QDQ,
-                                 per_channel=True, activation_type=ortq.QuantType.QUInt8,
-                                 weight_type=ortq.QuantType.QInt8, nodes_to_exclude=head)
-            method = f"static QDQ U8S8 per-channel, MinMax on {len(calibration)} images"
-        os.replace(out, output)
-    return method
+            ortq.quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=ortq.QuantType.QUInt8,
+                                  nodes_to_quantize=nodes)
+            return "dynamic (uint8 weights, per-channel), backbone only"
+        ortq.quantize_static(str(pre), str(out), Reader(calibration), quant_format=ortq.QuantFormat.QDQ,
+                             per_channel=True, activation_type=ortq.QuantType.QUInt8,
+                             weight_type=ortq.QuantType.QInt8, nodes_to_quantize=nodes)
+        return f"static QDQ U8S8 per-channel, backbone only, MinMax on {len(calibration)} images"
 
 
 def mean_scores(outputs: np.ndarray, output_mode: str) -> np.ndarray:
@@ -232,8 +275,11 @@ def export_onnx(
     / `calibration_images` val images of `shards` (default: the run's data.shards); with
     neither available, random inputs and dynamic INT8 quantisation (noted). Raises AvakitError
     (exit code 1) when ONNX FP32 differs from torch by more than FP32_MAX_ABS_DIFF in mean score
-    or INT8 ranks the images differently from FP32 (SRCC < INT8_MIN_SRCC).
+    or INT8 ranks the images differently from FP32 (SRCC < INT8_MIN_SRCC). Missing onnx /
+    onnxruntime and an opset outside OPSET_MIN..opset_max() are refused before any work.
     """
+    require("export", ("onnx", "onnxruntime", *(("onnxruntime.quantization",) if int8 else ())))
+    check_opset(opset)
     if parity_images < 1:
         raise AvakitError(f"--parity-images must be at least 1, got {parity_images}")
     ckpt_path = run_checkpoint(Path(run_dir), checkpoint)
@@ -242,7 +288,10 @@ def export_onnx(
     mode, spec = cfg.model.output_mode, PreprocessSpec.from_checkpoint(ckpt)
     wrapped = ExportModel(model, mode).eval()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AvakitError(f"--output {output}: cannot create its folder ({e.strerror or e})") from None
     metadata = build_metadata(ckpt, ckpt_path)
     export_fp32(wrapped, output, spec.crop_size, opset)
     write_metadata(output, metadata)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from avakit.errors import AvakitError
+from avakit.extras import require
 from avakit.predict import Scorer
 from avakit.preprocess import PreprocessSpec
 
@@ -57,10 +58,8 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
 
 def _session(path: Path, threads: int | None) -> Any:
     """An onnxruntime CPU session with all graph optimisations; AvakitError for a bad file."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise AvakitError("scoring an ONNX model needs onnxruntime: pip install 'avakit[export]'") from None
+    require("scoring an ONNX model (predict --onnx)", ("onnxruntime",))
+    import onnxruntime as ort
     if not path.is_file():
         raise AvakitError(f"{path}: ONNX model not found")
     options = ort.SessionOptions()

@@ -8,6 +8,7 @@ rendered by Agg) and saved at 120 dpi. `gradient_warnings` turns a gradient-norm
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +129,29 @@ def _norm_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in _PARTS if c in df.columns] + layers
 
 
-def _step_axis(ax: Axes, df: pd.DataFrame) -> str:
-    """Dotted lines where a new epoch starts (if at most 50); returns the x-axis label."""
+def _step_axis(ax: Axes, df: pd.DataFrame, epoch_starts: Sequence[int] | None = None) -> str:
+    """Dotted lines where epochs start (if at most 50); returns the x-axis label.
+
+    `epoch_starts` (from the history's step counts, `avakit.rundir.epoch_start_steps`) are the
+    real first optimizer steps; without them the first recorded step of each epoch is used,
+    which lies up to collect_every_n - 1 steps after the boundary, and the label says so.
+    """
     label = "optimizer step (batch_idx)"
-    if "epoch" not in df.columns or len(df) < 2:
+    if epoch_starts is not None:
+        last = float(df["batch_idx"].max()) if len(df) else 0.0
+        starts = [x for x in epoch_starts if 0 < x <= last]
+        what = "epoch starts"
+    elif "epoch" in df.columns and len(df) >= 2:
+        change = df["epoch"].ne(df["epoch"].shift()).to_numpy()[1:]
+        starts = list(df["batch_idx"].to_numpy()[1:][change])
+        what = "first recorded step of each epoch"
+    else:
         return label
-    change = df["epoch"].ne(df["epoch"].shift()).to_numpy()[1:]
-    starts = df["batch_idx"].to_numpy()[1:][change]
     if not 0 < len(starts) <= 50:
         return label
     for x in starts:
         ax.axvline(x, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
-    return label + "; dotted lines: epoch starts"
+    return f"{label}; dotted lines: {what}"
 
 
 _NORM_STYLES: dict[str, dict[str, Any]] = {
@@ -154,8 +166,12 @@ def _layer_style(k: int, n: int) -> dict[str, Any]:
     return dict(color=colormaps["viridis"](0.1 + 0.75 * k / max(n - 1, 1)), linewidth=1.0, linestyle="--")
 
 
-def plot_gradient_norms(df: pd.DataFrame | None, path: Path) -> Path:
-    """Gradient L2 norm per model part vs optimizer step, log y (zeros masked)."""
+def plot_gradient_norms(df: pd.DataFrame | None, path: Path, frozen: Collection[str] = (),
+                        epoch_starts: Sequence[int] | None = None) -> Path:
+    """Gradient L2 norm per model part vs optimizer step, log y (zeros masked).
+
+    `frozen` names parts frozen on purpose (labelled so); `epoch_starts` as in `_step_axis`.
+    """
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.subplots()
     cols = _norm_columns(df) if df is not None and len(df) else []
@@ -163,12 +179,13 @@ def plot_gradient_norms(df: pd.DataFrame | None, path: Path) -> Path:
     series = [_positive(df[c]) for c in cols]
     for col, values in zip(cols, series, strict=True):
         style = _NORM_STYLES.get(col) or _layer_style(layer_cols.index(col), len(layer_cols))
-        label = col if np.isfinite(values).any() else f"{col} (all zero: frozen?)"
+        label = col if np.isfinite(values).any() else (
+            f"{col} (frozen on purpose)" if col in frozen else f"{col} (all zero: frozen?)")
         marker = "o" if len(df) <= 30 else None
         ax.plot(df["batch_idx"], values, label=label, marker=marker, markersize=3, **style)
     xlabel = "optimizer step (batch_idx)"
     if cols:
-        xlabel = _step_axis(ax, df)
+        xlabel = _step_axis(ax, df, epoch_starts)
         _log_y(ax, *series)
     else:
         _placeholder(ax, "no gradient-norm telemetry")
@@ -176,7 +193,8 @@ def plot_gradient_norms(df: pd.DataFrame | None, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_learning_rates(df: pd.DataFrame | None, path: Path) -> Path:
+def plot_learning_rates(df: pd.DataFrame | None, path: Path,
+                        epoch_starts: Sequence[int] | None = None) -> Path:
     """Learning rate of each optimizer param group vs optimizer step, log y."""
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -187,7 +205,7 @@ def plot_learning_rates(df: pd.DataFrame | None, path: Path) -> Path:
                 marker="o" if len(df) <= 30 else None, markersize=3)
     xlabel = "optimizer step (batch_idx)"
     if cols:
-        xlabel = _step_axis(ax, df)
+        xlabel = _step_axis(ax, df, epoch_starts)
         _log_y(ax, *series)
     else:
         _placeholder(ax, "no learning-rate telemetry")
@@ -202,14 +220,22 @@ def _steps(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
     return f"at batch_idx {shown}" + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
 
 
-def _column_warnings(df: pd.DataFrame, col: str) -> list[str]:
-    """Near-zero, spike and steady-growth warnings for one gradient-norm column."""
+def _column_warnings(df: pd.DataFrame, col: str, frozen: bool = False) -> list[str]:
+    """Near-zero, spike and steady-growth warnings for one gradient-norm column.
+
+    A part `frozen` on purpose is expected to have a zero norm: warned only when it has one.
+    """
     values = pd.Series(_finite(df[col]), index=df.index)
     finite = values.dropna()
     if finite.empty:
         return []
     out = []
     median = float(finite.median())
+    if frozen:
+        if median >= NEAR_ZERO:
+            out.append(f"{col}: frozen by the run's config, yet its gradient norm has median {median:.3g}; "
+                       "the freeze did not take effect.")
+        return out
     if median < NEAR_ZERO:
         out.append(f"{col}: gradient norm is near zero (median {median:.2g} < {NEAR_ZERO:g}); "
                    "that part is frozen or its gradients are vanishing.")
@@ -229,13 +255,14 @@ def _column_warnings(df: pd.DataFrame, col: str) -> list[str]:
     return out
 
 
-def gradient_warnings(df: pd.DataFrame | None) -> list[str]:
+def gradient_warnings(df: pd.DataFrame | None, frozen: Collection[str] = ()) -> list[str]:
     """Warning signs in a gradient-norm frame as plain sentences; [] when all looks fine.
 
     Flags a part with a near-zero median norm (frozen or vanishing), a head norm far above
     the last backbone stage (median ratio > 100), spikes (> 10x the rolling median of the
     previous 20 rows), steady growth (last-quarter median > 5x first-quarter median) and
-    non-finite overall norms.
+    non-finite overall norms. Parts in `frozen` are frozen on purpose (a head-only run, or
+    model.freeze=full: `avakit.report.frozen_parts`): their zero norm is expected, not a warning sign.
     """
     if df is None or df.empty or "batch_idx" not in df.columns:
         return []
@@ -246,7 +273,7 @@ def gradient_warnings(df: pd.DataFrame | None) -> list[str]:
             out.append(f"overall: gradient norm is inf/NaN {_steps(df, pd.Series(bad, index=df.index))}; "
                        "with AMP the GradScaler skips those steps, without it training diverged.")
     for col in _norm_columns(df):
-        out.extend(_column_warnings(df, col))
+        out.extend(_column_warnings(df, col, col in frozen))
     if {"mlp_head", "backbone_layer4"} <= set(df.columns):
         head, backbone = _finite(df["mlp_head"]), _finite(df["backbone_layer4"])
         ok = np.isfinite(head) & np.isfinite(backbone) & (backbone >= NEAR_ZERO)

@@ -1,19 +1,20 @@
 """`avakit report`: PNG plots and one self-contained report.html from a run folder.
 
 Reads only the run folder (training_history.json, results.json, predictions/*.parquet,
-telemetry/*.csv, config.yaml) and, when readable, the val/test shards for each image's tags and
-challenge and for gallery thumbnails (only the selected images are decoded). Retrains nothing.
-Writes `run_dir/report/`: the PNGs, `thumbs/*.jpg` and `report.html`, which references them by
-relative path and so opens from disk. Missing optional inputs become notes in the report.
+eval/*.json, telemetry/*.csv, config.yaml) and, when readable, the val/test shards for each
+image's tags and challenge and for gallery thumbnails (only the selected images are decoded).
+Retrains nothing. Writes `run_dir/report/`: the PNGs, `thumbs/*.jpg` and `report.html`, which
+references them by relative path and so opens from disk. Missing optional inputs become notes.
+
+Every panel names the model behind its numbers (`avakit.rundir.model_label`): the analysis is
+of train's own predictions (best_model.pt at its epoch, no TTA); `evaluate`'s results
+(eval/*.json, other checkpoints or TTA) are extra, labelled rows of the summary table.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import shutil
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,23 @@ from avakit import report_html as H
 from avakit.ava import parse_id_names
 from avakit.config import load_config
 from avakit.errors import AvakitError
-from avakit.manifest import MANIFEST, shard_files
+from avakit.fileio import write_error, write_text_atomic
+from avakit.manifest import MANIFEST
 from avakit.plots import gradient_warnings
 from avakit.predictions import frame_metrics
-from avakit.telemetry import read_telemetry
+from avakit.report_shards import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
+from avakit.rundir import (
+    CHECKPOINT_FILES,
+    epoch_start_steps,
+    eval_jsons,
+    load_history,
+    model_label,
+    read_json,
+)
+from avakit.telemetry import GRAD_FILE, LR_FILE, TELEMETRY_DIR, read_telemetry_csv
 
-REPORT_DIR, THUMB_DIR, REPORT_FILE = "report", "thumbs", "report.html"
-GALLERY_SIZE, THUMB_PX = 8, 160
+REPORT_DIR, REPORT_FILE = "report", "report.html"
+GALLERY_SIZE = 8
 # (key in the shard json, what one group is called, file-name part)
 GROUP_KINDS = (("tags", "semantic tag", "tags"), ("challenge", "challenge", "challenges"))
 
@@ -41,36 +52,22 @@ class SplitData:
     """The predictions of one split, their metrics and what the shards tell about the images."""
 
     key: str  # "val" or "test": file-name prefix and shard split
-    label: str  # for titles, e.g. "val, best epoch 4"
+    model: str  # the model behind the predictions, e.g. "best_model.pt, epoch 4, no TTA"
     df: pd.DataFrame
     metrics: dict
     labels: dict[int, dict] = field(default_factory=dict)  # image id -> the shard's json member
     thumbs: dict[int, str] = field(default_factory=dict)  # image id -> path relative to report/
 
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    except OSError as e:
-        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
-def _load_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "training_history.json"
-    if not path.is_file():
-        raise AvakitError(f"{path}: not found (is {run_dir} a run folder written by `avakit train`?)")
-    history = _read_json(path)
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise AvakitError(f"{path}: expected a list of per-epoch records")
-    return history
+    @property
+    def label(self) -> str:
+        """What every panel of this split is titled with: split and model."""
+        return f"{self.key}: {self.model}"
 
 
 def _best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[dict, int | None]:
     """(results.json or {}, best epoch): results.json's, else the highest val SRCC of the history."""
     path = run_dir / "results.json"
-    results = _read_json(path) if path.is_file() else {}
+    results = read_json(path) if path.is_file() else {}
     results = results if isinstance(results, dict) else {}
     best = results.get("best_epoch")
     if isinstance(best, int) and best >= 0:
@@ -93,35 +90,60 @@ def _read_predictions(path: Path) -> pd.DataFrame:
 
 
 def _load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[SplitData]:
-    """The best epoch's val predictions (else predictions/val.parquet) and test predictions."""
+    """train's predictions of best_model.pt: val (the best epoch's file, else val.parquet) and test."""
     pred_dir = run_dir / "predictions"
     epoch_file = pred_dir / f"val_epoch_{best:03d}.parquet" if best is not None else None
-    sources: list[tuple[str, Path, str]] = []
+    model = model_label(CHECKPOINT_FILES["best"], best)  # train predicts without TTA
+    sources: list[tuple[str, Path]] = []
     if epoch_file is not None and epoch_file.is_file():
-        sources.append(("val", epoch_file, f"val, best epoch {best}"))
+        sources.append(("val", epoch_file))
     elif (pred_dir / "val.parquet").is_file():
-        sources.append(("val", pred_dir / "val.parquet", "val, best model"))
+        sources.append(("val", pred_dir / "val.parquet"))
         notes.append("no predictions file of the best epoch: val analysis uses predictions/val.parquet")
     else:
         notes.append("no val predictions of the best epoch: val sections skipped")
     if (pred_dir / "test.parquet").is_file():
-        sources.append(("test", pred_dir / "test.parquet", "test"))
+        sources.append(("test", pred_dir / "test.parquet"))
     else:
         notes.append("no predictions/test.parquet (no test split, or the run did not finish): "
-                         "test sections skipped")
+                     "test sections skipped")
     if not sources:
         raise AvakitError(f"{pred_dir}: no predictions found (expected val_epoch_NNN.parquet, "
                           "val.parquet or test.parquet)")
     splits = []
-    for key, path, label in sources:
+    for key, path in sources:
         df = _read_predictions(path)
         if df.empty:
             notes.append(f"{path.name} has no rows: {key} sections skipped")
             continue
-        splits.append(SplitData(key, label, df, frame_metrics(df)))
+        splits.append(SplitData(key, model, df, frame_metrics(df)))
     if not splits:
         raise AvakitError(f"{pred_dir}: every predictions file is empty")
     return splits
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _evaluations(run_dir: Path, notes: list[str]) -> list[tuple[str, str, dict]]:
+    """(split, model label, metrics) of each `avakit evaluate` result in eval/, for the summary."""
+    rows = []
+    for path in eval_jsons(run_dir):
+        try:
+            data = read_json(path)
+        except AvakitError as e:
+            notes.append(f"{e}: left out of the summary")
+            continue
+        if not (isinstance(data, dict) and isinstance(data.get("metrics"), dict)
+                and all(isinstance(data.get(k), str) for k in ("split", "checkpoint", "tta"))):
+            notes.append(f"{path}: not an `avakit evaluate` result: left out of the summary")
+            continue
+        epoch = data.get("epoch") if _number(data.get("epoch")) else None
+        found = {k: v for k, v in data["metrics"].items() if _number(v)}
+        model = model_label(data["checkpoint"], epoch, data["tta"])
+        rows.append((data["split"], f"evaluate: {model}", found))
+    return rows
 
 
 def _epoch_points(run_dir: Path) -> pd.DataFrame:
@@ -139,18 +161,48 @@ def _epoch_points(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["epoch", "srcc", "plcc"])
 
 
-def _resolve_shards(run_dir: Path, shards: Path | None, notes: list[str]) -> Path | None:
+def _run_config(run_dir: Path, notes: list[str]) -> Any:
+    """The run's config.yaml (a Config), or None with a note when it cannot be read."""
+    try:
+        return load_config(run_dir / "config.yaml")
+    except AvakitError as e:
+        notes.append(f"{e}: shards and frozen parts unknown")
+        return None
+
+
+def frozen_parts(cfg: Any) -> tuple[tuple[str, ...], str | None]:
+    """(telemetry columns frozen on purpose, why) from a run's config; ((), None) otherwise."""
+    if cfg is None:
+        return (), None
+    if cfg.data.features:
+        return ("backbone_layer4",), "head-only run (data.features set): the backbone is frozen on purpose"
+    if cfg.model.freeze == "full":
+        return ("backbone_layer4",), "model.freeze is full: the backbone is frozen on purpose"
+    return (), None
+
+
+def _telemetry(run_dir: Path, notes: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(gradient norms, learning rates); a file that is not a telemetry CSV becomes a note."""
+    frames = []
+    for name in (GRAD_FILE, LR_FILE):
+        try:
+            frames.append(read_telemetry_csv(run_dir / TELEMETRY_DIR / name))
+        except AvakitError as e:
+            notes.append(f"{e}: its plot is skipped")
+            frames.append(None)
+    return frames[0], frames[1]
+
+
+def _resolve_shards(run_dir: Path, shards: Path | None, cfg: Any, notes: list[str]) -> Path | None:
     """The shards folder given, else the run config's data.shards when it is a folder; None + a note."""
     if shards is not None:
         if (Path(shards) / MANIFEST).is_file():
             return Path(shards)
         notes.append(f"{shards}: no {MANIFEST} there, so no readable shards")
         return None
-    try:
-        source = load_config(run_dir / "config.yaml").data.shards
-    except AvakitError as e:
-        notes.append(f"{e}; shards unknown (pass them explicitly)")
+    if cfg is None:
         return None
+    source = cfg.data.shards
     if not isinstance(source, str):
         notes.append("config.yaml data.shards lists URL patterns, not a folder: pass the shards folder")
         return None
@@ -161,58 +213,6 @@ def _resolve_shards(run_dir: Path, shards: Path | None, notes: list[str]) -> Pat
     if found is None:
         notes.append(f"shards folder {source} (config.yaml data.shards) not found: pass it explicitly")
     return found
-
-
-def read_split_samples(shards_dir: Path, split: str, wanted: set[int]) -> tuple[dict, dict, list[str]]:
-    """(image id -> json label for every sample, image id -> JPEG bytes of `wanted` ids, problems)."""
-    labels: dict[int, dict] = {}
-    jpgs: dict[int, bytes] = {}
-    try:
-        paths = shard_files(shards_dir, split)
-    except AvakitError as e:
-        return labels, jpgs, [str(e)]
-    problems = []
-    for path in paths:
-        try:
-            with tarfile.open(path) as tar:
-                for info in tar:
-                    key, _, ext = Path(info.name).name.partition(".")
-                    if not (info.isfile() and key.isdigit() and ext in ("json", "jpg")):
-                        continue
-                    if ext == "jpg" and int(key) not in wanted:
-                        continue
-                    data = tar.extractfile(info).read()
-                    if ext == "jpg":
-                        jpgs[int(key)] = data
-                        continue
-                    try:
-                        label = json.loads(data)
-                    except ValueError:
-                        continue
-                    if isinstance(label, dict):
-                        labels[int(key)] = label
-        except (tarfile.TarError, OSError) as e:
-            problems.append(f"{path.name}: unreadable: {e}")
-    return labels, jpgs, problems
-
-
-def _write_thumbs(jpgs: dict[int, bytes], out: Path, prefix: str) -> dict[int, str]:
-    """Small JPEG copies under out/thumbs/; image id -> path relative to `out`."""
-    from PIL import Image
-
-    (out / THUMB_DIR).mkdir(parents=True, exist_ok=True)
-    thumbs = {}
-    for image_id, data in jpgs.items():
-        name = f"{THUMB_DIR}/{prefix}_{image_id}.jpg"
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                small = im.convert("RGB")
-                small.thumbnail((THUMB_PX, THUMB_PX))
-                small.save(out / name, quality=85)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            continue
-        thumbs[image_id] = name
-    return thumbs
 
 
 def _extremes(df: pd.DataFrame, n: int = GALLERY_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -229,42 +229,18 @@ def _attach_shards(splits: list[SplitData], shards_dir: Path, out: Path, notes: 
         wanted = {int(i) for i in pd.concat([best, worst])["image_id"]}
         sp.labels, jpgs, problems = read_split_samples(shards_dir, sp.key, wanted)
         notes.extend(f"{sp.key} shards: {p}" for p in problems[:5])
-        sp.thumbs = _write_thumbs(jpgs, out, sp.key)
+        sp.thumbs = write_thumbs(jpgs, out, sp.key)
         missing = int((~sp.df["image_id"].isin(sp.labels)).sum())
         if missing:
             notes.append(f"{missing} of {len(sp.df)} {sp.key} images are not in the {sp.key} shards "
                              f"of {shards_dir}: left out of the tag/challenge statistics and galleries")
 
 
-def group_stats(df: pd.DataFrame, labels: dict[int, dict], kind: str, names: dict[int, str],
-                min_group: int) -> pd.DataFrame:
-    """Per tag (kind 'tags') or challenge: id, name, count, mae, srcc, mean_real, mean_pred.
-
-    Id 0 (none) is excluded, an image counts once in each of its groups, groups with fewer than
-    `min_group` images are dropped; sorted by count (largest first), then id.
-    """
-    rows = []
-    for image_id, pred, gt in df[["image_id", "pred_mean", "gt_mean"]].itertuples(index=False):
-        label = labels.get(int(image_id))
-        if label is None:
-            continue
-        ids = label.get(kind, [])
-        for gid in {g for g in (ids if isinstance(ids, list) else [ids]) if isinstance(g, int) and g}:
-            rows.append((gid, pred, gt))
-    frame = pd.DataFrame(rows, columns=["id", "pred", "gt"])
-    out = [{"id": int(gid), "name": names.get(int(gid), f"#{gid}"), "count": len(g),
-            "mae": metrics.mae(g["pred"], g["gt"]), "srcc": metrics.srcc(g["pred"], g["gt"]),
-            "mean_real": float(g["gt"].mean()), "mean_pred": float(g["pred"].mean())}
-           for gid, g in frame.groupby("id") if len(g) >= min_group]
-    cols = ["id", "name", "count", "mae", "srcc", "mean_real", "mean_pred"]
-    stats = pd.DataFrame(out, columns=cols)
-    return stats.sort_values(["count", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
 def _group_tables(splits: list[SplitData], names: dict[str, dict[int, str]],
-                  min_group: int) -> list[tuple[SplitData, str, str, pd.DataFrame]]:
-    """(split, what, file-name part, group stats) for each split with labels and each group kind."""
-    return [(sp, what, part, group_stats(sp.df, sp.labels, kind, names[kind], min_group))
+                  min_group: int) -> list[H.GroupTable]:
+    """The group stats of each split with labels and each group kind, with how many images have one."""
+    return [H.GroupTable(sp, what, part, group_stats(sp.df, sp.labels, kind, names[kind], min_group),
+                         sum(bool(group_ids(sp.labels.get(int(i)), kind)) for i in sp.df["image_id"]))
             for sp in splits if sp.labels for kind, what, part in GROUP_KINDS]
 
 
@@ -284,15 +260,35 @@ def _shard_sections(c: H.Collector, splits: list[SplitData], shards_dir: Path | 
     return groups, H.gallery_section(splits, _extremes)
 
 
+def _clean_out(out: Path) -> None:
+    """Create report/ and remove the previous report's images (report/ is ours)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, out) from None
+    shutil.rmtree(out / THUMB_DIR, ignore_errors=True)
+    for stale in out.glob("*.png"):
+        stale.unlink()
+
+
+def _summary_rows(splits: list[SplitData], evaluations: list[tuple[str, str, dict]]) -> list[tuple]:
+    """(split, model, metrics or None): train's val and test, then each evaluate result."""
+    by_key = {sp.key: sp for sp in splits}
+    rows: list[tuple] = [(k, by_key[k].model, by_key[k].metrics) if k in by_key
+                         else (k, CHECKPOINT_FILES["best"], None) for k in ("val", "test")]
+    return rows + evaluations
+
+
 def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = None,
                  challenges: Path | None = None, min_group: int = 5) -> dict:
     """Write `run_dir/report/` (PNGs, thumbs/, report.html) from a run folder; returns a summary.
 
     `shards` defaults to the run config's data.shards when that is a folder; `tags` and
     `challenges` (tags.txt / challenges.txt) name the groups, ids are shown otherwise. Raises
-    AvakitError for a folder without training_history.json or predictions, or a bad names file.
-    Summary: report, pngs, best_epoch, val and test metrics (None when absent), gradient
-    warnings and notes about skipped sections.
+    AvakitError for a folder without training_history.json or predictions, a history with a
+    malformed field, or a bad names file. Summary: report, pngs, best_epoch, val and test
+    metrics (None when absent), models (split -> the model behind them), evaluations
+    ((split, model, metrics) of evaluate's results), gradient warnings and notes.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -301,36 +297,36 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
         raise AvakitError(f"--min-group must be at least 1, got {min_group}")
     names = {"tags": parse_id_names(tags) if tags else {},
              "challenge": parse_id_names(challenges) if challenges else {}}
-    history = _load_history(run_dir)
+    history = load_history(run_dir)
     c = H.Collector(run_dir / REPORT_DIR)
     results, best = _best_epoch(run_dir, history, c.notes)
     splits = _load_splits(run_dir, best, c.notes)
-    c.out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(c.out / THUMB_DIR, ignore_errors=True)  # report/ is ours: no stale images
-    for stale in c.out.glob("*.png"):
-        stale.unlink()
-    shards_dir = _resolve_shards(run_dir, shards, c.notes)
-    grad_df, lr_df = read_telemetry(run_dir)
-    warnings = gradient_warnings(grad_df)
-    sections = [("training", "Training curves", H.training_section(c, history, lr_df)),
-                ("telemetry", "Telemetry: gradient norms", H.telemetry_section(c, grad_df, warnings)),
+    evaluations = _evaluations(run_dir, c.notes)
+    _clean_out(c.out)
+    cfg = _run_config(run_dir, c.notes)
+    shards_dir = _resolve_shards(run_dir, shards, cfg, c.notes)
+    grad_df, lr_df = _telemetry(run_dir, c.notes)
+    frozen, why = frozen_parts(cfg)
+    warnings = gradient_warnings(grad_df, frozen)
+    starts = epoch_start_steps(history)
+    sections = [("training", "Training curves", H.training_section(c, history, lr_df, starts)),
+                ("telemetry", "Telemetry: gradient norms",
+                 H.telemetry_section(c, grad_df, warnings, H.Frozen(frozen, why), starts)),
                 ("predictions", "Prediction analysis", H.predictions_section(c, splits)),
                 ("epochs", "SRCC over epochs", H.epochs_section(c, _epoch_points(run_dir), best)),
                 ("votes", "Predicted vs real vote distributions", H.votes_section(c, splits))]
     groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
     sections += [("groups", "Per semantic tag and per challenge", groups_html),
                  ("galleries", "Best and worst predicted images", gallery_html)]
-    found = {sp.key: sp.metrics for sp in splits}
-    summary_html = H.summary_table(best, {"val": found.get("val"), "test": found.get("test")})
-    if c.notes:
-        summary_html += "<p>Skipped or limited sections:</p>\n<ul>" + "".join(
-            f"<li>{H.esc(n)}</li>" for n in c.notes) + "</ul>\n"
+    summary_html = H.summary_table(best, _summary_rows(splits, evaluations)) + H.notes_list(c.notes)
     entries = [("summary", "Summary"), *((a, h) for a, h, _ in sections)]
     body = H.contents(entries) + H.section("Summary", summary_html, anchor="summary") + "".join(
         H.section(h, b, anchor=a) for a, h, b in sections)
     subtitle = (f"Run folder {run_dir.resolve()} · {len(history)} epoch(s) · "
                 f"finished {results.get('finished_at', 'n/a')}")
     report = c.out / REPORT_FILE
-    report.write_text(H.page(f"avakit report: {run_dir.name}", subtitle, body), encoding="utf-8")
+    write_text_atomic(report, H.page(f"avakit report: {run_dir.name}", subtitle, body))
+    found = {sp.key: sp.metrics for sp in splits}
     return {"report": report, "pngs": list(c.pngs), "best_epoch": best, "val": found.get("val"),
-            "test": found.get("test"), "warnings": warnings, "notes": list(c.notes)}
+            "test": found.get("test"), "models": {sp.key: sp.model for sp in splits},
+            "evaluations": evaluations, "warnings": warnings, "notes": list(c.notes)}

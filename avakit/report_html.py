@@ -8,7 +8,7 @@ Images are referenced by paths relative to the report folder, so the page opens 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,8 @@ CAPTIONS: dict[str, str] = {
     "score_distributions": "Histograms of real and predicted mean scores. A narrower predicted "
     "histogram means the model avoids extreme scores.",
     "srcc_by_epoch": "SRCC/PLCC recomputed from each saved predictions/val_epoch_NNN.parquet "
-    "(one point per file); the star marks the best epoch, whose model is best_model.pt.",
+    "(one point per file: the model of that epoch, no TTA); the star marks the best epoch, whose "
+    "model is best_model.pt.",
     "group_mae": "Mean absolute error per group (largest groups first) against the MAE of all "
     "images (dashed). An image with two tags counts in both; small groups are noisy.",
     "vote_histograms": "Images picked evenly along the real-score range: the real share of votes per "
@@ -107,17 +108,28 @@ def table(header: list[str], rows: Iterable[list[object]], first_is_name: bool =
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
 
 
-def summary_table(best_epoch: int | None, splits: dict[str, dict | None]) -> str:
-    """Best epoch and the headline metrics of each split (None = no predictions)."""
-    header = ["split", "images", *(METRIC_NAMES[m] for m in SUMMARY_METRICS)]
-    rows = []
-    for name, found in splits.items():
+def summary_table(best_epoch: int | None, rows: Sequence[tuple[str, str, dict | None]]) -> str:
+    """Best epoch and the headline metrics of each (split, model behind them, metrics or None) row."""
+    header = ["split", "model", "images", *(METRIC_NAMES[m] for m in SUMMARY_METRICS)]
+    cells = []
+    for name, model, found in rows:
         if found is None:
-            rows.append([name, "no predictions", *("n/a" for _ in SUMMARY_METRICS)])
+            cells.append([name, model, "no predictions", *("n/a" for _ in SUMMARY_METRICS)])
         else:
-            rows.append([name, found.get("n", "n/a"), *(fmt(found.get(m), 4) for m in SUMMARY_METRICS)])
+            cells.append([name, model, found.get("n", "n/a"),
+                          *(fmt(found.get(m), 4) for m in SUMMARY_METRICS)])
     best = "n/a" if best_epoch is None else str(best_epoch)
-    return paragraph(f"Best epoch (highest val SRCC): {best}") + table(header, rows)
+    return (paragraph(f"Best epoch (highest val SRCC): {best}. The analysis below is of train's own "
+                      "predictions; rows marked 'evaluate' come from `avakit evaluate` (eval/*.json).")
+            + table(header, cells))
+
+
+def notes_list(notes: list[str]) -> str:
+    """The skipped or limited sections, as a list ('' when there are none)."""
+    if not notes:
+        return ""
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    return f"<p>Skipped or limited sections:</p>\n<ul>{items}</ul>\n"
 
 
 def group_table(stats: pd.DataFrame, what: str, max_rows: int = 60) -> str:
@@ -160,6 +172,25 @@ def page(title: str, subtitle: str, body: str) -> str:
             f"<h1>{esc(title)}</h1>\n<p>{esc(subtitle)}</p>\n{body}</body>\n</html>\n")
 
 
+@dataclass(frozen=True)
+class Frozen:
+    """Telemetry parts frozen on purpose by the run's config, and why (None: nothing frozen)."""
+
+    parts: tuple[str, ...] = ()
+    why: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """One split's statistics for one group kind; `tagged` images have at least one group id."""
+
+    split: SplitData
+    what: str  # "semantic tag" or "challenge"
+    part: str  # file-name part: "tags" or "challenges"
+    stats: pd.DataFrame
+    tagged: int
+
+
 @dataclass
 class Collector:
     """The report folder plus the PNGs written and the sections skipped so far."""
@@ -179,22 +210,29 @@ class Collector:
         return note(text)
 
 
-def training_section(c: Collector, history: list[dict], lr_df: pd.DataFrame | None) -> str:
+def training_section(c: Collector, history: list[dict], lr_df: pd.DataFrame | None,
+                     epoch_starts: Sequence[int] | None = None) -> str:
     """Per-epoch training curves and, from telemetry, the learning rate per step."""
     body = c.figure("training_curves.png", "training_curves", plot_training_curves, history)
     if len(history) <= 1:
         body += c.note(f"training_history.json has {len(history)} epoch(s): the curves are "
                        f"{'single points' if history else 'empty'}")
     if lr_df is None:
-        return body + c.note("no telemetry/learning_rates.csv: the per-step learning-rate plot is skipped")
-    return body + c.figure("learning_rates.png", "learning_rates", plot_learning_rates, lr_df)
+        return body + c.note("no usable telemetry/learning_rates.csv: the per-step learning-rate plot "
+                             "is skipped")
+    return body + c.figure("learning_rates.png", "learning_rates", plot_learning_rates, lr_df, epoch_starts)
 
 
-def telemetry_section(c: Collector, grad_df: pd.DataFrame | None, warnings: list[str]) -> str:
-    """Gradient norms per part (log scale) and the warning signs found in them."""
+def telemetry_section(c: Collector, grad_df: pd.DataFrame | None, warnings: list[str],
+                      frozen: Frozen = Frozen(), epoch_starts: Sequence[int] | None = None) -> str:
+    """Gradient norms per part (log scale), the warning signs found in them, what is frozen on purpose."""
     if grad_df is None:
-        return c.note("no telemetry/gradient_norms.csv (telemetry disabled?): gradient-norm plot skipped")
-    body = c.figure("gradient_norms.png", "gradient_norms", plot_gradient_norms, grad_df)
+        return c.note("no usable telemetry/gradient_norms.csv (telemetry disabled?): "
+                      "gradient-norm plot skipped")
+    body = c.figure("gradient_norms.png", "gradient_norms", plot_gradient_norms, grad_df, frozen.parts,
+                    epoch_starts)
+    if frozen.why:
+        body += note(f"{', '.join(frozen.parts)}: {frozen.why}; a zero gradient norm there is expected.")
     if not warnings:
         return body + note("No warning signs in the gradient norms.", "ok")
     return body + "".join(note(w, "warn") for w in warnings)
@@ -229,18 +267,22 @@ def votes_section(c: Collector, splits: list[SplitData]) -> str:
                             sp.df, sp.label) for sp in dist)
 
 
-def groups_section(c: Collector, groups: list[tuple[SplitData, str, str, pd.DataFrame]],
-                   min_group: int) -> str:
+def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> str:
     """Per (split, kind): the group table sorted by count and the MAE bar chart."""
     body = ""
-    for sp, what, part, stats in groups:
-        if stats.empty:
-            inner = c.note(f"{sp.label}: no {what} with at least {min_group} images")
+    for g in groups:
+        sp = g.split
+        if g.tagged == 0:
+            inner = c.note(f"{sp.label}: the data has no {g.what}s "
+                           f"(every image's {g.what} id is 0 or absent)")
+        elif g.stats.empty:
+            inner = c.note(f"{sp.label}: no {g.what} with at least {min_group} images "
+                           f"({g.tagged} of {len(sp.df)} images have one)")
         else:
-            inner = group_table(stats, what) + c.figure(
-                f"{sp.key}_{part}_mae.png", "group_mae", P.plot_group_mae, stats,
-                f"MAE per {what} ({sp.label})", sp.metrics.get("mae", float("nan")))
-        body += section(f"Per {what} ({sp.label})", inner, level=3)
+            inner = group_table(g.stats, g.what) + c.figure(
+                f"{sp.key}_{g.part}_mae.png", "group_mae", P.plot_group_mae, g.stats,
+                f"MAE per {g.what} ({sp.label})", sp.metrics.get("mae", float("nan")))
+        body += section(f"Per {g.what} ({sp.label})", inner, level=3)
     return body
 
 

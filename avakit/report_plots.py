@@ -3,7 +3,8 @@
 Every function takes a predictions frame (the run-folder columns image_id, pred_mean, gt_mean,
 [pred_dist_1..10], gt_dist_1..10) or a small derived table, writes one PNG with
 `matplotlib.figure.Figure` (no pyplot) at the dpi of `avakit.plots`, and returns its path.
-`label` names the data in titles, e.g. "val, best epoch 4" or "test".
+`label` names the data and the model behind it in titles, e.g. "test: best_model.pt, epoch 4,
+no TTA" (`avakit.report.SplitData.label`).
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ def plot_srcc_by_epoch(points: pd.DataFrame, path: Path, best_epoch: int | None)
             e = int(points["epoch"].iloc[0])
             ax.set_xlim(e - 0.5, e + 0.5)
             ax.set_xticks([e])
-    _style(ax, "Validation correlation per epoch (from predictions/val_epoch_*.parquet)",
-           "epoch (0-based)", "correlation coefficient")
+    title = "Validation correlation per epoch\n(each epoch's model, no TTA: predictions/val_epoch_*.parquet)"
+    _style(ax, title, "epoch (0-based)", "correlation coefficient")
     return _save(fig, path)
 
 

@@ -25,6 +25,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
 
+from avakit.errors import AvakitError
+
 if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (report) stays light
     import torch
     from torch import nn
@@ -210,16 +212,25 @@ class Telemetry:
         self.close()
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    """One telemetry CSV without malformed rows, sorted by batch_idx; None if absent/empty."""
+def read_telemetry_csv(path: Path) -> pd.DataFrame | None:
+    """One telemetry CSV without malformed rows, sorted by batch_idx; None if absent or without rows.
+
+    Undecodable bytes (a crash mid-write, a disk error) only spoil their own rows, which are
+    dropped like any malformed row. AvakitError naming the file when it is not a telemetry CSV
+    at all (no `batch_idx` column: binary or foreign content) or cannot be read.
+    """
+    path = Path(path)
     if not path.is_file():
         return None
     try:
-        df = pd.read_csv(path, on_bad_lines="skip")
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        df = pd.read_csv(path, on_bad_lines="skip", encoding_errors="replace")
+    except pd.errors.EmptyDataError:
         return None
+    except (pd.errors.ParserError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise AvakitError(f"{path}: unreadable telemetry CSV ({first[:200]})") from None
     if "batch_idx" not in df.columns:
-        return None
+        raise AvakitError(f"{path}: not a telemetry CSV (its header has no batch_idx column)")
     df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["batch_idx"])
     if df.empty:
         return None
@@ -229,6 +240,9 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 
 
 def read_telemetry(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """(gradient norms, learning rates) of a run; each None when missing or without rows."""
+    """(gradient norms, learning rates) of a run; each None when missing or without rows.
+
+    AvakitError when a file is there but is not a telemetry CSV (see `read_telemetry_csv`).
+    """
     base = Path(run_dir) / TELEMETRY_DIR
-    return _read_csv(base / GRAD_FILE), _read_csv(base / LR_FILE)
+    return read_telemetry_csv(base / GRAD_FILE), read_telemetry_csv(base / LR_FILE)

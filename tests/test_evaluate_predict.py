@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from avakit.cli import app
 from avakit.predict import FIELDS
+from avakit.rundir import eval_outputs
 
 runner = CliRunner()
 
@@ -38,12 +39,13 @@ def test_evaluate_equals_train_results(run: Path, split: str) -> None:
     result = runner.invoke(app, ["evaluate", str(run), "--split", split])
     assert result.exit_code == 0, result.output
     assert "SRCC" in result.output and "majority" in result.output
-    found = json.loads((run / f"eval_{split}.json").read_text())["metrics"]
+    out = eval_outputs(run, split, "best", "none")
+    found = json.loads(out.json.read_text())["metrics"]
     trained = json.loads((run / "results.json").read_text())[split]
     for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc", "n"):
         assert found[key] == pytest.approx(trained[key], abs=1e-5), key
     assert 0 < found["majority_baseline"] <= 1 and found["latency_ms_per_image"] > 0
-    df = pd.read_parquet(run / "predictions" / f"{split}.parquet")
+    df = pd.read_parquet(out.parquet)
     assert len(df) == found["n"] and df["image_id"].is_unique
 
 
@@ -52,7 +54,7 @@ def test_evaluate_tta_and_last(run: Path, tta: str) -> None:
     result = runner.invoke(app, ["evaluate", str(run), "--tta", tta, "--checkpoint", "last",
                                  "--batch-size", "7"])
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "eval_test.json").read_text())
+    report = json.loads(eval_outputs(run, "test", "last", tta).json.read_text())
     assert report["tta"] == tta and report["checkpoint"] == "last.pt" and report["batch_size"] == 7
     assert -1 <= report["metrics"]["srcc"] <= 1
 

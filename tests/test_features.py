@@ -21,6 +21,7 @@ from avakit.errors import AvakitError
 from avakit.features import check_cache, extract_features, load_feature_split
 from avakit.iqa import IQA_NAMES, iqa_features
 from avakit.metrics import srcc
+from avakit.rundir import eval_outputs
 from avakit.train import fit
 
 runner = CliRunner()
@@ -82,10 +83,11 @@ def test_head_only_training_composes_into_a_full_model(shards: Path, tmp_path: P
     # the checkpoint holds backbone (from the cache) + head: evaluate on raw shards agrees
     result = runner.invoke(app, ["evaluate", str(run), "--split", "test"])
     assert result.exit_code == 0, result.output
-    on_images = json.loads((run / "eval_test.json").read_text())["metrics"]
+    evaluated = eval_outputs(run, "test", "best", "none")
+    on_images = json.loads(evaluated.json.read_text())["metrics"]
     assert on_images["n"] == results["test"]["n"]
     assert on_images["srcc"] == pytest.approx(results["test"]["srcc"], abs=0.02)  # float16 cache
-    cached = pd.read_parquet(run / "predictions/test.parquet")
+    cached = pd.read_parquet(evaluated.parquet)
     assert srcc(cached["pred_mean"], cached["gt_mean"]) == pytest.approx(on_images["srcc"], abs=1e-9)
     if extra:  # a fresh process builds the IQA model from the checkpoint (meta-device init)
         photo = next((shards.parent / "ava" / "images").glob("*.jpg"))

@@ -1,0 +1,101 @@
+"""What `avakit report` reads from the shards: each image's label, gallery thumbnails, group stats.
+
+Only the selected images' JPEGs are read; every other member is skipped by name. Thumbnails
+are written through `avakit.fileio` (whole or not at all).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+
+from avakit import metrics
+from avakit.errors import AvakitError
+from avakit.fileio import atomic_write
+from avakit.manifest import shard_files
+
+THUMB_DIR, THUMB_PX = "thumbs", 160
+
+
+def read_split_samples(shards_dir: Path, split: str, wanted: set[int]) -> tuple[dict, dict, list[str]]:
+    """(image id -> json label for every sample, image id -> JPEG bytes of `wanted` ids, problems)."""
+    labels: dict[int, dict] = {}
+    jpgs: dict[int, bytes] = {}
+    try:
+        paths = shard_files(shards_dir, split)
+    except AvakitError as e:
+        return labels, jpgs, [str(e)]
+    problems = []
+    for path in paths:
+        try:
+            with tarfile.open(path) as tar:
+                for info in tar:
+                    key, _, ext = Path(info.name).name.partition(".")
+                    if not (info.isfile() and key.isdigit() and ext in ("json", "jpg")):
+                        continue
+                    if ext == "jpg" and int(key) not in wanted:
+                        continue
+                    data = tar.extractfile(info).read()
+                    if ext == "jpg":
+                        jpgs[int(key)] = data
+                        continue
+                    try:
+                        label = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(label, dict):
+                        labels[int(key)] = label
+        except (tarfile.TarError, OSError) as e:
+            problems.append(f"{path.name}: unreadable: {e}")
+    return labels, jpgs, problems
+
+
+def write_thumbs(jpgs: dict[int, bytes], out: Path, prefix: str) -> dict[int, str]:
+    """Small JPEG copies under out/thumbs/; image id -> path relative to `out`."""
+    from PIL import Image
+
+    (out / THUMB_DIR).mkdir(parents=True, exist_ok=True)
+    thumbs = {}
+    for image_id, data in jpgs.items():
+        name = f"{THUMB_DIR}/{prefix}_{image_id}.jpg"
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                small = im.convert("RGB")
+                small.thumbnail((THUMB_PX, THUMB_PX))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        with atomic_write(out / name) as f:
+            small.save(f, format="JPEG", quality=85)
+        thumbs[image_id] = name
+    return thumbs
+
+
+def group_ids(label: dict | None, kind: str) -> set[int]:
+    """The non-zero tag (kind 'tags') or challenge ids of one shard label."""
+    ids = (label or {}).get(kind, [])
+    return {g for g in (ids if isinstance(ids, list) else [ids])
+            if isinstance(g, int) and not isinstance(g, bool) and g}
+
+
+def group_stats(df: pd.DataFrame, labels: dict[int, dict], kind: str, names: dict[int, str],
+                min_group: int) -> pd.DataFrame:
+    """Per tag (kind 'tags') or challenge: id, name, count, mae, srcc, mean_real, mean_pred.
+
+    Id 0 (none) is excluded, an image counts once in each of its groups, groups with fewer than
+    `min_group` images are dropped; sorted by count (largest first), then id.
+    """
+    table = df[["image_id", "pred_mean", "gt_mean"]].itertuples(index=False)
+    rows = [(gid, pred, gt) for image_id, pred, gt in table
+            for gid in group_ids(labels.get(int(image_id)), kind)]
+    frame = pd.DataFrame(rows, columns=["id", "pred", "gt"])
+    out = [{"id": int(gid), "name": names.get(int(gid), f"#{gid}"), "count": len(g),
+            "mae": metrics.mae(g["pred"], g["gt"]), "srcc": metrics.srcc(g["pred"], g["gt"]),
+            "mean_real": float(g["gt"].mean()), "mean_pred": float(g["pred"].mean())}
+           for gid, g in frame.groupby("id") if len(g) >= min_group]
+    cols = ["id", "name", "count", "mae", "srcc", "mean_real", "mean_pred"]
+    stats = pd.DataFrame(out, columns=cols)
+    return stats.sort_values(["count", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)

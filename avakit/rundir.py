@@ -1,0 +1,133 @@
+"""The read side of a run folder: evaluate's output names, model labels, the history file.
+
+`train` owns `results.json`, `predictions/val_epoch_NNN.parquet` and `predictions/{val,test}.parquet`
+(best_model.pt, no TTA); `evaluate` never writes those. Each `evaluate` call writes its own
+pair, named by what produced the numbers:
+
+    eval/{split}_{checkpoint}_tta-{tta}.json       metrics + provenance
+    eval/{split}_{checkpoint}_tta-{tta}.parquet    the predictions table
+
+e.g. `eval/test_last_tta-flip.json`. `eval_outputs` is the one place that spells these names
+(evaluate writes them, report reads them); `model_label` is how every report panel and table
+names the model behind its numbers. `load_history` reads training_history.json and checks
+the fields the report uses once, so a bad value is one line naming record and key. No torch
+here: `report` imports this.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avakit.errors import AvakitError
+
+HISTORY_FILE = "training_history.json"
+EVAL_DIR = "eval"
+CHECKPOINT_FILES = {"best": "best_model.pt", "last": "last.pt"}
+_PART = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """Where one `evaluate` call writes its results (absolute or run-relative, as built)."""
+
+    json: Path
+    parquet: Path
+
+
+def eval_stem(split: str, checkpoint: str, tta: str) -> str:
+    """`{split}_{checkpoint}_tta-{tta}`, e.g. `test_best_tta-none`; each part a plain lowercase word."""
+    for name, value in (("split", split), ("checkpoint", checkpoint), ("tta", tta)):
+        if not isinstance(value, str) or not _PART.fullmatch(value):
+            raise AvakitError(f"evaluate output name: {name} {value!r} is not a plain lowercase word")
+    return f"{split}_{checkpoint}_tta-{tta}"
+
+
+def eval_outputs(run_dir: Path, split: str, checkpoint: str, tta: str) -> EvalOutputs:
+    """The json and parquet paths of `evaluate --split S --checkpoint C --tta T` in `run_dir`."""
+    base = Path(run_dir) / EVAL_DIR / eval_stem(split, checkpoint, tta)
+    return EvalOutputs(json=base.with_suffix(".json"), parquet=base.with_suffix(".parquet"))
+
+
+def eval_jsons(run_dir: Path) -> list[Path]:
+    """Every evaluate result (`eval/*.json`) of a run folder, sorted by name."""
+    folder = Path(run_dir) / EVAL_DIR
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def model_label(checkpoint_file: str, epoch: int | None, tta: str | None = "none") -> str:
+    """How a report names the model behind numbers, e.g. 'best_model.pt, epoch 4, no TTA'."""
+    when = "epoch unknown" if epoch is None else f"epoch {epoch}"
+    aug = "no TTA" if tta in ("none", None) else f"TTA {tta}"
+    return f"{checkpoint_file}, {when}, {aug}"
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; AvakitError naming the file (and line) when unreadable or invalid."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise AvakitError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_record(path: Path, i: int, record: dict) -> None:
+    """AvakitError naming the record and key when a field the report reads has the wrong type."""
+    def bad(key: str, want: str) -> AvakitError:
+        shown = repr(record[key])
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return AvakitError(f"{path}: record {i}, key {key!r}: expected {want}, got {shown}")
+
+    epoch = record.get("epoch")
+    if epoch is not None and not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise bad("epoch", "an epoch number >= 0")
+    steps = record.get("steps")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise bad("steps", "a step count >= 0")
+    lr = record.get("lr")
+    if lr is not None and not _is_number(lr) and not (isinstance(lr, list) and all(map(_is_number, lr))):
+        raise bad("lr", "a number or a list of numbers")
+    for key, value in record.items():
+        if (key.startswith("val_") or key.endswith("_loss")) and value is not None and not _is_number(value):
+            raise bad(key, "a number or null")
+
+
+def load_history(run_dir: Path) -> list[dict]:
+    """training_history.json of a run folder, every field the report reads type-checked once.
+
+    Checked: `epoch` and `steps` (integers >= 0), `lr` (a number or a list of numbers) and every
+    `val_*` / `*_loss` value (a number, NaN or null). Other keys are left alone.
+    """
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        raise AvakitError(f"{path}: not found (is {run_dir} a run folder written by `avakit train`?)")
+    history = read_json(path)
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise AvakitError(f"{path}: expected a list of per-epoch records")
+    for i, record in enumerate(history):
+        _check_record(path, i, record)
+    return history
+
+
+def epoch_start_steps(history: list[dict]) -> list[int] | None:
+    """The optimizer step (telemetry batch_idx) at which each epoch after the first began.
+
+    Epoch e starts at the sum of the `steps` of the epochs before it. None when a record has no
+    step count (a run folder from before avakit recorded them).
+    """
+    steps = [h.get("steps") for h in history]
+    if not steps or any(s is None for s in steps):
+        return None
+    return list(itertools.accumulate(steps[:-1]))
