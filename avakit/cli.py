@@ -106,7 +106,7 @@ def inspect(
     print_shard_summary(manifest, shards)
     if problems:
         for p in problems:
-            err_console.print(f"[red]mismatch:[/red] {p}")
+            err_console.print(f"[red]mismatch:[/red] {p}", highlight=False, soft_wrap=True)
         raise AvakitError(f"{shards}: {len(problems)} problem(s) found", exit_code=1)
     checked = "matches the manifest and decodes" if decode else "matches the manifest"
     console.print(f"[green]ok[/green]: every shard {checked}")

@@ -26,7 +26,6 @@ import hashlib
 import random
 import re
 import tarfile
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -39,11 +38,6 @@ from webdataset.tariterators import group_by_keys, tarfile_samples
 from avakit.errors import AvakitError
 from avakit.samples import Reason, SampleCounts, decode_image, parse_label
 from avakit.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
-
-# torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
-# decoder that ships with torchvision, so keep using it without a warning per image.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
 READ_BUFFER = 1 << 20  # bytes per read from a shard file (and per sha256 update)

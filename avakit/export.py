@@ -102,7 +102,7 @@ def _inputs(cfg: Any, spec: PreprocessSpec, shards: Path | None, photos: Sequenc
     if shards is None:  # read from the checkpoint: a URL or `pipe:` source is refused, not skipped
         from avakit.sources import require_plain_shards
 
-        require_plain_shards(source, str(ckpt_path))
+        require_plain_shards(source, str(ckpt_path), "val")
     try:
         arrays = val_images(source, spec, n, origin=None if shards is not None else str(ckpt_path))
     except AvakitError as e:

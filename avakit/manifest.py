@@ -218,7 +218,7 @@ def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
         return 0, [f"{path.name}: unreadable tar: {e}"]
     for key, sample in members.items():
         if set(sample) != {"jpg", "json"}:
-            problems.append(f"{path.name}: sample {key} has members {sorted(sample)}")
+            problems.append(f"{path.name}: sample {key}: {Reason.MEMBERS.text} (has {sorted(sample)})")
             continue
         if decode:
             problems += [f"{path.name}: sample {key}: {reason}" for reason in _sample_problems(key, sample)]

@@ -12,10 +12,16 @@ Torch-free at import (the JPEG decoder is imported on first use), so `inspect` s
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+
+# torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
+# decoder that ships with torchvision, so keep using it without a warning per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 MAX_VOTE = 10**9  # votes per rating bin: AVA's largest is a few hundred
 MAX_ID = 2**63 - 1  # image ids are int64 in batches and predictions tables

@@ -46,12 +46,13 @@ def require_plain(value: str, key: str, origin: str) -> None:
                           f"train --resume, --set {key}=...)")
 
 
-def require_plain_shards(shards: str | Path | dict, origin: str) -> None:
-    """`require_plain` on a data.shards value: a folder, or every URL pattern of every split."""
+def require_plain_shards(shards: str | Path | dict, origin: str, split: str | None = None) -> None:
+    """`require_plain` on a data.shards value: a folder, or the URL patterns of `split` (None: all)."""
     if isinstance(shards, dict):
-        for split, patterns in shards.items():
+        for name, patterns in shards.items():
             for p in [patterns] if isinstance(patterns, str) else patterns:
-                require_plain(p, f"data.shards.{split}", origin)
+                if split is None or name == split:
+                    require_plain(p, f"data.shards.{name}", origin)
     else:
         require_plain(str(shards), "data.shards", origin)
 
@@ -110,7 +111,7 @@ def resolve_split(
     `incomplete_hint`) unless `allow_missing`, which marks them lost instead.
     """
     if origin is not None:
-        require_plain_shards(shards, origin)
+        require_plain_shards(shards, origin, split)
     if isinstance(shards, dict):
         return _from_patterns(shards, split, origin)
     folder = Path(shards)
