@@ -40,7 +40,7 @@ from avakit.samples import Reason, SampleCounts, decode_image, parse_label
 from avakit.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
-READ_BUFFER = 1 << 20  # bytes per read from a shard file (and per sha256 update)
+DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left
 MAX_MEMBER = 256 << 20  # a tar member larger than this is not a shard sample: the shard is unreadable
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as webdataset does
 
@@ -89,14 +89,14 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         """Drain what the tar reader left (end-of-archive padding) and return the digest."""
-        while self.read(READ_BUFFER):
+        while self.read(DRAIN_CHUNK):
             pass
         return self.hash.hexdigest()
 
 
 def _tar_files(stream: Any, url: str) -> Iterator[dict]:
     """An uncompressed tar's regular members as webdataset file dicts, streaming (no seek)."""
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_BUFFER) as tar:
+    with tarfile.open(fileobj=stream, mode="r|") as tar:  # its 10 KiB reads: larger ones cost copies
         for info in tar:
             if not info.isreg() or _META.match(info.name):
                 continue
@@ -113,15 +113,16 @@ def read_file(entry: ShardFile, index: int) -> Iterator[dict]:
         return
     seen, reason, digest = 0, Reason.OK, None
     try:
-        with open(entry.path, "rb", buffering=0) as f:
-            stream = _HashingReader(f)
+        with open(entry.path, "rb") as f:
+            stream = _HashingReader(f) if entry.sha256 is not None else f
             try:
                 for sample in group_by_keys(_tar_files(stream, entry.name)):
                     seen += 1
                     yield sample
             except (EOFError, tarfile.TarError, ValueError):
                 reason = Reason.SHARD_UNREADABLE
-            digest = stream.hexdigest()
+            if isinstance(stream, _HashingReader):
+                digest = stream.hexdigest()
     except FileNotFoundError:
         reason = Reason.SHARD_MISSING
     except OSError:

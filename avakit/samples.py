@@ -72,8 +72,10 @@ REASON_TEXT = {
 }
 
 
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return type(value) is int and low <= value <= high  # type(): True is not a vote
+def _ints(values: Any, n: int, low: int, high: int) -> bool:
+    """`values` is a list of `n` ints (not bools) in low..high. On the loader's per-sample path."""
+    return (isinstance(values, list) and len(values) == n and all(type(v) is int for v in values)
+            and low <= min(values) and max(values) <= high)
 
 
 def check_label(key: str, label: Any) -> Reason:
@@ -81,16 +83,14 @@ def check_label(key: str, label: Any) -> Reason:
     if not isinstance(label, dict):
         return Reason.NOT_OBJECT
     votes = label.get("votes")
-    if not (isinstance(votes, list) and len(votes) == 10 and all(_is_int(v, 0, MAX_VOTE) for v in votes)
-            and sum(votes) > 0):
+    if not (_ints(votes, 10, 0, MAX_VOTE) and sum(votes) > 0):
         return Reason.VOTES
     image_id = label.get("image_id")
-    if not (_is_int(image_id, 0, MAX_ID) and key.isascii() and key.isdigit() and str(image_id) == key):
-        return Reason.IMAGE_ID
-    tags = label.get("tags")
-    if not (isinstance(tags, list) and len(tags) == 2 and all(_is_int(t, -MAX_ID, MAX_ID) for t in tags)):
+    if not (type(image_id) is int and 0 <= image_id <= MAX_ID and str(image_id) == key and key.isascii()):
+        return Reason.IMAGE_ID  # str(int) == key: the key is ASCII digits without leading zeros
+    if not _ints(label.get("tags"), 2, -MAX_ID, MAX_ID):
         return Reason.TAGS
-    if not _is_int(label.get("challenge"), -MAX_ID, MAX_ID):
+    if not _ints([label.get("challenge")], 1, -MAX_ID, MAX_ID):
         return Reason.CHALLENGE
     return Reason.OK
 
