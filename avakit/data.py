@@ -229,10 +229,11 @@ class CountingLoader:
     """
 
     def __init__(self, batches: Iterable, source: SplitSource, expected: int | None) -> None:
-        self.batches, self.source = batches, source
+        self.batches, self.source, self.expected = batches, source, expected
         self.counts = SampleCounts(expected)
 
     def __iter__(self) -> Iterator[Batch]:
+        self.counts = SampleCounts(self.expected)  # each pass counts afresh
         for images, votes, ids, codes in self.batches:
             valid = codes if codes.dtype == torch.bool else codes == 0
             n_valid = int(valid.sum())

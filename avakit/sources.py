@@ -160,8 +160,9 @@ def _check_files(source: SplitSource, allow_missing: bool, hint: str) -> SplitSo
         lost = sum(f.samples or 0 for f, _ in problems)
         shown = "; ".join(f"{f.name}: {reason.text}" for f, reason in problems[:3])
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise AvakitError(f"{source.where}: split {source.split!r} is incomplete, {lost} of {source.samples} "
-                          f"samples unreadable ({shown}{more}); {hint}", exit_code=1)
+        raise AvakitError(f"{source.where}: split {source.split!r} is incomplete, {lost} of its "
+                          f"{source.samples} samples are in shards that cannot be read ({shown}{more}); "
+                          f"{hint}", exit_code=1)
     marked = dict(problems)
     files = tuple(replace(f, lost=marked[f]) if f in marked else f for f in source.files)
     return replace(source, files=files)
