@@ -242,14 +242,11 @@ def _epoch_record(epoch: int, stats: EpochStats, val: dict, lrs: list[float], wo
     samples lost with their shard; corrupt / missing are those two totals); val_* the same for val.
     """
     record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val["loss"]}
-    for key in ("srcc", "plcc", "accuracy", "mae", "rmse", "emd", "std_srcc"):
+    for key in ("srcc", "plcc", "accuracy", "mae", "rmse", "emd", "std_srcc", *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
     record.update(lr=lrs, img_per_s=stats.img_per_s * world, time_s=stats.seconds, corrupt=counts.corrupt,
                   missing=counts.n_lost - counts.corrupt, steps=stats.steps, **counts.as_dict())
-    for key in ("samples_expected", "samples_seen", "lost"):
-        if key in val:
-            record[f"val_{key}"] = val[key]
     return record
 
 
