@@ -91,8 +91,10 @@ def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
 
 
 def _absolute(path: str) -> str:
-    """A local path made absolute; URLs (scheme://) and `pipe:` commands are left as they are."""
-    if "://" in path or path.startswith("pipe:"):
+    """A local path made absolute; a URL or `pipe:` command the user wrote is kept as written."""
+    from avakit.sources import has_scheme
+
+    if has_scheme(path):
         return path
     return str(Path(path).expanduser().resolve())
 
@@ -100,7 +102,8 @@ def _absolute(path: str) -> str:
 def with_absolute_paths(cfg: Config) -> Config:
     """The config with data.shards / data.features / model.weights_path made absolute.
 
-    A run folder's config.yaml then works from any directory (report, evaluate, predict).
+    A run folder's config.yaml then works from any directory (report, evaluate, predict). URLs
+    stay as the user wrote them; read back later (`run_config`), they are refused unless given again.
     """
     shards = cfg.data.shards
     if isinstance(shards, str):
@@ -114,12 +117,48 @@ def with_absolute_paths(cfg: Config) -> Config:
     return replace(cfg, data=data, model=replace(cfg.model, weights_path=weights))
 
 
+def _overridden(key: str, overrides: list[str] | tuple[str, ...]) -> bool:
+    """True if a `--set` override of this command sets `key` (or a section holding it)."""
+    for item in overrides:
+        name = item.partition("=")[0].strip()
+        if key == name or key.startswith(name + "."):
+            return True
+    return False
+
+
+def data_paths(cfg: Config) -> list[tuple[str, str]]:
+    """(key, value) of every path the config opens: data.shards (each pattern), features, weights."""
+    shards = cfg.data.shards
+    if isinstance(shards, str):
+        found = [("data.shards", shards)]
+    else:
+        found = [(f"data.shards.{split}", v) for split, values in shards.items()
+                 for v in ([values] if isinstance(values, str) else values)]
+    found += [("data.features", cfg.data.features), ("model.weights_path", cfg.model.weights_path)]
+    return [(k, v) for k, v in found if v]
+
+
+def require_plain_paths(cfg: Config, origin: str, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse a URL or `pipe:` command read from `origin`, unless this command's `--set` gave it."""
+    from avakit.sources import require_plain
+
+    for key, value in data_paths(cfg):
+        if not _overridden(key, overrides):
+            require_plain(value, key, origin)
+
+
 def run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config a run was started with (its config.yaml), plus `--set` overrides."""
+    """The config a run was started with (its config.yaml), plus `--set` overrides.
+
+    config.yaml is read back from disk, so its data paths must be plain paths: a URL or `pipe:`
+    source runs again only when this command's `--set` gives it (e.g. --set data.shards.train=...).
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise AvakitError(f"{path}: not found (is {run_dir} a run folder?)")
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    require_plain_paths(cfg, str(path), overrides)
+    return cfg
 
 
 def seed_everything(seed: int) -> None:

@@ -137,7 +137,7 @@ def inspect(
     print_shard_summary(manifest, shards)
     if problems:
         for p in problems:
-            err_console.print(f"[red]mismatch:[/red] {p}")
+            err_console.print(f"[red]mismatch:[/red] {p}", highlight=False, soft_wrap=True)
         raise AvakitError(f"{shards}: {len(problems)} problem(s) found", exit_code=1)
     checked = "matches the manifest and decodes" if decode else "matches the manifest"
     console.print(f"[green]ok[/green]: every shard {checked}")
@@ -184,6 +184,8 @@ def features(
     out: Annotated[Path | None, typer.Option(help="Feature cache folder.",
                                              show_default="data.features, else features")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_missing: Annotated[bool, typer.Option(
+        help="Cache what is there when shard files are missing (counted in meta.json).")] = False,
 ) -> None:
     """Run the frozen backbone once over the shards and cache its pooled features per split.
 
@@ -200,7 +202,7 @@ def features(
     cfg = load_config(config, set_ or ())
     wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
     start = time.perf_counter()
-    meta = extract_features(cfg, wanted, out, device, RichProgress())
+    meta = extract_features(cfg, wanted, out, device, RichProgress(), allow_missing=allow_missing)
     seconds = time.perf_counter() - start
     n = sum(meta["splits"].get(s, 0) for s in wanted)
     table = Table(title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
@@ -210,7 +212,19 @@ def features(
     for split, count in meta["splits"].items():
         table.add_row(split, f"{count:,}")
     console.print(table)
+    for split, counts in meta.get("counts", {}).items():
+        if counts["lost"]:
+            _print_lost(split, counts)
     console.print(f"cache: {out or cfg.data.features or 'features'}  ({n / seconds:,.0f} images/s this run)")
+
+
+def _print_lost(split: str, counts: dict) -> None:
+    """One line: how many of a split's samples were not used, and why."""
+    lost = ", ".join(f"{reason} {n:,}" for reason, n in counts["lost"].items())
+    of = f" of {counts['samples_expected']:,}" if counts["samples_expected"] is not None else ""
+    seen = counts["samples_seen"]
+    err_console.print(f"[yellow]{split}:[/yellow] {seen:,}{of} samples used; not used: {lost}",
+                      highlight=False)
 
 
 @app.command()
@@ -224,6 +238,8 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.",
                                                    show_default="the run's batch size")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_missing: Annotated[bool, typer.Option(
+        help="Evaluate what is there when shard files are missing (counted in the output).")] = False,
 ) -> None:
     """Score a split with a run's checkpoint: SRCC, PLCC, Acc, EMD, MAE, RMSE and latency.
 
@@ -236,7 +252,8 @@ def evaluate(
     from avakit.rundir import eval_outputs
 
     log_to_console()
-    report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress())
+    report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress(),
+                          allow_missing=allow_missing)
     m = report["metrics"]
     table = Table(title=f"{run_dir.name}: {split} split, {report['checkpoint']} (epoch {report['epoch']}), "
                         f"tta {tta}")
@@ -246,10 +263,13 @@ def evaluate(
         if key in m:
             table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
     table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
-    table.add_row("samples", str(m["n"]))
+    expected = report["samples_expected"]
+    table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
     table.add_row(f"latency ({report['device']}, batch {report['batch_size']})",
                   f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
     console.print(table)
+    if report["lost"]:
+        _print_lost(split, report)
     written = eval_outputs(run_dir, split, checkpoint, tta)
     console.print(escape(f"wrote {written.json}, {written.parquet}"), highlight=False)
 

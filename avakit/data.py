@@ -1,72 +1,48 @@
-"""Streaming pipeline: shard URLs -> decoded, augmented, batched uint8 tensors.
+"""Streaming pipeline: a split's shards -> decoded, augmented, batched uint8 tensors, every sample counted.
 
-One sample = (uint8 image [3, crop, crop], votes float [10], image id, valid flag). JPEGs are
+One sample = (uint8 image [3, crop, crop], votes float [10], image id, reason code). JPEGs are
 decoded with torchvision.io.decode_jpeg (libjpeg-turbo) in DataLoader workers; shards are
 split across DDP ranks (in the main process) and across workers (webdataset.split_by_worker),
 so every validation sample is seen exactly once per evaluation. Shard order and the sample
 shuffle buffer are seeded by (seed, epoch), so an epoch's order does not depend on what ran
 before it: a resumed run sees the same data as an uninterrupted one.
 
-A sample whose image does not decode is kept as an all-zero image with valid=False; the
-training loop drops and counts those, so corrupt data is never silently skipped.
+Local shard files (a manifest's, see avakit.sources) are opened by avakit with `open()` and
+parsed with webdataset's `group_by_keys`, never through webdataset's URL opener; their sha256
+is computed as the bytes stream past and compared at the shard's end. User-written URLs go
+through webdataset as written.
+
+Nothing is dropped silently: a sample whose image or label is bad (samples.parse_label, the one
+label validator) becomes an all-zero placeholder with its reason code; a shard that cannot be
+read yields one placeholder per sample its manifest promised (one per failure for URL sources,
+which promise nothing). `CountingLoader` turns the codes into `SampleCounts` and hands the
+training loop a plain `valid` mask; a sha256 mismatch stops the pass with an error naming the shard.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import hashlib
 import random
-import warnings
+import re
+import tarfile
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-import braceexpand
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, default_collate
-from torchvision.io import ImageReadMode, decode_jpeg
+from webdataset.tariterators import group_by_keys, tarfile_samples
 
 from avakit.errors import AvakitError
-from avakit.manifest import file_sha256, load_manifest
+from avakit.samples import Reason, SampleCounts, decode_image, parse_label
+from avakit.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 
-# torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
-# decoder that ships with torchvision, so keep using it without a warning per image.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid
-
-
-@dataclass(frozen=True)
-class SplitSource:
-    """A split's shard URLs and its sample count (None when the source has no manifest)."""
-
-    split: str
-    urls: tuple[str, ...]
-    samples: int | None
-    manifest_sha256: str | None = None
-    preprocessing: dict | None = None  # the manifest's short_side / quality, when known
-
-
-def resolve_split(shards: str | dict, split: str) -> SplitSource:
-    """Find a split's shards: a folder with manifest.json, or URL patterns (brace-expanded)."""
-    if isinstance(shards, dict):
-        patterns = shards.get(split)
-        if patterns is None:
-            raise AvakitError(f"data.shards: no URLs given for split {split!r}")
-        patterns = [patterns] if isinstance(patterns, str) else patterns
-        urls = [u for p in patterns for u in braceexpand.braceexpand(p)]
-        return SplitSource(split, tuple(urls), None)
-    folder = Path(shards)
-    manifest = load_manifest(folder)
-    info = manifest["splits"].get(split)
-    if info is None:
-        raise AvakitError(f"{folder / 'manifest.json'}: no split {split!r}")
-    urls = tuple(str(folder / s["name"]) for s in info["shards"] if s["samples"] > 0)
-    return SplitSource(split, urls, info["samples"], file_sha256(folder / "manifest.json"),
-                       manifest.get("preprocessing"))
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
+DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left
+MAX_MEMBER = 256 << 20  # a tar member larger than this is not a shard sample: the shard is unreadable
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as webdataset does
 
 
 def keep_sample(key: str, fraction: float) -> bool:
@@ -75,50 +51,146 @@ def keep_sample(key: str, fraction: float) -> bool:
 
 
 class ShardStream:
-    """First pipeline stage: this rank's shard URLs, reshuffled per pass, once or forever.
+    """First pipeline stage: this rank's shards (index in the source, entry), reshuffled per pass.
 
     A class rather than a closure, so the pipeline pickles for DataLoader workers started with
     spawn/forkserver (macOS, Python >= 3.14) as well as fork.
     """
 
-    def __init__(self, urls: list[str], seed: int, shuffle: bool, infinite: bool) -> None:
-        self.urls, self.seed, self.shuffle, self.infinite = list(urls), seed, shuffle, infinite
+    def __init__(self, entries: list[tuple[int, str | ShardFile]], seed: int, shuffle: bool,
+                 infinite: bool) -> None:
+        self.entries, self.seed, self.shuffle, self.infinite = list(entries), seed, shuffle, infinite
 
     def __call__(self) -> Iterator[dict]:
         for cycle in range(2**62 if self.infinite else 1):
-            order = list(self.urls)
+            order = list(self.entries)
             if self.shuffle:
                 random.Random(self.seed * 1_000_003 + cycle).shuffle(order)
-            yield from ({"url": u} for u in order)
+            for index, entry in order:
+                yield {"url": entry if isinstance(entry, str) else entry.name, "index": index, "entry": entry}
+
+
+def _placeholders(reason: Reason, n: int, index: int, name: str, start: int = 0) -> Iterator[dict]:
+    """Stand-ins for `n` samples not read (or one failure event): counted, never trained on."""
+    for i in range(start, start + n):
+        yield {"__key__": f"{name}#{i}", "__code__": int(reason), "__index__": index}
+
+
+class _HashingReader:
+    """A file's read() that feeds every byte through sha256 on the way."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.hash = f, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.hash.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """Drain what the tar reader left (end-of-archive padding) and return the digest."""
+        while self.read(DRAIN_CHUNK):
+            pass
+        return self.hash.hexdigest()
+
+
+def _tar_files(stream: Any, url: str) -> Iterator[dict]:
+    """An uncompressed tar's regular members as webdataset file dicts, streaming (no seek)."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:  # its 10 KiB reads: larger ones cost copies
+        for info in tar:
+            if not info.isreg() or _META.match(info.name):
+                continue
+            if info.size > MAX_MEMBER:
+                raise ValueError(f"member {info.name} is {info.size} bytes")
+            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+            tar.members = []  # streaming: do not keep every member's header
+
+
+def read_file(entry: ShardFile, index: int) -> Iterator[dict]:
+    """A local shard's samples; placeholders for what it promised and did not give; sha256 check."""
+    if entry.lost:
+        yield from _placeholders(entry.lost, entry.samples or 1, index, entry.name)
+        return
+    seen, reason, digest = 0, Reason.OK, None
+    try:
+        with open(entry.path, "rb") as f:
+            stream = _HashingReader(f) if entry.sha256 is not None else f
+            try:
+                for sample in group_by_keys(_tar_files(stream, entry.name)):
+                    seen += 1
+                    yield sample
+            except (EOFError, tarfile.TarError, ValueError):
+                reason = Reason.SHARD_UNREADABLE
+            if isinstance(stream, _HashingReader):
+                digest = stream.hexdigest()
+    except FileNotFoundError:
+        reason = Reason.SHARD_MISSING
+    except OSError:
+        reason = Reason.SHARD_UNREADABLE
+    if entry.samples is not None and seen < entry.samples:
+        yield from _placeholders(reason or Reason.SHARD_UNREADABLE, entry.samples - seen, index, entry.name,
+                                 start=seen)
+    elif entry.samples is None and reason:
+        yield from _placeholders(reason, 1, index, entry.name)  # no manifest: one failure event
+    if entry.sha256 is not None and digest is not None and digest != entry.sha256:
+        yield {"__key__": entry.name, "__code__": int(Reason.SHA256_MISMATCH), "__index__": index}
+
+
+def read_url(url: str, index: int) -> Iterator[dict]:
+    """A user-written URL's samples through webdataset; one placeholder per failure event."""
+    events: list[Exception] = []
+
+    def handler(exn: Exception) -> bool:
+        events.append(exn)
+        return True
+
+    for sample in tarfile_samples([{"url": url}], handler=handler):
+        if events:
+            yield from _placeholders(Reason.URL_UNREADABLE, len(events), index, url)
+            events.clear()
+        yield sample
+    yield from _placeholders(Reason.URL_UNREADABLE, len(events), index, url)
+
+
+def read_shards(src: Iterable[dict]) -> Iterator[dict]:
+    """Pipeline stage: shard dicts from ShardStream -> raw samples and placeholders."""
+    for item in src:
+        entry, index = item["entry"], item["index"]
+        yield from read_file(entry, index) if isinstance(entry, ShardFile) else read_url(entry, index)
 
 
 def _in_subset(sample: dict, fraction: float) -> bool:
-    return keep_sample(sample["__key__"], fraction)
-
-
-def _warn(exn: Exception) -> bool:
-    warnings.warn(f"skipping unreadable shard data: {exn!r}", stacklevel=2)
-    return True
+    if sample.get("__code__") == Reason.SHA256_MISMATCH:
+        return True  # never filtered away: it stops the pass
+    return keep_sample(sample["__key__"], fraction)  # placeholders by shard#position
 
 
 class SampleDecoder:
-    """Raw webdataset sample -> (uint8 crop, votes, image id, valid). Picklable for workers."""
+    """Raw webdataset sample -> (uint8 crop, votes, image id, reason code). Picklable for workers."""
 
     def __init__(self, preset: Callable[[torch.Tensor], torch.Tensor], crop_size: int) -> None:
         self.preset = preset
         views = getattr(preset, "views", 1)  # test-time augmentation views per image
         self.blank_shape = (3, crop_size, crop_size) if views == 1 else (views, 3, crop_size, crop_size)
 
-    def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-        label = json.loads(sample["json"])
-        votes = torch.tensor(label["votes"], dtype=torch.float32)
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        code = sample.get("__code__")
+        if code is not None:
+            return self._blank(), torch.zeros(10), sample["__index__"], code
+        if "json" not in sample or "jpg" not in sample:
+            return self._blank(), torch.zeros(10), -1, int(Reason.MEMBERS)
+        reason, label = parse_label(sample["__key__"], sample["json"])
+        if label is None:
+            return self._blank(), torch.zeros(10), -1, int(reason)
+        votes, image_id = torch.tensor(label["votes"], dtype=torch.float32), label["image_id"]
         try:
-            data = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
-            image = self.preset(decode_jpeg(data, mode=ImageReadMode.RGB))
-        except (RuntimeError, KeyError, ValueError):
-            image = torch.zeros(self.blank_shape, dtype=torch.uint8)
-            return image, votes, int(label["image_id"]), False
-        return image, votes, int(label["image_id"]), True
+            image = self.preset(decode_image(sample["jpg"]))
+        except (RuntimeError, ValueError):
+            return self._blank(), votes, image_id, int(Reason.IMAGE)
+        return image, votes, image_id, 0
+
+    def _blank(self) -> torch.Tensor:
+        return torch.zeros(self.blank_shape, dtype=torch.uint8)
 
 
 def collate(samples: list[tuple]) -> Batch:
@@ -127,13 +199,18 @@ def collate(samples: list[tuple]) -> Batch:
 
 
 def make_pipeline(
-    urls: list[str], decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
+    entries: list, decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
     shuffle_buffer: int = 1000, fraction: float = 1.0, infinite: bool = False,
 ) -> wds.DataPipeline:
-    """The webdataset pipeline of one epoch over `urls` (already this rank's share)."""
+    """The webdataset pipeline of one epoch over `entries` (this rank's share of SplitSource.entries).
+
+    `entries` are URL strings, ShardFiles or (index in the source, entry) pairs; a placeholder
+    carries the index as its id, so the loader can name the shard it stands for.
+    """
+    pairs = [e if isinstance(e, tuple) else (i, e) for i, e in enumerate(entries)]
     epoch_seed = seed * 10_007 + epoch
-    stages: list = [ShardStream(urls, epoch_seed, shuffle=train, infinite=infinite),
-                    wds.split_by_worker, wds.tarfile_to_samples(handler=_warn)]
+    stages: list = [ShardStream(pairs, epoch_seed, shuffle=train, infinite=infinite), wds.split_by_worker,
+                    read_shards]
     if fraction < 1.0:
         stages.append(wds.select(functools.partial(_in_subset, fraction=fraction)))
     if train and shuffle_buffer > 1:
@@ -143,28 +220,89 @@ def make_pipeline(
     return wds.DataPipeline(*stages)
 
 
+class CountingLoader:
+    """Iterates batches (images, votes, ids, codes), counting every sample into `counts`.
+
+    Yields (images, votes, ids, valid) for the training loop, which drops the invalid rows; a
+    sha256 mismatch raises AvakitError naming the shard (in the main process: one clean line).
+    `counts` is complete once the iteration ended (`counts.finish()` checks nothing is unaccounted).
+    """
+
+    def __init__(self, batches: Iterable, source: SplitSource, expected: int | None) -> None:
+        self.batches, self.source, self.expected = batches, source, expected
+        self.counts = SampleCounts(expected)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.counts = SampleCounts(self.expected)  # each pass counts afresh
+        for images, votes, ids, codes in self.batches:
+            valid = codes if codes.dtype == torch.bool else codes == 0
+            n_valid = int(valid.sum())
+            if n_valid < len(valid):
+                self._count_bad(codes[~valid].tolist(), ids[~valid].tolist())
+            self.counts.seen += n_valid
+            yield images, votes, ids, valid
+        self.counts.finish()
+
+    def _count_bad(self, codes: list[int], ids: list[int]) -> None:
+        entries = self.source.entries
+        for code, index in zip(codes, ids, strict=True):
+            reason = Reason(code)
+            name = None
+            if reason == Reason.SHA256_MISMATCH or reason.shard_level:
+                entry = entries[index]
+                name = entry if isinstance(entry, str) else entry.name
+            if reason == Reason.SHA256_MISMATCH:
+                raise AvakitError(f"{entries[index].path}: sha256 differs from {self.source.where}: not the "
+                                  "shard the manifest lists (check the folder with `avakit inspect`)",
+                                  exit_code=1)
+            self.counts.add(reason, shard=name)
+
+
 def make_loader(
     source: SplitSource, decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
     num_workers: int = 0, shuffle_buffer: int = 1000, fraction: float = 1.0, rank: int = 0,
     world_size: int = 1, pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader over this rank's shards of `source` for one epoch.
+) -> CountingLoader:
+    """A counting DataLoader over this rank's shards of `source` for one epoch.
 
     Under DDP (world_size > 1) the training stream cycles over the rank's shards forever; the
-    caller takes the same number of batches on every rank, so no rank waits on another.
+    caller takes the same number of batches on every rank, so no rank waits on another. The
+    loader's `counts.expected` is what the manifest promises for this rank's shards (None when
+    unknown: URL sources, a `--quick-experiment` subset, or an endless DDP training stream).
     """
-    urls = list(source.urls)
+    entries = list(enumerate(source.entries))
     if train and world_size > 1:
-        random.Random(seed * 7 + epoch).shuffle(urls)  # a new rank/shard pairing each epoch
-    urls = urls[rank::world_size]
+        random.Random(seed * 7 + epoch).shuffle(entries)  # a new rank/shard pairing each epoch
+    entries = entries[rank::world_size]
     infinite = train and world_size > 1
-    if infinite and not urls:
-        raise AvakitError(f"{source.split}: fewer shards ({len(source.urls)}) than processes ({world_size})")
-    workers = min(num_workers, len(urls)) if urls else 0
-    pipeline = make_pipeline(urls, decoder, batch_size=batch_size, train=train, seed=seed + 1000 * rank,
+    if infinite and not entries:
+        raise AvakitError(f"{source.split}: fewer shards ({len(source.entries)}) than processes "
+                          f"({world_size})")
+    workers = min(num_workers, len(entries)) if entries else 0
+    pipeline = make_pipeline(entries, decoder, batch_size=batch_size, train=train, seed=seed + 1000 * rank,
                              epoch=epoch, shuffle_buffer=shuffle_buffer, fraction=fraction,
                              infinite=infinite)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
-    return DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      generator=generator, persistent_workers=False,
-                      prefetch_factor=4 if workers else None)
+    loader = DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                        generator=generator, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    promised = [e.samples for _, e in entries if isinstance(e, ShardFile)]
+    known = not source.urls and None not in promised and fraction >= 1.0 and not infinite
+    return CountingLoader(loader, source, sum(promised) if known else None)  # type: ignore[arg-type]
+
+
+def iter_samples(source: SplitSource) -> Iterator[dict]:
+    """A source's raw samples in order, in this process (no decoding); a bad shard raises AvakitError.
+
+    For callers that read a few samples themselves (export's parity images): placeholders are
+    skipped, a sha256 mismatch or an unreadable shard stops with one line naming it.
+    """
+    for index, entry in enumerate(source.entries):
+        reader = read_file(entry, index) if isinstance(entry, ShardFile) else read_url(entry, index)
+        for sample in reader:
+            code = sample.get("__code__")
+            if code is None:
+                yield sample
+                continue
+            name = entry if isinstance(entry, str) else str(entry.path)
+            raise AvakitError(f"{name}: {Reason(code).text}", exit_code=1)

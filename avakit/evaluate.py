@@ -29,16 +29,25 @@ from avakit.transforms import EvalPreset, Normalize
 def evaluate_run(
     run_dir: Path, split: str = "test", shards: Path | None = None, checkpoint: str = "best",
     tta: str = "none", batch_size: int | None = None, device: str = "auto", progress=None,
+    allow_missing: bool = False,
 ) -> dict:
-    """Evaluate `run_dir`'s best or last checkpoint on `split`; returns what eval/{...}.json holds."""
+    """Evaluate `run_dir`'s best or last checkpoint on `split`; returns what eval/{...}.json holds.
+
+    `shards` defaults to the checkpoint's data.shards, which must then be plain paths (a URL or
+    `pipe:` source read from a checkpoint is refused). An incomplete split (shard files missing
+    or of the wrong size) is an error (exit 1) unless `allow_missing`; the report's
+    samples_expected / samples_seen / lost say what was evaluated and what was not, and why.
+    """
     if split not in ("train", "val", "test"):
         raise AvakitError(f"--split must be train, val or test, got {split!r}")
     run_dir = Path(run_dir)
     ckpt_path = run_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
-    source = resolve_split(str(shards) if shards is not None else cfg.data.shards, split)
-    if not source.urls:
+    source = resolve_split(str(shards) if shards is not None else cfg.data.shards, split,
+                           origin=None if shards is not None else str(ckpt_path), allow_missing=allow_missing,
+                           incomplete_hint="pass --allow-missing to evaluate the rest")
+    if not source.has_data:
         raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
     dev = pick_device(device)
     amp = cfg.training.amp  # the precision train evaluated with, so the numbers agree
@@ -61,20 +70,21 @@ def evaluate_run(
     result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
     if progress is not None:
         progress.stop()
+    counts = loader.counts
     if not result["n"]:
-        raise AvakitError(f"split {split!r}: no sample could be decoded")
+        raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)
     df = predictions_frame(result, cfg.model.output_mode)
     found = frame_metrics(df)
     found.update(
         majority_baseline=metrics.majority_baseline(df["gt_mean"]),
-        loss=result["loss_sum"] / result["n"], corrupt=result["corrupt"],
+        loss=result["loss_sum"] / result["n"], corrupt=counts.corrupt,
         latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],
         model_img_per_s=result["n"] / result["model_seconds"] if result["model_seconds"] else 0.0,
         end_to_end_img_per_s=result["n"] / result["seconds"] if result["seconds"] else 0.0,
     )
     report = {"split": split, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "tta": tta,
               "batch_size": batch, "device": str(dev), "amp": amp, "shards": str(shards or cfg.data.shards),
-              "metrics": found}
+              **counts.as_dict(), "metrics": found}
     report["predictions"] = out.parquet.relative_to(run_dir).as_posix()
     try:
         out.json.parent.mkdir(exist_ok=True)

@@ -94,30 +94,28 @@ class ExportModel(nn.Module):
         return out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(1.0, 10.0)
 
 
-def val_images(shards: str | dict, spec: PreprocessSpec, n: int, split: str = "val") -> np.ndarray:
-    """The first n samples of a split of a shard source (folder or URL patterns), model-ready."""
-    import webdataset as wds
+def val_images(shards: str | dict, spec: PreprocessSpec, n: int, split: str = "val",
+               origin: str | None = None) -> np.ndarray:
+    """The first n samples of a split of a shard source (folder or URL patterns), model-ready.
 
-    from avakit.data import resolve_split
+    `origin`: the file `shards` was read from (the checkpoint); its paths must then be plain.
+    """
+    from avakit.data import iter_samples, resolve_split
 
-    source = resolve_split(shards, split)
+    source = resolve_split(shards, split, origin=origin)
     arrays: list[np.ndarray] = []
-    pipeline = wds.DataPipeline(wds.SimpleShardList(list(source.urls)), wds.tarfile_to_samples())
-    try:
-        for sample in pipeline:
-            if len(arrays) >= n:
-                break
-            with contextlib.suppress(OSError, KeyError, ValueError):  # an undecodable sample is skipped
-                arrays.append(prepare_image(Image.open(io.BytesIO(sample["jpg"])), spec))
-    except Exception as e:  # noqa: BLE001 - webdataset surfaces unreadable sources in several types
-        raise AvakitError(f"cannot read {split} shards of {shards}: {e}") from None
+    for sample in iter_samples(source):
+        if len(arrays) >= n:
+            break
+        with contextlib.suppress(OSError, KeyError, ValueError):  # an undecodable sample is skipped
+            arrays.append(prepare_image(Image.open(io.BytesIO(sample["jpg"])), spec))
     if not arrays:
         raise AvakitError(f"no decodable {split} images in {shards}")
     return np.stack(arrays)
 
 
 def _inputs(cfg: Any, spec: PreprocessSpec, shards: Path | None, photos: Sequence[Path] | None,
-            n: int) -> tuple[np.ndarray | None, str]:
+            n: int, ckpt_path: Path | None = None) -> tuple[np.ndarray | None, str]:
     """(parity/calibration inputs, where they came from); (None, why) when there are none."""
     if photos:
         arrays = []
@@ -128,8 +126,12 @@ def _inputs(cfg: Any, spec: PreprocessSpec, shards: Path | None, photos: Sequenc
             raise AvakitError("none of the given photos could be read")
         return np.stack(arrays), f"{len(arrays)} given photos"
     source = str(shards) if shards is not None else cfg.data.shards
+    if shards is None:  # read from the checkpoint: a URL or `pipe:` source is refused, not skipped
+        from avakit.sources import require_plain_shards
+
+        require_plain_shards(source, str(ckpt_path), "val")
     try:
-        arrays = val_images(source, spec, n)
+        arrays = val_images(source, spec, n, origin=None if shards is not None else str(ckpt_path))
     except AvakitError as e:
         if shards is not None:
             raise
@@ -297,7 +299,8 @@ def export_onnx(
     write_metadata(output, metadata)
 
     notes: list[str] = []
-    inputs, origin = _inputs(cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0))
+    inputs, origin = _inputs(cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0),
+                             ckpt_path)
     calibration = inputs[:calibration_images] if inputs is not None else None
     if inputs is None:
         inputs = np.random.default_rng(0).standard_normal((parity_images, 3, spec.crop_size, spec.crop_size),

@@ -24,7 +24,7 @@ import torch
 
 from avakit import __version__
 from avakit.config import Config
-from avakit.data import SampleDecoder, make_loader, resolve_split
+from avakit.data import CountingLoader, SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
 from avakit.engine import autocast
 from avakit.errors import AvakitError
@@ -53,8 +53,8 @@ class FeatureSource:
         return len(self.ids)
 
     @property
-    def urls(self) -> tuple[str, ...]:  # duck-types SplitSource: "has data"
-        return (self.split,) if len(self.ids) else ()
+    def has_data(self) -> bool:  # duck-types SplitSource
+        return bool(len(self.ids))
 
 
 def fingerprint(cfg: Config) -> dict:
@@ -126,8 +126,13 @@ def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
 
 
 def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test"), out: Path | None = None,
-                     device: str = "auto", progress=None) -> dict:
-    """Write the feature cache for `splits` into `out`; returns meta.json's contents."""
+                     device: str = "auto", progress=None, allow_missing: bool = False) -> dict:
+    """Write the feature cache for `splits` into `out`; returns meta.json's contents.
+
+    An incomplete split (shard files missing or of the wrong size) is an error (exit 1) unless
+    `allow_missing`; meta.json's `counts` then say per split how many samples were cached and
+    how many were lost, and why (corrupt samples are counted the same way).
+    """
     if not splits or any(s not in ("train", "val", "test") for s in splits):
         raise AvakitError(f"--splits must list train, val and/or test, got {','.join(splits)!r}")
     out = Path(out or cfg.data.features or "features")
@@ -135,7 +140,9 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     meta = _read_meta(out)
     if meta is not None and meta["fingerprint"] != wanted:
         raise AvakitError(f"{out}: holds features made with other settings; use another --out or delete it")
-    sources = {split: resolve_split(cfg.data.shards, split) for split in splits}  # bad paths fail first
+    sources = {split: resolve_split(cfg.data.shards, split, allow_missing=allow_missing,
+                                    incomplete_hint="pass --allow-missing to cache the rest")
+               for split in splits}  # bad paths fail first
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
     dev = pick_device(device)
@@ -164,6 +171,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
             progress.stop()
         _write_split(out, split, *arrays)
         meta["splits"][split] = len(arrays[3])
+        meta.setdefault("counts", {})[split] = loader.counts.as_dict()
         write_json_atomic(out / "meta.json", meta)
     return meta
 
@@ -220,8 +228,14 @@ def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, Featu
 
 
 def feature_loader(source: FeatureSource, core: torch.nn.Module, *, batch_size: int, train: bool, seed: int,
-                   epoch: int, fraction: float = 1.0):
-    """Batches (head input float32, votes, ids, valid) from a cached split; shuffled per epoch."""
+                   epoch: int, fraction: float = 1.0) -> CountingLoader:
+    """Batches (head input float32, votes, ids, valid) from a cached split; shuffled per epoch, counted."""
+    batches = _feature_batches(source, core, batch_size, train, seed, epoch, fraction)
+    return CountingLoader(batches, source, source.samples if fraction >= 1.0 else None)  # type: ignore[arg-type]
+
+
+def _feature_batches(source: FeatureSource, core: torch.nn.Module, batch_size: int, train: bool, seed: int,
+                     epoch: int, fraction: float):
     from avakit.data import keep_sample
 
     order = np.arange(source.samples)

@@ -8,8 +8,8 @@ reconcile: rows read = samples written + rows skipped.
 
 from __future__ import annotations
 
-import io
 import json
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +22,7 @@ import numpy as np
 from avakit import __version__
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256, write_json_atomic  # noqa: F401 - re-exported
+from avakit.samples import Reason, decode_image, parse_label
 
 if TYPE_CHECKING:
     from avakit.shards import ShardPlan
@@ -87,45 +88,128 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
 
 
 def load_manifest(shards_dir: Path) -> dict:
-    """Read `shards_dir/manifest.json`, raising AvakitError with the path on any problem."""
+    """Read and validate `shards_dir/manifest.json`; one AvakitError line naming the key on any problem.
+
+    Every reader (the loader, inspect, evaluate, features, report) gets a structurally checked
+    dict: types and ranges of every key they use, shard names that are bare `.tar` file names in
+    this folder, sha256 digests, and split sample counts equal to the sum of their shards'.
+    """
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
         raise AvakitError(f"{path}: not found (is {shards_dir} a folder made by `avakit shard`?)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except json.JSONDecodeError as e:
         raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise AvakitError(f"{path}: unsupported format_version {manifest.get('format_version')!r}")
+    except (ValueError, RecursionError) as e:  # not UTF-8, a 5000-digit number, deep nesting
+        raise AvakitError(f"{path}: invalid JSON: {str(e).splitlines()[0][:200]}") from None
+    except OSError as e:
+        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+    _check_structure(manifest, path)
     return manifest
 
 
-def _check_label(key: str, label: Any) -> str | None:
-    """None if a sample's json member is valid, else what is wrong with it."""
-    if not isinstance(label, dict):
-        return "json member is not an object"
-    votes = label.get("votes")
-    if not (isinstance(votes, list) and len(votes) == 10
-            and all(isinstance(v, int) and v >= 0 for v in votes) and sum(votes) > 0):
-        return "votes must be 10 non-negative integers with a positive sum"
-    if str(label.get("image_id")) != key:
-        return f"image_id {label.get('image_id')!r} differs from the key"
-    tags = label.get("tags")
-    if not (isinstance(tags, list) and len(tags) == 2 and all(isinstance(t, int) for t in tags)):
-        return "tags must be 2 integers"
-    if not isinstance(label.get("challenge"), int):
-        return "challenge must be an integer"
-    return None
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # a bare file name: no `/`, `\`, `:`
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+class _Checker:
+    """Type and range checks of one JSON document, each failure one line naming the file and key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> AvakitError:
+        return AvakitError(f"{self.path}: {key}: {problem}")
+
+    def get(self, obj: dict, key: str, name: str) -> Any:
+        if name not in obj:
+            raise self.fail(f"{key}.{name}" if key else name, "missing")
+        return obj[name]
+
+    def typed(self, value: Any, kind: type | tuple[type, ...], what: str, key: str) -> Any:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.fail(key, f"expected {what}, got {_show(value)}")
+        return value
+
+    def count(self, obj: dict, key: str, name: str) -> int:
+        value = self.typed(self.get(obj, key, name), int, "a non-negative integer", f"{key}.{name}")
+        if value < 0:
+            raise self.fail(f"{key}.{name}", f"expected a non-negative integer, got {value}")
+        return value
+
+    def mapping(self, obj: dict, key: str, name: str) -> dict:
+        return self.typed(self.get(obj, key, name), dict, "a mapping", f"{key}.{name}" if key else name)
+
+
+def _check_structure(manifest: Any, path: Path) -> None:
+    """Raise AvakitError naming the first key of `manifest` that a reader could not use."""
+    from avakit.preprocess import check_preprocessing
+
+    c = _Checker(path)
+    if not isinstance(manifest, dict):
+        raise AvakitError(f"{path}: expected a JSON object, got {_show(manifest)}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise c.fail("format_version",
+                     f"unsupported {manifest.get('format_version')!r} (expected {FORMAT_VERSION})")
+    counts = c.mapping(manifest, "", "counts")
+    for name in ("rows_read", "samples_written", "rows_skipped"):
+        c.count(counts, "counts", name)
+    check_preprocessing(manifest.get("preprocessing"), f"{path}")
+    for reason in c.mapping(manifest, "", "skipped_by_reason"):
+        c.count(manifest["skipped_by_reason"], "skipped_by_reason", reason)
+    c.typed(manifest.get("skipped", []), list, "a list", "skipped")
+    names: set[str] = set()
+    for split, info in c.mapping(manifest, "", "splits").items():
+        if split not in ("train", "val", "test"):
+            raise c.fail(f"splits.{split}", "unknown split (expected train, val or test)")
+        _check_split(c, c.typed(info, dict, "a mapping", f"splits.{split}"), f"splits.{split}", names)
+
+
+def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
+    """One split: counts, its shard entries (bare unique names, sha256) and label statistics."""
+    samples = c.count(info, key, "samples")
+    c.count(info, key, "bytes")
+    shards = c.typed(c.get(info, key, "shards"), list, "a list", f"{key}.shards")
+    for i, shard in enumerate(shards):
+        where = f"{key}.shards[{i}]"
+        c.typed(shard, dict, "a mapping", where)
+        name = c.typed(c.get(shard, where, "name"), str, "a string", f"{where}.name")
+        if not SHARD_NAME.fullmatch(name) or ".." in name:
+            raise c.fail(f"{where}.name", f"{name[:80]!r} is not a bare .tar file name in this folder")
+        if name in names:
+            raise c.fail(f"{where}.name", f"{name!r} is listed twice")
+        names.add(name)
+        c.count(shard, where, "samples")
+        c.count(shard, where, "bytes")
+        digest = c.typed(c.get(shard, where, "sha256"), str, "a string", f"{where}.sha256")
+        if not SHA256.fullmatch(digest):
+            raise c.fail(f"{where}.sha256", f"expected 64 lowercase hex characters, got {digest[:70]!r}")
+    total = sum(s["samples"] for s in shards)
+    if samples != total:
+        raise c.fail(f"{key}.samples", f"{samples} differs from the sum of its shards' samples ({total})")
+    stats = c.mapping(info, key, "label_stats")
+    if c.count(stats, f"{key}.label_stats", "n"):
+        for name in ("mean_score_mean", "mean_score_std", "votes_per_image_mean"):
+            c.typed(c.get(stats, f"{key}.label_stats", name), (int, float), "a number",
+                    f"{key}.label_stats.{name}")
 
 
 def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
-    """(number of samples, problems) of one tar; with `decode`, every image and label checked."""
-    from PIL import Image
+    """(number of samples, problems) of one tar; with `decode`, every image and label checked.
 
+    Uses the loader's own checks (samples.parse_label, samples.decode_image: the JPEG decoder
+    training uses), so inspect reports exactly the samples training would count as corrupt.
+    """
     problems: list[str] = []
     members: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, mode="r:") as tar:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 data = tar.extractfile(info).read() if decode and info.isfile() else b""
@@ -134,22 +218,26 @@ def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
         return 0, [f"{path.name}: unreadable tar: {e}"]
     for key, sample in members.items():
         if set(sample) != {"jpg", "json"}:
-            problems.append(f"{path.name}: sample {key} has members {sorted(sample)}")
+            problems.append(f"{path.name}: sample {key}: {Reason.MEMBERS.text} (has {sorted(sample)})")
             continue
-        if not decode:
-            continue
-        try:
-            with Image.open(io.BytesIO(sample["jpg"])) as im:
-                im.load()
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a finding
-            problems.append(f"{path.name}: sample {key}: image does not decode: {e}")
-        try:
-            bad = _check_label(key, json.loads(sample["json"]))
-        except json.JSONDecodeError:
-            bad = "json member is not valid JSON"
-        if bad:
-            problems.append(f"{path.name}: sample {key}: {bad}")
+        if decode:
+            problems += [f"{path.name}: sample {key}: {reason}" for reason in _sample_problems(key, sample)]
     return len(members), problems
+
+
+def _sample_problems(key: str, sample: dict[str, bytes]) -> list[str]:
+    """The reasons the loader would count this sample as corrupt (empty when it is usable)."""
+    reasons = []
+    try:
+        decode_image(sample["jpg"])
+    except (RuntimeError, ValueError):
+        kind = "PNG" if sample["jpg"].startswith(b"\x89PNG") else "not a JPEG" if \
+            not sample["jpg"].startswith(b"\xff\xd8") else "damaged JPEG"
+        reasons.append(f"{Reason.IMAGE.text} ({kind})")
+    reason, _ = parse_label(key, sample["json"])
+    if reason:
+        reasons.append(reason.text)
+    return reasons
 
 
 def verify_shards(
@@ -164,9 +252,7 @@ def verify_shards(
     manifest = load_manifest(shards_dir)
     problems: list[str] = []
     listed = set()
-    for split, info in manifest["splits"].items():
-        if info["samples"] != sum(s["samples"] for s in info["shards"]):
-            problems.append(f"{split}: sample count {info['samples']} differs from its shards' sum")
+    for info in manifest["splits"].values():
         for shard in info["shards"]:
             listed.add(shard["name"])
             problems += _check_shard(shards_dir / shard["name"], shard, decode)

@@ -30,7 +30,7 @@ from avakit.checkpoint import (
     with_absolute_paths,
 )
 from avakit.config import Config, config_to_dict, save_config
-from avakit.data import SampleDecoder, SplitSource, make_loader, resolve_split
+from avakit.data import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.distributed import DistInfo, gather_objects, init_distributed, shutdown
 from avakit.engine import (
     EpochStats,
@@ -53,6 +53,7 @@ from avakit.resume import (
     run_fraction,
     stored_definition,
 )
+from avakit.samples import SampleCounts
 from avakit.transforms import EvalPreset, Normalize, TrainPreset
 
 log = logging.getLogger("avakit.train")
@@ -97,6 +98,7 @@ class Trainer:
     steps_per_epoch: int | None
     fraction: float
     state: RunState
+    loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
 
 
 def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
@@ -168,7 +170,9 @@ def build_trainer(
 
 
 def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
-    sources = {s: resolve_split(cfg.data.shards, s) for s in ("train", "val", "test")
+    """Every split's source, checked complete (all shard files, right sizes) before training starts."""
+    hint = "training reads every shard: restore the folder (or re-run `avakit shard`)"
+    sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in ("train", "val", "test")
                if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
     if "train" not in sources or "val" not in sources:
         raise AvakitError("data.shards: training needs a train and a val split")
@@ -177,21 +181,25 @@ def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
     return sources
 
 
-def _loader(tr: Trainer, split: str, train: bool, epoch: int):
+def _loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLoader:
+    """The split's counting loader for one pass, kept in tr.loaders: its counts are read after the pass."""
     cfg = tr.cfg
     if cfg.data.features:
         from avakit.features import feature_loader
 
-        return feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
-                              seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
-    preset = TrainPreset(cfg.transform) if train else EvalPreset(cfg.transform)
-    return make_loader(
-        tr.sources[split], SampleDecoder(preset, cfg.transform.crop_size),
-        batch_size=cfg.training.batch_size,
-        train=train, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
-        shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.dist.rank,
-        world_size=tr.dist.world_size, pin_memory=tr.device.type == "cuda",
-    )
+        loader = feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
+                                seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
+    else:
+        preset = TrainPreset(cfg.transform) if train else EvalPreset(cfg.transform)
+        loader = make_loader(
+            tr.sources[split], SampleDecoder(preset, cfg.transform.crop_size),
+            batch_size=cfg.training.batch_size,
+            train=train, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.dist.rank,
+            world_size=tr.dist.world_size, pin_memory=tr.device.type == "cuda",
+        )
+    tr.loaders[split] = loader
+    return loader
 
 
 def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Progress | None) -> tuple:
@@ -203,13 +211,21 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
     if progress is not None:
         progress.stop()
     merged = merge_results(gather_objects(result, tr.dist))
+    counts = _pass_counts(tr, split, f"{split} evaluation")
     df = predictions_frame(merged, tr.cfg.model.output_mode) if merged["n"] else None
     found = frame_metrics(df) if df is not None else {"n": 0}
     found["loss"] = merged["loss_sum"] / merged["n"] if merged["n"] else float("nan")
     found["img_per_s"] = merged["n"] / merged["seconds"] if merged["seconds"] else 0.0
-    if merged["corrupt"]:
-        log.warning("%s: %d corrupt samples skipped", split, merged["corrupt"])
+    found.update(counts.as_dict())
     return found, df
+
+
+def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
+    """The last pass's sample counts of `split`, summed over ranks, and logged (a warning if any lost)."""
+    first, *rest = gather_objects(tr.loaders[split].counts, tr.dist)
+    counts = first.merged(*rest)
+    (log.warning if counts.lost else log.info)("%s: %s", what, counts.summary())
+    return counts
 
 
 def _checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
@@ -228,13 +244,19 @@ def _checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
     return payload
 
 
-def _epoch_record(epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int) -> dict:
+def _epoch_record(epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int,
+                  counts: SampleCounts) -> dict:
+    """One training_history.json entry: losses, val metrics, LRs, speed and the samples accounted for.
+
+    samples_expected = samples_seen + sum(lost) for the train pass (reasons: corrupt samples and
+    samples lost with their shard; corrupt / missing are those two totals); val_* the same for val.
+    """
     record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val["loss"]}
-    for key in ("srcc", "plcc", "accuracy", "mae", "rmse", "emd", "std_srcc"):
+    for key in ("srcc", "plcc", "accuracy", "mae", "rmse", "emd", "std_srcc", *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
-    record.update(lr=lrs, img_per_s=stats.img_per_s * world, time_s=stats.seconds, corrupt=stats.corrupt,
-                  steps=stats.steps)
+    record.update(lr=lrs, img_per_s=stats.img_per_s * world, time_s=stats.seconds, corrupt=counts.corrupt,
+                  missing=counts.n_lost - counts.corrupt, steps=stats.steps, **counts.as_dict())
     return record
 
 
@@ -244,7 +266,8 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     # the learning rates the epoch's last step used (a per-step scheduler has moved on since)
     t = max(stats.last_step - 1, 0) if tr.ctx.scheduler is not None else epoch
     lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
-    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.dist.world_size))
+    counts = _pass_counts(tr, "train", f"epoch {epoch} training")
+    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.dist.world_size, counts))
     srcc = val.get("srcc", float("nan"))
     improved = math.isfinite(srcc) and srcc > s.best_srcc
     if improved:
@@ -330,9 +353,10 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         tr.core.load_state_dict(load_checkpoint(best_path)["model_state_dict"])
     results = {"avakit_version": __version__, "best_epoch": s.best_epoch, "epochs": len(s.history),
                "steps": s.step, "world_size": tr.dist.world_size, "device": str(tr.device),
-               "quick_experiment": tr.fraction, "checkpoint": "best_model.pt"}
+               "quick_experiment": tr.fraction,
+               "checkpoint": best_path.name if best_path.is_file() else None}  # None: no epoch improved
     for split in ("val", "test"):
-        if split in tr.sources and tr.sources[split].urls:
+        if split in tr.sources and tr.sources[split].has_data:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
             results[split] = found
             if df is not None and tr.dist.is_main:
@@ -451,8 +475,6 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
                                 advance=progress.advance if progress else None)
         if progress is not None:
             progress.stop()
-        if stats.corrupt:
-            log.warning("epoch %d: %d corrupt training samples skipped", epoch, stats.corrupt)
         val, df = run_evaluation(tr, tr.eval_model, "val", progress)
         check_val_finite(val, epoch, stats.last_step)  # before last.pt or best_model.pt is written
         s.elapsed_s += time.perf_counter() - started

@@ -37,6 +37,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -180,7 +181,7 @@ def measure(paths: list[Path], source: SplitSource, cfg: Config, workers: int, r
     """
     skip = max(1, workers)
     tcfg = cfg.transform
-    source = SplitSource(source.split, source.urls * cycles, (source.samples or 0) * cycles)
+    source = replace(source, files=source.files * cycles, samples=(source.samples or 0) * cycles)
     decoder = SampleDecoder(TrainPreset(tcfg), tcfg.crop_size)
     normalize = Normalize(tcfg.normalize_mean, tcfg.normalize_std)
 
@@ -194,7 +195,8 @@ def measure(paths: list[Path], source: SplitSource, cfg: Config, workers: int, r
                           generator=torch.Generator().manual_seed(epoch))
 
     def bare_loader(epoch: int) -> DataLoader:
-        return DataLoader(BareDecode(list(source.urls), BATCH), batch_size=None, num_workers=workers)
+        return DataLoader(BareDecode([str(f.path) for f in source.files], BATCH), batch_size=None,
+                          num_workers=workers)
 
     def cpu_normalize(batch: object) -> None:
         normalize(batch[0])  # type: ignore[index]
@@ -249,8 +251,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = prepare_data(Path(tmp), args.n, args.shard_size)
         orig = statistics.median(p.stat().st_size for p in paths)
-        shard_bytes = sum(Path(u).stat().st_size for u in source.urls) / max(1, source.samples or 1)
-        print(f"{args.n} images 800x534, median {orig / 1e3:.0f} KB; in {len(source.urls)} shards "
+        shard_bytes = sum(f.path.stat().st_size for f in source.files) / max(1, source.samples or 1)
+        print(f"{args.n} images 800x534, median {orig / 1e3:.0f} KB; in {len(source.files)} shards "
               f"at short side 256, {shard_bytes / 1e3:.0f} KB per sample; torch threads "
               f"{torch.get_num_threads()}")
         rates = measure(paths, source, cfg, args.workers, args.repeats, args.cycles)

@@ -40,7 +40,7 @@ def test_validation_sees_every_sample_once(shards: Path, workers: int) -> None:
     source = resolve_split(str(shards), "val")
     manifest = json.loads((shards / "manifest.json").read_text())
     expected = sorted(i for s in manifest["splits"]["val"]["shards"] for i in range(s["samples"]))
-    assert len(source.urls) >= 3
+    assert len(source.files) >= 3 and not source.urls
     loader = make_loader(source, SampleDecoder(EvalPreset(CFG), 32), batch_size=5, train=False, seed=0,
                          epoch=0, num_workers=workers)
     ids = ids_of(loader)
@@ -109,7 +109,7 @@ def test_pipeline_pickles_for_spawned_workers(shards: Path) -> None:
     from avakit.data import make_pipeline
 
     source = resolve_split(str(shards), "train")
-    pipeline = make_pipeline(list(source.urls), SampleDecoder(TrainPreset(CFG), 32), batch_size=4, train=True,
-                             seed=0, epoch=0, fraction=0.5)
+    pipeline = make_pipeline(list(source.entries), SampleDecoder(TrainPreset(CFG), 32), batch_size=4,
+                             train=True, seed=0, epoch=0, fraction=0.5)
     copy = pickle.loads(pickle.dumps(pipeline))
     assert sum(len(b[2]) for b in copy) == sum(len(b[2]) for b in pipeline) > 0

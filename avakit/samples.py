@@ -1,0 +1,175 @@
+"""What makes a shard sample usable, and the accounting of every sample a source promises.
+
+One label validator (`parse_label`) and one image check (`decode_image`, the JPEG decoder
+training uses) serve both the loader and `avakit inspect --decode`. A sample that fails either
+is a *corrupt* sample with a reason; a shard that cannot be read loses its samples with a
+reason. Reasons travel out of DataLoader workers as small integer codes (`Reason`), and
+`SampleCounts` adds them up so that expected = seen + lost, reason by reason.
+
+Torch-free at import (the JPEG decoder is imported on first use), so `inspect` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+# torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
+# decoder that ships with torchvision, so keep using it without a warning per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+MAX_VOTE = 10**9  # votes per rating bin: AVA's largest is a few hundred
+MAX_ID = 2**63 - 1  # image ids are int64 in batches and predictions tables
+
+
+class Reason(IntEnum):
+    """Why a sample was not used. 1..19: the sample is corrupt; 20..99: its shard lost it."""
+
+    OK = 0
+    IMAGE = 1
+    JSON = 2
+    NOT_OBJECT = 3
+    VOTES = 4
+    IMAGE_ID = 5
+    TAGS = 6
+    CHALLENGE = 7
+    MEMBERS = 8
+    SHARD_MISSING = 20
+    SHARD_SIZE = 21
+    SHARD_UNREADABLE = 22
+    URL_UNREADABLE = 23
+    SHA256_MISMATCH = 100  # not a loss: the shard is not the manifest's, reading stops with an error
+
+    @property
+    def text(self) -> str:
+        return REASON_TEXT[self]
+
+    @property
+    def shard_level(self) -> bool:
+        return 20 <= self < 100
+
+
+REASON_TEXT = {
+    Reason.OK: "ok",
+    Reason.IMAGE: "image does not decode as JPEG",
+    Reason.JSON: "label is not valid JSON",
+    Reason.NOT_OBJECT: "label is not a JSON object",
+    Reason.VOTES: "votes are not 10 integers in 0..10^9 with a positive sum",
+    Reason.IMAGE_ID: "image_id is not the sample key as an integer below 2^63",
+    Reason.TAGS: "tags are not 2 integers",
+    Reason.CHALLENGE: "challenge is not an integer",
+    Reason.MEMBERS: "sample lacks its jpg or json member",
+    Reason.SHARD_MISSING: "shard file missing",
+    Reason.SHARD_SIZE: "shard size differs from the manifest",
+    Reason.SHARD_UNREADABLE: "shard unreadable (truncated or not a tar)",
+    Reason.URL_UNREADABLE: "unreadable shard data (URL source: events, not samples)",
+    Reason.SHA256_MISMATCH: "sha256 differs from the manifest",
+}
+
+
+def _ints(values: Any, n: int, low: int, high: int) -> bool:
+    """`values` is a list of `n` ints (not bools) in low..high. On the loader's per-sample path."""
+    return (isinstance(values, list) and len(values) == n and all(type(v) is int for v in values)
+            and low <= min(values) and max(values) <= high)
+
+
+def check_label(key: str, label: Any) -> Reason:
+    """Reason.OK if a decoded json member is a valid AVA label for sample `key`, else why not."""
+    if not isinstance(label, dict):
+        return Reason.NOT_OBJECT
+    votes = label.get("votes")
+    if not (_ints(votes, 10, 0, MAX_VOTE) and sum(votes) > 0):
+        return Reason.VOTES
+    image_id = label.get("image_id")
+    if not (type(image_id) is int and 0 <= image_id <= MAX_ID and str(image_id) == key and key.isascii()):
+        return Reason.IMAGE_ID  # str(int) == key: the key is ASCII digits without leading zeros
+    if not _ints(label.get("tags"), 2, -MAX_ID, MAX_ID):
+        return Reason.TAGS
+    if not _ints([label.get("challenge")], 1, -MAX_ID, MAX_ID):
+        return Reason.CHALLENGE
+    return Reason.OK
+
+
+def parse_label(key: str, raw: bytes) -> tuple[Reason, dict | None]:
+    """(Reason.OK, label) for a valid json member, else (reason, None)."""
+    try:
+        label = json.loads(raw)
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5000-digit number, deep nesting
+        return Reason.JSON, None
+    reason = check_label(key, label)
+    return reason, (label if reason == Reason.OK else None)
+
+
+def decode_image(data: bytes) -> Any:
+    """The RGB uint8 tensor [3, H, W] of a jpg member, decoded as training decodes it.
+
+    Raises RuntimeError or ValueError when the bytes are not a decodable JPEG (a PNG stored as
+    `.jpg` included), like torchvision.io.decode_jpeg itself.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not data:
+        raise ValueError("empty image member")
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+@dataclass
+class SampleCounts:
+    """What a pass over a source saw: expected (None = unknown) = seen + lost, by reason."""
+
+    expected: int | None = None
+    seen: int = 0
+    lost: Counter = field(default_factory=Counter)  # reason text -> samples
+    shards_lost: dict[str, str] = field(default_factory=dict)  # shard name -> reason text
+
+    def add(self, reason: Reason, n: int = 1, shard: str | None = None) -> None:
+        self.lost[reason.text] += n
+        if shard is not None and reason.shard_level:
+            self.shards_lost.setdefault(shard, reason.text)
+
+    @property
+    def n_lost(self) -> int:
+        return sum(self.lost.values())
+
+    @property
+    def corrupt(self) -> int:
+        """Samples read but unusable (bad image or label), as opposed to lost with their shard."""
+        shard_texts = {r.text for r in Reason if r.shard_level}
+        return sum(n for text, n in self.lost.items() if text not in shard_texts)
+
+    def finish(self) -> None:
+        """After a complete pass: a shortfall no reason explains is reported, never hidden."""
+        if self.expected is not None and self.seen + self.n_lost < self.expected:
+            self.lost["unaccounted for"] += self.expected - self.seen - self.n_lost
+
+    def merged(self, *others: SampleCounts) -> SampleCounts:
+        """The sum of these counts (e.g. over DDP ranks); expected is None if any is unknown."""
+        parts = (self, *others)
+        expected = None if any(p.expected is None for p in parts) else sum(p.expected for p in parts)
+        out = SampleCounts(expected, sum(p.seen for p in parts))
+        for p in parts:
+            out.lost.update(p.lost)
+            out.shards_lost.update(p.shards_lost)
+        return out
+
+    def as_dict(self) -> dict:
+        """The JSON form used by results.json, eval json, training_history.json and meta.json."""
+        return {"samples_expected": self.expected, "samples_seen": self.seen,
+                "lost": dict(sorted(self.lost.items()))}
+
+    def summary(self) -> str:
+        """One line: '58 of 60 samples seen; lost 2: image does not decode as JPEG 2'."""
+        of = f" of {self.expected}" if self.expected is not None else ""
+        text = f"{self.seen}{of} samples seen"
+        if self.lost:
+            text += f"; lost {self.n_lost}: " + ", ".join(f"{k} {v}" for k, v in sorted(self.lost.items()))
+        if self.shards_lost:
+            shards = sorted(self.shards_lost)
+            text += f" (shards {', '.join(shards[:5])}{' ...' if len(shards) > 5 else ''})"
+        return text
