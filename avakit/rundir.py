@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from avakit.errors import AvakitError
+from avakit.metrics import METRIC_NAMES
 
 HISTORY_FILE = "training_history.json"
 EVAL_DIR = "eval"
@@ -83,6 +84,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# the numeric per-epoch fields the report plots (counts such as val_lost are not plotted)
+_METRIC_KEYS = frozenset({"train_loss", "val_loss", *(f"val_{k}" for k in METRIC_NAMES)})
+
+
 def _check_record(path: Path, i: int, record: dict) -> None:
     """AvakitError naming the record and key when a field the report reads has the wrong type."""
     def bad(key: str, want: str) -> AvakitError:
@@ -99,8 +104,8 @@ def _check_record(path: Path, i: int, record: dict) -> None:
     lr = record.get("lr")
     if lr is not None and not _is_number(lr) and not (isinstance(lr, list) and all(map(_is_number, lr))):
         raise bad("lr", "a number or a list of numbers")
-    for key, value in record.items():
-        if (key.startswith("val_") or key.endswith("_loss")) and value is not None and not _is_number(value):
+    for key in _METRIC_KEYS & record.keys():
+        if record[key] is not None and not _is_number(record[key]):
             raise bad(key, "a number or null")
 
 
@@ -108,7 +113,7 @@ def load_history(run_dir: Path) -> list[dict]:
     """training_history.json of a run folder, every field the report reads type-checked once.
 
     Checked: `epoch` and `steps` (integers >= 0), `lr` (a number or a list of numbers) and every
-    `val_*` / `*_loss` value (a number, NaN or null). Other keys are left alone.
+    loss and val metric (a number, NaN or null). Other keys are left alone.
     """
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():

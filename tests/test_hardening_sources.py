@@ -21,6 +21,7 @@ from avakit.data import SampleDecoder, make_loader
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
 from avakit.manifest import load_manifest
+from avakit.rundir import eval_outputs
 from avakit.sources import ShardFile, SplitSource, resolve_split
 from avakit.transforms import EvalPreset
 from tests.conftest import TINY_TRAIN
@@ -175,7 +176,7 @@ def test_evaluate_missing_shard_exit_1_then_allow_missing_counts(run: Path, shar
     assert f"{lost['name']}: shard file missing" in line and "--allow-missing" in line
     result = runner.invoke(app, ["evaluate", str(run), "--shards", str(shards), "--allow-missing"])
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "eval_test.json").read_text())
+    report = json.loads(eval_outputs(run, "test", "best", "none").json.read_text())
     total = manifest["splits"]["test"]["samples"]
     assert report["samples_expected"] == total and report["lost"] == {"shard file missing": lost["samples"]}
     assert report["samples_seen"] == report["metrics"]["n"] == total - lost["samples"]
@@ -324,7 +325,7 @@ def test_evaluate_counts_malformed_labels(run: Path, shards: Path) -> None:
     expected, total = replace_test_shard(shards)
     result = runner.invoke(app, ["evaluate", str(run), "--shards", str(shards)])
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "eval_test.json").read_text())
+    report = json.loads(eval_outputs(run, "test", "best", "none").json.read_text())
     assert report["lost"] == dict(sorted(expected.items())) and report["samples_expected"] == total
     assert report["samples_seen"] + sum(expected.values()) == total
     assert report["metrics"]["corrupt"] == sum(expected.values())
