@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -25,6 +25,8 @@ from avakit.console import (
     progress_bar,
 )
 from avakit.errors import AvakitError
+
+Device = Literal["auto", "cpu", "cuda"]  # as avakit.config.DEVICES (not imported: --help stays light)
 
 
 class _Group(TyperGroup):
@@ -148,7 +150,7 @@ def features(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
     splits: Annotated[str, typer.Option(help="Comma-separated splits to extract.")] = "train,val,test",
     out: Annotated[Path | None, typer.Option(help="Cache [default: data.features or features].")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Run the frozen backbone once over the shards and cache its pooled features per split.
 
@@ -185,8 +187,8 @@ def evaluate(
     shards: Annotated[Path | None, typer.Option(help="Shards [default: the run's data.shards].")] = None,
     checkpoint: Annotated[str, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
-    batch_size: Annotated[int | None, typer.Option(help="[default: the run's batch size]")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(min=1, help="[default: the run's batch size]")] = None,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Score a split with a run's checkpoint: SRCC, PLCC, Acc, EMD, MAE, RMSE and latency.
 
@@ -262,8 +264,8 @@ def predict(
     onnx: Annotated[Path | None, typer.Option(help="An exported model.onnx (onnxruntime, no torch).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
 ) -> None:
     """Score photos: mean score (1-10), its std and the 10-bin distribution.
 
