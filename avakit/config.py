@@ -230,9 +230,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arm, key)
             except AvakitError as exc:
-                errors.append((typing.get_origin(arm), exc))
-        for arm_origin, exc in errors:  # a container of the right kind: its inner error is clearer
-            if arm_origin in (list, dict) and isinstance(value, arm_origin):
+                errors.append((typing.get_origin(arm) or arm, exc))
+        for kind, exc in errors:  # a value of the arm's kind (a list, a number): its own error is clearer
+            if kind in (list, dict, float) and isinstance(value, kind if kind is not float else int | float):
                 raise exc
     elif origin is list and isinstance(value, list | tuple):
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
@@ -318,6 +318,23 @@ def _check_cross_fields(cfg: Config, p: str = "") -> None:
 
 
 _STORED = "config."  # key prefix of a config read back from a checkpoint
+# Keys a stored config must hold rather than default: they define the model's input and head
+# (a checkpoint from an older avakit may lack newer keys, which then take their defaults).
+_STORED_REQUIRED = {"model": ("backbone", "output_mode", "mlp_hidden_dims", "activation"),
+                    "transform": ("resize_size", "crop_size", "normalize_mean", "normalize_std")}
+
+
+def _check_stored_keys(d: Any) -> None:
+    """A stored config records the keys that define its model (see _STORED_REQUIRED)."""
+    if not isinstance(d, dict):
+        return  # _build names the wrong type
+    for section, keys in _STORED_REQUIRED.items():
+        if section not in d:
+            raise AvakitError(f"{_STORED}{section}: missing")
+        if isinstance(d[section], dict):
+            for key in keys:
+                if key not in d[section]:
+                    raise AvakitError(f"{_STORED}{section}.{key}: missing")
 
 
 def config_from_dict(d: Any, where: str | None = None) -> Config:
@@ -331,6 +348,7 @@ def config_from_dict(d: Any, where: str | None = None) -> Config:
         _check_cross_fields(cfg)
         return cfg
     try:
+        _check_stored_keys(d)
         cfg = _build(Config, d, _STORED)
         _check_cross_fields(cfg, _STORED)
     except AvakitError as exc:

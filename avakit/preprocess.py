@@ -27,7 +27,8 @@ QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 
 def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]):
-        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, got {value!r}")
+        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, "
+                          f"got {repr(value)[:60]}")
     return value
 
 
