@@ -87,7 +87,7 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
             raise AvakitError(f"{where}: model_state_dict must map names to dense tensors "
                               f"(got {type(name).__name__} {str(name)[:60]!r}: {type(value).__name__})")
     if weights:
-        _fit_weights(cfg, state, where)
+        _check_weights(cfg, state, where)
     epoch = ckpt.get("epoch")
     if epoch is not None and (type(epoch) is not int or epoch < 0):
         raise AvakitError(f"{where}: epoch must be a non-negative integer or null, got {str(epoch)[:60]!r}")
@@ -99,33 +99,38 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
     return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing}
 
 
-def _fit_weights(cfg: Config, state: dict, where: str) -> Any:
-    """The config's model (meta device, no init) with `state` assigned: names, shapes, dtypes checked."""
+def _check_weights(cfg: Config, state: dict, where: str) -> Any:
+    """The config's model on the meta device (no memory, no init), with `state`'s names, shapes
+    and dtypes checked against it; the weights are not touched."""
     from avakit.model import model_from_config
 
-    with torch.device("meta"):  # no random init: the weights come from the checkpoint
+    with torch.device("meta"):
         model = model_from_config(cfg, load_weights=False)
-    for name, want in model.state_dict().items():
-        got = state.get(name)
-        if got is not None and (got.dtype != want.dtype or got.shape != want.shape):
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        kind, names = ("missing", missing) if missing else ("unexpected", unexpected)
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        raise AvakitError(f"{where}: weights do not fit its config: {kind} {', '.join(names[:3])}{more}")
+    for name, want in expected.items():
+        got = state[name]
+        if got.dtype != want.dtype or got.shape != want.shape:
             raise AvakitError(f"{where}: model_state_dict.{name}: {got.dtype} {list(got.shape)} does not fit "
                               f"its config's model ({want.dtype} {list(want.shape)})")
-    try:
-        model.load_state_dict(state, assign=True)
-    except RuntimeError as e:  # missing or unexpected names
-        raise AvakitError(f"{where}: weights do not fit its config: {str(e).splitlines()[0][:300]}") from None
-    return model.eval()
+    return model
 
 
 def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, Config]:
-    """Rebuild the model (random init, no download) and load its trained weights.
+    """Rebuild the model (no init, no download) and load its trained weights.
 
-    The checkpoint is validated again (`check_checkpoint`), so a hand-built dict is held to the
-    same rules as a loaded file.
+    The checkpoint is validated (`check_checkpoint`), so a hand-built dict is held to the same
+    rules as a loaded file.
     """
     ckpt = check_checkpoint(ckpt, where, weights=False)
     cfg = config_from_dict(ckpt["config"])
-    return _fit_weights(cfg, ckpt["model_state_dict"], where), cfg
+    model = _check_weights(cfg, ckpt["model_state_dict"], where)
+    model.load_state_dict(ckpt["model_state_dict"], assign=True)  # checked: cannot fail
+    return model.eval(), cfg
 
 
 def run_checkpoint(run_dir: Path, which: str = "best") -> Path:

@@ -251,7 +251,7 @@ CRAFTED = [
     (_set(BIAS, "x"), "model_state_dict must map names to dense tensors (got str 'head.layers.0.bias': str)"),
     (_set(BIAS, torch.zeros(3)), "model_state_dict.head.layers.0.bias: torch.float32 [3] does not fit"),
     (_set(BIAS, torch.zeros(16, dtype=torch.int64)), "model_state_dict.head.layers.0.bias: torch.int64 [16]"),
-    (_delete(BIAS), "weights do not fit its config: Error(s) in loading"),
+    (_delete(BIAS), "weights do not fit its config: missing head.layers.0.bias"),
     (lambda ckpt: [ckpt], "not an avakit checkpoint (a list, not a mapping)"),
 ]
 
