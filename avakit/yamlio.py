@@ -1,17 +1,19 @@
 """Reading YAML configs safely: YAML 1.2 scalars, no code, no alias bombs, no duplicate keys.
 
-`ConfigLoader` is a `yaml.SafeLoader` (no `!!python/object`) with three more guards, each
-failing fast as a one-line YAML error with its line and column:
+`ConfigLoader` is a `yaml.SafeLoader` (no `!!python/object`) with more guards, each failing
+fast as a one-line YAML error with its line and column:
 
 - Aliases may expand the document by at most `MAX_ALIAS_NODES` nodes in all. A "billion
   laughs" file of a few hundred bytes would otherwise expand to 10^9 values; the expansion is
   counted while composing, before anything is built, so the check costs the file's size.
   A recursive alias (`&a [*a]`) is refused too.
-- Nesting is at most `MAX_DEPTH` levels (PyYAML composes recursively: deeper input would end in
-  a RecursionError).
+- Nesting is at most `MAX_DEPTH` levels (PyYAML composes recursively: deeper input would end
+  in a RecursionError); an integer of more than 4300 digits is an error, not a ValueError.
 - A key given twice in one mapping is an error (PyYAML silently keeps the last one, so a
   repeated `learning_rate:` would hide which value trains). `<<` merge keys may still be
   overridden, as YAML intends.
+
+`read_yaml` adds the file checks: at most `MAX_FILE_BYTES`, UTF-8 text.
 
 YAML 1.2 scalars: `off`/`yes`/`no` stay strings (so `amp: off` works) and `3e-5` is a float,
 where PyYAML's YAML 1.1 defaults would give `False` and the string '3e-5'.
@@ -31,6 +33,7 @@ from avakit.errors import AvakitError
 
 MAX_ALIAS_NODES = 10_000  # nodes added by aliases in one document (a full config has ~100 nodes)
 MAX_DEPTH = 64  # nesting levels (a config has 4)
+MAX_FILE_BYTES = 16 << 20  # a config is a few KB; even a list of 10^4 shard URLs fits in 16 MiB
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -134,6 +137,10 @@ def read_yaml(path: Path, what: str = "config") -> Any:
     if not path.is_file():
         raise AvakitError(f"{what} file not found: {path}")
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise AvakitError(f"{what} {path}: {size / 2**20:.0f} MiB is too large for a {what} file "
+                              f"(at most {MAX_FILE_BYTES >> 20} MiB)")
         data = path.read_bytes()
     except OSError as exc:
         raise AvakitError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc

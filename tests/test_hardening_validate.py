@@ -152,6 +152,13 @@ def test_bad_yaml_shapes_are_one_line(tmp_path: Path, text: bytes, expected: str
     assert expected in _one_line(runner.invoke(app, ["train", "--config", str(path)]))
 
 
+def test_huge_config_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as f:
+        f.truncate(17 << 20)  # sparse: 17 MiB of NUL bytes
+    assert "17 MiB is too large for a config file (at most 16 MiB)" in _config_error(path=path)
+
+
 def test_override_value_uses_the_same_loader() -> None:
     assert "duplicate key 'a'" in _config_error(["data.shards={a: x, a: y}"])
 
