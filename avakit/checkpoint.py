@@ -6,8 +6,10 @@ Everything stored is tensors and plain Python containers, so checkpoints load wi
 
 from __future__ import annotations
 
+import copy
 import os
 import random
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -129,8 +131,22 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, C
     ckpt = check_checkpoint(ckpt, where, weights=False)
     cfg = config_from_dict(ckpt["config"])
     model = _check_weights(cfg, ckpt["model_state_dict"], where)
-    model.load_state_dict(ckpt["model_state_dict"], assign=True)  # checked: cannot fail
+    model.load_state_dict(_unshared(ckpt["model_state_dict"]), assign=True)  # checked: cannot fail
     return model.eval(), cfg
+
+
+def _unshared(state: dict) -> OrderedDict:
+    """`state` with its own copy of the `_metadata` torch keeps on a saved state dict.
+
+    `load_state_dict(assign=True)` writes `assign_to_params_buffers` into that metadata in
+    place, so any later plain `load_state_dict` of the same dict would also swap the module's
+    parameters for the dict's tensors (silently detaching them from an optimizer).
+    """
+    out = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = copy.deepcopy(metadata)  # type: ignore[attr-defined]
+    return out
 
 
 def run_checkpoint(run_dir: Path, which: str = "best") -> Path:

@@ -362,3 +362,18 @@ def test_onnx_input_size_mismatch_through_predict(exported: Path, trained_run: P
     result = runner.invoke(app, ["predict", str(photo), "--onnx", str(path)])
     assert "metadata input_size 40 does not match the model's input shape" in _one_line(result)
     assert OnnxScorer(exported).spec.crop_size == 32  # the untouched export loads
+
+
+def test_model_from_checkpoint_leaves_the_state_dict_reusable(trained_run: Path) -> None:
+    """torch's load_state_dict(assign=True) marks the dict's own `_metadata`; a later plain load of
+    the same dict (train's resume) must still copy into the module's parameters, not swap them."""
+    from avakit.config import config_from_dict
+    from avakit.model import model_from_config
+
+    ckpt = load_checkpoint(trained_run / "best_model.pt")
+    model_from_checkpoint(ckpt, "best_model.pt")
+    fresh = model_from_config(config_from_dict(ckpt["config"]), load_weights=False)
+    before = [id(p) for p in fresh.parameters()]
+    fresh.load_state_dict(ckpt["model_state_dict"])
+    assert [id(p) for p in fresh.parameters()] == before
+    assert fresh.head.layers[0].bias.data_ptr() != ckpt["model_state_dict"]["head.layers.0.bias"].data_ptr()
