@@ -18,7 +18,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from avakit.checkpoint import load_checkpoint, model_from_checkpoint, new_run_dir, seed_everything
+from avakit.checkpoint import (
+    load_checkpoint,
+    make_folder,
+    model_from_checkpoint,
+    new_run_dir,
+    seed_everything,
+)
 from avakit.cli import app
 from avakit.config import load_config
 from avakit.distributed import pick_device
@@ -174,6 +180,9 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
     assert file.read_text() == "not a folder\n" and sorted(tmp_path.iterdir()) == [file]
     cfg = load_config(None, ["name=r"])
     assert new_run_dir(cfg, tmp_path / "new" / "deeper").parent == tmp_path / "new" / "deeper"
+    with pytest.raises(AvakitError, match=f"cannot create folder {re.escape(str(file / 'run'))}: ") as info:
+        make_folder(file / "run")  # where train creates the run folder: an OS error is one line
+    assert info.value.exit_code == 1
 
 
 # --- point 14: --device and --batch-size ----------------------------------------------------------
