@@ -6,8 +6,10 @@ Everything stored is tensors and plain Python containers, so checkpoints load wi
 
 from __future__ import annotations
 
+import copy
 import os
 import random
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from avakit.config import Config, config_from_dict, load_config
+from avakit.config import MAX_SEED, Config, config_from_dict, config_to_dict, load_config
 from avakit.errors import AvakitError
+from avakit.preprocess import check_preprocessing
 
 
 def rng_state() -> dict:
@@ -52,7 +55,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """torch.load(weights_only=True) on CPU; a missing or foreign file is a user error."""
+    """torch.load(weights_only=True) on CPU, then `check_checkpoint`; a bad file is a user error."""
     path = Path(path)
     if not path.is_file():
         raise AvakitError(f"{path}: checkpoint not found")
@@ -60,23 +63,90 @@ def load_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
         raise AvakitError(f"{path}: not a readable avakit checkpoint ({e.__class__.__name__})") from None
-    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt or "config" not in ckpt:
-        raise AvakitError(f"{path}: not an avakit checkpoint (no model_state_dict/config)")
-    return ckpt
+    return check_checkpoint(ckpt, str(path))
 
 
-def model_from_checkpoint(ckpt: dict) -> tuple[Any, Config]:
-    """Rebuild the model (random init, no download) and load its trained weights."""
+def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True) -> dict:
+    """A checkpoint's contents validated like user input; AvakitError naming `where` and the key.
+
+    `config` must build with `config_from_dict` (same types and bounds as a user's config),
+    `model_state_dict` map names to tensors, `epoch` be an int or None, `metrics` a mapping,
+    `preprocessing` pass `check_preprocessing`; with `weights`, the state's names, shapes and
+    dtypes must fit the config's model (built on the meta device: no memory). Returns the
+    checkpoint with `config` and `preprocessing` replaced by their validated, complete forms.
+    """
+    if not isinstance(ckpt, dict):
+        raise AvakitError(f"{where}: not an avakit checkpoint (a {type(ckpt).__name__}, not a mapping)")
+    missing = [k for k in ("model_state_dict", "config") if k not in ckpt]
+    if missing:
+        raise AvakitError(f"{where}: not an avakit checkpoint (no {'/'.join(missing)})")
+    cfg = config_from_dict(ckpt["config"], where)
+    state = ckpt["model_state_dict"]
+    if not isinstance(state, dict):
+        raise AvakitError(f"{where}: model_state_dict must be a mapping, got {type(state).__name__}")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            raise AvakitError(f"{where}: model_state_dict must map names to dense tensors "
+                              f"(got {type(name).__name__} {str(name)[:60]!r}: {type(value).__name__})")
+    if weights:
+        _check_weights(cfg, state, where)
+    epoch = ckpt.get("epoch")
+    if epoch is not None and (type(epoch) is not int or epoch < 0):
+        raise AvakitError(f"{where}: epoch must be a non-negative integer or null, got {str(epoch)[:60]!r}")
+    for key, kind in (("metrics", dict), ("manifest_sha256", str), ("avakit_version", str)):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], kind):
+            raise AvakitError(f"{where}: {key} must be a {'mapping' if kind is dict else 'string'} or null, "
+                              f"got {type(ckpt[key]).__name__}")
+    preprocessing = check_preprocessing(ckpt.get("preprocessing"), where)
+    return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing}
+
+
+def _check_weights(cfg: Config, state: dict, where: str) -> Any:
+    """The config's model on the meta device (no memory, no init), with `state`'s names, shapes
+    and dtypes checked against it; the weights are not touched."""
     from avakit.model import model_from_config
 
-    cfg = config_from_dict(ckpt["config"])
-    with torch.device("meta"):  # no random init: the weights come from the checkpoint
+    with torch.device("meta"):
         model = model_from_config(cfg, load_weights=False)
-    try:
-        model.load_state_dict(ckpt["model_state_dict"], assign=True)
-    except RuntimeError as e:
-        raise AvakitError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        kind, names = ("missing", missing) if missing else ("unexpected", unexpected)
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        raise AvakitError(f"{where}: weights do not fit its config: {kind} {', '.join(names[:3])}{more}")
+    for name, want in expected.items():
+        got = state[name]
+        if got.dtype != want.dtype or got.shape != want.shape:
+            raise AvakitError(f"{where}: model_state_dict.{name}: {got.dtype} {list(got.shape)} does not fit "
+                              f"its config's model ({want.dtype} {list(want.shape)})")
+    return model
+
+
+def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, Config]:
+    """Rebuild the model (no init, no download) and load its trained weights.
+
+    The checkpoint is validated (`check_checkpoint`), so a hand-built dict is held to the same
+    rules as a loaded file.
+    """
+    ckpt = check_checkpoint(ckpt, where, weights=False)
+    cfg = config_from_dict(ckpt["config"])
+    model = _check_weights(cfg, ckpt["model_state_dict"], where)
+    model.load_state_dict(_unshared(ckpt["model_state_dict"]), assign=True)  # checked: cannot fail
     return model.eval(), cfg
+
+
+def _unshared(state: dict) -> OrderedDict:
+    """`state` with its own copy of the `_metadata` torch keeps on a saved state dict.
+
+    `load_state_dict(assign=True)` writes `assign_to_params_buffers` into that metadata in
+    place, so any later plain `load_state_dict` of the same dict would also swap the module's
+    parameters for the dict's tensors (silently detaching them from an optimizer).
+    """
+    out = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = copy.deepcopy(metadata)  # type: ignore[attr-defined]
+    return out
 
 
 def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
@@ -162,18 +232,45 @@ def run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Co
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch."""
+    """Seed python, numpy and torch (`seed` in 0..config.MAX_SEED, as the config allows)."""
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise AvakitError(f"seed: must be an integer in 0..{MAX_SEED} (got {str(seed)[:60]})")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
+def _check_parent(base: Path, key: str) -> None:
+    """`base` is, or can become, a writable folder: its nearest existing ancestor is a folder."""
+    for folder in (base, *base.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "is a file, not a folder" if folder == base else f"cannot be made: {folder} is a file"
+                raise AvakitError(f"{key} {base}: {what}")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise AvakitError(f"{key} {base}: {folder} is not writable")
+            return
+
+
 def new_run_dir(cfg: Config, output_dir: Path | None) -> Path:
-    """outputs/{name}-{timestamp}, made unique if two runs start in the same second."""
+    """outputs/{name}-{timestamp}, made unique if two runs start in the same second.
+
+    Nothing is created yet, but an output folder that is a file (or lies under one, or is not
+    writable) is one line here, before any work.
+    """
     base = Path(output_dir or cfg.output_dir)
+    _check_parent(base, "--output-dir" if output_dir else "output_dir")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, n = base / f"{cfg.name}-{stamp}", 1
     while run_dir.exists():
         n += 1
         run_dir = base / f"{cfg.name}-{stamp}-{n}"
     return run_dir
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p `path`; an OS error (a file in the way, no permission, disk full) is one line."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AvakitError(f"cannot create folder {path}: {exc.strerror or exc}", exit_code=1) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
@@ -47,6 +47,8 @@ def _interrupted_line(command: str | None, error: KeyboardInterrupt) -> str:
     if isinstance(error, Interrupted):
         return str(error)
     return f"interrupted: {_INTERRUPTED.get(command or '', 'nothing more was done')}"
+
+Device = Literal["auto", "cpu", "cuda"]  # as avakit.config.DEVICES (not imported: --help stays light)
 
 
 class _Group(TyperGroup):
@@ -183,7 +185,7 @@ def features(
     splits: Annotated[str, typer.Option(help="Comma-separated splits to extract.")] = "train,val,test",
     out: Annotated[Path | None, typer.Option(help="Feature cache folder.",
                                              show_default="data.features, else features")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
     allow_missing: Annotated[bool, typer.Option(
         help="Cache what is there when shard files are missing (counted in meta.json).")] = False,
 ) -> None:
@@ -235,9 +237,9 @@ def evaluate(
                                                 show_default="the run's data.shards")] = None,
     checkpoint: Annotated[str, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.",
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.",
                                                    show_default="the run's batch size")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
     allow_missing: Annotated[bool, typer.Option(
         help="Evaluate what is there when shard files are missing (counted in the output).")] = False,
 ) -> None:
@@ -324,8 +326,8 @@ def predict(
     onnx: Annotated[Path | None, typer.Option(help="An exported model.onnx (onnxruntime, no torch).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
 ) -> None:
     """Score photos: mean score (1-10), its std and the 10-bin distribution.
 

@@ -4,14 +4,17 @@ One generic builder (`_build`) walks the dataclass field types and turns a plain
 `Config`, checking types, choices and ranges (kept in field metadata) as it goes. Every problem
 raises `AvakitError` with one line naming the dotted key, before any work starts.
 
-YAML is read with YAML 1.2 scalars: `off`/`yes`/`no` stay strings (so `amp: off` works) and
-`3e-5` is a float, where PyYAML's YAML 1.1 defaults would give `False` and the string '3e-5'.
+Upper bounds sit where a huge value would cost memory or time rather than mean something (a
+6000 px crop, a batch of 10^9): configs read back from a checkpoint go through the same builder
+(`config_from_dict(d, where=path)`), so a crafted file gets the same one-line error. Every
+float must be finite. YAML is read by `avakit.yamlio` (YAML 1.2 scalars, alias bombs refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import operator
 import re
 import types
@@ -24,38 +27,30 @@ from typing import Any
 import yaml
 
 from avakit.errors import AvakitError
+from avakit.yamlio import parse_yaml, read_yaml, yaml_problem
 
 SPLITS = ("train", "val", "test")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large")
 # loss_type -> the model.output_mode it needs
 LOSS_OUTPUT_MODE = {**dict.fromkeys(("kl_div", "cross_entropy", "emd"), "distribution")}
 LOSS_OUTPUT_MODE.update(mse="regression", l1="regression")
+DEVICES = ("auto", "cpu", "cuda")
 
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans (true/false only) and floats (`1e-4` included)."""
-
-
-_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Loader.add_implicit_resolver(
-    _FLOAT,
-    re.compile(
-        r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
-        r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
+# Upper bounds where a larger value costs memory or time instead of meaning something:
+MAX_IMAGE_SIDE = 2048  # resize/crop px: one 2048² float32 image is 48 MB, a batch of 32 1.5 GB;
+#                        AVA's stored photos are 256 px (a crafted 6000 px transform would ask 6 GB)
+MAX_BATCH = 16_384  # samples per step (per process): more than any GPU holds at a useful image size
+MAX_HIDDEN = 65_536  # units per head layer: 2048 x 65536 weights are already 512 MB
+MAX_HEAD_LAYERS = 8
+MAX_WORKERS = 256  # loader processes (each holds its own copy of the pipeline and shuffle buffer)
+MAX_SHUFFLE_BUFFER = 100_000  # samples held per loader process (~30 KB each at 256 px: 3 GB)
+MAX_SEED = 2**32 - 1  # numpy's seed range; the loaders derive torch seeds as seed * 100_003 + ...,
+#                       which must stay below torch's 2**64
 
 
 def _f(default: Any = dataclasses.MISSING, *, factory: Any = None, **meta: Any) -> Any:
-    """A dataclass field with validation metadata (choices, ge, gt, le, lt, length, keys)."""
+    """A dataclass field with validation metadata (choices, ge, gt, le, lt, length, max_length, keys,
+    nonempty, filename)."""
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,8 +61,8 @@ class DataConfig:
     """Where the samples come from and how they are streamed."""
 
     shards: str | dict[str, str | list[str]] = _f("shards", keys=SPLITS, nonempty=True)
-    num_workers: int = _f(4, ge=0)
-    shuffle_buffer: int = _f(1000, ge=0)
+    num_workers: int = _f(4, ge=0, le=MAX_WORKERS)
+    shuffle_buffer: int = _f(1000, ge=0, le=MAX_SHUFFLE_BUFFER)
     features: str | None = None  # folder of cached backbone features (null = compute on the fly)
 
 
@@ -78,7 +73,7 @@ class ModelConfig:
     backbone: str = _f("resnet50", choices=BACKBONES)
     pretrained: bool = True
     weights_path: str | None = None
-    mlp_hidden_dims: list[int] = _f(factory=lambda: [256], gt=0)
+    mlp_hidden_dims: list[int] = _f(factory=lambda: [256], gt=0, le=MAX_HIDDEN, max_length=MAX_HEAD_LAYERS)
     dropout: float = _f(0.2, ge=0.0, lt=1.0)
     activation: str = _f("relu", choices=("relu", "tanh"))
     output_mode: str = _f("distribution", choices=("distribution", "regression"))
@@ -108,8 +103,8 @@ class AugmentationConfig:
 class TransformConfig:
     """Image preprocessing: resize, crop, normalise, augment."""
 
-    resize_size: int = _f(256, gt=0)
-    crop_size: int = _f(224, gt=0)
+    resize_size: int = _f(256, gt=0, le=MAX_IMAGE_SIDE)
+    crop_size: int = _f(224, gt=0, le=MAX_IMAGE_SIDE)
     normalize_mean: list[float] = _f(factory=lambda: [0.485, 0.456, 0.406], length=3)
     normalize_std: list[float] = _f(factory=lambda: [0.229, 0.224, 0.225], length=3, gt=0.0)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -119,7 +114,7 @@ class TransformConfig:
 class TrainingConfig:
     """Optimisation, schedule, loss and precision."""
 
-    batch_size: int = _f(32, gt=0)
+    batch_size: int = _f(32, gt=0, le=MAX_BATCH)
     learning_rate: float = _f(1e-4, gt=0.0)
     differential_lr: bool = True
     head_lr_multiplier: float = _f(10.0, gt=0.0)
@@ -151,17 +146,17 @@ class FeaturesConfig:
 
     layer: str = _f("final", choices=("final", "layer3"))  # layer3: ResNets only
     iqa: bool = False  # concatenate hand-crafted IQA features (sharpness, brightness, ...)
-    batch_size: int = _f(64, gt=0)  # images per forward pass during extraction
+    batch_size: int = _f(64, gt=0, le=MAX_BATCH)  # images per forward pass during extraction
 
 
 @dataclass
 class Config:
     """The whole training config; see configs/*.yaml for every key explained."""
 
-    name: str = _f("ava", nonempty=True)
+    name: str = _f("ava", nonempty=True, filename=True)  # the run folder is {name}-{time}
     output_dir: str = _f("outputs", nonempty=True)
-    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
-    seed: int = _f(42, ge=0)
+    device: str = _f("auto", choices=DEVICES)
+    seed: int = _f(42, ge=0, le=MAX_SEED)
     log_interval: int = _f(50, ge=1)
     save_val_predictions: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -188,11 +183,13 @@ def _unknown_key(key: str, valid: Sequence[str], prefix: str) -> AvakitError:
     if close:
         hint = prefix + close[0]
     else:
+        root = _STORED if prefix.startswith(_STORED) else ""  # a config read back from a file
         paths = _all_keys(Config)
         leaf = difflib.get_close_matches(key, [p.rsplit(".", 1)[-1] for p in paths], n=1)
-        hint = next((p for p in paths if leaf and p.rsplit(".", 1)[-1] == leaf[0]), "")
+        hint = next((root + p for p in paths if leaf and p.rsplit(".", 1)[-1] == leaf[0]), "")
     suffix = f" (did you mean '{hint}'?)" if hint else ""
-    return AvakitError(f"unknown key '{prefix}{key}'{suffix}")
+    shown = key if len(key) <= 60 else key[:57] + "..."
+    return AvakitError(f"unknown key '{prefix}{shown}'{suffix}")
 
 
 def _describe(tp: Any) -> str:
@@ -207,10 +204,17 @@ def _describe(tp: Any) -> str:
     return "mapping" if dataclasses.is_dataclass(tp) else getattr(tp, "__name__", str(tp))
 
 
+def _short(value: Any) -> str:
+    """repr of a value, cut to 60 characters (a crafted file can hold a 10^5-digit number)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**60:
+        return f"an integer of about {value.bit_length() * math.log10(2):.0f} digits"
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _show(value: Any) -> str:
     """A short one-line rendering of a bad value: its type and repr."""
-    text = repr(value).replace("\n", " ")
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+    return f"{type(value).__name__} {_short(value)}"
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -226,22 +230,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arm, key)
             except AvakitError as exc:
-                errors.append((typing.get_origin(arm), exc))
-        for arm_origin, exc in errors:  # a container of the right kind: its inner error is clearer
-            if arm_origin in (list, dict) and isinstance(value, arm_origin):
+                errors.append((typing.get_origin(arm) or arm, exc))
+        for kind, exc in errors:  # a value of the arm's kind (a list, a number): its own error is clearer
+            if kind in (list, dict, float) and isinstance(value, kind if kind is not float else int | float):
                 raise exc
     elif origin is list and isinstance(value, list | tuple):
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     elif origin is dict and isinstance(value, dict):
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+        if not math.isfinite(number):
+            raise AvakitError(f"{key}: must be a finite number (got {_short(value)})")
+        return number
     elif tp in (int, str, bool) and type(value) is tp:  # type(): True is not an int here
         return value
     raise AvakitError(f"{key}: expected {_describe(tp)}, got {_show(value)}")
 
 
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}  # metadata bound -> operator
+_NOT_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
@@ -253,11 +261,16 @@ def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         allowed = ", ".join(f"'{c}'" for c in choices)
-        raise AvakitError(f"{key}: must be one of {allowed} (got {value!r}{hint})")
+        raise AvakitError(f"{key}: must be one of {allowed} (got {_short(value)}{hint})")
     if meta.get("nonempty") and (not value or isinstance(value, dict) and not all(value.values())):
         raise AvakitError(f"{key}: must not be empty")
     if "length" in meta and len(value) != meta["length"]:
         raise AvakitError(f"{key}: expected {meta['length']} values, got {len(value)}")
+    if "max_length" in meta and len(value) > meta["max_length"]:
+        raise AvakitError(f"{key}: at most {meta['max_length']} values, got {len(value)}")
+    if meta.get("filename") and (value in (".", "..") or len(value) > 100 or _NOT_IN_NAME.search(value)):
+        raise AvakitError(f"{key}: must be a plain folder name (at most 100 characters, no / \\ or "
+                          f"control characters, not . or ..), got {_short(value)}")
     if "keys" in meta and isinstance(value, dict):
         for name in value:
             if name not in meta["keys"]:
@@ -267,7 +280,7 @@ def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         for rule, op in _OPS.items():
             if rule in meta and not getattr(operator, rule)(item, meta[rule]):
                 where = key if i is None else f"{key}[{i}]"
-                raise AvakitError(f"{where}: must be {op} {meta[rule]} (got {item!r})")
+                raise AvakitError(f"{where}: must be {op} {meta[rule]} (got {_short(item)})")
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
@@ -288,30 +301,70 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _check_cross_fields(cfg: Config) -> None:
-    """Rules that span several keys."""
+def _check_cross_fields(cfg: Config, p: str = "") -> None:
+    """Rules that span several keys (`p`: the prefix of every key named)."""
     loss, mode = cfg.training.loss_type, cfg.model.output_mode
     if LOSS_OUTPUT_MODE[loss] != mode:
         raise AvakitError(
-            f"training.loss_type: '{loss}' needs model.output_mode "
+            f"{p}training.loss_type: '{loss}' needs {p}model.output_mode "
             f"'{LOSS_OUTPUT_MODE[loss]}' (got '{mode}')"
         )
     if cfg.features.layer == "layer3" and not cfg.model.backbone.startswith("resnet"):
-        raise AvakitError(
-            f"features.layer: 'layer3' needs a ResNet backbone (got model.backbone '{cfg.model.backbone}')"
-        )
+        raise AvakitError(f"{p}features.layer: 'layer3' needs a ResNet backbone "
+                          f"(got {p}model.backbone '{cfg.model.backbone}')")
     crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
     if crop > resize:
-        raise AvakitError(
-            f"transform.crop_size: {crop} must be <= transform.resize_size ({resize})"
-        )
+        raise AvakitError(f"{p}transform.crop_size: {crop} must be <= {p}transform.resize_size ({resize})")
 
 
-def config_from_dict(d: dict) -> Config:
-    """Build and validate a `Config` from a plain (possibly partial) dict; missing keys default."""
-    cfg = _build(Config, d)
-    _check_cross_fields(cfg)
+_STORED = "config."  # key prefix of a config read back from a checkpoint
+# Keys a stored config must hold rather than default: they define the model's input and head
+# (a checkpoint from an older avakit may lack newer keys, which then take their defaults).
+_STORED_REQUIRED = {"model": ("backbone", "output_mode", "mlp_hidden_dims", "activation"),
+                    "transform": ("resize_size", "crop_size", "normalize_mean", "normalize_std")}
+
+
+def _check_stored_keys(d: Any) -> None:
+    """A stored config records the keys that define its model (see _STORED_REQUIRED)."""
+    if not isinstance(d, dict):
+        return  # _build names the wrong type
+    for section, keys in _STORED_REQUIRED.items():
+        if section not in d:
+            raise AvakitError(f"{_STORED}{section}: missing")
+        if isinstance(d[section], dict):
+            for key in keys:
+                if key not in d[section]:
+                    raise AvakitError(f"{_STORED}{section}.{key}: missing")
+
+
+def config_from_dict(d: Any, where: str | None = None) -> Config:
+    """Build and validate a `Config` from a plain (possibly partial) dict; missing keys default.
+
+    `where` (a file, e.g. a checkpoint) is for a config read back from it: errors then read
+    "WHERE: config.transform.resize_size: must be <= 2048 (got 6000)".
+    """
+    if where is None:
+        cfg = _build(Config, d)
+        _check_cross_fields(cfg)
+        return cfg
+    try:
+        _check_stored_keys(d)
+        cfg = _build(Config, d, _STORED)
+        _check_cross_fields(cfg, _STORED)
+    except AvakitError as exc:
+        raise AvakitError(f"{where}: {exc}") from None
     return cfg
+
+
+def check_value(cls: type, name: str, value: Any, key: str) -> Any:
+    """`value` checked (and converted) as field `name` of config section `cls`; errors name `key`.
+
+    For values stored outside a config (ONNX metadata) that must obey the same rules.
+    """
+    fld = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = _coerce(value, typing.get_type_hints(cls)[name], key)
+    _check_meta(value, fld.metadata, key)
+    return value
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -337,9 +390,9 @@ def _apply_override(raw: dict, item: str) -> None:
     if not sep or not all(parts):
         raise AvakitError(f"override '{item}': expected key=value, e.g. training.batch_size=32")
     try:
-        value = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        value = parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise AvakitError(f"override '{item}': cannot parse value {text!r} as YAML") from exc
+        raise AvakitError(f"override '{item}': cannot parse value as YAML ({yaml_problem(exc)})") from None
     node = raw
     for i, part in enumerate(parts[:-1]):
         if node.get(part) is None:
@@ -355,18 +408,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     """Read a YAML config (None = all defaults), apply dotted overrides, validate."""
     raw: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise AvakitError(f"config file not found: {path}")
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-        except OSError as exc:
-            raise AvakitError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise AvakitError(f"config {path}: invalid YAML{where}: {problem}") from exc
+        raw = read_yaml(Path(path), "config")
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise AvakitError(f"config {path}: expected a mapping of keys, got {_show(raw)}")

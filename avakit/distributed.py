@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from avakit.config import DEVICES
 from avakit.errors import AvakitError
 
 
@@ -34,7 +35,10 @@ class DistInfo:
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda if available else cpu; cuda without a GPU is a user error."""
+    """auto -> cuda if available else cpu; cuda without a GPU, or any other name, is a user error."""
+    if preference not in DEVICES:
+        allowed = ", ".join(f"'{d}'" for d in DEVICES)
+        raise AvakitError(f"device: must be one of {allowed} (got {str(preference)[:60]!r})")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise AvakitError("device: 'cuda' requested but no CUDA GPU is available (use auto or cpu)")

@@ -15,6 +15,7 @@ import torch
 
 from avakit import metrics
 from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from avakit.config import TrainingConfig, check_value
 from avakit.data import SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
 from avakit.engine import StepContext, evaluate
@@ -40,6 +41,8 @@ def evaluate_run(
     """
     if split not in ("train", "val", "test"):
         raise AvakitError(f"--split must be train, val or test, got {split!r}")
+    if batch_size is not None:  # the same bounds as training.batch_size (0 would silently mean "default")
+        check_value(TrainingConfig, "batch_size", batch_size, "--batch-size")
     run_dir = Path(run_dir)
     ckpt_path = run_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(ckpt_path)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from avakit.config import TransformConfig, check_value
 from avakit.errors import AvakitError
 from avakit.extras import require
 from avakit.predict import Scorer
-from avakit.preprocess import PreprocessSpec
+from avakit.preprocess import PreprocessSpec, check_preprocessing
 
 # What export writes; the first six are required to score (see PreprocessSpec).
 REQUIRED_KEYS = ("avakit_version", "output_mode", "input_size", "resize_size", "normalize_mean",
@@ -25,6 +26,9 @@ REQUIRED_KEYS = ("avakit_version", "output_mode", "input_size", "resize_size", "
 STRING_KEYS = frozenset({"avakit_version", "output_mode", "backbone", "trained_at", "manifest_sha256",
                          "precision", "checkpoint", "exported_at", "quantization"})
 OUTPUT_MODES = ("distribution", "regression")
+# TransformConfig field -> the metadata key holding it (checked with the config's own rules)
+_TRANSFORM_KEYS = {"resize_size": "resize_size", "crop_size": "input_size",
+                   "normalize_mean": "normalize_mean", "normalize_std": "normalize_std"}
 
 
 def encode_metadata(values: dict[str, Any]) -> dict[str, str]:
@@ -51,7 +55,7 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
         else:
             try:
                 out[key] = json.loads(text)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or an integer of more than 4300 digits: kept as text
                 out[key] = text
     return out
 
@@ -76,7 +80,9 @@ def _session(path: Path, threads: int | None) -> Any:
 
 
 def _spec_from_metadata(path: Path, meta: dict[str, Any]) -> tuple[PreprocessSpec, str]:
-    """(PreprocessSpec, output_mode) from decoded metadata; AvakitError naming the file otherwise."""
+    """(PreprocessSpec, output_mode) from decoded metadata, validated like a checkpoint's values:
+    the config's types and bounds for the transform, `check_preprocessing` for the shard step.
+    AvakitError naming the file and key otherwise."""
     if "avakit_version" not in meta:
         raise AvakitError(f"{path}: not an avakit model (no avakit metadata; export it with `avakit export`)")
     missing = [k for k in REQUIRED_KEYS if meta.get(k) is None]
@@ -84,27 +90,52 @@ def _spec_from_metadata(path: Path, meta: dict[str, Any]) -> tuple[PreprocessSpe
         raise AvakitError(f"{path}: avakit metadata lacks {', '.join(missing)}")
     mode = meta["output_mode"]
     if mode not in OUTPUT_MODES:
-        raise AvakitError(f"{path}: metadata output_mode {mode!r} is not one of {', '.join(OUTPUT_MODES)}")
+        raise AvakitError(f"{path}: metadata output_mode {mode[:60]!r} is not one of "
+                          f"{', '.join(OUTPUT_MODES)}")
     try:
-        mean = tuple(float(x) for x in meta["normalize_mean"])
-        std = tuple(float(x) for x in meta["normalize_std"])
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError("normalize_mean/std need 3 values")
-        short, quality = meta.get("short_side"), meta.get("quality")
-        spec = PreprocessSpec(int(meta["resize_size"]), int(meta["input_size"]), mean, std,  # type: ignore[arg-type]
-                              None if short is None else int(short),
-                              None if quality is None else int(quality))
-    except (TypeError, ValueError) as e:
-        raise AvakitError(f"{path}: malformed avakit metadata ({e})") from None
-    return spec, mode
+        transform = TransformConfig(**{field: check_value(TransformConfig, field, meta[key], key)
+                                       for field, key in _TRANSFORM_KEYS.items()})
+    except AvakitError as e:
+        raise AvakitError(f"{path}: metadata {e}") from None
+    if transform.crop_size > transform.resize_size:
+        raise AvakitError(f"{path}: metadata input_size {transform.crop_size} must be <= resize_size "
+                          f"({transform.resize_size})")
+    shard = check_preprocessing({k: meta.get(k) for k in ("short_side", "quality")}, f"{path}: metadata", "")
+    return PreprocessSpec.from_config(transform, shard), mode
+
+
+def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str) -> None:
+    """The graph's static input/output dims agree with the metadata (else one line at load)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise AvakitError(f"{path}: not an avakit model ({len(inputs)} inputs, {len(outputs)} outputs; "
+                          "expected 1 each)")
+    shape = list(inputs[0].shape)
+    want = [None, 3, spec.crop_size, spec.crop_size]
+    if len(shape) != 4 or any(isinstance(g, int) and w is not None and g != w
+                              for g, w in zip(shape, want, strict=True)):
+        raise AvakitError(f"{path}: metadata input_size {spec.crop_size} does not match the model's input "
+                          f"shape {shape} (expected [batch, 3, {spec.crop_size}, {spec.crop_size}])")
+    out = list(outputs[0].shape)
+    rank, last = (2, 10) if mode == "distribution" else (1, None)
+    if len(out) != rank or (last is not None and isinstance(out[-1], int) and out[-1] != last):
+        expected = "[batch, 10]" if mode == "distribution" else "[batch]"
+        raise AvakitError(f"{path}: metadata output_mode {mode} does not match the model's output shape "
+                          f"{out} (expected {expected})")
+
+
+def _open(path: Path, threads: int | None) -> tuple[Any, dict[str, Any], PreprocessSpec, str]:
+    """(session, decoded metadata, spec, output_mode) of an .onnx file, all checked."""
+    session = _session(path, threads)
+    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    spec, mode = _spec_from_metadata(path, meta)
+    _check_graph(path, session, spec, mode)
+    return session, meta, spec, mode
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The decoded avakit metadata of an .onnx file (AvakitError if it has none)."""
-    path = Path(path)
-    meta = decode_metadata(_session(path, 1).get_modelmeta().custom_metadata_map)
-    _spec_from_metadata(path, meta)
-    return meta
+    """The decoded avakit metadata of an .onnx file (AvakitError if it has none or it is invalid)."""
+    return _open(Path(path), 1)[1]
 
 
 class OnnxScorer(Scorer):
@@ -116,9 +147,7 @@ class OnnxScorer(Scorer):
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.session = _session(self.path, threads)
-        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self.spec, self.output_mode = _spec_from_metadata(self.path, self.metadata)
+        self.session, self.metadata, self.spec, self.output_mode = _open(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from avakit.config import TransformConfig, config_from_dict
 from avakit.errors import AvakitError
 from avakit.imageio import encode_jpeg, load_rgb
 
@@ -27,24 +28,25 @@ QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 
 def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]):
-        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, got {value!r}")
+        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, "
+                          f"got {repr(value)[:60]}")
     return value
 
 
-def check_preprocessing(value: object, where: str) -> dict:
+def check_preprocessing(value: object, where: str, prefix: str = "preprocessing.") -> dict:
     """Validate a `preprocessing` block read back from a manifest, checkpoint or ONNX file.
 
-    Returns {"short_side": int | None, "quality": int | None}; `where` names the file (and key)
-    in the one-line AvakitError raised for a value of the wrong type or out of range.
+    Returns {"short_side": int | None, "quality": int | None}; `where` names the file (and key,
+    `prefix` + name) in the one-line AvakitError raised for a value of the wrong type or range.
     """
     if value is None:
         return {"short_side": None, "quality": None}
     if not isinstance(value, dict):
-        raise AvakitError(f"{where}: preprocessing must be a mapping, got {type(value).__name__}")
+        raise AvakitError(f"{where}: {prefix.rstrip('.')} must be a mapping, got {type(value).__name__}")
     out = {}
     for key, bounds in (("short_side", SHORT_SIDE_RANGE), ("quality", QUALITY_RANGE)):
         item = value.get(key)
-        out[key] = None if item is None else _int_in(item, bounds, f"preprocessing.{key}", where)
+        out[key] = None if item is None else _int_in(item, bounds, prefix + key, where)
     return out
 
 
@@ -60,12 +62,20 @@ class PreprocessSpec:
     quality: int | None = None  # shard's JPEG quality (None: no JPEG round trip)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> PreprocessSpec:
-        """From a checkpoint's resolved config and the manifest settings it recorded."""
-        t = ckpt["config"]["transform"]
-        shard = ckpt.get("preprocessing") or {}
-        return cls(t["resize_size"], t["crop_size"], tuple(t["normalize_mean"]), tuple(t["normalize_std"]),
-                   shard.get("short_side"), shard.get("quality"))
+    def from_config(cls, transform: TransformConfig, preprocessing: dict) -> PreprocessSpec:
+        """From a validated transform config and a `check_preprocessing` result."""
+        mean, std = transform.normalize_mean, transform.normalize_std
+        return cls(transform.resize_size, transform.crop_size, (mean[0], mean[1], mean[2]),
+                   (std[0], std[1], std[2]), preprocessing["short_side"], preprocessing["quality"])
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, where: str = "checkpoint") -> PreprocessSpec:
+        """From a checkpoint's config and the manifest settings it recorded, both validated here
+        (the same rules as `checkpoint.check_checkpoint`; `where` names the file in errors)."""
+        if not isinstance(ckpt, dict) or "config" not in ckpt:
+            raise AvakitError(f"{where}: not an avakit checkpoint (no config)")
+        transform = config_from_dict(ckpt["config"], where).transform
+        return cls.from_config(transform, check_preprocessing(ckpt.get("preprocessing"), where))
 
     def to_dict(self) -> dict:
         return asdict(self)

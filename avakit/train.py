@@ -22,6 +22,7 @@ import torch
 from avakit import __version__
 from avakit.checkpoint import (
     load_checkpoint,
+    make_folder,
     new_run_dir,
     rng_state,
     save_checkpoint,
@@ -339,7 +340,7 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
 def _write_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
     """Create the run folder (rank 0) once the run is set up: a failed start leaves nothing."""
     if dist.is_main:
-        (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir / "predictions")
         save_config(cfg, run_dir / "config.yaml")
 
 
