@@ -5,10 +5,13 @@ is atomic), yields it, and renames it into place only when the block finished wi
 error. On any failure the temporary file is removed, so no half-written checkpoint, parquet,
 CSV or shard is ever left behind; a full disk (or quota) becomes one `AvakitError`:
 `no space left on device while writing PATH` (exit 1). Writers that need a file name rather
-than a file object (onnx, torch.onnx.export, ShardWriter's opener) use `atomic_path`.
+than a file object (onnxruntime's quantiser) use `atomic_path`. Files that grow during a run
+(training.log, the telemetry CSVs) use `AppendFile`: a record that cannot be written whole is
+cut off again, so they always end with a whole line.
 
 torch.save, DataFrame.to_parquet, np.save, PIL's save, matplotlib's savefig and onnx.save
-all accept the yielded binary file object.
+all accept the yielded binary file object. Every file is opened through `_open`, the one hook
+tests replace to simulate a full disk.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +30,9 @@ from avakit.errors import AvakitError
 
 # errno values that mean "the disk (or the user's quota) is full"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "file write failed")
+# the system's messages for them, for libraries that re-raise an OSError as their own type
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+_TMP_NAME = re.compile(r"\.(\d+)\.tmp$")
 
 
 def tmp_path(path: Path) -> Path:
@@ -36,10 +42,13 @@ def tmp_path(path: Path) -> Path:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True when `exc` (or what it wraps) says the disk or quota is full.
+    """True when `exc` (or an exception it was raised from or while handling) is a full disk.
 
-    Some writers (torch.save's C++ zip writer, pyarrow) re-raise the OSError as their own
-    type with the system's message in the text, so the text is checked too.
+    torch.save into a file object whose write raises OSError(ENOSPC) raises
+    `RuntimeError("[enforce fail at inline_container.cc:...] . unexpected pos N vs M")` with
+    that OSError as `__context__` (measured with torch 2.x), so the chain is walked; with a
+    buffered file the close() that follows raises the OSError itself. Libraries that copy
+    the system's message into their own exception type are matched by its text.
     """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -61,8 +70,9 @@ def write_error(exc: BaseException, path: Path) -> AvakitError:
     return AvakitError(f"cannot write {path}: {exc}", exit_code=1)
 
 
-# Tests replace this to simulate a full disk: it opens the temporary file.
-_open: Callable[[Path, str], IO[Any]] = open
+# Tests replace this to simulate a full disk: every file avakit writes is opened through it,
+# as `_open(path, mode, **open_kwargs)` with mode "wb", "w" or "ab".
+_open: Callable[..., IO[Any]] = open
 
 
 @contextlib.contextmanager
@@ -77,12 +87,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except AvakitError:
-        tmp.unlink(missing_ok=True)
-        raise
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) or is_disk_full(exc):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not isinstance(exc, AvakitError) and (isinstance(exc, OSError) or is_disk_full(exc)):
             raise write_error(exc, path) from None
         raise
 
@@ -100,8 +108,11 @@ def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> I
         f = _open(tmp, mode, **kwargs)
         try:
             yield f
-        finally:
-            f.close()  # a buffered write can fail here: still inside atomic_path's guard
+        except BaseException:
+            with contextlib.suppress(OSError):  # the block's own error is the one to report
+                f.close()
+            raise
+        f.close()  # a buffered write can fail here: still inside atomic_path's guard
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -119,6 +130,80 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any, default: Callable[[Any], Any] | None = None) -> None:
     """Write `data` as indented JSON (plus a newline) to `path` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")
+
+
+class AppendFile:
+    """A file that grows by whole records (log lines, CSV rows) while a run goes on.
+
+    Each `write` reaches the disk at once (no buffer); a record that cannot be written whole
+    (disk full) is cut off again, so the file keeps ending with a whole record, and the
+    failure is one AvakitError naming the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._f: IO[Any] | None = _open(self.path, "ab", buffering=0)
+            self._size = os.path.getsize(self.path)
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
+
+    def write(self, text: str) -> None:
+        """Append `text` (UTF-8) whole, or leave the file as it was and raise AvakitError."""
+        if self._f is None:
+            raise ValueError(f"{self.path}: write after close")
+        encoded = text.encode("utf-8")
+        data = memoryview(encoded)
+        try:
+            while data:
+                n = self._f.write(data)
+                if not n:
+                    raise OSError(errno.EIO, "short write", str(self.path))
+                data = data[n:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self._size)
+            raise write_error(exc, self.path) from None
+        self._size += len(encoded)
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        if self._f is not None:
+            f, self._f = self._f, None
+            f.close()
+
+
+def clear_stale_tmp(folder: Path, recursive: bool = False) -> list[Path]:
+    """Remove temporary files (`NAME.PID.tmp`) left in `folder` by processes that are gone.
+
+    A killed process cannot remove its temporary file; the next run does. Files of a process
+    that is still running (another avakit writing into the folder) are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in folder.rglob("*.tmp") if recursive else folder.glob("*.tmp"):
+        match = _TMP_NAME.search(tmp.name)
+        if match is None or not tmp.is_file() or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """True when a process with this id may still be writing (this process's own files are stale)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or no process id we could have written: keep the file
+    return True
 
 
 def file_sha256(path: Path) -> str:
