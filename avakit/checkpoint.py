@@ -6,7 +6,6 @@ Everything stored is tensors and plain Python containers, so checkpoints load wi
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import replace
 from datetime import datetime
@@ -18,6 +17,7 @@ import torch
 
 from avakit.config import Config, config_from_dict, load_config
 from avakit.errors import AvakitError
+from avakit.fileio import atomic_write
 
 
 def rng_state() -> dict:
@@ -45,10 +45,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = Path(f"{path}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """torch.save through fileio.atomic_write: a crash or a full disk never leaves half a checkpoint."""
+    with atomic_write(Path(path)) as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: Path) -> dict:

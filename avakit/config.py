@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from avakit.errors import AvakitError
+from avakit.fileio import write_text_atomic
 
 SPLITS = ("train", "val", "test")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large")
@@ -320,14 +321,14 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (creating parent folders)."""
+    """Write the resolved config as YAML (creating parent folders), atomically."""
     path = Path(path)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise AvakitError(f"cannot write config {path}: {exc.strerror or exc}") from exc
+    write_text_atomic(path, text)
 
 
 def _apply_override(raw: dict, item: str) -> None:

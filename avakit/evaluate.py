@@ -7,7 +7,6 @@ Writes `eval_{split}.json` and `predictions/{split}.parquet` in the run folder.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from avakit.data import SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
 from avakit.engine import StepContext, evaluate
 from avakit.errors import AvakitError
+from avakit.fileio import write_json_atomic, write_parquet_atomic
 from avakit.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.transforms import EvalPreset, Normalize
@@ -73,8 +73,8 @@ def evaluate_run(
               "batch_size": batch, "device": str(dev), "amp": amp, "shards": str(shards or cfg.data.shards),
               "metrics": found}
     (run_dir / "predictions").mkdir(exist_ok=True)
-    df.to_parquet(run_dir / "predictions" / f"{split}.parquet", index=False)
-    (run_dir / f"eval_{split}.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    write_parquet_atomic(run_dir / "predictions" / f"{split}.parquet", df)
+    write_json_atomic(run_dir / f"eval_{split}.json", report, default=_jsonable)
     return report
 
 

@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from torch import nn
 from avakit import __version__
 from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.errors import AvakitError
+from avakit.fileio import atomic_write, write_errors
 from avakit.imageio import ImageSkip
 from avakit.metrics import srcc
 from avakit.onnx_runtime import OnnxScorer, encode_metadata
@@ -132,28 +132,37 @@ def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict
             "precision": precision}
 
 
-def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    """Replace an .onnx file's metadata_props with `metadata` (kept as one inline file)."""
+def write_metadata(path: Path, metadata: dict[str, Any] | None, model: Any = None) -> None:
+    """Write an ONNX model to `path` atomically (one inline file) with `metadata` as its metadata_props.
+
+    `model` is an onnx ModelProto (default: the file at `path`); `metadata` None keeps its props.
+    """
     import onnx
 
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, encode_metadata(metadata))
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    model = onnx.load(str(path)) if model is None else model
+    if metadata is not None:
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, encode_metadata(metadata))
+    with atomic_write(path) as f:
+        onnx.save(model, f)
 
 
-def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17) -> None:
-    """torch.onnx.export (TorchScript exporter) with a dynamic batch dimension, one inline file."""
+def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17,
+                metadata: dict[str, Any] | None = None) -> None:
+    """torch.onnx.export (TorchScript exporter) with a dynamic batch dimension, one inline file.
+
+    The graph is exported in memory and written once, with `metadata`, through fileio.
+    """
+    import onnx
+
     example = torch.zeros(2, 3, crop, crop)
-    tmp = output.with_name(output.name + ".tmp")
+    buf = io.BytesIO()
     with warnings.catch_warnings():  # the legacy exporter warns that it is legacy
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(tmp), dynamo=False, opset_version=opset,
+        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["scores"], do_constant_folding=True,
                           dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
-    os.replace(tmp, output)
+    write_metadata(output, metadata, onnx.load_from_string(buf.getvalue()))
 
 
 @contextlib.contextmanager
@@ -169,8 +178,12 @@ def _quiet_onnxruntime_quantization() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> str:
-    """Static QDQ INT8 (U8S8, per-channel) calibrated on `calibration`, else dynamic; the method."""
+def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None,
+                  metadata: dict[str, Any] | None = None) -> str:
+    """Static QDQ INT8 (U8S8, per-channel) calibrated on `calibration`, else dynamic; the method.
+
+    `output` is written once, with `metadata` plus the method as "quantization" (if given).
+    """
     import onnx
     import onnxruntime.quantization as ortq
 
@@ -182,7 +195,8 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> s
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory(dir=output.parent) as tmp, _quiet_onnxruntime_quantization():
+    with write_errors(output), tempfile.TemporaryDirectory(dir=output.parent) as tmp, \
+            _quiet_onnxruntime_quantization():
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         ortq.quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation
         if calibration is None:
@@ -195,7 +209,8 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> s
                                  per_channel=True, activation_type=ortq.QuantType.QUInt8,
                                  weight_type=ortq.QuantType.QInt8, nodes_to_exclude=head)
             method = f"static QDQ U8S8 per-channel, MinMax on {len(calibration)} images"
-        os.replace(out, output)
+        write_metadata(output, {**metadata, "quantization": method} if metadata is not None else None,
+                       onnx.load(str(out)))
     return method
 
 
@@ -244,8 +259,7 @@ def export_onnx(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     metadata = build_metadata(ckpt, ckpt_path)
-    export_fp32(wrapped, output, spec.crop_size, opset)
-    write_metadata(output, metadata)
+    export_fp32(wrapped, output, spec.crop_size, opset, metadata)
 
     notes: list[str] = []
     inputs, origin = _inputs(cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0))
@@ -270,8 +284,7 @@ def export_onnx(
 
     int8_path = output.with_name(f"{output.stem}.int8.onnx") if int8 else None
     if int8_path is not None:
-        method = quantize_int8(output, int8_path, calibration)
-        write_metadata(int8_path, {**metadata, "precision": "int8", "quantization": method})
+        method = quantize_int8(output, int8_path, calibration, {**metadata, "precision": "int8"})
         got = mean_scores(_run(OnnxScorer(int8_path), check), mode)
         int8_diff, int8_srcc = _compare("ONNX INT8 vs ONNX FP32", got, fp32_scores)
         parity.update(int8_max_abs_diff=int8_diff, int8_srcc=int8_srcc, int8_method=method)

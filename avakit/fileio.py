@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -76,6 +77,23 @@ _open: Callable[..., IO[Any]] = open
 
 
 @contextlib.contextmanager
+def write_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path` into one AvakitError naming it.
+
+    An OSError, or a library's own exception that wraps a full disk, becomes `write_error`;
+    anything else (a bug) passes unchanged.
+    """
+    try:
+        yield
+    except AvakitError:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, OSError) or is_disk_full(exc):
+            raise write_error(exc, Path(path)) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` when the block succeeds.
 
@@ -83,16 +101,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     disk-full or other OS error becomes an AvakitError naming `path`.
     """
     path = Path(path)
-    tmp = tmp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if not isinstance(exc, AvakitError) and (isinstance(exc, OSError) or is_disk_full(exc)):
-            raise write_error(exc, path) from None
-        raise
+    target = path.resolve() if path.is_symlink() else path  # replace the file, keep the link
+    tmp = tmp_path(target)
+    with write_errors(path):
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager
@@ -103,8 +121,12 @@ def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> I
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    kwargs = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
+    if _is_special(Path(path)):  # /dev/stdout, a named pipe: no temporary file, no rename
+        with write_errors(path), _open(path, mode, **kwargs) as f:
+            yield f
+        return
     with atomic_path(path) as tmp:
-        kwargs = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
         f = _open(tmp, mode, **kwargs)
         try:
             yield f
@@ -113,6 +135,18 @@ def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> I
                 f.close()
             raise
         f.close()  # a buffered write can fail here: still inside atomic_path's guard
+
+
+def _is_special(path: Path) -> bool:
+    """True where renaming a new file into place cannot stand in for writing: a device or pipe,
+    and /dev/stdout, /dev/fd/N, /proc/self/fd/N (a rename would replace the link, not the stream)."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -213,3 +247,9 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_parquet_atomic(path: Path, frame: Any) -> None:
+    """Write a pandas DataFrame to `path` as parquet (no index column), atomically."""
+    with atomic_write(path) as f:
+        frame.to_parquet(f, index=False)

@@ -25,6 +25,7 @@ from avakit import report_html as H
 from avakit.ava import parse_id_names
 from avakit.config import load_config
 from avakit.errors import AvakitError
+from avakit.fileio import clear_stale_tmp, write_bytes_atomic, write_text_atomic
 from avakit.manifest import MANIFEST, shard_files
 from avakit.plots import gradient_warnings
 from avakit.predictions import frame_metrics
@@ -208,9 +209,11 @@ def _write_thumbs(jpgs: dict[int, bytes], out: Path, prefix: str) -> dict[int, s
             with Image.open(io.BytesIO(data)) as im:
                 small = im.convert("RGB")
                 small.thumbnail((THUMB_PX, THUMB_PX))
-                small.save(out / name, quality=85)
+                buf = io.BytesIO()
+                small.save(buf, format="JPEG", quality=85)
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
+        write_bytes_atomic(out / name, buf.getvalue())
         thumbs[image_id] = name
     return thumbs
 
@@ -309,6 +312,7 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
     shutil.rmtree(c.out / THUMB_DIR, ignore_errors=True)  # report/ is ours: no stale images
     for stale in c.out.glob("*.png"):
         stale.unlink()
+    clear_stale_tmp(c.out)
     shards_dir = _resolve_shards(run_dir, shards, c.notes)
     grad_df, lr_df = read_telemetry(run_dir)
     warnings = gradient_warnings(grad_df)
@@ -331,6 +335,6 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
     subtitle = (f"Run folder {run_dir.resolve()} · {len(history)} epoch(s) · "
                 f"finished {results.get('finished_at', 'n/a')}")
     report = c.out / REPORT_FILE
-    report.write_text(H.page(f"avakit report: {run_dir.name}", subtitle, body), encoding="utf-8")
+    write_text_atomic(report, H.page(f"avakit report: {run_dir.name}", subtitle, body))
     return {"report": report, "pngs": list(c.pngs), "best_epoch": best, "val": found.get("val"),
             "test": found.get("test"), "warnings": warnings, "notes": list(c.notes)}

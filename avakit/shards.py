@@ -248,22 +248,30 @@ def _write_samples(
         f"{task.split}-%06d.tar", maxcount=len(task.rows) + 1, start_shard=task.index,
         opener=opener, post=finish, verbose=0, mtime=TAR_MTIME,
     )
-    for n, row in enumerate(task.rows, start=1):
-        try:
-            im = load_rgb(images / f"{row.image_id}.jpg", short_side=options.short_side)
-            sample = {
-                "__key__": str(row.image_id),
-                "jpg": encode_jpeg(im, options.quality),
-                "json": json.dumps(row.label()).encode(),
-            }
-        except ImageSkip as e:
-            skipped.append(Skipped(row.line, row.image_id, e.reason, e.detail))
-        else:
-            sink.write(sample)
-            written.append(row.image_id)
-        if n % 16 == 0 or n == len(task.rows):
-            _tick(16 if n % 16 == 0 else n % 16, progress)
-    sink.close()
+    try:
+        for n, row in enumerate(task.rows, start=1):
+            try:
+                im = load_rgb(images / f"{row.image_id}.jpg", short_side=options.short_side)
+                sample = {
+                    "__key__": str(row.image_id),
+                    "jpg": encode_jpeg(im, options.quality),
+                    "json": json.dumps(row.label()).encode(),
+                }
+            except ImageSkip as e:
+                skipped.append(Skipped(row.line, row.image_id, e.reason, e.detail))
+            else:
+                sink.write(sample)
+                written.append(row.image_id)
+            if n % 16 == 0 or n == len(task.rows):
+                _tick(16 if n % 16 == 0 else n % 16, progress)
+        sink.close()
+    except BaseException:
+        # abandon the tar: close its stream now, or tarfile's __del__ would write the rest of its
+        # buffer into the closed file at exit and print "Exception ignored ... Traceback"
+        if getattr(sink, "tarstream", None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sink.tarstream.close()
+        raise
 
 
 def _run_pool(plan: ShardPlan, workers: int, progress: Callable[[int], None] | None) -> None:
