@@ -293,8 +293,9 @@ def _run_pool(plan: ShardPlan, workers: int, progress: Callable[[int], None] | N
             # stop cleanly: no new shard starts, the running ones end (each removes its own
             # temporary file on failure), and their progress is drained so they can exit
             pool.shutdown(wait=False, cancel_futures=True)
-            while futures:
-                _, futures = wait(futures, timeout=0.2)
+            while futures:  # done() (not wait()) also counts a future cancelled but never notified
+                wait(futures, timeout=0.2)
+                futures = {f for f in futures if not f.done()}
                 _drain(progress_queue, None)
             raise
     _drain(progress_queue, progress)
