@@ -299,6 +299,24 @@ def test_train_log_disk_full_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert log.endswith("\n") and len(log.splitlines()) == 2
 
 
+def test_features_disk_full_then_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        trained_run: Path) -> None:
+    cache = tmp_path / "cache"
+    args = ["features", "--out", str(cache), "--splits", "val,test", "--device", "cpu",
+            *[f"--set={s}" for s in (*TINY_TRAIN, f"data.shards={trained_run.parent / 'shards'}")]]
+    full_disk(monkeypatch, match="test.features.npy", after_writes=1)  # val is cached, test fails
+    assert_one_line(runner.invoke(app, args), cache / "test.features.npy")
+    assert_no_tmp(cache)
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "backbone.pt", "meta.json", "test.index.parquet", "val.features.npy", "val.index.parquet"]
+    monkeypatch.undo()
+    before = (cache / "val.features.npy").stat().st_mtime_ns
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (cache / "val.features.npy").stat().st_mtime_ns == before  # resumed, val kept
+    assert (cache / "test.features.npy").is_file()
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluate, report, predict --output, export (on a copy of the session's trained run)
 
