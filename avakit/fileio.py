@@ -4,10 +4,13 @@
 is atomic), yields it, and renames it into place only when the block finished without an
 error. On any failure the temporary file is removed, so no half-written checkpoint, parquet,
 CSV or shard is ever left behind; a full disk (or quota) becomes one `AvakitError`:
-`no space left on device while writing PATH` (exit 1). Writers that need a file name rather
-than a file object (onnxruntime's quantiser) use `atomic_path`. Files that grow during a run
-(training.log, the telemetry CSVs) use `AppendFile`: a record that cannot be written whole is
-cut off again, so they always end with a whole line.
+`no space left on device while writing PATH` (exit 1). A writer that needs a file name rather
+than a file object (the shard tar) uses `atomic_path`; one that manages its own files
+(onnxruntime's quantiser) runs inside `write_errors` for the same one-line error. Files that
+grow during a run (training.log, the telemetry CSVs) use `AppendFile`: a record that cannot be
+written whole is cut off again, so they always end with a whole line. A target that is a
+symlink keeps its link (the file it points to is replaced); a device or pipe (/dev/stdout) is
+written directly. `clear_stale_tmp` removes what a killed process left behind.
 
 torch.save, DataFrame.to_parquet, np.save, PIL's save, matplotlib's savefig and onnx.save
 all accept the yielded binary file object. Every file is opened through `_open`, the one hook
@@ -32,7 +35,7 @@ from avakit.errors import AvakitError
 # errno values that mean "the disk (or the user's quota) is full"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # the system's messages for them, for libraries that re-raise an OSError as their own type
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 _TMP_NAME = re.compile(r"\.(\d+)\.tmp$")
 
 
