@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -208,6 +209,25 @@ class AppendFile:
         if self._f is not None:
             f, self._f = self._f, None
             f.close()
+
+
+class LogFileHandler(logging.Handler):
+    """A logging handler appending each record whole to a file (AppendFile).
+
+    Unlike logging.FileHandler, a failed write is not printed as a "Logging error" traceback
+    and ignored: it raises the AvakitError to the code that logged, which stops the run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.file = AppendFile(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.file.write(self.format(record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
 
 
 def clear_stale_tmp(folder: Path, recursive: bool = False) -> list[Path]:

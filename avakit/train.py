@@ -40,7 +40,7 @@ from avakit.engine import (
     train_one_epoch,
 )
 from avakit.errors import AvakitError
-from avakit.fileio import AppendFile, clear_stale_tmp, write_json_atomic, write_parquet_atomic
+from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
 from avakit.losses import get_loss
 from avakit.model import model_from_config, param_groups
 from avakit.predictions import frame_metrics, predictions_frame
@@ -90,28 +90,13 @@ class Trainer:
     state: RunState
 
 
-class _LogFile(logging.Handler):
-    """training.log: each record is appended whole (fileio.AppendFile); a full disk stops the run."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.file = AppendFile(path)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.file.write(self.format(record) + "\n")
-
-    def close(self) -> None:
-        self.file.close()
-        super().close()
-
-
 def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
     log.setLevel(logging.INFO)
-    for handler in [h for h in log.handlers if isinstance(h, (_LogFile, logging.FileHandler))]:
+    for handler in [h for h in log.handlers if isinstance(h, (LogFileHandler, logging.FileHandler))]:
         log.removeHandler(handler)
         handler.close()
     if dist.is_main:
-        handler = _LogFile(run_dir / "training.log")
+        handler = LogFileHandler(run_dir / "training.log")  # a full disk stops the run: one line
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
 
