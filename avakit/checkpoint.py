@@ -20,6 +20,7 @@ import torch
 
 from avakit.config import MAX_SEED, Config, config_from_dict, config_to_dict, load_config
 from avakit.errors import AvakitError
+from avakit.fileio import atomic_write
 from avakit.preprocess import check_preprocessing
 
 
@@ -48,10 +49,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = Path(f"{path}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """torch.save through fileio.atomic_write: a crash or a full disk never leaves half a checkpoint."""
+    with atomic_write(Path(path)) as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -337,13 +337,17 @@ def predict(
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """
-    from avakit.predict import Prediction, format_predictions, load_scorer, score_images
+    from avakit.predict import (
+        Prediction,
+        check_output,
+        format_predictions,
+        load_scorer,
+        score_images,
+        write_predictions,
+    )
     from avakit.preprocess import find_images
 
-    if fmt not in ("table", "json", "csv"):
-        raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
-    if output is not None and fmt == "table":
-        raise AvakitError("--output writes machine-readable rows: add --format json or --format csv")
+    check_output(fmt, output)  # before scoring: a bad --output must not lose the results
     paths, missing = find_images(inputs)
     scorer = load_scorer(run, checkpoint, onnx, device)
     with progress_bar("scoring", len(paths)) if len(paths) > 32 else contextlib.nullcontext() as advance:
@@ -357,13 +361,11 @@ def predict(
             table.add_row(p.path, f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
                           f"{p.std:.3f}" if p.std is not None else "-", p.error or "")
         console.print(table)
+    elif output is not None:
+        write_predictions(predictions, fmt, output)
+        console.print(f"wrote {len(predictions)} rows to {output}")
     else:
-        text = format_predictions(predictions, fmt)
-        if output is not None:
-            output.write_text(text)
-            console.print(f"wrote {len(predictions)} rows to {output}")
-        else:
-            sys.stdout.write(text)
+        sys.stdout.write(format_predictions(predictions, fmt))
     failed = [p for p in predictions if p.error]
     for p in failed:
         err_console.print(f"[red]could not score[/red] {p.path}: {p.error}", highlight=False)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from avakit.errors import AvakitError
+from avakit.fileio import write_text_atomic
 from avakit.yamlio import parse_yaml, read_yaml, yaml_problem
 
 SPLITS = ("train", "val", "test")
@@ -373,14 +374,14 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (creating parent folders)."""
+    """Write the resolved config as YAML (creating parent folders), atomically."""
     path = Path(path)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise AvakitError(f"cannot write config {path}: {exc.strerror or exc}") from exc
+    write_text_atomic(path, text)
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -20,7 +20,7 @@ from avakit.data import SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
 from avakit.engine import StepContext, evaluate
 from avakit.errors import AvakitError
-from avakit.fileio import atomic_write, write_error, write_json_atomic
+from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.rundir import eval_outputs
@@ -93,8 +93,7 @@ def evaluate_run(
         out.json.parent.mkdir(exist_ok=True)
     except OSError as e:
         raise write_error(e, out.json.parent) from None
-    with atomic_write(out.parquet) as f:
-        df.to_parquet(f, index=False)
+    write_parquet_atomic(out.parquet, df)
     write_json_atomic(out.json, report, default=_jsonable)
     return report
 

@@ -47,7 +47,7 @@ from avakit import __version__
 from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.errors import AvakitError
 from avakit.extras import require
-from avakit.fileio import atomic_path
+from avakit.fileio import atomic_write, write_errors
 from avakit.imageio import ImageSkip
 from avakit.metrics import srcc
 from avakit.onnx_runtime import OnnxScorer, encode_metadata
@@ -161,26 +161,38 @@ def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict
             "precision": precision}
 
 
-def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    """Replace an .onnx file's metadata_props with `metadata` (kept as one inline file)."""
+def write_metadata(path: Path, metadata: dict[str, Any] | None, model: Any = None) -> None:
+    """Write an ONNX model to `path` atomically (one inline file) with `metadata` as its metadata_props.
+
+    `model` is an onnx ModelProto (default: the file at `path`); `metadata` None keeps its props.
+    """
     import onnx
 
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, encode_metadata(metadata))
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+    model = onnx.load(str(path)) if model is None else model
+    if metadata is not None:
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, encode_metadata(metadata))
+    with atomic_write(path) as f:
+        onnx.save(model, f)
 
 
-def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17) -> None:
-    """torch.onnx.export (TorchScript exporter) with a dynamic batch dimension, one inline file."""
+def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17,
+                metadata: dict[str, Any] | None = None) -> None:
+    """torch.onnx.export (TorchScript exporter) with a dynamic batch dimension, one inline file.
+
+    The graph is exported in memory and written once, with `metadata`, through fileio.
+    """
+    import onnx
+
     check_opset(opset)
     example = torch.zeros(2, 3, crop, crop)
-    with warnings.catch_warnings(), atomic_path(output) as tmp:  # the legacy exporter warns that it is legacy
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the legacy exporter warns that it is legacy
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(tmp), dynamo=False, opset_version=opset,
+        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["scores"], do_constant_folding=True,
                           dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
+    write_metadata(output, metadata, onnx.load_from_string(buf.getvalue()))
 
 
 @contextlib.contextmanager
@@ -210,10 +222,12 @@ def backbone_nodes(model: Any) -> list[str]:
     return names
 
 
-def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> str:
+def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None,
+                  metadata: dict[str, Any] | None = None) -> str:
     """Static QDQ INT8 (U8S8, per-channel) of the backbone calibrated on `calibration`, else dynamic.
 
-    Returns the method, for the metadata. Only `backbone_nodes` are quantised.
+    Returns the method. Only `backbone_nodes` are quantised. `output` is written once, with
+    `metadata` plus the method as "quantization" (if given).
     """
     import onnx
     import onnxruntime.quantization as ortq
@@ -226,9 +240,9 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> s
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    with (tempfile.TemporaryDirectory(dir=output.parent) as tmp, _quiet_onnxruntime_quantization(),
-          atomic_path(output) as out):
-        pre = Path(tmp) / "pre.onnx"
+    with write_errors(output), tempfile.TemporaryDirectory(dir=output.parent) as tmp, \
+            _quiet_onnxruntime_quantization():
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         # ONNX shape inference + graph optimisation; onnxruntime's symbolic shape inference is for
         # transformers and fails on the IQA branch's reductions at opset >= 18 (same graph without it)
         ortq.quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -237,11 +251,15 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None) -> s
             # ConvInteger (dynamic conv) only has uint8 x uint8 kernels on CPU
             ortq.quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=ortq.QuantType.QUInt8,
                                   nodes_to_quantize=nodes)
-            return "dynamic (uint8 weights, per-channel), backbone only"
-        ortq.quantize_static(str(pre), str(out), Reader(calibration), quant_format=ortq.QuantFormat.QDQ,
-                             per_channel=True, activation_type=ortq.QuantType.QUInt8,
-                             weight_type=ortq.QuantType.QInt8, nodes_to_quantize=nodes)
-        return f"static QDQ U8S8 per-channel, backbone only, MinMax on {len(calibration)} images"
+            method = "dynamic (uint8 weights, per-channel), backbone only"
+        else:
+            ortq.quantize_static(str(pre), str(out), Reader(calibration), quant_format=ortq.QuantFormat.QDQ,
+                                 per_channel=True, activation_type=ortq.QuantType.QUInt8,
+                                 weight_type=ortq.QuantType.QInt8, nodes_to_quantize=nodes)
+            method = f"static QDQ U8S8 per-channel, backbone only, MinMax on {len(calibration)} images"
+        write_metadata(output, {**metadata, "quantization": method} if metadata is not None else None,
+                       onnx.load(str(out)))
+    return method
 
 
 def mean_scores(outputs: np.ndarray, output_mode: str) -> np.ndarray:
@@ -295,12 +313,12 @@ def export_onnx(
     except OSError as e:
         raise AvakitError(f"--output {output}: cannot create its folder ({e.strerror or e})") from None
     metadata = build_metadata(ckpt, ckpt_path)
-    export_fp32(wrapped, output, spec.crop_size, opset)
-    write_metadata(output, metadata)
-
-    notes: list[str] = []
+    # inputs first: a refused source (a URL read from the checkpoint) leaves no unchecked .onnx
     inputs, origin = _inputs(cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0),
                              ckpt_path)
+    export_fp32(wrapped, output, spec.crop_size, opset, metadata)
+
+    notes: list[str] = []
     calibration = inputs[:calibration_images] if inputs is not None else None
     if inputs is None:
         inputs = np.random.default_rng(0).standard_normal((parity_images, 3, spec.crop_size, spec.crop_size),
@@ -322,8 +340,7 @@ def export_onnx(
 
     int8_path = output.with_name(f"{output.stem}.int8.onnx") if int8 else None
     if int8_path is not None:
-        method = quantize_int8(output, int8_path, calibration)
-        write_metadata(int8_path, {**metadata, "precision": "int8", "quantization": method})
+        method = quantize_int8(output, int8_path, calibration, {**metadata, "precision": "int8"})
         got = mean_scores(_run(OnnxScorer(int8_path), check), mode)
         int8_diff, int8_srcc = _compare("ONNX INT8 vs ONNX FP32", got, fp32_scores)
         parity.update(int8_max_abs_diff=int8_diff, int8_srcc=int8_srcc, int8_method=method)

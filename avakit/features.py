@@ -14,7 +14,6 @@ A cache whose fingerprint differs from the config asking for it is refused as st
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from avakit.data import CountingLoader, SampleDecoder, make_loader, resolve_spli
 from avakit.distributed import pick_device
 from avakit.engine import autocast
 from avakit.errors import AvakitError
+from avakit.fileio import atomic_write, clear_stale_tmp, write_parquet_atomic
 from avakit.iqa import IQA_NAMES, iqa_features
 from avakit.manifest import file_sha256, write_json_atomic
 from avakit.model import model_from_config
@@ -111,18 +111,16 @@ def _extract_split(model, normalize, loader, device, amp: str, progress) -> tupl
 
 
 def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
-    tmp = out / f".{split}.features.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, feats)
+    """{split}.index.parquet, then {split}.features.npy, each atomic (the .npy marks a finished split)."""
     index = pd.DataFrame({"image_id": np.asarray(ids, np.int64)})
     for k, col in enumerate(VOTE_COLS):
         index[col] = votes[:, k].astype(np.float32) if len(votes) else np.zeros(0, np.float32)
     index["mean_score"] = (votes @ np.arange(1, 11)) / votes.sum(axis=1) if len(votes) else []
     for k, name in enumerate(IQA_NAMES):
         index[name] = iqa[:, k].astype(np.float32) if len(iqa) else np.zeros(0, np.float32)
-    index.to_parquet(out / f".{split}.index.parquet.tmp", index=False)
-    os.replace(out / f".{split}.index.parquet.tmp", out / f"{split}.index.parquet")
-    os.replace(tmp, out / f"{split}.features.npy")
+    write_parquet_atomic(out / f"{split}.index.parquet", index)
+    with atomic_write(out / f"{split}.features.npy") as f:
+        np.save(f, feats)
 
 
 def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test"), out: Path | None = None,
@@ -144,6 +142,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
                                     incomplete_hint="pass --allow-missing to cache the rest")
                for split in splits}  # bad paths fail first
     out.mkdir(parents=True, exist_ok=True)
+    clear_stale_tmp(out)  # left by a run that was killed or stopped by a full disk
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
     dev = pick_device(device)
     model = model_from_config(cfg).to(dev).eval()
@@ -152,7 +151,8 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(dev)
     amp = cfg.training.amp if dev.type == "cuda" else "off"
     if meta is None:
-        torch.save(model.backbone.state_dict(), out / "backbone.pt")
+        with atomic_write(out / "backbone.pt") as f:
+            torch.save(model.backbone.state_dict(), f)
         meta = {"format_version": 1, "created_by": f"avakit {__version__}", "fingerprint": wanted,
                 "feature_dim": model.spec.feature_dim, "iqa_names": list(IQA_NAMES), "splits": {},
                 "preprocessing": None}

@@ -4,11 +4,17 @@
 is atomic), yields it, and renames it into place only when the block finished without an
 error. On any failure the temporary file is removed, so no half-written checkpoint, parquet,
 CSV or shard is ever left behind; a full disk (or quota) becomes one `AvakitError`:
-`no space left on device while writing PATH` (exit 1). Writers that need a file name rather
-than a file object (onnx, torch.onnx.export, ShardWriter's opener) use `atomic_path`.
+`no space left on device while writing PATH` (exit 1). A writer that needs a file name rather
+than a file object (the shard tar) uses `atomic_path`; one that manages its own files
+(onnxruntime's quantiser) runs inside `write_errors` for the same one-line error. Files that
+grow during a run (training.log, the telemetry CSVs) use `AppendFile`: a record that cannot be
+written whole is cut off again, so they always end with a whole line. A target that is a
+symlink keeps its link (the file it points to is replaced); a device or pipe (/dev/stdout) is
+written directly. `clear_stale_tmp` removes what a killed process left behind.
 
 torch.save, DataFrame.to_parquet, np.save, PIL's save, matplotlib's savefig and onnx.save
-all accept the yielded binary file object.
+all accept the yielded binary file object. Every file is opened through `_open`, the one hook
+tests replace to simulate a full disk.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +35,9 @@ from avakit.errors import AvakitError
 
 # errno values that mean "the disk (or the user's quota) is full"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "file write failed")
+# the system's messages for them, for libraries that re-raise an OSError as their own type
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+_TMP_NAME = re.compile(r"\.(\d+)\.tmp$")
 
 
 def tmp_path(path: Path) -> Path:
@@ -36,10 +47,13 @@ def tmp_path(path: Path) -> Path:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True when `exc` (or what it wraps) says the disk or quota is full.
+    """True when `exc` (or an exception it was raised from or while handling) is a full disk.
 
-    Some writers (torch.save's C++ zip writer, pyarrow) re-raise the OSError as their own
-    type with the system's message in the text, so the text is checked too.
+    torch.save into a file object whose write raises OSError(ENOSPC) raises
+    `RuntimeError("[enforce fail at inline_container.cc:...] . unexpected pos N vs M")` with
+    that OSError as `__context__` (measured with torch 2.x), so the chain is walked; with a
+    buffered file the close() that follows raises the OSError itself. Libraries that copy
+    the system's message into their own exception type are matched by its text.
     """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -61,8 +75,26 @@ def write_error(exc: BaseException, path: Path) -> AvakitError:
     return AvakitError(f"cannot write {path}: {exc}", exit_code=1)
 
 
-# Tests replace this to simulate a full disk: it opens the temporary file.
-_open: Callable[[Path, str], IO[Any]] = open
+# Tests replace this to simulate a full disk: every file avakit writes is opened through it,
+# as `_open(path, mode, **open_kwargs)` with mode "wb", "w" or "ab".
+_open: Callable[..., IO[Any]] = open
+
+
+@contextlib.contextmanager
+def write_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path` into one AvakitError naming it.
+
+    An OSError, or a library's own exception that wraps a full disk, becomes `write_error`;
+    anything else (a bug) passes unchanged.
+    """
+    try:
+        yield
+    except AvakitError:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, OSError) or is_disk_full(exc):
+            raise write_error(exc, Path(path)) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -73,18 +105,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     disk-full or other OS error becomes an AvakitError naming `path`.
     """
     path = Path(path)
-    tmp = tmp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except AvakitError:
-        tmp.unlink(missing_ok=True)
-        raise
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) or is_disk_full(exc):
-            raise write_error(exc, path) from None
-        raise
+    target = path.resolve() if path.is_symlink() else path  # replace the file, keep the link
+    tmp = tmp_path(target)
+    with write_errors(path):
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager
@@ -95,13 +125,32 @@ def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> I
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    kwargs = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
+    if _is_special(Path(path)):  # /dev/stdout, a named pipe: no temporary file, no rename
+        with write_errors(path), _open(path, mode, **kwargs) as f:
+            yield f
+        return
     with atomic_path(path) as tmp:
-        kwargs = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
         f = _open(tmp, mode, **kwargs)
         try:
             yield f
-        finally:
-            f.close()  # a buffered write can fail here: still inside atomic_path's guard
+        except BaseException:
+            with contextlib.suppress(OSError):  # the block's own error is the one to report
+                f.close()
+            raise
+        f.close()  # a buffered write can fail here: still inside atomic_path's guard
+
+
+def _is_special(path: Path) -> bool:
+    """True where renaming a new file into place cannot stand in for writing: a device or pipe,
+    and /dev/stdout, /dev/fd/N, /proc/self/fd/N (a rename would replace the link, not the stream)."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -121,6 +170,99 @@ def write_json_atomic(path: Path, data: Any, default: Callable[[Any], Any] | Non
     write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")
 
 
+class AppendFile:
+    """A file that grows by whole records (log lines, CSV rows) while a run goes on.
+
+    Each `write` reaches the disk at once (no buffer); a record that cannot be written whole
+    (disk full) is cut off again, so the file keeps ending with a whole record, and the
+    failure is one AvakitError naming the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._f: IO[Any] | None = _open(self.path, "ab", buffering=0)
+            self._size = os.path.getsize(self.path)
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
+
+    def write(self, text: str) -> None:
+        """Append `text` (UTF-8) whole, or leave the file as it was and raise AvakitError."""
+        if self._f is None:
+            raise ValueError(f"{self.path}: write after close")
+        encoded = text.encode("utf-8")
+        data = memoryview(encoded)
+        try:
+            while data:
+                n = self._f.write(data)
+                if not n:
+                    raise OSError(errno.EIO, "short write", str(self.path))
+                data = data[n:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self._size)
+            raise write_error(exc, self.path) from None
+        self._size += len(encoded)
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        if self._f is not None:
+            f, self._f = self._f, None
+            f.close()
+
+
+class LogFileHandler(logging.Handler):
+    """A logging handler appending each record whole to a file (AppendFile).
+
+    Unlike logging.FileHandler, a failed write is not printed as a "Logging error" traceback
+    and ignored: it raises the AvakitError to the code that logged, which stops the run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.file = AppendFile(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.file.write(self.format(record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def clear_stale_tmp(folder: Path, recursive: bool = False) -> list[Path]:
+    """Remove temporary files (`NAME.PID.tmp`) left in `folder` by processes that are gone.
+
+    A killed process cannot remove its temporary file; the next run does. Files of a process
+    that is still running (another avakit writing into the folder) are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in folder.rglob("*.tmp") if recursive else folder.glob("*.tmp"):
+        match = _TMP_NAME.search(tmp.name)
+        if match is None or not tmp.is_file() or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """True when a process with this id may still be writing (this process's own files are stale)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or no process id we could have written: keep the file
+    return True
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -128,3 +270,9 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_parquet_atomic(path: Path, frame: Any) -> None:
+    """Write a pandas DataFrame to `path` as parquet (no index column), atomically."""
+    with atomic_write(path) as f:
+        frame.to_parquet(f, index=False)

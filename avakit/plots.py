@@ -19,6 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from avakit.fileio import atomic_write
+
 DPI = 120
 NEAR_ZERO = 1e-7
 HEAD_BACKBONE_RATIO = 100.0
@@ -28,9 +30,11 @@ _PARTS = ("overall", "backbone_layer4", "mlp_head")
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Render `fig` to `path` (format from its suffix) through fileio.atomic_write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=DPI, format=path.suffix.lstrip(".") or "png")
     return path
 
 

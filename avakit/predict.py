@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from avakit.errors import AvakitError
+from avakit.fileio import write_text_atomic
 from avakit.imageio import ImageSkip
 from avakit.preprocess import PreprocessSpec, prepare
 
 SCORES = np.arange(1, 11, dtype=np.float64)  # as avakit.predictions.SCORES, without pandas on the ONNX path
 FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
+FORMATS = ("table", "json", "csv")
 
 
 @dataclass
@@ -130,6 +133,32 @@ def score_images(
     return [results[i] for i in range(len(paths))]
 
 
+def check_output(fmt: str, output: Path | None = None) -> None:
+    """Refuse a bad --format or --output before anything is scored (AvakitError, exit 2).
+
+    `output` must be a file name in an existing, writable folder. A missing folder is refused
+    rather than created: it is most likely a typo, and scoring a large folder only to write
+    the results somewhere unexpected (or nowhere) loses them.
+    """
+    if fmt not in FORMATS:
+        raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
+    if output is None:
+        return
+    if fmt == "table":
+        raise AvakitError("--output writes machine-readable rows: add --format json or --format csv")
+    output = Path(output)
+    if output.is_dir():
+        example = output / f"scores.{fmt}"
+        raise AvakitError(f"--output {output}: is a folder; give a file name, e.g. {example}")
+    folder = output.parent
+    if not folder.exists():
+        raise AvakitError(f"--output {output}: folder {folder} does not exist (create it first)")
+    if not folder.is_dir():
+        raise AvakitError(f"--output {output}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AvakitError(f"--output {output}: folder {folder} is not writable")
+
+
 def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
     """json (a list of row objects) or csv (header + rows), with the columns documented above."""
     rows = [p.row() for p in predictions]
@@ -142,3 +171,8 @@ def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
         writer.writerows(rows)
         return buf.getvalue()
     raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
+
+
+def write_predictions(predictions: Sequence[Prediction], fmt: str, output: Path) -> None:
+    """Write the json/csv rows to `output` through fileio (whole or not at all)."""
+    write_text_atomic(Path(output), format_predictions(predictions, fmt))

@@ -26,7 +26,7 @@ from avakit import report_html as H
 from avakit.ava import parse_id_names
 from avakit.config import load_config
 from avakit.errors import AvakitError
-from avakit.fileio import write_error, write_text_atomic
+from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
 from avakit.manifest import MANIFEST
 from avakit.plots import gradient_warnings
 from avakit.predictions import frame_metrics
@@ -269,6 +269,7 @@ def _clean_out(out: Path) -> None:
     shutil.rmtree(out / THUMB_DIR, ignore_errors=True)
     for stale in out.glob("*.png"):
         stale.unlink()
+    clear_stale_tmp(out)
 
 
 def _summary_rows(splits: list[SplitData], evaluations: list[tuple[str, str, dict]]) -> list[tuple]:

@@ -7,11 +7,14 @@ written in parallel, one per worker task, and a run that was interrupted resumes
 only the shards that are not complete yet: the result is byte-identical either way.
 
 A shard is written to a temporary name, its record (counts, sha256, skipped rows) is saved in
-`.progress/`, and only then is the tar renamed into place.
+`.progress/`, and only then is the tar renamed into place. Every file goes through
+`avakit.fileio`: a full disk stops the run (in any worker) with one AvakitError naming the file,
+the unfinished shard's temporary file is removed, and the same command resumes later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -20,11 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import webdataset as wds
 
+from avakit import fileio
 from avakit.ava import AvaRow, Skipped, official_split, parse_ava_txt, random_split, read_id_list
 from avakit.errors import AvakitError
+from avakit.fileio import atomic_path, clear_stale_tmp
 from avakit.imageio import ImageSkip, encode_jpeg, load_rgb
 from avakit.manifest import build_manifest, file_sha256, write_json_atomic
 
@@ -165,7 +171,11 @@ def _fingerprint(plan: ShardPlan) -> dict:
 
 
 def _prepare_out(plan: ShardPlan) -> None:
-    """Create `out`, refuse a folder holding other shards, and clear stale temporary files."""
+    """Create `out`, refuse a folder holding other shards, and clear stale temporary files.
+
+    Temporary files of a run that was killed (or stopped by a full disk) are removed here, so
+    the rerun starts clean and writes every unfinished shard again.
+    """
     out = plan.out
     if out.exists() and not out.is_dir():
         raise AvakitError(f"{out}: exists and is not a folder")
@@ -183,8 +193,8 @@ def _prepare_out(plan: ShardPlan) -> None:
         raise AvakitError(f"{out}: already holds shards not made by this command; use another --out")
     else:
         write_json_atomic(stamp, wanted)
-    for tmp in list(out.glob("*.tmp")) + list(progress.glob("*.tmp")):
-        tmp.unlink(missing_ok=True)
+    clear_stale_tmp(out)
+    clear_stale_tmp(progress)
 
 
 def _record_path(out: Path, task: ShardTask) -> Path:
@@ -224,48 +234,73 @@ def write_shard(
     task: ShardTask, images: Path, out: Path, options: ShardOptions,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Preprocess the task's images into one shard; return its record (also saved to disk)."""
-    skipped, written = [], []
-    tmp_name = f".{os.getpid()}.tmp"
-    opened = {}
+    """Preprocess the task's images into one shard; return its record (also saved to disk).
 
-    def opener(fname: str):
-        opened["f"] = open(fname + tmp_name, "wb")  # noqa: SIM115 - closed in finish()
-        return opened["f"]
+    The tar is written to a temporary file beside it (fileio.atomic_path), its record is
+    saved, and only then is the tar renamed into place; on any failure (disk full included)
+    the temporary tar is removed.
+    """
+    skipped: list[Skipped] = []
+    written: list[int] = []
+    opened: list[IO[bytes]] = []
+    with atomic_path(out / task.name) as tmp:
 
-    def finish(fname: str) -> None:
-        opened["f"].close()
-        tmp = Path(fname + tmp_name)
-        record = {
-            "name": task.name, "split": task.split, "samples": len(written),
-            "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
-            "image_ids": written, "skipped": [asdict(s) for s in skipped],
-        }
-        record_path = _record_path(out, task)
-        write_json_atomic(record_path, record)
-        os.replace(tmp, fname)
+        def opener(fname: str) -> IO[bytes]:
+            opened.append(fileio._open(tmp, "wb"))
+            return opened[-1]
 
+        def finish(fname: str) -> None:
+            opened[-1].close()
+            record = {
+                "name": task.name, "split": task.split, "samples": len(written),
+                "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
+                "image_ids": written, "skipped": [asdict(s) for s in skipped],
+            }
+            write_json_atomic(_record_path(out, task), record)
+
+        try:
+            _write_samples(task, images, options, opener, finish, skipped, written, progress)
+        except BaseException:
+            for f in opened:  # closed before atomic_path removes the file
+                with contextlib.suppress(OSError):
+                    f.close()
+            raise
+    return json.loads(_record_path(out, task).read_text())
+
+
+def _write_samples(
+    task: ShardTask, images: Path, options: ShardOptions, opener: Callable, finish: Callable,
+    skipped: list[Skipped], written: list[int], progress: Callable[[int], None] | None,
+) -> None:
+    """Feed the task's usable images through one ShardWriter; record the skipped ones."""
     sink = wds.ShardWriter(
-        str(out / f"{task.split}-%06d.tar"), maxcount=len(task.rows) + 1, start_shard=task.index,
+        f"{task.split}-%06d.tar", maxcount=len(task.rows) + 1, start_shard=task.index,
         opener=opener, post=finish, verbose=0, mtime=TAR_MTIME,
     )
-    for n, row in enumerate(task.rows, start=1):
-        try:
-            im = load_rgb(images / f"{row.image_id}.jpg", short_side=options.short_side)
-            sample = {
-                "__key__": str(row.image_id),
-                "jpg": encode_jpeg(im, options.quality),
-                "json": json.dumps(row.label()).encode(),
-            }
-        except ImageSkip as e:
-            skipped.append(Skipped(row.line, row.image_id, e.reason, e.detail))
-        else:
-            sink.write(sample)
-            written.append(row.image_id)
-        if n % 16 == 0 or n == len(task.rows):
-            _tick(16 if n % 16 == 0 else n % 16, progress)
-    sink.close()
-    return json.loads(_record_path(out, task).read_text())
+    try:
+        for n, row in enumerate(task.rows, start=1):
+            try:
+                im = load_rgb(images / f"{row.image_id}.jpg", short_side=options.short_side)
+                sample = {
+                    "__key__": str(row.image_id),
+                    "jpg": encode_jpeg(im, options.quality),
+                    "json": json.dumps(row.label()).encode(),
+                }
+            except ImageSkip as e:
+                skipped.append(Skipped(row.line, row.image_id, e.reason, e.detail))
+            else:
+                sink.write(sample)
+                written.append(row.image_id)
+            if n % 16 == 0 or n == len(task.rows):
+                _tick(16 if n % 16 == 0 else n % 16, progress)
+        sink.close()
+    except BaseException:
+        # abandon the tar: close its stream now, or tarfile's __del__ would write the rest of its
+        # buffer into the closed file at exit and print "Exception ignored ... Traceback"
+        if getattr(sink, "tarstream", None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sink.tarstream.close()
+        raise
 
 
 def _run_pool(plan: ShardPlan, workers: int, progress: Callable[[int], None] | None) -> None:
@@ -284,7 +319,13 @@ def _run_pool(plan: ShardPlan, workers: int, progress: Callable[[int], None] | N
                     fut.result()
                 _drain(progress_queue, progress)
         except BaseException:
+            # stop cleanly: no new shard starts, the running ones end (each removes its own
+            # temporary file on failure), and their progress is drained so they can exit
             pool.shutdown(wait=False, cancel_futures=True)
+            while futures:  # done() (not wait()) also counts a future cancelled but never notified
+                wait(futures, timeout=0.2)
+                futures = {f for f in futures if not f.done()}
+                _drain(progress_queue, None)
             raise
     _drain(progress_queue, progress)
 

@@ -11,11 +11,14 @@ a CPU in minutes. Used by the tests, the benchmarks and `avakit demo`.
 from __future__ import annotations
 
 import colorsys
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from avakit.fileio import write_bytes_atomic, write_text_atomic
 
 TAGS = {1: "Abstract", 2: "Animals", 3: "Architecture", 4: "Landscape", 5: "Macro",
         6: "Nature", 7: "Portraiture", 8: "Still_Life", 9: "Urban", 10: "Black_and_White"}
@@ -107,21 +110,23 @@ def make_synthetic_ava(
     for index, image_id in enumerate(ids, start=1):
         q = float(rng.beta(2.0, 2.0))
         size = fixed_size or _size(rng, long_side)
-        synthetic_image(q, rng, size).save(images / f"{image_id}.jpg", quality=quality)
+        buf = io.BytesIO()
+        synthetic_image(q, rng, size).save(buf, format="JPEG", quality=quality)
+        write_bytes_atomic(images / f"{image_id}.jpg", buf.getvalue())
         votes = synthetic_votes(q, rng)
         tags = sorted(rng.choice(list(TAGS), size=int(rng.integers(0, 3)), replace=False).tolist())
         tags = (tags + [0, 0])[:2]
         challenge = int(rng.choice(list(CHALLENGES)))
         lines.append(" ".join(map(str, [index, image_id, *votes, *tags, challenge])))
     ava_txt = root / "AVA.txt"
-    ava_txt.write_text("\n".join(lines) + "\n")
+    write_text_atomic(ava_txt, "\n".join(lines) + "\n")
     tags_txt = root / "tags.txt"
-    tags_txt.write_text("".join(f"{k} {v}\n" for k, v in TAGS.items()))
+    write_text_atomic(tags_txt, "".join(f"{k} {v}\n" for k, v in TAGS.items()))
     challenges_txt = root / "challenges.txt"
-    challenges_txt.write_text("".join(f"{k} {v}\n" for k, v in CHALLENGES.items()))
+    write_text_atomic(challenges_txt, "".join(f"{k} {v}\n" for k, v in CHALLENGES.items()))
     # Like the real list: a fifth of the ids, plus a few that AVA.txt does not have.
     listed = rng.choice(ids, size=max(1, n // 5), replace=False).tolist()
     absent = [i for i in range(1, 6) if i not in set(ids)]
     test_list = root / "generic_test.jpgl"
-    test_list.write_text("".join(f"{i}\n" for i in listed + absent))
+    write_text_atomic(test_list, "".join(f"{i}\n" for i in listed + absent))
     return SyntheticAva(root, ava_txt, images, tags_txt, challenges_txt, test_list, tuple(ids))

@@ -17,15 +17,16 @@ rank 0 sees the global ones. `read_telemetry` loads both files back for the repo
 from __future__ import annotations
 
 import csv
-import os
+import io
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from avakit.errors import AvakitError
+from avakit.fileio import AppendFile, write_text_atomic
 
 if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (report) stays light
     import torch
@@ -74,10 +75,14 @@ def _rewrite_before(path: Path, header: list[str], resume_step: int) -> None:
                     kept.append(row)
             except ValueError:
                 continue
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        csv.writer(fh).writerows(kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, _csv_lines(kept))
+
+
+def _csv_lines(rows: list[list[Any]]) -> str:
+    """CSV text of `rows` (csv's default dialect: comma-separated, CRLF line ends)."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
 
 
 class Telemetry:
@@ -105,7 +110,7 @@ class Telemetry:
         self.enabled = enabled
         self.collect_every_n = int(collect_every_n)
         self.optimizer = optimizer
-        self._files: list[IO[str]] = []
+        self._files: list[AppendFile] = []
         if not enabled:
             return
         model = _unwrap(model)
@@ -128,19 +133,22 @@ class Telemetry:
         out_dir = Path(run_dir) / TELEMETRY_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
         self.grad_path, self.lr_path = out_dir / GRAD_FILE, out_dir / LR_FILE
-        self._grad_writer = self._open(self.grad_path, grad_header, resume_step)
-        self._lr_writer = self._open(self.lr_path, lr_header, resume_step)
+        self._grad_file = self._open(self.grad_path, grad_header, resume_step)
+        self._lr_file = self._open(self.lr_path, lr_header, resume_step)
 
-    def _open(self, path: Path, header: list[str], resume_step: int | None) -> Any:
-        """Open `path` for appending after writing (or trimming) it; returns a csv writer."""
+    def _open(self, path: Path, header: list[str], resume_step: int | None) -> AppendFile:
+        """Write (or trim, on resume) `path` atomically, then open it for appending whole rows.
+
+        A row that cannot be written whole (disk full) is cut off again and stops the run with
+        one AvakitError naming the file, so the file stays well-formed for `--resume`.
+        """
         if resume_step is None:
-            with path.open("w", newline="") as fh:
-                csv.writer(fh).writerow(header)
+            write_text_atomic(path, _csv_lines([header]))
         else:
             _rewrite_before(path, header, int(resume_step))
-        fh = path.open("a", newline="")
+        fh = AppendFile(path)
         self._files.append(fh)
-        return csv.writer(fh)
+        return fh
 
     def _membership_matrix(self, present: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """[n_parts, n_present] 0/1 matrix: which present grads belong to which part."""
@@ -189,10 +197,8 @@ class Telemetry:
                 stacklevel=2,
             )
         lrs = (lrs + [float("nan")] * self._n_groups)[: self._n_groups]
-        self._grad_writer.writerow([step, epoch, *(f"{v:.7g}" for v in norms)])
-        self._lr_writer.writerow([step, epoch, *(f"{v:.7g}" for v in lrs)])
-        for fh in self._files:
-            fh.flush()
+        self._grad_file.write(_csv_lines([[step, epoch, *(f"{v:.7g}" for v in norms)]]))
+        self._lr_file.write(_csv_lines([[step, epoch, *(f"{v:.7g}" for v in lrs)]]))
 
     def close(self) -> None:
         """Close both files; later `maybe_collect` calls do nothing."""

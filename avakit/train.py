@@ -7,7 +7,6 @@ Run folder (the contract `report`, `evaluate` and `predict` read):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -44,6 +43,7 @@ from avakit.engine import (
     train_one_epoch,
 )
 from avakit.errors import AvakitError, Interrupted
+from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
 from avakit.losses import get_loss
 from avakit.model import model_from_config, param_groups
 from avakit.predictions import frame_metrics, predictions_frame
@@ -104,11 +104,11 @@ class Trainer:
 
 def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
     log.setLevel(logging.INFO)
-    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+    for handler in [h for h in log.handlers if isinstance(h, (LogFileHandler, logging.FileHandler))]:
         log.removeHandler(handler)
         handler.close()
     if dist.is_main:
-        handler = logging.FileHandler(run_dir / "training.log")
+        handler = LogFileHandler(run_dir / "training.log")  # a full disk stops the run: one line
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
 
@@ -289,13 +289,13 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     if not tr.dist.is_main:
         return stop
     if cfg.save_val_predictions and df is not None:
-        df.to_parquet(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", index=False)
+        write_parquet_atomic(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", df)
     if improved:
         save_checkpoint(tr.run_dir / "best_model.pt", _checkpoint_payload(tr, epoch, val, full=False))
     last = stop or epoch + 1 >= cfg.training.max_epochs
     if (epoch + 1) % cfg.training.checkpoint_every == 0 or last:
         save_checkpoint(tr.run_dir / "last.pt", _checkpoint_payload(tr, epoch, val, full=True))
-    (tr.run_dir / "training_history.json").write_text(json.dumps(s.history, indent=2) + "\n")
+    write_json_atomic(tr.run_dir / "training_history.json", s.history)
     return stop
 
 
@@ -338,8 +338,12 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
 
 
 def _write_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
-    """Create the run folder (rank 0) once the run is set up: a failed start leaves nothing."""
+    """Create the run folder (rank 0) once the run is set up: a failed start leaves nothing.
+
+    A resumed run first removes the temporary files an interrupted one left (fileio).
+    """
     if dist.is_main:
+        clear_stale_tmp(run_dir, recursive=True)
         make_folder(run_dir / "predictions")
         save_config(cfg, run_dir / "config.yaml")
 
@@ -361,14 +365,14 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
             results[split] = found
             if df is not None and tr.dist.is_main:
-                df.to_parquet(tr.run_dir / "predictions" / f"{split}.parquet", index=False)
+                write_parquet_atomic(tr.run_dir / "predictions" / f"{split}.parquet", df)
     elapsed = s.elapsed_s + time.perf_counter() - started
     train_rates = [h["img_per_s"] for h in s.history if h["img_per_s"]]
     results.update(wall_time_s=round(elapsed, 2),
                    train_img_per_s=round(float(np.mean(train_rates)), 2) if train_rates else 0.0,
                    finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if tr.dist.is_main:
-        (tr.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(tr.run_dir / "results.json", results)
         plot_training_curves(s.history, tr.run_dir / "training_curves.png")
     if "test" in results:
         log.info("test (best epoch %d): SRCC %.4f  PLCC %.4f  Acc %.4f  n=%d", s.best_epoch,
