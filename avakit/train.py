@@ -459,7 +459,7 @@ def _stopped(tr: Trainer | None, error: NonFiniteError) -> NonFiniteError:
     message = f"{error}; stopped, {kept}"
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for handler in log.handlers:  # the file only: the CLI prints the error line itself
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, (LogFileHandler, logging.FileHandler)):
             handler.handle(record)
     return NonFiniteError(message)
 
