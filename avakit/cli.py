@@ -20,33 +20,16 @@ from avakit.console import (
     console,
     cpu_count,
     err_console,
+    interrupted_line,
     log_to_console,
+    print_evaluation,
+    print_export,
+    print_features,
     print_results,
     print_shard_summary,
     progress_bar,
 )
-from avakit.errors import AvakitError, Interrupted
-
-# What Ctrl-C leaves behind, per command (train, once its run folder exists, says it itself).
-_INTERRUPTED = {
-    "shard": "finished shards are kept; run the same command to resume",
-    "features": "splits already in the cache are kept; run the same command to resume",
-    "train": "nothing was written (the run folder did not exist yet)",
-    "evaluate": "results are written only when complete, so none were written; run the same command again",
-    "predict": "no scores were written; run the same command again",
-    "report": "the report folder may be incomplete; run the same command again to rebuild it",
-    "export": "the ONNX file(s) may be missing or not parity-checked; run the same command again",
-    "inspect": "inspect writes nothing; run it again to check the shards",
-    "demo": "the synthetic data and finished shards are kept and reused by the same command; its "
-            "training then starts a new run",
-}
-
-
-def _interrupted_line(command: str | None, error: KeyboardInterrupt) -> str:
-    """The line Ctrl-C prints: what is kept and how to go on."""
-    if isinstance(error, Interrupted):
-        return str(error)
-    return f"interrupted: {_INTERRUPTED.get(command or '', 'nothing more was done')}"
+from avakit.errors import AvakitError
 
 Device = Literal["auto", "cpu", "cuda"]  # as avakit.config.DEVICES (not imported: --help stays light)
 
@@ -70,7 +53,7 @@ class _Group(TyperGroup):
                               soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as e:
-            err_console.print(_interrupted_line(ctx.invoked_subcommand, e), highlight=False, soft_wrap=True)
+            err_console.print(interrupted_line(ctx.invoked_subcommand, e), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
 
@@ -206,27 +189,7 @@ def features(
     start = time.perf_counter()
     meta = extract_features(cfg, wanted, out, device, RichProgress(), allow_missing=allow_missing)
     seconds = time.perf_counter() - start
-    n = sum(meta["splits"].get(s, 0) for s in wanted)
-    table = Table(title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
-                        f"{meta['feature_dim']}-d + {len(meta['iqa_names'])} IQA")
-    table.add_column("split")
-    table.add_column("images", justify="right")
-    for split, count in meta["splits"].items():
-        table.add_row(split, f"{count:,}")
-    console.print(table)
-    for split, counts in meta.get("counts", {}).items():
-        if counts["lost"]:
-            _print_lost(split, counts)
-    console.print(f"cache: {out or cfg.data.features or 'features'}  ({n / seconds:,.0f} images/s this run)")
-
-
-def _print_lost(split: str, counts: dict) -> None:
-    """One line: how many of a split's samples were not used, and why."""
-    lost = ", ".join(f"{reason} {n:,}" for reason, n in counts["lost"].items())
-    of = f" of {counts['samples_expected']:,}" if counts["samples_expected"] is not None else ""
-    seen = counts["samples_seen"]
-    err_console.print(f"[yellow]{split}:[/yellow] {seen:,}{of} samples used; not used: {lost}",
-                      highlight=False)
+    print_features(meta, wanted, seconds, out or cfg.data.features or "features")
 
 
 @app.command()
@@ -250,30 +213,12 @@ def evaluate(
     --tta the numbers equal those `train` wrote to results.json for the same checkpoint and split.
     """
     from avakit.evaluate import evaluate_run
-    from avakit.metrics import METRIC_NAMES
     from avakit.rundir import eval_outputs
 
     log_to_console()
     report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress(),
                           allow_missing=allow_missing)
-    m = report["metrics"]
-    table = Table(title=f"{run_dir.name}: {split} split, {report['checkpoint']} (epoch {report['epoch']}), "
-                        f"tta {tta}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc"):
-        if key in m:
-            table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
-    table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
-    expected = report["samples_expected"]
-    table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
-    table.add_row(f"latency ({report['device']}, batch {report['batch_size']})",
-                  f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
-    console.print(table)
-    if report["lost"]:
-        _print_lost(split, report)
-    written = eval_outputs(run_dir, split, checkpoint, tta)
-    console.print(escape(f"wrote {written.json}, {written.parquet}"), highlight=False)
+    print_evaluation(report, run_dir.name, eval_outputs(run_dir, split, checkpoint, tta))
 
 
 @app.command()
@@ -396,17 +341,7 @@ def export(
 
     log_to_console()
     result = export_onnx(run_dir, output, int8, opset, shards, parity_images, checkpoint)
-    p, sizes = result["parity"], result["sizes_mb"]
-    table = Table(title=escape(f"parity on {p['n']} inputs ({p['inputs']})"))
-    for col in ("file", "MB", "max |Δ mean score|", "SRCC"):
-        table.add_column(col, justify="left" if col == "file" else "right")
-    for precision, against in (("fp32", "torch"), ("int8", "FP32")):
-        if result[precision] is not None:
-            table.add_row(escape(f"{result[precision]} (vs {against})"), f"{sizes[precision]:.1f}",
-                          f"{p[precision + '_max_abs_diff']:.2e}", f"{p[precision + '_srcc']:.6f}")
-    console.print(table)
-    for note in result["notes"]:
-        console.print(escape(f"note: {note}"), highlight=False)
+    print_export(result)
 
 
 @app.command()

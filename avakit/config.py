@@ -1,6 +1,6 @@
 """The typed training config: nested dataclasses, loaded from YAML plus `key.sub=value` overrides.
 
-One generic builder (`_build`) walks the dataclass field types and turns a plain dict into a
+One generic builder (`avakit.schema.build`) walks the dataclass field types and turns a plain dict into a
 `Config`, checking types, choices and ranges (kept in field metadata) as it goes. Every problem
 raises `AvakitError` with one line naming the dotted key, before any work starts.
 
@@ -13,12 +13,6 @@ float must be finite. YAML is read by `avakit.yamlio` (YAML 1.2 scalars, alias b
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import operator
-import re
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +22,7 @@ import yaml
 
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
+from avakit.schema import build, check_field, show
 from avakit.yamlio import parse_yaml, read_yaml, yaml_problem
 
 SPLITS = ("train", "val", "test")
@@ -168,140 +163,6 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key of a dataclass schema, sections included."""
-    keys = []
-    for name, tp in typing.get_type_hints(cls).items():
-        keys.append(prefix + name)
-        if dataclasses.is_dataclass(tp):
-            keys += _all_keys(tp, f"{prefix}{name}.")
-    return keys
-
-
-def _unknown_key(key: str, valid: Sequence[str], prefix: str) -> AvakitError:
-    """Error for an unknown key, suggesting the closest sibling or else any close key."""
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    if close:
-        hint = prefix + close[0]
-    else:
-        root = _STORED if prefix.startswith(_STORED) else ""  # a config read back from a file
-        paths = _all_keys(Config)
-        leaf = difflib.get_close_matches(key, [p.rsplit(".", 1)[-1] for p in paths], n=1)
-        hint = next((root + p for p in paths if leaf and p.rsplit(".", 1)[-1] == leaf[0]), "")
-    suffix = f" (did you mean '{hint}'?)" if hint else ""
-    shown = key if len(key) <= 60 else key[:57] + "..."
-    return AvakitError(f"unknown key '{prefix}{shown}'{suffix}")
-
-
-def _describe(tp: Any) -> str:
-    """Human name of a type annotation, for error messages."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    if origin is list:
-        return f"list of {_describe(args[0])}"
-    if origin is dict:
-        return f"mapping of {_describe(args[0])} to ({_describe(args[1])})"
-    return "mapping" if dataclasses.is_dataclass(tp) else getattr(tp, "__name__", str(tp))
-
-
-def _short(value: Any) -> str:
-    """repr of a value, cut to 60 characters (a crafted file can hold a 10^5-digit number)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**60:
-        return f"an integer of about {value.bit_length() * math.log10(2):.0f} digits"
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _show(value: Any) -> str:
-    """A short one-line rendering of a bad value: its type and repr."""
-    return f"{type(value).__name__} {_short(value)}"
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against annotation `tp` and return it converted (int -> float, new lists)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, {} if value is None else value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arm in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arm, key)
-            except AvakitError as exc:
-                errors.append((typing.get_origin(arm) or arm, exc))
-        for kind, exc in errors:  # a value of the arm's kind (a list, a number): its own error is clearer
-            if kind in (list, dict, float) and isinstance(value, kind if kind is not float else int | float):
-                raise exc
-    elif origin is list and isinstance(value, list | tuple):
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict and isinstance(value, dict):
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
-        if not math.isfinite(number):
-            raise AvakitError(f"{key}: must be a finite number (got {_short(value)})")
-        return number
-    elif tp in (int, str, bool) and type(value) is tp:  # type(): True is not an int here
-        return value
-    raise AvakitError(f"{key}: expected {_describe(tp)}, got {_show(value)}")
-
-
-_OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}  # metadata bound -> operator
-_NOT_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
-    """Apply a field's metadata rules (choices, bounds, length, keys, nonempty) to its value."""
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        allowed = ", ".join(f"'{c}'" for c in choices)
-        raise AvakitError(f"{key}: must be one of {allowed} (got {_short(value)}{hint})")
-    if meta.get("nonempty") and (not value or isinstance(value, dict) and not all(value.values())):
-        raise AvakitError(f"{key}: must not be empty")
-    if "length" in meta and len(value) != meta["length"]:
-        raise AvakitError(f"{key}: expected {meta['length']} values, got {len(value)}")
-    if "max_length" in meta and len(value) > meta["max_length"]:
-        raise AvakitError(f"{key}: at most {meta['max_length']} values, got {len(value)}")
-    if meta.get("filename") and (value in (".", "..") or len(value) > 100 or _NOT_IN_NAME.search(value)):
-        raise AvakitError(f"{key}: must be a plain folder name (at most 100 characters, no / \\ or "
-                          f"control characters, not . or ..), got {_short(value)}")
-    if "keys" in meta and isinstance(value, dict):
-        for name in value:
-            if name not in meta["keys"]:
-                raise _unknown_key(name, meta["keys"], key + ".")
-    items = enumerate(value) if isinstance(value, list) else [(None, value)]
-    for i, item in items:
-        for rule, op in _OPS.items():
-            if rule in meta and not getattr(operator, rule)(item, meta[rule]):
-                where = key if i is None else f"{key}[{i}]"
-                raise AvakitError(f"{where}: must be {op} {meta[rule]} (got {_short(item)})")
-
-
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a plain dict, recursively, validating every field."""
-    if not isinstance(data, dict):
-        where = prefix.rstrip(".") or "config"
-        raise AvakitError(f"{where}: expected a mapping, got {_show(data)}")
-    hints = typing.get_type_hints(cls)
-    for name in data:
-        if name not in hints:
-            raise _unknown_key(str(name), list(hints), prefix)
-    kwargs = {}
-    for fld in dataclasses.fields(cls):
-        if fld.name in data:
-            key = prefix + fld.name
-            kwargs[fld.name] = _coerce(data[fld.name], hints[fld.name], key)
-            _check_meta(kwargs[fld.name], fld.metadata, key)
-    return cls(**kwargs)
-
-
 def _check_cross_fields(cfg: Config, p: str = "") -> None:
     """Rules that span several keys (`p`: the prefix of every key named)."""
     loss, mode = cfg.training.loss_type, cfg.model.output_mode
@@ -328,7 +189,7 @@ _STORED_REQUIRED = {"model": ("backbone", "output_mode", "mlp_hidden_dims", "act
 def _check_stored_keys(d: Any) -> None:
     """A stored config records the keys that define its model (see _STORED_REQUIRED)."""
     if not isinstance(d, dict):
-        return  # _build names the wrong type
+        return  # build() names the wrong type
     for section, keys in _STORED_REQUIRED.items():
         if section not in d:
             raise AvakitError(f"{_STORED}{section}: missing")
@@ -345,12 +206,12 @@ def config_from_dict(d: Any, where: str | None = None) -> Config:
     "WHERE: config.transform.resize_size: must be <= 2048 (got 6000)".
     """
     if where is None:
-        cfg = _build(Config, d)
+        cfg = build(Config, d)
         _check_cross_fields(cfg)
         return cfg
     try:
         _check_stored_keys(d)
-        cfg = _build(Config, d, _STORED)
+        cfg = build(Config, d, _STORED)
         _check_cross_fields(cfg, _STORED)
     except AvakitError as exc:
         raise AvakitError(f"{where}: {exc}") from None
@@ -362,10 +223,7 @@ def check_value(cls: type, name: str, value: Any, key: str) -> Any:
 
     For values stored outside a config (ONNX metadata) that must obey the same rules.
     """
-    fld = next(f for f in dataclasses.fields(cls) if f.name == name)
-    value = _coerce(value, typing.get_type_hints(cls)[name], key)
-    _check_meta(value, fld.metadata, key)
-    return value
+    return check_field(cls, name, value, key)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -412,7 +270,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         raw = read_yaml(Path(path), "config")
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise AvakitError(f"config {path}: expected a mapping of keys, got {_show(raw)}")
+            raise AvakitError(f"config {path}: expected a mapping of keys, got {show(raw)}")
     for item in overrides:
         _apply_override(raw, item)
     return config_from_dict(raw)

@@ -10,8 +10,10 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from avakit.errors import Interrupted
 
 console = Console()
 err_console = Console(stderr=True)
@@ -76,7 +80,7 @@ def print_shard_summary(manifest: dict, out: Path) -> None:
 
 
 class RichProgress:
-    """train.Progress on a Rich bar: images/s, running loss, ETA; one bar per epoch/eval."""
+    """trainer.Progress on a Rich bar: images/s, running loss, ETA; one bar per epoch/eval."""
 
     def __init__(self) -> None:
         self.bar: Progress | None = None
@@ -135,3 +139,89 @@ def print_results(run_dir: Path) -> None:
                 keys = ("srcc", "plcc", "accuracy", "mae")
                 table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in keys), str(m.get("n", 0)))
         console.print(table)
+
+
+# What Ctrl-C leaves behind, per command (train, once its run folder exists, says it itself).
+INTERRUPTED = {
+    "shard": "finished shards are kept; run the same command to resume",
+    "features": "splits already in the cache are kept; run the same command to resume",
+    "train": "nothing was written (the run folder did not exist yet)",
+    "evaluate": "results are written only when complete, so none were written; run the same command again",
+    "predict": "no scores were written; run the same command again",
+    "report": "the report folder may be incomplete; run the same command again to rebuild it",
+    "export": "the ONNX file(s) may be missing or not parity-checked; run the same command again",
+    "inspect": "inspect writes nothing; run it again to check the shards",
+    "demo": "the synthetic data and finished shards are kept and reused by the same command; its "
+            "training then starts a new run",
+}
+
+
+def interrupted_line(command: str | None, error: KeyboardInterrupt) -> str:
+    """The line Ctrl-C prints: what is kept and how to go on."""
+    if isinstance(error, Interrupted):
+        return str(error)
+    return f"interrupted: {INTERRUPTED.get(command or '', 'nothing more was done')}"
+
+
+def print_lost(split: str, counts: dict) -> None:
+    """One line: how many of a split's samples were not used, and why."""
+    lost = ", ".join(f"{reason} {n:,}" for reason, n in counts["lost"].items())
+    of = f" of {counts['samples_expected']:,}" if counts["samples_expected"] is not None else ""
+    seen = counts["samples_seen"]
+    err_console.print(f"[yellow]{split}:[/yellow] {seen:,}{of} samples used; not used: {lost}",
+                      highlight=False)
+
+
+def print_features(meta: dict, wanted: tuple[str, ...], seconds: float, cache: object) -> None:
+    """The features table: images cached per split, losses, where and how fast."""
+    n = sum(meta["splits"].get(s, 0) for s in wanted)
+    table = Table(title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
+                        f"{meta['feature_dim']}-d + {len(meta['iqa_names'])} IQA")
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    for split, count in meta["splits"].items():
+        table.add_row(split, f"{count:,}")
+    console.print(table)
+    for split, counts in meta.get("counts", {}).items():
+        if counts["lost"]:
+            print_lost(split, counts)
+    console.print(escape(f"cache: {cache}  ({n / seconds:,.0f} images/s this run)"), highlight=False)
+
+
+def print_evaluation(report: dict, run_name: str, written: Any) -> None:
+    """The metrics table of one `evaluate` call, its losses and the files it wrote."""
+    from avakit.metrics import METRIC_NAMES
+
+    m, split = report["metrics"], report["split"]
+    epoch, tta = report["epoch"], report["tta"]
+    title = f"{run_name}: {split} split, {report['checkpoint']} (epoch {epoch}), tta {tta}"
+    table = Table(title=escape(title))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc"):
+        if key in m:
+            table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
+    table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
+    expected = report["samples_expected"]
+    table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
+    table.add_row(f"latency ({report['device']}, batch {report['batch_size']})",
+                  f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
+    console.print(table)
+    if report["lost"]:
+        print_lost(split, report)
+    console.print(escape(f"wrote {written.json}, {written.parquet}"), highlight=False)
+
+
+def print_export(result: dict) -> None:
+    """The parity table of `export` (FP32 vs torch, INT8 vs FP32) and its notes."""
+    p, sizes = result["parity"], result["sizes_mb"]
+    table = Table(title=escape(f"parity on {p['n']} inputs ({p['inputs']})"))
+    for col in ("file", "MB", "max |Δ mean score|", "SRCC"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for precision, against in (("fp32", "torch"), ("int8", "FP32")):
+        if result[precision] is not None:
+            table.add_row(escape(f"{result[precision]} (vs {against})"), f"{sizes[precision]:.1f}",
+                          f"{p[precision + '_max_abs_diff']:.2e}", f"{p[precision + '_srcc']:.6f}")
+    console.print(table)
+    for note in result["notes"]:
+        console.print(escape(f"note: {note}"), highlight=False)

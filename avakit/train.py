@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,17 +23,14 @@ from avakit.checkpoint import (
     new_run_dir,
     rng_state,
     save_checkpoint,
-    seed_everything,
     set_rng_state,
     with_absolute_paths,
 )
 from avakit.config import Config, config_to_dict, save_config
-from avakit.data import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.distributed import DistInfo, gather_objects, init_distributed, shutdown
 from avakit.engine import (
     EpochStats,
     NonFiniteError,
-    StepContext,
     WarmupSchedule,
     check_val_finite,
     evaluate,
@@ -44,8 +39,6 @@ from avakit.engine import (
 )
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
-from avakit.losses import get_loss
-from avakit.model import model_from_config, param_groups
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.resume import (
     check_same_data,
@@ -55,51 +48,9 @@ from avakit.resume import (
     stored_definition,
 )
 from avakit.samples import SampleCounts
-from avakit.transforms import EvalPreset, Normalize, TrainPreset
+from avakit.trainer import Progress, RunState, Trainer, build_trainer, split_loader
 
 log = logging.getLogger("avakit.train")
-
-
-class Progress(Protocol):
-    """What fit() reports to (the CLI passes a Rich implementation)."""
-
-    def start(self, description: str, total: int | None) -> None: ...
-    def advance(self, n: int, loss: float | None = None) -> None: ...
-    def stop(self) -> None: ...
-
-
-@dataclass
-class RunState:
-    """Progress that resumes with last.pt."""
-
-    epoch: int = 0  # next epoch to run
-    step: int = 0  # optimizer steps done
-    best_srcc: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    elapsed_s: float = 0.0
-    history: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class Trainer:
-    """Everything built once per run."""
-
-    cfg: Config
-    run_dir: Path
-    dist: DistInfo
-    device: torch.device
-    model: torch.nn.Module  # what trains: the model, DDP-wrapped, or the head only (features)
-    core: torch.nn.Module  # the AestheticModel itself
-    eval_model: torch.nn.Module  # what evaluates: core, or the head only (features)
-    ctx: StepContext
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    schedule: WarmupSchedule
-    sources: dict[str, SplitSource]
-    steps_per_epoch: int | None
-    fraction: float
-    state: RunState
-    loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
 
 
 def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
@@ -113,99 +64,9 @@ def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
         log.addHandler(handler)
 
 
-def _steps_per_epoch(cfg: Config, source: SplitSource, fraction: float, world: int) -> int | None:
-    if source.samples is None:
-        return None
-    per_rank = source.samples * fraction / world
-    batch = cfg.training.batch_size
-    batches = per_rank // batch if world > 1 else math.ceil(per_rank / batch)
-    return max(1, int(batches) // cfg.training.grad_accum_steps)
-
-
-def build_trainer(
-    cfg: Config, run_dir: Path, fraction: float, dist: DistInfo, device: torch.device
-) -> Trainer:
-    """Model, optimizer, schedule, loaders' sources and step context for one run."""
-    m, t = cfg.model, cfg.training
-    shard_sources = None if cfg.data.features else _shard_sources(cfg, dist)  # bad paths fail first
-    seed_everything(cfg.seed)
-    core = model_from_config(cfg).to(device)
-    if t.channels_last:
-        core = core.to(memory_format=torch.channels_last)
-    groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
-    if t.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9, nesterov=True,
-                                    weight_decay=t.weight_decay)
-    if cfg.data.features:
-        if dist.enabled:
-            raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
-        from avakit.features import head_only_setup
-
-        sources, model = head_only_setup(cfg, core)
-        eval_model, normalize = model, torch.nn.Identity()
-    else:
-        sources = shard_sources
-        model = eval_model = core
-        normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
-    steps = _steps_per_epoch(cfg, sources["train"], fraction, dist.world_size)
-    unit = steps or 1
-    schedule = WarmupSchedule(t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit,
-                              max(1, t.early_stop_patience // 2))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None)
-    ctx = StepContext(
-        model=model, normalize=normalize,
-        optimizer=optimizer, loss_fn=get_loss(t.loss_type).fn, output_mode=m.output_mode, device=device,
-        amp=t.amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
-        grad_accum_steps=t.grad_accum_steps,
-        scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
-        scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
-        log_interval=cfg.log_interval,
-    )
-    return Trainer(cfg, run_dir, dist, device, model, core, eval_model, ctx, scheduler, schedule, sources,
-                   steps, fraction, RunState())
-
-
-def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
-    """Every split's source, checked complete (all shard files, right sizes) before training starts."""
-    hint = "training reads every shard: restore the folder (or re-run `avakit shard`)"
-    sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in ("train", "val", "test")
-               if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
-    if "train" not in sources or "val" not in sources:
-        raise AvakitError("data.shards: training needs a train and a val split")
-    if dist.enabled and sources["train"].samples is None:
-        raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
-    return sources
-
-
-def _loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLoader:
-    """The split's counting loader for one pass, kept in tr.loaders: its counts are read after the pass."""
-    cfg = tr.cfg
-    if cfg.data.features:
-        from avakit.features import feature_loader
-
-        loader = feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
-                                seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
-    else:
-        preset = TrainPreset(cfg.transform) if train else EvalPreset(cfg.transform)
-        loader = make_loader(
-            tr.sources[split], SampleDecoder(preset, cfg.transform.crop_size),
-            batch_size=cfg.training.batch_size,
-            train=train, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
-            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.dist.rank,
-            world_size=tr.dist.world_size, pin_memory=tr.device.type == "cuda",
-        )
-    tr.loaders[split] = loader
-    return loader
-
-
 def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Progress | None) -> tuple:
     """Evaluate `model` on a split across all ranks: (metrics incl. loss, predictions frame)."""
-    loader = _loader(tr, split, train=False, epoch=0)
+    loader = split_loader(tr, split, train=False, epoch=0)
     if progress is not None:
         progress.start(f"eval {split}", tr.sources[split].samples)
     result = evaluate(model, loader, tr.ctx, advance=progress.advance if progress else None)
@@ -476,7 +337,7 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
             total = tr.steps_per_epoch * cfg.training.batch_size * cfg.training.grad_accum_steps \
                 if tr.steps_per_epoch else None
             progress.start(f"epoch {epoch}", total)
-        stats = train_one_epoch(tr.ctx, _loader(tr, "train", True, epoch), epoch, s.step,
+        stats = train_one_epoch(tr.ctx, split_loader(tr, "train", True, epoch), epoch, s.step,
                                 advance=progress.advance if progress else None)
         if progress is not None:
             progress.stop()

@@ -47,7 +47,7 @@ from avakit.distributed import DistInfo
 from avakit.engine import EpochStats, train_one_epoch
 from avakit.shards import ShardOptions, plan_sharding, write_shards
 from avakit.synthetic import make_synthetic_ava
-from avakit.train import Trainer, build_trainer
+from avakit.trainer import Trainer, build_trainer
 from avakit.transforms import TrainPreset
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
