@@ -10,9 +10,10 @@ reasons.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,21 @@ def read_id_names(path: Path, strict: bool = False) -> tuple[dict[int, str], lis
     path = Path(path)
     if not path.is_file():
         raise AvakitError(f"{path}: file not found")
-    names: dict[int, str] = {}
+    items, skipped, n_read = _read_keyed(path, _parse_name_line, strict)
+    names = dict(items)
+    if not names and n_read:
+        raise AvakitError(no_valid_rows(path, "lines", n_read, skipped))
+    return names, skipped
+
+
+def _read_keyed(
+    path: Path, parse: Callable[[Line, dict[int, int]], tuple[int, Any] | Skipped], strict: bool
+) -> tuple[list[tuple[int, Any]], list[Skipped], int]:
+    """Each non-blank line through `parse(line, seen ids)`: (valid (id, value) pairs, skipped, lines read).
+
+    A skipped line is recorded; with `strict` it is an AvakitError naming the file and line.
+    """
+    items: list[tuple[int, Any]] = []
     seen: dict[int, int] = {}
     skipped: list[Skipped] = []
     n_read = 0
@@ -165,17 +180,15 @@ def read_id_names(path: Path, strict: bool = False) -> tuple[dict[int, str], lis
         if line.blank:
             continue
         n_read += 1
-        item = _parse_name_line(line, seen)
+        item = parse(line, seen)
         if isinstance(item, Skipped):
             if strict:
                 raise AvakitError(f"{path}:{line.number}: {item.reason}: {item.detail}")
             skipped.append(item)
         else:
             seen[item[0]] = line.number
-            names[item[0]] = item[1]
-    if not names and n_read:
-        raise AvakitError(no_valid_rows(path, "lines", n_read, skipped))
-    return names, skipped
+            items.append(item)
+    return items, skipped, n_read
 
 
 def _parse_name_line(line: Line, seen: dict[int, int]) -> tuple[int, str] | Skipped:
@@ -206,28 +219,14 @@ def read_id_list(path: Path, strict: bool = False) -> tuple[list[int], list[Skip
     path = Path(path)
     if not path.is_file():
         raise AvakitError(f"{path}: image list not found")
-    ids: list[int] = []
-    seen: dict[int, int] = {}
-    skipped: list[Skipped] = []
-    n_read = 0
-    for line in read_lines(path):
-        if line.blank:
-            continue
-        n_read += 1
-        item = _parse_list_line(line, seen)
-        if isinstance(item, Skipped):
-            if strict:
-                raise AvakitError(f"{path}:{line.number}: {item.reason}: {item.detail}")
-            skipped.append(item)
-        else:
-            seen[item] = line.number
-            ids.append(item)
+    items, skipped, n_read = _read_keyed(path, _parse_list_line, strict)
+    ids = [image_id for image_id, _ in items]
     if not ids:
         raise AvakitError(no_valid_rows(path, "image ids", n_read, skipped))
     return ids, skipped
 
 
-def _parse_list_line(line: Line, seen: dict[int, int]) -> int | Skipped:
+def _parse_list_line(line: Line, seen: dict[int, int]) -> tuple[int, None] | Skipped:
     if line.problem:
         return Skipped(line.number, None, "malformed line", line.problem)
     fields = split_fields(line.text)
@@ -239,7 +238,7 @@ def _parse_list_line(line: Line, seen: dict[int, int]) -> int | Skipped:
         return Skipped(line.number, None, "malformed line", f"image id: {e}")
     if image_id in seen:
         return Skipped(line.number, image_id, "duplicate", f"image id already on line {seen[image_id]}")
-    return image_id
+    return image_id, None
 
 
 def parse_id_list(path: Path) -> list[int]:
