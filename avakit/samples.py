@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from avakit.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are read with
+
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
 # decoder that ships with torchvision, so keep using it without a warning per image.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
-MAX_VOTE = 10**9  # votes per rating bin: AVA's largest is a few hundred
-MAX_ID = 2**63 - 1  # image ids are int64 in batches and predictions tables
 
 
 class Reason(IntEnum):
@@ -83,7 +83,7 @@ def check_label(key: str, label: Any) -> Reason:
     if not isinstance(label, dict):
         return Reason.NOT_OBJECT
     votes = label.get("votes")
-    if not (_ints(votes, 10, 0, MAX_VOTE) and sum(votes) > 0):
+    if not (_ints(votes, 10, 0, MAX_VOTES) and sum(votes) > 0):
         return Reason.VOTES
     image_id = label.get("image_id")
     if not (type(image_id) is int and 0 <= image_id <= MAX_ID and str(image_id) == key and key.isascii()):

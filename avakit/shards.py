@@ -36,7 +36,7 @@ from avakit.manifest import build_manifest, file_sha256, write_json_atomic
 
 PROGRESS_DIR = ".progress"
 TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards
-MAX_SEED = 2**64 - 1  # split seeds are unsigned 64-bit, as training seeds
+MAX_SEED = 2**64 - 1  # the split seed (numpy's default_rng takes any; bounded to 64 bits)
 
 
 @dataclass(frozen=True)
