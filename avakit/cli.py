@@ -322,7 +322,8 @@ def predict(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
-    output: Annotated[Path, typer.Option(help="The ONNX file to write.")] = Path("model.onnx"),
+    output: Annotated[Path, typer.Option(help="The ONNX file to write (a name ending in .onnx).")] = Path(
+        "model.onnx"),
     int8: Annotated[bool, typer.Option("--int8", help="Also write <stem>.int8.onnx (calibrated).")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or higher.")] = 17,
     shards: Annotated[Path | None, typer.Option(help="Shards for the checks.",

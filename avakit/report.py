@@ -71,7 +71,7 @@ def _best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[d
     results = read_json(path) if path.is_file() else {}
     results = results if isinstance(results, dict) else {}
     best = results.get("best_epoch")
-    if isinstance(best, int) and best >= 0:
+    if isinstance(best, int) and not isinstance(best, bool) and best >= 0:
         return results, best
     notes.append(f"{path.name} has no best epoch (run not finished?): taken from training_history.json")
     scored = [(h["val_srcc"], int(h.get("epoch", i))) for i, h in enumerate(history)
@@ -184,10 +184,14 @@ def _telemetry(run_dir: Path, notes: list[str]) -> tuple[pd.DataFrame | None, pd
     frames = []
     for name in (GRAD_FILE, LR_FILE):
         try:
-            frames.append(read_telemetry_csv(run_dir / TELEMETRY_DIR / name))
+            df = read_telemetry_csv(run_dir / TELEMETRY_DIR / name)
         except AvakitError as e:
             notes.append(f"{e}: its plot is skipped")
-            frames.append(None)
+            df = None
+        if df is not None and df.attrs.get("dropped"):
+            notes.append(f"{TELEMETRY_DIR}/{name}: {df.attrs['dropped']} malformed row(s) "
+                         "left out of its plot")
+        frames.append(df)
     return frames[0], frames[1]
 
 

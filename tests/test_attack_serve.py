@@ -118,3 +118,85 @@ def test_predict_prints_markup_in_file_names_as_text(tmp_path: Path, monkeypatch
     result = runner.invoke(app, ["predict", "[/x].jpg", "ok.jpg", "--run", "r"])
     assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
     assert "could not score [/x].jpg:" in result.stderr
+
+
+@pytest.mark.parametrize("step", [str(10**30), "inf", "-5", "2.5"])
+def test_telemetry_rows_with_a_bad_step_are_dropped_and_counted(trained_run: Path, tmp_path: Path,
+                                                                step: str) -> None:
+    from avakit.telemetry import read_telemetry_csv
+
+    path = tmp_path / "gradient_norms.csv"
+    good = (trained_run / "telemetry" / "gradient_norms.csv").read_text()
+    path.write_text(good + step + ",1,1,1,1,1,1\n")
+    df = read_telemetry_csv(path)
+    assert df["batch_idx"].min() >= 0 and df.attrs["dropped"] == 1
+    assert len(df) == len(good.strip().splitlines()) - 1
+
+
+def test_report_notes_dropped_telemetry_rows(run: Path) -> None:
+    path = run / "telemetry" / "learning_rates.csv"
+    path.write_text(path.read_text() + "inf,0,1,1\n")
+    summary = build_report(run)
+    assert any("learning_rates.csv: 1 malformed row(s)" in n for n in summary["notes"])
+
+
+def test_a_bool_best_epoch_is_not_an_epoch(run: Path) -> None:
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "best_epoch": True}))
+    summary = build_report(run)
+    assert summary["best_epoch"] is not True
+    assert any("results.json has no best epoch" in n for n in summary["notes"])
+
+
+def test_report_skips_shard_members_with_non_ascii_digit_names(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import tarfile
+
+    from avakit.report_shards import read_split_samples
+
+    folder = tmp_path / "shards"
+    (folder / "val").mkdir(parents=True)
+    with tarfile.open(folder / "val" / "val-000000.tar", "w") as tar:
+        for name, data in (("².json", b"{}"), ("7.json", b'{"tags": [1]}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr("avakit.report_shards.shard_files", lambda d, s: sorted((d / s).glob("*.tar")))
+    labels, _, problems = read_split_samples(folder, "val", set())
+    assert labels == {7: {"tags": [1]}} and problems == []
+
+
+@pytest.mark.parametrize("name", ["best_model.pt", "config.yaml", "model"])
+def test_export_refuses_an_output_that_is_not_an_onnx_name(run: Path, name: str) -> None:
+    target = run / name
+    before = target.read_bytes() if target.is_file() else None
+    line = _one_error_line(runner.invoke(app, ["export", str(run), "--output", str(target)]))
+    assert "give a file name ending in .onnx" in line
+    assert (target.read_bytes() if target.is_file() else None) == before
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("{", "invalid JSON"), ("[1]", "expected a JSON object, got list"), ("\udcff", "not UTF-8")])
+def test_export_metadata_from_a_broken_results_json_is_one_line(trained_run: Path, tmp_path: Path,
+                                                                 text: str, words: str) -> None:
+    from avakit.checkpoint import load_checkpoint
+    from avakit.export import build_metadata
+
+    ckpt_path = tmp_path / "best_model.pt"
+    shutil.copy(trained_run / "best_model.pt", ckpt_path)
+    (tmp_path / "results.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(AvakitError, match=words):
+        build_metadata(load_checkpoint(ckpt_path), ckpt_path)
+
+
+def test_export_metadata_ignores_fields_of_the_wrong_type(trained_run: Path, tmp_path: Path) -> None:
+    from avakit.checkpoint import load_checkpoint
+    from avakit.export import build_metadata
+
+    ckpt_path = tmp_path / "best_model.pt"
+    shutil.copy(trained_run / "best_model.pt", ckpt_path)
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"checkpoint": "best_model.pt", "val": "x", "test": {"srcc": True}, "finished_at": 5}))
+    meta = build_metadata(load_checkpoint(ckpt_path), ckpt_path)
+    assert meta["val_srcc"] is None and meta["test_srcc"] is None and isinstance(meta["trained_at"], str)
