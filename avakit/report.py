@@ -263,14 +263,17 @@ def _shard_sections(c: H.Collector, splits: list[SplitData], shards_dir: Path | 
 
 
 def _clean_out(out: Path) -> None:
-    """Create report/ and remove the previous report's images (report/ is ours)."""
+    """Create report/ and remove the previous report's images (report/ is ours): thumbs/ and the
+    *.png entries, whatever kind of entry each is (a stray folder or file does not stop a report)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in [out / THUMB_DIR, *out.glob("*.png")]:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
     except OSError as e:
-        raise write_error(e, out) from None
-    shutil.rmtree(out / THUMB_DIR, ignore_errors=True)
-    for stale in out.glob("*.png"):
-        stale.unlink()
+        raise write_error(e, Path(e.filename) if e.filename else out) from None
     clear_stale_tmp(out)
 
 

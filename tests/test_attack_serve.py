@@ -200,3 +200,15 @@ def test_export_metadata_ignores_fields_of_the_wrong_type(trained_run: Path, tmp
         {"checkpoint": "best_model.pt", "val": "x", "test": {"srcc": True}, "finished_at": 5}))
     meta = build_metadata(load_checkpoint(ckpt_path), ckpt_path)
     assert meta["val_srcc"] is None and meta["test_srcc"] is None and isinstance(meta["trained_at"], str)
+
+
+@pytest.mark.parametrize("stray", ["thumbs_file", "png_folder"])
+def test_report_clears_stray_entries_in_its_own_folder(run: Path, stray: str) -> None:
+    out = run / "report"
+    out.mkdir()
+    if stray == "thumbs_file":
+        (out / "thumbs").write_text("x")
+    else:
+        (out / "old.png").mkdir()
+    summary = build_report(run)
+    assert summary["report"].is_file() and not (out / "old.png").exists()
