@@ -212,3 +212,13 @@ def test_report_clears_stray_entries_in_its_own_folder(run: Path, stray: str) ->
         (out / "old.png").mkdir()
     summary = build_report(run)
     assert summary["report"].is_file() and not (out / "old.png").exists()
+
+
+def test_predict_names_a_fifo_as_not_a_regular_file(tmp_path: Path) -> None:
+    import os
+
+    from avakit.preprocess import find_images
+
+    os.mkfifo(tmp_path / "p.jpg")
+    with pytest.raises(AvakitError, match=r"p\.jpg: not a regular file or folder"):
+        find_images([tmp_path / "p.jpg"])
