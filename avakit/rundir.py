@@ -167,7 +167,7 @@ def read_predictions(path: Path) -> tuple[Any, int]:
     """A predictions parquet checked against the run-folder contract: (frame, rows dropped).
 
     image_id an integer, pred_mean and gt_mean numbers in 1..10, each dist group (pred_dist_1..10,
-    gt_dist_1..10) all there or absent and within 0..1. A row whose pred_mean or gt_mean is NaN
+    gt_dist_1..10) all there or absent and within 0..1, gt_dist there when pred_dist is. A row whose pred_mean or gt_mean is NaN
     or infinite is dropped and counted (a failed forward pass); every other violation is one
     AvakitError naming the file, column and row. Extra columns are left alone.
     """
@@ -189,6 +189,9 @@ def read_predictions(path: Path) -> tuple[Any, int]:
         absent = [c for c in group if c not in df.columns]
         if 0 < len(absent) < len(group):
             raise AvakitError(f"{path}: has {group[0]} but lacks {', '.join(absent)} (all ten or none)")
+    pred_dist, gt_dist = DIST_GROUPS
+    if pred_dist[0] in df.columns and gt_dist[0] not in df.columns:
+        raise AvakitError(f"{path}: has pred_dist_1..10 but no gt_dist_1..10 (the real votes)")
     dists = [c for group in DIST_GROUPS for c in group if c in df.columns]
     _check_numeric(path, df, [*PREDICTION_COLUMNS, *dists])
     ids = df["image_id"]

@@ -51,6 +51,7 @@ def _one_error_line(result) -> str:  # noqa: ANN001 - typer's Result
     (lambda df: df.assign(pred_dist_3="x"), "column 'pred_dist_3' must hold numbers"),
     (lambda df: df.drop(columns=[f"pred_dist_{k}" for k in range(6, 11)]), "lacks pred_dist_6"),
     (lambda df: df.drop(columns=["gt_dist_1"]), "lacks gt_dist_1"),
+    (lambda df: df.drop(columns=[f"gt_dist_{k}" for k in range(1, 11)]), "but no gt_dist_1..10"),
     (lambda df: df.assign(pred_mean=[[1.0]] * len(df)), "column 'pred_mean' must hold numbers"),
 ])
 def test_report_refuses_a_malformed_predictions_table_in_one_line(run: Path, change, words: str) -> None:  # noqa: ANN001
