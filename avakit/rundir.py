@@ -167,9 +167,10 @@ def read_predictions(path: Path) -> tuple[Any, int]:
     """A predictions parquet checked against the run-folder contract: (frame, rows dropped).
 
     image_id an integer, pred_mean and gt_mean numbers in 1..10, each dist group (pred_dist_1..10,
-    gt_dist_1..10) all there or absent and within 0..1, gt_dist there when pred_dist is. A row whose pred_mean or gt_mean is NaN
-    or infinite is dropped and counted (a failed forward pass); every other violation is one
-    AvakitError naming the file, column and row. Extra columns are left alone.
+    gt_dist_1..10) all there or absent and within 0..1, gt_dist there when pred_dist is. A row
+    whose pred_mean or gt_mean is NaN or infinite is dropped and counted (a failed forward pass);
+    every other violation is one AvakitError naming the file, column and row. Extra columns are
+    left alone.
     """
     import numpy as np
     import pandas as pd
