@@ -241,7 +241,7 @@ def report(
     from avakit.report import build_report
 
     summary = build_report(run_dir, shards, tags, challenges)
-    table = Table(title=f"{run_dir.name}: best epoch {summary['best_epoch']}")
+    table = Table(title=escape(f"{run_dir.name}: best epoch {summary['best_epoch']}"))
     table.add_column("split")
     table.add_column("model")
     keys = ("srcc", "plcc", "accuracy", "emd", "mae", "n")
@@ -249,8 +249,8 @@ def report(
         table.add_column(METRIC_NAMES.get(key, key), justify="right")
     rows = [(s, summary["models"][s], summary[s]) for s in ("val", "test") if summary.get(s)]
     for split, model, m in [*rows, *summary["evaluations"]]:
-        table.add_row(split, model, *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-"))
-                                      for k in keys))
+        cells = (f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys)
+        table.add_row(escape(split), escape(model), *cells)
     console.print(table)
     for line in summary["warnings"]:
         console.print(f"[yellow]telemetry:[/yellow] {escape(line)}", highlight=False)
@@ -303,17 +303,18 @@ def predict(
         for col in ("image", "mean score", "std", "error"):
             table.add_column(col, justify="left" if col in ("image", "error") else "right")
         for p in predictions:
-            table.add_row(p.path, f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
-                          f"{p.std:.3f}" if p.std is not None else "-", p.error or "")
+            table.add_row(escape(p.path), f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
+                          f"{p.std:.3f}" if p.std is not None else "-", escape(p.error or ""))
         console.print(table)
     elif output is not None:
         write_predictions(predictions, fmt, output)
-        console.print(f"wrote {len(predictions)} rows to {output}")
+        console.print(escape(f"wrote {len(predictions)} rows to {output}"), highlight=False)
     else:
         sys.stdout.write(format_predictions(predictions, fmt))
     failed = [p for p in predictions if p.error]
     for p in failed:
-        err_console.print(f"[red]could not score[/red] {p.path}: {p.error}", highlight=False)
+        err_console.print(f"[red]could not score[/red] {escape(f'{p.path}: {p.error}')}", highlight=False,
+                          soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -321,7 +322,8 @@ def predict(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
-    output: Annotated[Path, typer.Option(help="The ONNX file to write.")] = Path("model.onnx"),
+    output: Annotated[Path, typer.Option(help="The ONNX file to write (a name ending in .onnx).")] = Path(
+        "model.onnx"),
     int8: Annotated[bool, typer.Option("--int8", help="Also write <stem>.int8.onnx (calibrated).")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or higher.")] = 17,
     shards: Annotated[Path | None, typer.Option(help="Shards for the checks.",

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
+import math
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,6 +53,7 @@ from avakit.metrics import srcc
 from avakit.onnx_runtime import OnnxScorer, encode_metadata
 from avakit.predictions import SCORES
 from avakit.preprocess import PreprocessSpec, prepare, prepare_image
+from avakit.rundir import read_json
 
 log = logging.getLogger("avakit.export")
 
@@ -60,6 +61,7 @@ FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, mean score
 INT8_MIN_SRCC = 0.99  # rank agreement of INT8 with FP32 mean scores
 BATCH = 32
 CALIBRATION_BATCH = 8  # the calibration session outputs every tensor: resnet50 at 32 peaks at 8 GB, at 8 3 GB
+RANDOM_INPUTS_MAX = 256  # parity inputs drawn at random when no val image can be read
 OPSET_MIN = 13  # per-channel QuantizeLinear (INT8); Softmax over one axis as the graph uses it
 # The TorchScript exporter's scope of the backbone: ExportModel.model -> AestheticModel.backbone
 BACKBONE_SCOPE = "/model/backbone/"
@@ -80,6 +82,20 @@ def check_opset(opset: int) -> None:
     if not OPSET_MIN <= opset <= high:
         raise AvakitError(f"--opset {opset} is not supported: use {OPSET_MIN} to {high} (torch's exporter "
                           f"writes up to {high}; the graph and INT8 quantisation need at least {OPSET_MIN})")
+
+
+def check_output(output: Path) -> Path:
+    """`output` when it names an .onnx file; AvakitError otherwise (before any work).
+
+    The suffix rule keeps a slip of the keyboard (`--output run/best_model.pt`, a folder)
+    from replacing a checkpoint, a config or anything else that is not a model file.
+    """
+    if output.suffix.lower() != ".onnx":
+        raise AvakitError(f"--output {output}: give a file name ending in .onnx, e.g. "
+                          f"{output.with_name((output.stem or 'model') + '.onnx')}")
+    if output.is_dir():
+        raise AvakitError(f"--output {output}: is a folder; give a file name, e.g. {output / 'model.onnx'}")
+    return output
 
 
 class ExportModel(nn.Module):
@@ -139,14 +155,37 @@ def _inputs(cfg: Any, spec: PreprocessSpec, shards: Path | None, photos: Sequenc
     return arrays, f"{len(arrays)} val images from {source}"
 
 
+def _finite(value: Any) -> float | None:
+    """A number read back from a run's files, or None when it is not a finite number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _provenance(ckpt: dict, ckpt_path: Path) -> tuple[float | None, float | None, str | None]:
+    """(val SRCC, test SRCC, finished_at) of the checkpoint: results.json's when it describes this
+    checkpoint, else the checkpoint's own epoch metrics. A results.json that is not a JSON object
+    is one AvakitError naming it; a field of the wrong type counts as unknown."""
+    path = ckpt_path.parent / "results.json"
+    results = read_json(path) if path.is_file() else {}
+    if not isinstance(results, dict):
+        raise AvakitError(f"{path}: expected a JSON object, got {type(results).__name__}")
+    if results.get("checkpoint") != ckpt_path.name:  # this checkpoint's own epoch
+        metrics = ckpt.get("metrics")
+        return _finite(metrics.get("srcc")) if isinstance(metrics, dict) else None, None, None
+
+    def srcc(split: str) -> float | None:
+        part = results.get(split)
+        return _finite(part.get("srcc")) if isinstance(part, dict) else None
+
+    finished = results.get("finished_at")
+    return srcc("val"), srcc("test"), finished if isinstance(finished, str) and finished else None
+
+
 def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict[str, Any]:
     """Provenance and preprocessing of a checkpoint, as stored in the ONNX file."""
     cfg, shard = ckpt["config"], ckpt.get("preprocessing") or {}
-    results_path = ckpt_path.parent / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    if results.get("checkpoint") != ckpt_path.name:
-        results = {"val": {"srcc": (ckpt.get("metrics") or {}).get("srcc")}}  # this checkpoint's own epoch
-    trained = results.get("finished_at") or datetime.fromtimestamp(
+    val_srcc, test_srcc, finished = _provenance(ckpt, ckpt_path)
+    trained = finished or datetime.fromtimestamp(
         ckpt_path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
     t = cfg["transform"]
     return {"avakit_version": __version__, "output_mode": cfg["model"]["output_mode"],
@@ -155,8 +194,7 @@ def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict
             "normalize_std": list(t["normalize_std"]), "short_side": shard.get("short_side"),
             "quality": shard.get("quality"), "trained_at": trained,
             "manifest_sha256": ckpt.get("manifest_sha256"),
-            "val_srcc": (results.get("val") or {}).get("srcc"),
-            "test_srcc": (results.get("test") or {}).get("srcc"), "checkpoint": ckpt_path.name,
+            "val_srcc": val_srcc, "test_srcc": test_srcc, "checkpoint": ckpt_path.name,
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "precision": precision}
 
@@ -302,12 +340,12 @@ def export_onnx(
     check_opset(opset)
     if parity_images < 1:
         raise AvakitError(f"--parity-images must be at least 1, got {parity_images}")
+    output = check_output(Path(output))
     ckpt_path = run_checkpoint(Path(run_dir), checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     mode, spec = cfg.model.output_mode, PreprocessSpec.from_checkpoint(ckpt)
     wrapped = ExportModel(model, mode).eval()
-    output = Path(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -320,10 +358,11 @@ def export_onnx(
 
     notes: list[str] = []
     calibration = inputs[:calibration_images] if inputs is not None else None
-    if inputs is None:
-        inputs = np.random.default_rng(0).standard_normal((parity_images, 3, spec.crop_size, spec.crop_size),
+    if inputs is None:  # random inputs: as many as asked, up to RANDOM_INPUTS_MAX (memory)
+        n_random = min(parity_images, RANDOM_INPUTS_MAX)
+        inputs = np.random.default_rng(0).standard_normal((n_random, 3, spec.crop_size, spec.crop_size),
                                                           dtype=np.float32)
-        origin = f"{origin}; checked on {parity_images} random inputs"
+        origin = f"{origin}; checked on {n_random} random inputs"
         notes.append(origin + ("; INT8 falls back to dynamic quantisation" if int8 else ""))
         log.warning("note: %s", notes[-1])
     check = inputs[:parity_images]

@@ -99,6 +99,9 @@ def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: P
 
 
 def _to_prediction(path: Path, out: np.ndarray, output_mode: str) -> Prediction:
+    """One model output -> a row; a NaN or infinite output is an error row, never a score."""
+    if not np.all(np.isfinite(out)):
+        return Prediction(str(path), error="the model's output is NaN or infinite (broken weights?)")
     if output_mode == "distribution":
         p = out.astype(np.float64)
         mean = float(p @ SCORES)

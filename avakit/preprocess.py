@@ -99,6 +99,8 @@ def find_images(inputs: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, st
             paths += found
         elif item.is_file():
             paths.append(item)
+        elif item.exists():  # a FIFO, socket or device: never opened (a FIFO would block)
+            problems.append((item, "not a regular file or folder"))
         else:
             problems.append((item, "no such file or folder"))
     if not paths:

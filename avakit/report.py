@@ -38,6 +38,7 @@ from avakit.rundir import (
     load_history,
     model_label,
     read_json,
+    read_predictions,
 )
 from avakit.telemetry import GRAD_FILE, LR_FILE, TELEMETRY_DIR, read_telemetry_csv
 
@@ -70,23 +71,12 @@ def _best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[d
     results = read_json(path) if path.is_file() else {}
     results = results if isinstance(results, dict) else {}
     best = results.get("best_epoch")
-    if isinstance(best, int) and best >= 0:
+    if isinstance(best, int) and not isinstance(best, bool) and best >= 0:
         return results, best
     notes.append(f"{path.name} has no best epoch (run not finished?): taken from training_history.json")
     scored = [(h["val_srcc"], int(h.get("epoch", i))) for i, h in enumerate(history)
               if isinstance(h.get("val_srcc"), (int, float)) and math.isfinite(h["val_srcc"])]
     return results, max(scored, key=lambda t: t[0])[1] if scored else None
-
-
-def _read_predictions(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as e:
-        raise AvakitError(f"{path}: unreadable predictions parquet: {e}") from None
-    missing = sorted({"image_id", "pred_mean", "gt_mean"} - set(df.columns))
-    if missing:
-        raise AvakitError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df.dropna(subset=["pred_mean", "gt_mean"]).reset_index(drop=True)
 
 
 def _load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[SplitData]:
@@ -95,14 +85,14 @@ def _load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[Spli
     epoch_file = pred_dir / f"val_epoch_{best:03d}.parquet" if best is not None else None
     model = model_label(CHECKPOINT_FILES["best"], best)  # train predicts without TTA
     sources: list[tuple[str, Path]] = []
-    if epoch_file is not None and epoch_file.is_file():
+    if epoch_file is not None and epoch_file.exists():
         sources.append(("val", epoch_file))
-    elif (pred_dir / "val.parquet").is_file():
+    elif (pred_dir / "val.parquet").exists():
         sources.append(("val", pred_dir / "val.parquet"))
         notes.append("no predictions file of the best epoch: val analysis uses predictions/val.parquet")
     else:
         notes.append("no val predictions of the best epoch: val sections skipped")
-    if (pred_dir / "test.parquet").is_file():
+    if (pred_dir / "test.parquet").exists():
         sources.append(("test", pred_dir / "test.parquet"))
     else:
         notes.append("no predictions/test.parquet (no test split, or the run did not finish): "
@@ -112,7 +102,10 @@ def _load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[Spli
                           "val.parquet or test.parquet)")
     splits = []
     for key, path in sources:
-        df = _read_predictions(path)
+        df, dropped = read_predictions(path)
+        if dropped:
+            notes.append(f"{path.name}: {dropped} row(s) with a NaN or infinite mean score left out "
+                         f"({len(df)} analysed)")
         if df.empty:
             notes.append(f"{path.name} has no rows: {key} sections skipped")
             continue
@@ -146,18 +139,23 @@ def _evaluations(run_dir: Path, notes: list[str]) -> list[tuple[str, str, dict]]
     return rows
 
 
-def _epoch_points(run_dir: Path) -> pd.DataFrame:
-    """epoch, srcc, plcc from each predictions/val_epoch_NNN.parquet (one row per file)."""
+def _epoch_points(run_dir: Path, notes: list[str]) -> pd.DataFrame:
+    """epoch, srcc, plcc from each predictions/val_epoch_NNN.parquet (one row per file).
+
+    A file that breaks the predictions contract (`read_predictions`) is left out with a note.
+    """
     rows = []
     for path in sorted((run_dir / "predictions").glob("val_epoch_*.parquet")):
         suffix = path.stem.rsplit("_", 1)[-1]
+        if not (suffix.isascii() and suffix.isdigit()):
+            continue
         try:
-            df = pd.read_parquet(path, columns=["pred_mean", "gt_mean"]) if suffix.isdigit() else None
-        except (OSError, ValueError):
-            df = None
-        if df is not None:
-            rows.append({"epoch": int(suffix), "srcc": metrics.srcc(df["pred_mean"], df["gt_mean"]),
-                         "plcc": metrics.plcc(df["pred_mean"], df["gt_mean"])})
+            df, _ = read_predictions(path)
+        except AvakitError as e:
+            notes.append(f"{e}: left out of SRCC over epochs")
+            continue
+        rows.append({"epoch": int(suffix), "srcc": metrics.srcc(df["pred_mean"], df["gt_mean"]),
+                     "plcc": metrics.plcc(df["pred_mean"], df["gt_mean"])})
     return pd.DataFrame(rows, columns=["epoch", "srcc", "plcc"])
 
 
@@ -186,10 +184,14 @@ def _telemetry(run_dir: Path, notes: list[str]) -> tuple[pd.DataFrame | None, pd
     frames = []
     for name in (GRAD_FILE, LR_FILE):
         try:
-            frames.append(read_telemetry_csv(run_dir / TELEMETRY_DIR / name))
+            df = read_telemetry_csv(run_dir / TELEMETRY_DIR / name)
         except AvakitError as e:
             notes.append(f"{e}: its plot is skipped")
-            frames.append(None)
+            df = None
+        if df is not None and df.attrs.get("dropped"):
+            notes.append(f"{TELEMETRY_DIR}/{name}: {df.attrs['dropped']} malformed row(s) "
+                         "left out of its plot")
+        frames.append(df)
     return frames[0], frames[1]
 
 
@@ -261,14 +263,17 @@ def _shard_sections(c: H.Collector, splits: list[SplitData], shards_dir: Path | 
 
 
 def _clean_out(out: Path) -> None:
-    """Create report/ and remove the previous report's images (report/ is ours)."""
+    """Create report/ and remove the previous report's images (report/ is ours): thumbs/ and the
+    *.png entries, whatever kind of entry each is (a stray folder or file does not stop a report)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in [out / THUMB_DIR, *out.glob("*.png")]:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
     except OSError as e:
-        raise write_error(e, out) from None
-    shutil.rmtree(out / THUMB_DIR, ignore_errors=True)
-    for stale in out.glob("*.png"):
-        stale.unlink()
+        raise write_error(e, Path(e.filename) if e.filename else out) from None
     clear_stale_tmp(out)
 
 
@@ -314,7 +319,7 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
                 ("telemetry", "Telemetry: gradient norms",
                  H.telemetry_section(c, grad_df, warnings, H.Frozen(frozen, why), starts)),
                 ("predictions", "Prediction analysis", H.predictions_section(c, splits)),
-                ("epochs", "SRCC over epochs", H.epochs_section(c, _epoch_points(run_dir), best)),
+                ("epochs", "SRCC over epochs", H.epochs_section(c, _epoch_points(run_dir, c.notes), best)),
                 ("votes", "Predicted vs real vote distributions", H.votes_section(c, splits))]
     groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
     sections += [("groups", "Per semantic tag and per challenge", groups_html),

@@ -35,7 +35,8 @@ def read_split_samples(shards_dir: Path, split: str, wanted: set[int]) -> tuple[
             with tarfile.open(path) as tar:
                 for info in tar:
                     key, _, ext = Path(info.name).name.partition(".")
-                    if not (info.isfile() and key.isdigit() and ext in ("json", "jpg")):
+                    # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+                    if not (info.isfile() and key.isascii() and key.isdigit() and ext in ("json", "jpg")):
                         continue
                     if ext == "jpg" and int(key) not in wanted:
                         continue

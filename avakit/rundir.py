@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,80 @@ def epoch_start_steps(history: list[dict]) -> list[int] | None:
     if not steps or any(s is None for s in steps):
         return None
     return list(itertools.accumulate(steps[:-1]))
+
+
+# the predictions-table contract (avakit.predictions): the columns every reader needs, the
+# two optional groups of ten (all or none), and the range a mean score lies in
+PREDICTION_COLUMNS = ("image_id", "pred_mean", "gt_mean")
+DIST_GROUPS = tuple(tuple(f"{p}_dist_{k}" for k in range(1, 11)) for p in ("pred", "gt"))
+SCORE_RANGE = (1.0, 10.0)
+
+
+def _bad_row(path: Path, df: Any, mask: Any, column: str, want: str) -> AvakitError:
+    """AvakitError naming the first row (0-based) of `column` where `mask` is true."""
+    i = int(mask.to_numpy().nonzero()[0][0])
+    shown = repr(df[column].iloc[i])[:40]
+    return AvakitError(f"{path}: column {column!r}, row {i}: expected {want}, got {shown}")
+
+
+def _check_numeric(path: Path, df: Any, columns: Sequence[str]) -> None:
+    """Each column has a numeric (not bool) dtype, else one line naming the column."""
+    import pandas as pd
+
+    for col in columns:
+        dtype = df[col].dtype
+        if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+            raise AvakitError(f"{path}: column {col!r} must hold numbers, has {dtype} values")
+
+
+def read_predictions(path: Path) -> tuple[Any, int]:
+    """A predictions parquet checked against the run-folder contract: (frame, rows dropped).
+
+    image_id an integer, pred_mean and gt_mean numbers in 1..10, each dist group (pred_dist_1..10,
+    gt_dist_1..10) all there or absent and within 0..1, gt_dist there when pred_dist is. A row
+    whose pred_mean or gt_mean is NaN or infinite is dropped and counted (a failed forward pass);
+    every other violation is one AvakitError naming the file, column and row. Extra columns are
+    left alone.
+    """
+    import numpy as np
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise AvakitError(f"{path}: not a file")
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise AvakitError(f"{path}: unreadable predictions parquet: {first[:200]}") from None
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise AvakitError(f"{path}: missing column(s) {', '.join(missing)}")
+    for group in DIST_GROUPS:
+        absent = [c for c in group if c not in df.columns]
+        if 0 < len(absent) < len(group):
+            raise AvakitError(f"{path}: has {group[0]} but lacks {', '.join(absent)} (all ten or none)")
+    pred_dist, gt_dist = DIST_GROUPS
+    if pred_dist[0] in df.columns and gt_dist[0] not in df.columns:
+        raise AvakitError(f"{path}: has pred_dist_1..10 but no gt_dist_1..10 (the real votes)")
+    dists = [c for group in DIST_GROUPS for c in group if c in df.columns]
+    _check_numeric(path, df, [*PREDICTION_COLUMNS, *dists])
+    ids = df["image_id"]
+    bad_id = ~np.isfinite(ids.astype("float64")) | (ids != ids.round())
+    if bad_id.any():
+        raise _bad_row(path, df, bad_id, "image_id", "an integer image id")
+    df = df.assign(image_id=ids.astype("int64"))
+    finite = np.isfinite(df["pred_mean"].astype("float64")) & np.isfinite(df["gt_mean"].astype("float64"))
+    dropped = int((~finite).sum())
+    df = df[finite].reset_index(drop=True)
+    low, high = SCORE_RANGE
+    for col in ("pred_mean", "gt_mean"):
+        outside = (df[col] < low - 1e-6) | (df[col] > high + 1e-6)
+        if outside.any():
+            raise _bad_row(path, df, outside, col, f"a mean score in {low:g}..{high:g}")
+    for col in dists:
+        values = df[col].astype("float64")
+        outside = ~np.isfinite(values) | (values < -1e-6) | (values > 1 + 1e-6)
+        if outside.any():
+            raise _bad_row(path, df, outside, col, "a probability in 0..1")
+    return df, dropped

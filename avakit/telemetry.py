@@ -221,14 +221,18 @@ class Telemetry:
 def read_telemetry_csv(path: Path) -> pd.DataFrame | None:
     """One telemetry CSV without malformed rows, sorted by batch_idx; None if absent or without rows.
 
-    Undecodable bytes (a crash mid-write, a disk error) only spoil their own rows, which are
-    dropped like any malformed row. AvakitError naming the file when it is not a telemetry CSV
-    at all (no `batch_idx` column: binary or foreign content) or cannot be read.
+    A row is kept when its batch_idx is a step number (an integer 0..2**53; a NaN, infinite,
+    fractional, negative or absurd value is malformed); undecodable bytes (a crash mid-write,
+    a disk error) only spoil their own rows. How many rows were dropped, malformed or unparsable,
+    is in `df.attrs["dropped"]` so a reader can say so. AvakitError naming the file when it is
+    not a telemetry CSV at all (no `batch_idx` column: binary or foreign content) or cannot be read.
     """
     path = Path(path)
     if not path.is_file():
         return None
     try:
+        with path.open("rb") as f:  # data lines (not blank), to count what the parser skips
+            lines = sum(1 for line in f if line.strip()) - 1
         df = pd.read_csv(path, on_bad_lines="skip", encoding_errors="replace")
     except pd.errors.EmptyDataError:
         return None
@@ -237,12 +241,16 @@ def read_telemetry_csv(path: Path) -> pd.DataFrame | None:
         raise AvakitError(f"{path}: unreadable telemetry CSV ({first[:200]})") from None
     if "batch_idx" not in df.columns:
         raise AvakitError(f"{path}: not a telemetry CSV (its header has no batch_idx column)")
-    df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["batch_idx"])
+    df = df.apply(pd.to_numeric, errors="coerce")
+    step = df["batch_idx"]
+    df = df[step.notna() & (step >= 0) & (step <= 2**53) & (step == step.round())].copy()
+    dropped = max(lines, 0) - len(df)
     if df.empty:
         return None
     df["batch_idx"] = df["batch_idx"].astype("int64")
-    df = df.drop_duplicates("batch_idx", keep="last").sort_values("batch_idx")
-    return df.reset_index(drop=True)
+    df = df.drop_duplicates("batch_idx", keep="last").sort_values("batch_idx").reset_index(drop=True)
+    df.attrs["dropped"] = dropped
+    return df
 
 
 def read_telemetry(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
