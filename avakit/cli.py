@@ -86,7 +86,8 @@ def shard(
     short_side: Annotated[int, typer.Option(help="Shorter side of stored images, pixels.")] = 256,
     quality: Annotated[int, typer.Option(help="JPEG quality of stored images.")] = 90,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (AVA train: ~200 shards).")] = 1000,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.",
+                                                show_default="all cores")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows (for trials).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
 ) -> None:

@@ -215,28 +215,25 @@ def _read_json(path: Path) -> object:
 def _load_record(out: Path, task: ShardTask) -> dict | None:
     """The finished shard's record, or None when the shard is still to be written.
 
-    A record is trusted only when it describes this task and the tar on disk: its name, split,
-    counts and ids (each a row of the task, each row written or skipped once), the tar's size and
-    sha256 (hashing the finished tars costs seconds against the hours of writing them). Anything
-    else (a killed run's leftovers, an edited or damaged file) means the shard is written again,
-    so a rerun never builds a manifest from a record that does not hold.
+    A record is trusted only when it describes this task and the tar on disk: name, split, each
+    row written or skipped once (with its own line number), the tar's size and sha256 (hashing
+    the finished tars costs seconds against the hours of writing them). Anything else (an edited
+    or damaged file) means the shard is written again: a rerun never trusts a record that does
+    not hold.
     """
-    tar = out / task.name
-    record = _read_json(_record_path(out, task))
-    if not isinstance(record, dict) or not tar.is_file():
+    tar, record = out / task.name, _read_json(_record_path(out, task))
+    if not (isinstance(record, dict) and tar.is_file() and isinstance(ids := record.get("image_ids"), list)
+            and isinstance(skipped := record.get("skipped"), list)):
         return None
-    ids, skipped = record.get("image_ids"), record.get("skipped")
-    if not (isinstance(ids, list) and isinstance(skipped, list)
-            and all(isinstance(s, dict) for s in skipped)):
-        return None
-    rows = {r.image_id for r in task.rows}
-    accounted = ids + [s.get("image_id") for s in skipped]
+    lines = {r.image_id: r.line for r in task.rows}
     valid = (
         record.get("name") == task.name and record.get("split") == task.split
         and record.get("samples") == len(ids) and record.get("bytes") == tar.stat().st_size
-        and all(type(i) is int for i in accounted) and len(accounted) == len(rows)
-        and set(accounted) == rows
-        and all(set(s) == {"line", "image_id", "reason", "detail"} for s in skipped)
+        and all(type(s) is dict and set(s) == {"line", "image_id", "reason", "detail"}
+                and type(s["image_id"]) is int and s["line"] == lines.get(s["image_id"])
+                and type(s["reason"]) is str and type(s["detail"]) is str for s in skipped)
+        and all(type(i) is int for i in ids)
+        and sorted(ids + [s["image_id"] for s in skipped]) == sorted(lines)
     )
     return record if valid and record.get("sha256") == file_sha256(tar) else None
 

@@ -210,3 +210,10 @@ def test_markup_in_paths_and_manifest_text_is_printed_literally(made, tmp_path: 
     result = runner.invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
     assert "[/i]odd" in result.output
+
+
+def test_bad_workers_is_refused_before_any_work(made, tmp_path: Path) -> None:
+    ava, _ = made
+    result = runner.invoke(app, shard_args(ava, tmp_path / "out", "--workers", "0"))
+    assert result.exit_code == 2
+    assert not (tmp_path / "out").exists()
