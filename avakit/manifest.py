@@ -163,7 +163,10 @@ def _check_structure(manifest: Any, path: Path) -> None:
     check_preprocessing(manifest.get("preprocessing"), f"{path}")
     for reason in c.mapping(manifest, "", "skipped_by_reason"):
         c.count(manifest["skipped_by_reason"], "skipped_by_reason", reason)
-    c.typed(manifest.get("skipped", []), list, "a list", "skipped")
+    for i, entry in enumerate(c.typed(manifest.get("skipped", []), list, "a list", "skipped")):
+        c.typed(entry, dict, "a mapping", f"skipped[{i}]")
+        c.count(entry, f"skipped[{i}]", "line")
+        c.typed(c.get(entry, f"skipped[{i}]", "reason"), str, "a string", f"skipped[{i}].reason")
     names: set[str] = set()
     for split, info in c.mapping(manifest, "", "splits").items():
         if split not in ("train", "val", "test"):
@@ -261,6 +264,15 @@ def verify_shards(
     counts = manifest["counts"]
     if counts["rows_read"] != counts["samples_written"] + counts["rows_skipped"]:
         problems.append("counts: rows_read != samples_written + rows_skipped")
+    written = sum(info["samples"] for info in manifest["splits"].values())
+    if counts["samples_written"] != written:
+        problems.append(f"counts.samples_written: {counts['samples_written']}, the splits hold {written}")
+    skipped = manifest.get("skipped", [])
+    by_reason = dict(Counter(s["reason"] for s in skipped))
+    stated = {reason: n for reason, n in manifest["skipped_by_reason"].items() if n}
+    if len(skipped) != counts["rows_skipped"] or by_reason != stated:
+        problems.append(f"skipped: {len(skipped)} rows listed {dict(sorted(by_reason.items()))}, counts say "
+                        f"{counts['rows_skipped']} {stated}")
     for stray in sorted(p.name for p in shards_dir.glob("*.tar") if p.name not in listed):
         shown = stray if stray.isprintable() else repr(stray)
         problems.append(f"{shown}: tar file not listed in the manifest")

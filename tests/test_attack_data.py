@@ -217,3 +217,29 @@ def test_bad_workers_is_refused_before_any_work(made, tmp_path: Path) -> None:
     result = runner.invoke(app, shard_args(ava, tmp_path / "out", "--workers", "0"))
     assert result.exit_code == 2
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", ["bogus entries", "entry dropped", "reason count", "samples_written"])
+def test_inspect_reconciles_the_skipped_list_with_the_counts(tmp_path: Path, change: str) -> None:
+    """The skipped list, skipped_by_reason and the counts must agree; a crafted manifest is caught."""
+    from avakit.synthetic import make_synthetic_ava
+
+    ava = make_synthetic_ava(tmp_path / "ava", n=12, seed=4, long_side=(40, 80))
+    (ava.images / f"{ava.image_ids[0]}.jpg").unlink()  # one row skipped: missing
+    out = tmp_path / "out"
+    assert runner.invoke(app, shard_args(ava, out)).exit_code == 0
+    assert runner.invoke(app, ["inspect", str(out)]).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    if change == "bogus entries":
+        manifest["skipped"] = [1, "x", None]
+    elif change == "entry dropped":
+        manifest["skipped"] = []
+    elif change == "reason count":
+        manifest["skipped_by_reason"] = {"duplicate": 1}
+    else:
+        manifest["counts"]["samples_written"] -= 1
+        manifest["counts"]["rows_read"] -= 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert result.exit_code in (1, 2), result.output
+    assert "skipped" in result.output or "samples_written" in result.output
