@@ -217,11 +217,12 @@ def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
             for sample in tar_samples(f, path.name):
                 n += 1
                 key = sample["__key__"]
+                shown = key if key.isprintable() else repr(key)  # a newline in a name stays on one line
                 if "jpg" not in sample or "json" not in sample:
                     members = sorted(k for k in sample if not k.startswith("__"))
-                    problems.append(f"{path.name}: sample {key!r}: {Reason.MEMBERS.text} (has {members})")
+                    problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
                 elif decode:
-                    problems += [f"{path.name}: sample {key!r}: {reason}"
+                    problems += [f"{path.name}: sample {shown}: {reason}"
                                  for reason in _sample_problems(key, sample)]
     except (tarfile.TarError, EOFError, ValueError, OSError) as e:
         problems.append(f"{path.name}: unreadable tar after {n} samples: {str(e).splitlines()[0][:200]}")
