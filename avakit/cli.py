@@ -6,6 +6,7 @@ Library modules are imported inside each command so `avakit --help` stays fast (
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +58,11 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
 
 
+def _say(text: str) -> None:
+    """Print a line holding paths or file contents: their `[...]` is text, not Rich markup."""
+    console.print(escape(text), highlight=False)
+
+
 app = typer.Typer(
     cls=_Group,
     name="avakit",
@@ -80,7 +86,8 @@ def shard(
     short_side: Annotated[int, typer.Option(help="Shorter side of stored images, pixels.")] = 256,
     quality: Annotated[int, typer.Option(help="JPEG quality of stored images.")] = 90,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (AVA train: ~200 shards).")] = 1000,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.",
+                                                show_default="all cores")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows (for trials).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
 ) -> None:
@@ -102,7 +109,7 @@ def shard(
     with progress_bar("sharding", plan.pending_images) as advance:
         manifest = write_shards(plan, cpu_count() if workers is None else workers, advance)
     print_shard_summary(manifest, out)
-    console.print(f"manifest: {out / 'manifest.json'}")
+    _say(f"manifest: {out / 'manifest.json'}")
 
 
 @app.command()
@@ -122,7 +129,7 @@ def inspect(
     print_shard_summary(manifest, shards)
     if problems:
         for p in problems:
-            err_console.print(f"[red]mismatch:[/red] {p}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]mismatch:[/red] {escape(p)}", highlight=False, soft_wrap=True)
         raise AvakitError(f"{shards}: {len(problems)} problem(s) found", exit_code=1)
     checked = "matches the manifest and decodes" if decode else "matches the manifest"
     console.print(f"[green]ok[/green]: every shard {checked}")
@@ -350,8 +357,8 @@ def export(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo dataset and outputs.")] = Path("demo"),
     config: Annotated[Path, typer.Option(help="Training config of the demo.")] = Path("configs/demo.yaml"),
-    n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 600,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
+    n: Annotated[int, typer.Option(min=50, max=100_000, help="Number of synthetic images.")] = 600,
+    seed: Annotated[int, typer.Option(min=0, max=2**64 - 1, help="Seed of the synthetic dataset.")] = 0,
 ) -> None:
     """The whole loop on a synthetic AVA-like dataset: generate, shard, train, evaluate, report, predict.
 
@@ -365,17 +372,23 @@ def demo(
     from avakit.synthetic import make_synthetic_ava
     from avakit.train import fit
 
-    cfg = load_config(config, [f"data.shards={out / 'shards'}", f"output_dir={out / 'outputs'}"])
+    if out.exists() and not out.is_dir():
+        raise AvakitError(f"--out {out}: exists and is not a folder")
+    # absolute paths as quoted YAML strings: a folder named `pipe:...` or `[1]` stays a folder
+    where = {"data.shards": out.resolve() / "shards", "output_dir": out.resolve() / "outputs"}
+    cfg = load_config(config, [f"{key}={json.dumps(str(path))}" for key, path in where.items()])
     data = out / "ava"
     if not (data / "AVA.txt").is_file():
-        console.print(f"1/6 generating {n} synthetic AVA-like images in {data}")
+        _say(f"1/6 generating {n} synthetic AVA-like images in {data}")
         make_synthetic_ava(data, n=n, seed=seed)
-    console.print(f"2/6 sharding into {out / 'shards'}")
+    else:
+        _say(f"1/6 using the synthetic dataset in {data} (--n and --seed not applied)")
+    _say(f"2/6 sharding into {out / 'shards'}")
     plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
     with progress_bar("sharding", plan.pending_images) as advance:
         manifest = write_shards(plan, cpu_count(), advance)
     print_shard_summary(manifest, out / "shards")
-    console.print(f"3/6 training {config}")
+    _say(f"3/6 training {config}")
     log_to_console()
     run_dir = fit(cfg, progress=RichProgress())
     print_results(run_dir)
@@ -387,10 +400,10 @@ def demo(
     console.print("5/6 writing the report")
     summary = build_report(run_dir, tags=data / "tags.txt", challenges=data / "challenges.txt")
     photo = sorted((data / "images").glob("*.jpg"))[0]
-    console.print(f"6/6 scoring one photo: {photo}")
+    _say(f"6/6 scoring one photo: {photo}")
     scored = score_images(load_scorer(run=run_dir), [photo])[0]
-    console.print(f"{photo.name}: mean score {scored.mean_score:.2f} (std {scored.std:.2f})")
-    console.print(f"[bold]demo done[/bold]. run folder: {run_dir}\nreport: {summary['report']}")
+    _say(f"{photo.name}: mean score {scored.mean_score:.2f} (std {scored.std:.2f})")
+    console.print("[bold]demo done[/bold]. " + escape(f"run folder: {run_dir}\nreport: {summary['report']}"))
 
 
 def main() -> None:

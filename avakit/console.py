@@ -54,7 +54,7 @@ def progress_bar(description: str, total: int, unit: str = "images"):
 
 
 def print_shard_summary(manifest: dict, out: Path) -> None:
-    table = Table(title=f"shards in {out}")
+    table = Table(title=escape(f"shards in {out}"))  # a path or a manifest's text is not markup
     for col in ("split", "samples", "shards", "MB", "mean score", "votes/image"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split, info in manifest["splits"].items():
@@ -75,7 +75,7 @@ def print_shard_summary(manifest: dict, out: Path) -> None:
         skipped.add_column("reason")
         skipped.add_column("rows", justify="right")
         for reason, n in manifest["skipped_by_reason"].items():
-            skipped.add_row(reason, f"{n:,}")
+            skipped.add_row(escape(reason), f"{n:,}")
         console.print(skipped)
 
 

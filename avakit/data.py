@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-import re
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -33,16 +32,14 @@ from typing import Any
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, default_collate
-from webdataset.tariterators import group_by_keys, tarfile_samples
+from webdataset.tariterators import tarfile_samples
 
 from avakit.errors import AvakitError
-from avakit.samples import Reason, SampleCounts, decode_image, parse_label
+from avakit.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
 from avakit.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
 DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left
-MAX_MEMBER = 256 << 20  # a tar member larger than this is not a shard sample: the shard is unreadable
-_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as webdataset does
 
 
 def keep_sample(key: str, fraction: float) -> bool:
@@ -94,18 +91,6 @@ class _HashingReader:
         return self.hash.hexdigest()
 
 
-def _tar_files(stream: Any, url: str) -> Iterator[dict]:
-    """An uncompressed tar's regular members as webdataset file dicts, streaming (no seek)."""
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # its 10 KiB reads: larger ones cost copies
-        for info in tar:
-            if not info.isreg() or _META.match(info.name):
-                continue
-            if info.size > MAX_MEMBER:
-                raise ValueError(f"member {info.name} is {info.size} bytes")
-            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
-            tar.members = []  # streaming: do not keep every member's header
-
-
 def read_file(entry: ShardFile, index: int) -> Iterator[dict]:
     """A local shard's samples; placeholders for what it promised and did not give; sha256 check."""
     if entry.lost:
@@ -116,7 +101,7 @@ def read_file(entry: ShardFile, index: int) -> Iterator[dict]:
         with open(entry.path, "rb") as f:
             stream = _HashingReader(f) if entry.sha256 is not None else f
             try:
-                for sample in group_by_keys(_tar_files(stream, entry.name)):
+                for sample in tar_samples(stream, entry.name):
                     seen += 1
                     yield sample
             except (EOFError, tarfile.TarError, ValueError):

@@ -22,7 +22,7 @@ import numpy as np
 from avakit import __version__
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256, write_json_atomic  # noqa: F401 - re-exported
-from avakit.samples import Reason, decode_image, parse_label
+from avakit.samples import Reason, decode_image, parse_label, tar_samples
 
 if TYPE_CHECKING:
     from avakit.shards import ShardPlan
@@ -163,7 +163,10 @@ def _check_structure(manifest: Any, path: Path) -> None:
     check_preprocessing(manifest.get("preprocessing"), f"{path}")
     for reason in c.mapping(manifest, "", "skipped_by_reason"):
         c.count(manifest["skipped_by_reason"], "skipped_by_reason", reason)
-    c.typed(manifest.get("skipped", []), list, "a list", "skipped")
+    for i, entry in enumerate(c.typed(manifest.get("skipped", []), list, "a list", "skipped")):
+        c.typed(entry, dict, "a mapping", f"skipped[{i}]")
+        c.count(entry, f"skipped[{i}]", "line")
+        c.typed(c.get(entry, f"skipped[{i}]", "reason"), str, "a string", f"skipped[{i}].reason")
     names: set[str] = set()
     for split, info in c.mapping(manifest, "", "splits").items():
         if split not in ("train", "val", "test"):
@@ -203,26 +206,27 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
 def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
     """(number of samples, problems) of one tar; with `decode`, every image and label checked.
 
-    Uses the loader's own checks (samples.parse_label, samples.decode_image: the JPEG decoder
-    training uses), so inspect reports exactly the samples training would count as corrupt.
+    Reads the tar as the loader does (samples.tar_samples: the same members, grouping and size
+    cap) and checks samples with its own checks (samples.parse_label, samples.decode_image), so
+    inspect reports exactly the samples training would count as corrupt or lost.
     """
     problems: list[str] = []
-    members: dict[str, dict[str, bytes]] = {}
+    n = 0
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                key, _, ext = info.name.partition(".")
-                data = tar.extractfile(info).read() if decode and info.isfile() else b""
-                members.setdefault(key, {})[ext] = data
-    except (tarfile.TarError, OSError) as e:
-        return 0, [f"{path.name}: unreadable tar: {e}"]
-    for key, sample in members.items():
-        if set(sample) != {"jpg", "json"}:
-            problems.append(f"{path.name}: sample {key}: {Reason.MEMBERS.text} (has {sorted(sample)})")
-            continue
-        if decode:
-            problems += [f"{path.name}: sample {key}: {reason}" for reason in _sample_problems(key, sample)]
-    return len(members), problems
+        with path.open("rb") as f:
+            for sample in tar_samples(f, path.name):
+                n += 1
+                key = sample["__key__"]
+                shown = key if key.isprintable() else repr(key)  # a newline in a name stays on one line
+                if "jpg" not in sample or "json" not in sample:
+                    members = sorted(k for k in sample if not k.startswith("__"))
+                    problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
+                elif decode:
+                    problems += [f"{path.name}: sample {shown}: {reason}"
+                                 for reason in _sample_problems(key, sample)]
+    except (tarfile.TarError, EOFError, ValueError, OSError) as e:
+        problems.append(f"{path.name}: unreadable tar after {n} samples: {str(e).splitlines()[0][:200]}")
+    return n, problems
 
 
 def _sample_problems(key: str, sample: dict[str, bytes]) -> list[str]:
@@ -261,8 +265,18 @@ def verify_shards(
     counts = manifest["counts"]
     if counts["rows_read"] != counts["samples_written"] + counts["rows_skipped"]:
         problems.append("counts: rows_read != samples_written + rows_skipped")
+    written = sum(info["samples"] for info in manifest["splits"].values())
+    if counts["samples_written"] != written:
+        problems.append(f"counts.samples_written: {counts['samples_written']}, the splits hold {written}")
+    skipped = manifest.get("skipped", [])
+    by_reason = dict(Counter(s["reason"] for s in skipped))
+    stated = {reason: n for reason, n in manifest["skipped_by_reason"].items() if n}
+    if len(skipped) != counts["rows_skipped"] or by_reason != stated:
+        problems.append(f"skipped: {len(skipped)} rows listed {dict(sorted(by_reason.items()))}, counts say "
+                        f"{counts['rows_skipped']} {stated}")
     for stray in sorted(p.name for p in shards_dir.glob("*.tar") if p.name not in listed):
-        problems.append(f"{stray}: tar file not listed in the manifest")
+        shown = stray if stray.isprintable() else repr(stray)
+        problems.append(f"{shown}: tar file not listed in the manifest")
     return manifest, problems
 
 

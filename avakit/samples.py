@@ -12,8 +12,11 @@ Torch-free at import (the JPEG decoder is imported on first use), so `inspect` s
 from __future__ import annotations
 
 import json
+import re
+import tarfile
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -25,6 +28,8 @@ from avakit.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are rea
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
+MAX_MEMBER = 256 << 20  # a tar member larger than this is not a shard sample: the shard is unreadable
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as webdataset does
 
 
 class Reason(IntEnum):
@@ -103,6 +108,31 @@ def parse_label(key: str, raw: bytes) -> tuple[Reason, dict | None]:
         return Reason.JSON, None
     reason = check_label(key, label)
     return reason, (label if reason == Reason.OK else None)
+
+
+def tar_samples(stream: Any, name: str) -> Iterator[dict]:
+    """The samples of an uncompressed shard tar read from `stream` (streaming, no seek).
+
+    The one reader of shard files, for the loader and `inspect`: regular members only (webdataset
+    metadata skipped), grouped into samples by webdataset's `group_by_keys` (consecutive members
+    with the same key). Raises tarfile.TarError or EOFError for a damaged tar, ValueError for a
+    member over MAX_MEMBER bytes (never read) or a key repeating a member.
+    """
+    from webdataset.tariterators import group_by_keys  # imports torch: only when a shard is read
+
+    return group_by_keys(_tar_files(stream, name))
+
+
+def _tar_files(stream: Any, name: str) -> Iterator[dict]:
+    """An uncompressed tar's regular members as webdataset file dicts, streaming (no seek)."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:  # its 10 KiB reads: larger ones cost copies
+        for info in tar:
+            if not info.isreg() or _META.match(info.name):
+                continue
+            if info.size > MAX_MEMBER:
+                raise ValueError(f"member {info.name} is {info.size} bytes")
+            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": name}
+            tar.members = []  # streaming: do not keep every member's header
 
 
 def decode_image(data: bytes) -> Any:

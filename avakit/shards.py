@@ -80,6 +80,7 @@ class ShardPlan:
     parse_skipped: list[Skipped]
     tasks: list[ShardTask]
     pending: list[ShardTask] = field(default_factory=list)
+    done: dict[str, dict] = field(default_factory=dict)  # shard name -> record of a finished shard
 
     @property
     def pending_images(self) -> int:
@@ -134,7 +135,8 @@ def plan_sharding(
             tasks.append(ShardTask(split, k, tuple(by_id[i] for i in chunk)))
     plan = ShardPlan(ava_txt, images, out, options, sources, rows_read, rows, parse_skipped, tasks)
     _prepare_out(plan)
-    plan.pending = [t for t in tasks if _load_record(out, t) is None]
+    plan.done = {t.name: r for t in tasks if (r := _load_record(out, t)) is not None}
+    plan.pending = [t for t in tasks if t.name not in plan.done]
     return plan
 
 
@@ -180,14 +182,15 @@ def _prepare_out(plan: ShardPlan) -> None:
     if out.exists() and not out.is_dir():
         raise AvakitError(f"{out}: exists and is not a folder")
     progress = out / PROGRESS_DIR
-    progress.mkdir(parents=True, exist_ok=True)
+    with fileio.write_errors(progress):
+        progress.mkdir(parents=True, exist_ok=True)
     stamp = progress / "options.json"
     wanted = _fingerprint(plan)
-    if stamp.exists():
-        if json.loads(stamp.read_text()) != wanted:
+    if stamp.exists() or stamp.is_symlink():
+        if _read_json(stamp) != wanted:
             raise AvakitError(
-                f"{out}: holds shards made from other inputs or options; "
-                "use another --out or delete the folder"
+                f"{out}: holds shards made from other inputs or options ({stamp} differs or is "
+                "unreadable); use another --out or delete the folder"
             )
     elif any(out.glob("*.tar")):
         raise AvakitError(f"{out}: already holds shards not made by this command; use another --out")
@@ -201,15 +204,38 @@ def _record_path(out: Path, task: ShardTask) -> Path:
     return out / PROGRESS_DIR / (task.name + ".json")
 
 
-def _load_record(out: Path, task: ShardTask) -> dict | None:
-    """The finished shard's record, or None when the shard is still to be written."""
-    path = _record_path(out, task)
-    if not (out / task.name).is_file() or not path.is_file():
-        return None
+def _read_json(path: Path) -> object:
+    """The JSON value stored in `path`, or None when it is not a readable JSON file."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):  # missing, a folder, a loop, not UTF-8, bad JSON
         return None
+
+
+def _load_record(out: Path, task: ShardTask) -> dict | None:
+    """The finished shard's record, or None when the shard is still to be written.
+
+    A record is trusted only when it describes this task and the tar on disk: name, split, each
+    row written or skipped once (with its own line number), the tar's size and sha256 (hashing
+    the finished tars costs seconds against the hours of writing them). Anything else (an edited
+    or damaged file) means the shard is written again: a rerun never trusts a record that does
+    not hold.
+    """
+    tar, record = out / task.name, _read_json(_record_path(out, task))
+    if not (isinstance(record, dict) and tar.is_file() and isinstance(ids := record.get("image_ids"), list)
+            and isinstance(skipped := record.get("skipped"), list)):
+        return None
+    lines = {r.image_id: r.line for r in task.rows}
+    valid = (
+        record.get("name") == task.name and record.get("split") == task.split
+        and record.get("samples") == len(ids) and record.get("bytes") == tar.stat().st_size
+        and all(type(s) is dict and set(s) == {"line", "image_id", "reason", "detail"}
+                and type(s["image_id"]) is int and s["line"] == lines.get(s["image_id"])
+                and type(s["reason"]) is str and type(s["detail"]) is str for s in skipped)
+        and all(type(i) is int for i in ids)
+        and sorted(ids + [s["image_id"] for s in skipped]) == sorted(lines)
+    )
+    return record if valid and record.get("sha256") == file_sha256(tar) else None
 
 
 _progress_queue: mp.Queue | None = None
@@ -354,7 +380,7 @@ def write_shards(
         _run_pool(plan, workers, progress)
     records = []
     for task in plan.tasks:
-        record = _load_record(plan.out, task)
+        record = plan.done.get(task.name) or _load_record(plan.out, task)
         if record is None:
             raise AvakitError(f"{plan.out / task.name}: shard was not completed")
         records.append(record)

@@ -305,6 +305,8 @@ def replace_test_shard(shards: Path) -> tuple[dict[str, int], int]:
     expected = write_bad_shard(shards / entry["name"])
     n = 3 + len(BAD_LABELS) + 2
     manifest["splits"]["test"]["samples"] += n - entry["samples"]
+    for key in ("samples_written", "rows_read"):  # the counts reconcile (inspect checks them)
+        manifest["counts"][key] += n - entry["samples"]
     path = shards / entry["name"]
     entry.update(samples=n, bytes=path.stat().st_size, sha256=file_sha256(path))
     (shards / "manifest.json").write_text(json.dumps(manifest))
