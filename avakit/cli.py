@@ -154,6 +154,8 @@ def train(
 
     if resume is not None and config is not None:
         raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
+    if resume is not None and output_dir is not None:
+        raise AvakitError(f"--output-dir: a resumed run goes on in its own folder ({resume})")
     cfg = run_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
     log_to_console()
     run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
