@@ -40,8 +40,9 @@ class _Group(TyperGroup):
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         try:
             return super().invoke(ctx)
-        except AvakitError as e:
-            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        except AvakitError as e:  # one line even when a path or value holds a newline
+            message = str(e).replace("\r", "\\r").replace("\n", "\\n")
+            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
             from avakit.fileio import is_disk_full

@@ -20,6 +20,7 @@ import torch
 
 from avakit import __version__
 from avakit.checkpoint import (
+    check_weights,
     load_checkpoint,
     make_folder,
     new_run_dir,
@@ -169,7 +170,8 @@ def _restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     Each part is checked as it loads: a crafted or foreign last.pt is one line naming the key.
     """
     state = check_resume_state(ckpt, path)
-    tr.core.load_state_dict(ckpt["model_state_dict"])  # names and shapes checked by load_checkpoint
+    check_weights(tr.cfg, ckpt["model_state_dict"], f"{path} (with this run's config)")  # a --set model.*
+    tr.core.load_state_dict(ckpt["model_state_dict"])
     with _part(path, "optimizer"):
         _check_optimizer(ckpt["optimizer"], tr.ctx.optimizer, path)
         tr.ctx.optimizer.load_state_dict(ckpt["optimizer"])

@@ -140,3 +140,48 @@ def test_resume_of_a_good_last_pt_still_works(trained_run: Path, tmp_path: Path)
     result = runner.invoke(app, ["train", "--resume", str(run), "--set", "training.max_epochs=3"])
     assert result.exit_code == 0, result.output
     assert len(json.loads((run / "training_history.json").read_text())) == 3
+
+
+def test_resume_with_another_backbone_is_one_line(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "model.backbone=resnet34",
+                                 "--set", "training.max_epochs=3"])
+    one_line_error(result, "last.pt", "this run's config")
+
+
+def test_a_training_batch_of_one_sample_trains() -> None:
+    """A lone sample at a 32 px crop (1x1 maps in layer4): BatchNorm used to raise ValueError."""
+    from avakit.config import load_config
+    from avakit.engine import StepContext, train_one_epoch
+    from avakit.losses import get_loss
+    from avakit.model import model_from_config
+
+    cfg = load_config(None, TINY_TRAIN)
+    model = model_from_config(cfg)
+    ctx = StepContext(model=model, normalize=torch.nn.Identity(),
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=get_loss("emd").fn,
+                      output_mode="distribution", device=torch.device("cpu"))
+    batch = (torch.rand(2, 3, 32, 32), torch.ones(2, 10), torch.arange(2), torch.tensor([True, False]))
+    stats = train_one_epoch(ctx, [batch], epoch=0, step=0)
+    assert (stats.samples, stats.corrupt, stats.steps) == (1, 1, 1)
+    assert all(m.training for m in model.modules())  # BatchNorm back in train mode
+
+
+def test_evaluate_refuses_non_finite_weights(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = torch.load(run / "best_model.pt", weights_only=True)
+    next(t for t in ckpt["model_state_dict"].values() if t.is_floating_point()).fill_(float("nan"))
+    torch.save(ckpt, run / "best_model.pt")
+    result = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
+    one_line_error(result, "best_model.pt", "NaN")
+    assert not (run / "eval").exists()
+
+
+def test_an_error_naming_a_path_with_a_newline_stays_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "a\nb.yaml"
+    config.write_text("name: [1\n")
+    result = runner.invoke(app, ["train", "--config", str(config)])
+    assert result.exit_code == 2
+    assert one_line_error(result, "a\\nb.yaml")
