@@ -130,6 +130,10 @@ def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
                if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
     if "train" not in sources or "val" not in sources:
         raise AvakitError("data.shards: training needs a train and a val split")
+    for split in ("train", "val"):  # an empty val split would train with NaN metrics and no best model
+        if not sources[split].has_data or sources[split].samples == 0:
+            raise AvakitError(f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
+                              "training needs both train and val samples")
     if dist.enabled and sources["train"].samples is None:
         raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
     return sources

@@ -185,3 +185,35 @@ def test_an_error_naming_a_path_with_a_newline_stays_one_line(tmp_path: Path) ->
     result = runner.invoke(app, ["train", "--config", str(config)])
     assert result.exit_code == 2
     assert one_line_error(result, "a\\nb.yaml")
+
+
+@pytest.mark.parametrize("damage", ["binary", "folder"])
+def test_resume_over_damaged_telemetry(trained_run: Path, tmp_path: Path, damage: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    if damage == "binary":
+        for csv_file in (run / "telemetry").glob("*.csv"):
+            csv_file.write_bytes(bytes(range(256)) * 4)
+        result = runner.invoke(app, ["train", "--resume", str(run), "--set", "training.max_epochs=3"])
+        assert result.exit_code == 0, result.output  # started afresh, with a warning in training.log
+        assert "starting it afresh" in (run / "training.log").read_text()
+    else:
+        shutil.rmtree(run / "telemetry")
+        (run / "telemetry").write_text("x")
+        result = runner.invoke(app, ["train", "--resume", str(run), "--set", "training.max_epochs=3"])
+        one_line_error(result, "telemetry")
+
+
+def test_an_empty_val_split_is_refused_before_training(trained_run: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(trained_run.parent / "shards", shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for shard in manifest["splits"]["val"]["shards"]:
+        (shards / shard["name"]).unlink()
+    manifest["splits"]["val"].update(shards=[], samples=0, bytes=0)
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    args = ["train", "--output-dir", str(tmp_path / "runs")]
+    for item in [*TINY_TRAIN, f"data.shards={shards}"]:
+        args += ["--set", item]
+    one_line_error(runner.invoke(app, args), "val split has no samples")
+    assert not (tmp_path / "runs").exists()
