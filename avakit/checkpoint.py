@@ -89,7 +89,7 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
             raise AvakitError(f"{where}: model_state_dict must map names to dense tensors "
                               f"(got {type(name).__name__} {str(name)[:60]!r}: {type(value).__name__})")
     if weights:
-        _check_weights(cfg, state, where)
+        check_weights(cfg, state, where)
     epoch = ckpt.get("epoch")
     if epoch is not None and (type(epoch) is not int or epoch < 0):
         raise AvakitError(f"{where}: epoch must be a non-negative integer or null, got {str(epoch)[:60]!r}")
@@ -101,9 +101,9 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
     return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing}
 
 
-def _check_weights(cfg: Config, state: dict, where: str) -> Any:
+def check_weights(cfg: Config, state: dict, where: str) -> Any:
     """The config's model on the meta device (no memory, no init), with `state`'s names, shapes
-    and dtypes checked against it; the weights are not touched."""
+    and dtypes checked against it, and its float weights finite; the weights are not changed."""
     from avakit.model import model_from_config
 
     with torch.device("meta"):
@@ -119,6 +119,9 @@ def _check_weights(cfg: Config, state: dict, where: str) -> Any:
         if got.dtype != want.dtype or got.shape != want.shape:
             raise AvakitError(f"{where}: model_state_dict.{name}: {got.dtype} {list(got.shape)} does not fit "
                               f"its config's model ({want.dtype} {list(want.shape)})")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise AvakitError(f"{where}: model_state_dict.{name}: holds NaN or infinite values "
+                              "(every score would be NaN)", exit_code=1)
     return model
 
 
@@ -130,7 +133,7 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, C
     """
     ckpt = check_checkpoint(ckpt, where, weights=False)
     cfg = config_from_dict(ckpt["config"])
-    model = _check_weights(cfg, ckpt["model_state_dict"], where)
+    model = check_weights(cfg, ckpt["model_state_dict"], where)
     model.load_state_dict(_unshared(ckpt["model_state_dict"]), assign=True)  # checked: cannot fail
     return model.eval(), cfg
 

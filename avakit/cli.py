@@ -41,8 +41,9 @@ class _Group(TyperGroup):
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         try:
             return super().invoke(ctx)
-        except AvakitError as e:
-            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        except AvakitError as e:  # one line even when a path or value holds a newline
+            message = str(e).replace("\r", "\\r").replace("\n", "\\n")
+            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
             from avakit.fileio import is_disk_full
@@ -161,6 +162,8 @@ def train(
 
     if resume is not None and config is not None:
         raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
+    if resume is not None and output_dir is not None:
+        raise AvakitError(f"--output-dir: a resumed run goes on in its own folder ({resume})")
     cfg = run_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
     log_to_console()
     run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())

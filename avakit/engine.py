@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,6 +192,24 @@ def _optimizer_step(ctx: StepContext, step: int, epoch: int) -> None:
         ctx.scheduler.step()
 
 
+@contextlib.contextmanager
+def _batchnorm_eval(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in eval mode (running statistics) for a batch of one sample.
+
+    A lone sample (batch_size 1, an epoch's last partial batch, or a batch whose other samples
+    were corrupt) has no batch statistics where a feature map is 1x1 (small crops): BatchNorm
+    in train mode would fail. It still trains, normalised with the running statistics.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in layers:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.train()
+
+
 def train_one_epoch(
     ctx: StepContext, loader, epoch: int, step: int, advance: Callable[[int, float], None] | None = None
 ) -> EpochStats:
@@ -212,9 +230,10 @@ def train_one_epoch(
         if len(x) == 0:
             continue
         sync = (micro + 1) % ctx.grad_accum_steps == 0
+        single = _batchnorm_eval(ctx.model) if len(x) == 1 else contextlib.nullcontext()
         no_sync = getattr(ctx.model, "no_sync", None)
         with (no_sync() if no_sync is not None and not sync else contextlib.nullcontext()):
-            with autocast(ctx.device, ctx.amp):
+            with autocast(ctx.device, ctx.amp), single:
                 out = ctx.model(x)
             loss = ctx.loss_fn(out.float(), targets(votes, ctx.output_mode))
             if not math.isfinite(loss_value := loss.item()):

@@ -13,16 +13,17 @@ A cache whose fingerprint differs from the config asking for it is refused as st
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from avakit import __version__
-from avakit.config import Config
+from avakit.checkpoint import make_folder
+from avakit.config import SPLITS, Config
 from avakit.data import CountingLoader, SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
 from avakit.engine import autocast
@@ -31,6 +32,8 @@ from avakit.fileio import atomic_write, clear_stale_tmp, write_parquet_atomic
 from avakit.iqa import IQA_NAMES, iqa_features
 from avakit.manifest import file_sha256, write_json_atomic
 from avakit.model import model_from_config
+from avakit.preprocess import check_preprocessing
+from avakit.rundir import read_json
 from avakit.transforms import EvalPreset, Normalize
 
 VOTE_COLS = [f"votes_{k}" for k in range(1, 11)]
@@ -70,8 +73,34 @@ def fingerprint(cfg: Config) -> dict:
 
 
 def _read_meta(out: Path) -> dict | None:
-    path = out / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The cache's meta.json (None when there is none yet), its structure checked: one line naming the key."""
+    path = Path(out) / "meta.json"
+    if not path.exists() and not path.is_symlink():
+        return None
+    meta = read_json(path)
+    bad = _meta_problem(meta)
+    if bad:
+        raise AvakitError(f"{path}: {bad}; not a feature cache written by `avakit features` "
+                          "(delete the folder or use another --out)")
+    check_preprocessing(meta.get("preprocessing"), str(path))
+    return meta
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What makes `meta` unusable as a feature cache's meta.json, or None."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got {type(meta).__name__}"
+    for key, kind in (("fingerprint", dict), ("splits", dict), ("feature_dim", int), ("iqa_names", list)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"{key}: missing or not a {kind.__name__}"
+    if not 0 < meta["feature_dim"] <= 1 << 16:
+        return f"feature_dim: {meta['feature_dim']} is out of range"
+    for split, n in meta["splits"].items():
+        if split not in SPLITS or type(n) is not int or n < 0:
+            return f"splits.{split}: expected a split name and a sample count >= 0, got {str(n)[:40]!r}"
+    if not isinstance(meta.get("counts", {}), dict):
+        return "counts: not a mapping"
+    return None
 
 
 def check_cache(cache: Path, cfg: Config) -> dict:
@@ -141,7 +170,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     sources = {split: resolve_split(cfg.data.shards, split, allow_missing=allow_missing,
                                     incomplete_hint="pass --allow-missing to cache the rest")
                for split in splits}  # bad paths fail first
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     clear_stale_tmp(out)  # left by a run that was killed or stopped by a full disk
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
     dev = pick_device(device)
@@ -176,16 +205,67 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     return meta
 
 
-def load_feature_split(cache: Path, split: str, meta: dict) -> FeatureSource:
-    """One cached split in memory (features stay float16 until batched)."""
+def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | None = None) -> FeatureSource:
+    """One cached split in memory (features stay float16 until batched), checked against meta.json.
+
+    A damaged, foreign or inconsistent file (rows, width, non-finite features, votes that are not
+    counts with a positive sum) is one AvakitError naming it, never a traceback or a silent loss.
+    """
     cache = Path(cache)
     if split not in meta["splits"]:
         raise AvakitError(f"{cache}: no cached features for split {split!r} (run `avakit features`)")
-    index = pd.read_parquet(cache / f"{split}.index.parquet")
-    feats = np.load(cache / f"{split}.features.npy")
-    return FeatureSource(split, index["image_id"].to_numpy(np.int64), feats,
-                         index[VOTE_COLS].to_numpy(np.float32), index[list(IQA_NAMES)].to_numpy(np.float32),
-                         meta["fingerprint"]["manifest_sha256"], meta.get("preprocessing"))
+    index_path, feats_path = cache / f"{split}.index.parquet", cache / f"{split}.features.npy"
+    redo = "re-run `avakit features` into a new --out"
+    columns = ["image_id", *VOTE_COLS, *IQA_NAMES]
+    index = _read_cache_file(index_path, lambda: pd.read_parquet(index_path, columns=columns), redo)
+    feats = _read_cache_file(feats_path, lambda: np.load(feats_path, allow_pickle=False), redo)
+    n, width = meta["splits"][split], feature_dim or meta["feature_dim"]
+    if len(index) != n:
+        raise AvakitError(f"{index_path}: {len(index)} rows, meta.json promises {n}; {redo}")
+    if feats.dtype != np.float16 or feats.shape != (n, width):
+        raise AvakitError(f"{feats_path}: {feats.dtype} {list(feats.shape)}, "
+                          f"expected float16 [{n}, {width}]; "
+                          f"{redo}")
+    votes = index[VOTE_COLS].to_numpy(np.float32)
+    iqa = index[list(IQA_NAMES)].to_numpy(np.float32)
+    if not (np.isfinite(feats).all() and np.isfinite(iqa).all() and np.isfinite(votes).all()
+            and (votes >= 0).all() and (votes.sum(axis=1) > 0).all()):
+        raise AvakitError(f"{cache}: {split} features, IQA values or votes are not finite, non-negative "
+                          f"counts; {redo}")
+    return FeatureSource(split, index["image_id"].to_numpy(np.int64), feats, votes, iqa,
+                         meta["fingerprint"].get("manifest_sha256"), meta.get("preprocessing"))
+
+
+def _read_cache_file(path: Path, read, redo: str):
+    """`read()` of a cache file; a missing, damaged or foreign file is one line naming it."""
+    import pyarrow
+
+    if not path.is_file():
+        raise AvakitError(f"{path}: missing from the feature cache; {redo}")
+    try:
+        return read()
+    except (OSError, ValueError, EOFError, KeyError, pyarrow.ArrowException) as e:
+        raise AvakitError(f"{path}: unreadable feature cache file ({e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); {redo}") from None
+
+
+def _load_backbone(core: torch.nn.Module, path: Path) -> None:
+    """The cache's backbone.pt into `core.backbone`: names, shapes and dtypes checked first."""
+    redo = "re-run `avakit features` into a new --out"
+    if not path.is_file():
+        raise AvakitError(f"{path}: missing from the feature cache; {redo}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise AvakitError(f"{path}: not a readable backbone state ({e.__class__.__name__}); {redo}") from None
+    expected = core.backbone.state_dict()
+    ok = isinstance(state, dict) and set(state) == set(expected) and all(
+        isinstance(state[k], torch.Tensor) and state[k].shape == v.shape and state[k].dtype == v.dtype
+        for k, v in expected.items())
+    if not ok:
+        raise AvakitError(f"{path}: does not hold the weights of a {type(core.backbone).__name__} backbone "
+                          f"of this config; {redo}")
+    core.backbone.load_state_dict(state)
 
 
 class HeadOnly(torch.nn.Module):
@@ -215,11 +295,11 @@ def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, Featu
     """
     cache = Path(cfg.data.features)
     meta = check_cache(cache, cfg)
-    sources = {s: load_feature_split(cache, s, meta) for s in ("train", "val", "test") if s in meta["splits"]}
-    if "train" not in sources or "val" not in sources:
+    if "train" not in meta["splits"] or "val" not in meta["splits"]:
         raise AvakitError(f"{cache}: head-only training needs cached train and val features")
-    state = torch.load(cache / "backbone.pt", map_location="cpu", weights_only=True)
-    core.backbone.load_state_dict(state)
+    sources = {s: load_feature_split(cache, s, meta, core.spec.feature_dim)
+               for s in ("train", "val", "test") if s in meta["splits"]}
+    _load_backbone(core, cache / "backbone.pt")
     if core.iqa is not None:
         train_iqa = torch.tensor(sources["train"].iqa)
         core.iqa.feature_mean.copy_(train_iqa.mean(dim=0))

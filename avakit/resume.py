@@ -9,6 +9,7 @@ torch-free: plain values in, plain values out.
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,6 +99,48 @@ def check_same_data(stored: Mapping[str, Any] | None, current: Mapping[str, Any]
             key = "data.features" if current["features"] else "data.shards"
             raise AvakitError(f"{key}: {path} was trained with {split} data of {_describe(before)}, the "
                               f"config now gives {_describe(now)}; a resumed run must see the same data")
+
+
+RESUME_KEYS = ("optimizer", "scheduler", "state", "rng")  # what last.pt adds to a best_model.pt
+_COUNTERS = {"epoch": 0, "step": 0, "best_epoch": -1, "bad_epochs": 0}  # RunState ints and their minimum
+_MAX_COUNT = 2**62
+
+
+def check_resume_state(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """last.pt's progress (`state`) checked like user input, plus the presence of every part resume loads.
+
+    Returns the state as RunState keyword arguments; AvakitError naming the file and key otherwise.
+    The tensors' fit (optimizer groups, RNG states) is checked where they are loaded.
+    """
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise AvakitError(f"{path}: not a resumable last.pt (no {'/'.join(missing)})")
+    for key in ("optimizer", "scheduler", "rng"):
+        if not isinstance(ckpt[key], dict):
+            raise AvakitError(f"{path}: {key} must be a mapping, got {type(ckpt[key]).__name__}")
+    state = ckpt["state"]
+    if not isinstance(state, dict):
+        raise AvakitError(f"{path}: state must be a mapping, got {type(state).__name__}")
+    wanted = {*_COUNTERS, "best_srcc", "elapsed_s", "history"}
+    if set(state) != wanted:
+        odd = sorted(map(str, set(state) ^ wanted))
+        raise AvakitError(f"{path}: state: keys {', '.join(odd)[:120]} missing or unknown")
+    for key, low in _COUNTERS.items():
+        value = state[key]
+        if type(value) is not int or not low <= value <= _MAX_COUNT:
+            raise AvakitError(f"{path}: state.{key}: expected an integer >= {low}, got {str(value)[:60]!r}")
+    best, elapsed = state["best_srcc"], state["elapsed_s"]
+    if not isinstance(best, float) or not (-1.0 <= best <= 1.0 or best == -math.inf):
+        raise AvakitError(f"{path}: state.best_srcc: expected an SRCC in -1..1 (or -inf), "
+                          f"got {str(best)[:60]!r}")
+    if not isinstance(elapsed, int | float) or isinstance(elapsed, bool) or not 0 <= elapsed < math.inf:
+        raise AvakitError(f"{path}: state.elapsed_s: expected seconds >= 0, got {str(elapsed)[:60]!r}")
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != state["epoch"] \
+            or not all(isinstance(h, dict) for h in history):
+        raise AvakitError(f"{path}: state.history: expected one record (a mapping) per epoch done "
+                          f"({state['epoch']})")
+    return dict(state)
 
 
 def interrupted_message(run_dir: Path, fraction: float | None) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
+import logging
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (repor
     from avakit.model import AestheticModel
 
 TELEMETRY_DIR = "telemetry"
+log = logging.getLogger("avakit.train")  # its lines go to training.log
 GRAD_FILE = "gradient_norms.csv"
 LR_FILE = "learning_rates.csv"
 
@@ -59,13 +60,13 @@ def _rewrite_before(path: Path, header: list[str], resume_step: int) -> None:
     """Keep the header and the well-formed rows of `path` with batch_idx < resume_step."""
     kept: list[list[str]] = [header]
     if path.is_file():
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
+        try:
+            with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+                rows = list(csv.reader(fh))
+        except csv.Error:  # not a CSV file (damaged): nothing of it can be kept
+            rows = [["(unreadable)"]]
         if rows and rows[0] != header:
-            warnings.warn(
-                f"{path} has columns {rows[0]}, expected {header}; starting it afresh",
-                stacklevel=3,
-            )
+            log.warning("%s has columns %.200s, expected %s; starting it afresh", path, rows[0], header)
             rows = []
         for row in rows[1:]:
             if len(row) != len(header):  # e.g. a line cut short by the crash
@@ -131,7 +132,9 @@ class Telemetry:
         grad_header += [f"mlp_layer_{i}" for i in range(len(layers))]
         lr_header = ["batch_idx", "epoch"] + [f"lr_group_{i}" for i in range(self._n_groups)]
         out_dir = Path(run_dir) / TELEMETRY_DIR
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from avakit.checkpoint import make_folder  # torch: report imports this module torch-free
+
+        make_folder(out_dir)
         self.grad_path, self.lr_path = out_dir / GRAD_FILE, out_dir / LR_FILE
         self._grad_file = self._open(self.grad_path, grad_header, resume_step)
         self._lr_file = self._open(self.lr_path, lr_header, resume_step)
@@ -192,10 +195,7 @@ class Telemetry:
         lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         if len(lrs) != self._n_groups and not self._warned_groups:
             self._warned_groups = True
-            warnings.warn(
-                f"optimizer now has {len(lrs)} param groups, telemetry records {self._n_groups}",
-                stacklevel=2,
-            )
+            log.warning("optimizer now has %d param groups, telemetry records %d", len(lrs), self._n_groups)
         lrs = (lrs + [float("nan")] * self._n_groups)[: self._n_groups]
         self._grad_file.write(_csv_lines([[step, epoch, *(f"{v:.7g}" for v in norms)]]))
         self._lr_file.write(_csv_lines([[step, epoch, *(f"{v:.7g}" for v in lrs)]]))

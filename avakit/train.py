@@ -23,7 +23,6 @@ from avakit.checkpoint import (
     new_run_dir,
     rng_state,
     save_checkpoint,
-    set_rng_state,
     with_absolute_paths,
 )
 from avakit.config import Config, config_to_dict, save_config
@@ -31,7 +30,6 @@ from avakit.distributed import DistInfo, gather_objects, init_distributed, shutd
 from avakit.engine import (
     EpochStats,
     NonFiniteError,
-    WarmupSchedule,
     check_val_finite,
     evaluate,
     merge_results,
@@ -48,7 +46,7 @@ from avakit.resume import (
     stored_definition,
 )
 from avakit.samples import SampleCounts
-from avakit.trainer import Progress, RunState, Trainer, build_trainer, split_loader
+from avakit.trainer import Progress, Trainer, build_trainer, restore, split_loader
 
 log = logging.getLogger("avakit.train")
 
@@ -160,22 +158,6 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     return stop
 
 
-def _restore(tr: Trainer, ckpt: dict) -> None:
-    """Load last.pt's model, optimizer, schedule, scaler, RNG and progress into the trainer."""
-    tr.core.load_state_dict(ckpt["model_state_dict"])
-    tr.ctx.optimizer.load_state_dict(ckpt["optimizer"])
-    # the schedule's shape (warmup, total steps) follows this run's config and data; only its
-    # progress (plateau state) comes from last.pt
-    shape = {key: getattr(tr.schedule, key) for key in WarmupSchedule.SHAPE}
-    tr.scheduler.load_state_dict(ckpt["scheduler"])
-    tr.schedule = tr.scheduler.lr_lambdas[0]
-    tr.schedule.__dict__.update(shape)
-    if tr.ctx.scaler is not None and ckpt.get("scaler"):
-        tr.ctx.scaler.load_state_dict(ckpt["scaler"])
-    tr.state = RunState(**ckpt["state"])
-    set_rng_state(ckpt["rng"])
-
-
 def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist: DistInfo) -> tuple:
     """(config, run folder path, last.pt contents or None).
 
@@ -267,6 +249,7 @@ def fit(
         tr = build_trainer(cfg, run_dir, fraction, dist, device)
         if ckpt is not None:  # before anything in the run folder changes
             check_same_data(stored, _data_definition(tr), run_dir / "last.pt", ckpt.get("manifest_sha256"))
+            restore(tr, ckpt, run_dir / "last.pt")
         _write_run_dir(cfg, run_dir, dist)
         _train(tr, ckpt, progress, stop_after_epochs, restarted=resume is not None and ckpt is None)
         return run_dir
@@ -288,7 +271,6 @@ def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after
     cfg, run_dir = tr.cfg, tr.run_dir
     _setup_logging(run_dir, tr.dist)
     if ckpt is not None:
-        _restore(tr, ckpt)
         log.info("resuming %s at epoch %d (step %d)", run_dir, tr.state.epoch, tr.state.step)
     else:
         log.info("run %s%s: %s on %s, %s", run_dir, " (again from epoch 0: no last.pt)" if restarted else "",

@@ -6,14 +6,16 @@ a split (shards or a feature cache). `avakit.train` runs the epochs over them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from avakit.checkpoint import seed_everything
+from avakit.checkpoint import check_weights, seed_everything, set_rng_state
 from avakit.config import Config
 from avakit.data import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.distributed import DistInfo
@@ -21,6 +23,7 @@ from avakit.engine import StepContext, WarmupSchedule
 from avakit.errors import AvakitError
 from avakit.losses import get_loss
 from avakit.model import model_from_config, param_groups
+from avakit.resume import check_resume_state
 from avakit.transforms import EvalPreset, Normalize, TrainPreset
 
 
@@ -130,6 +133,10 @@ def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
                if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
     if "train" not in sources or "val" not in sources:
         raise AvakitError("data.shards: training needs a train and a val split")
+    for split in ("train", "val"):  # an empty val split would train with NaN metrics and no best model
+        if not sources[split].has_data or sources[split].samples == 0:
+            raise AvakitError(f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
+                              "training needs both train and val samples")
     if dist.enabled and sources["train"].samples is None:
         raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
     return sources
@@ -154,3 +161,70 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
         )
     tr.loaders[split] = loader
     return loader
+
+
+def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
+    """Load last.pt's model, optimizer, schedule, scaler, RNG and progress into the trainer.
+
+    Each part is checked as it loads: a crafted or foreign last.pt is one line naming the key.
+    """
+    state = check_resume_state(ckpt, path)
+    check_weights(tr.cfg, ckpt["model_state_dict"], f"{path} (with this run's config)")  # a --set model.*
+    tr.core.load_state_dict(ckpt["model_state_dict"])
+    with _part(path, "optimizer"):
+        _check_optimizer(ckpt["optimizer"], tr.ctx.optimizer, path)
+        tr.ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    # the schedule's shape (warmup, total steps) follows this run's config and data; only its
+    # progress (plateau state) comes from last.pt
+    shape = {key: getattr(tr.schedule, key) for key in WarmupSchedule.SHAPE}
+    with _part(path, "scheduler"):
+        if not _same_shape(ckpt["scheduler"], tr.scheduler.state_dict()):
+            raise AvakitError(f"{path}: scheduler: does not fit this run's schedule (keys or types differ)")
+        tr.scheduler.load_state_dict(ckpt["scheduler"])
+        tr.schedule = tr.scheduler.lr_lambdas[0]
+        tr.schedule.__dict__.update(shape)
+    if tr.ctx.scaler is not None and ckpt.get("scaler"):
+        with _part(path, "scaler"):
+            tr.ctx.scaler.load_state_dict(ckpt["scaler"])
+    tr.state = RunState(**state)
+    with _part(path, "rng"):
+        set_rng_state(ckpt["rng"])
+
+
+def _same_shape(stored: object, fresh: object) -> bool:
+    """`stored` has the structure of `fresh`: the same keys, lengths and value types, recursively."""
+    if isinstance(fresh, dict):
+        return isinstance(stored, dict) and set(stored) == set(fresh) and all(
+            _same_shape(stored[k], v) for k, v in fresh.items())
+    if isinstance(fresh, list | tuple):
+        return isinstance(stored, list | tuple) and len(stored) == len(fresh) and all(
+            map(_same_shape, stored, fresh))
+    if isinstance(fresh, float) and type(stored) is int:
+        return True
+    return type(stored) is type(fresh)
+
+
+def _check_optimizer(stored: dict, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """last.pt's optimizer state fits this run's optimizer: groups, settings and per-parameter tensors."""
+    fresh = optimizer.state_dict()
+    groups = stored.get("param_groups")
+    if set(stored) != set(fresh) or not _same_shape(groups, fresh["param_groups"]) \
+            or not isinstance(stored["state"], dict):
+        raise AvakitError(f"{path}: optimizer: does not fit this run's optimizer (groups or settings differ)")
+    params = {i: p for group, ids in zip(optimizer.param_groups, (g["params"] for g in groups), strict=True)
+              for i, p in zip(ids, group["params"], strict=True)}
+    for pid, entry in stored["state"].items():
+        if pid not in params or not isinstance(entry, dict) or not all(
+                isinstance(t, torch.Tensor) and (name == "step" or t.shape == params[pid].shape)
+                for name, t in entry.items()):
+            raise AvakitError(f"{path}: optimizer.state.{str(pid)[:20]}: does not fit this run's parameters")
+
+
+@contextlib.contextmanager
+def _part(path: Path, key: str) -> Iterator[None]:
+    """Loading one part of a last.pt: torch's errors for a state of the wrong shape become one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        raise AvakitError(f"{path}: {key}: does not fit this run ({e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
