@@ -35,6 +35,10 @@ from avakit.errors import AvakitError
 Device = Literal["auto", "cpu", "cuda"]  # as avakit.config.DEVICES (not imported: --help stays light)
 
 
+# The usage-error base class of the click that typer runs on (its own vendored copy in typer >= 0.20)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 class _Group(TyperGroup):
     """Turns AvakitError into one red line on stderr and its exit code (no traceback)."""
 
@@ -44,6 +48,11 @@ class _Group(TyperGroup):
         except AvakitError as e:  # one line even when a path or value holds a newline
             message = str(e).replace("\r", "\\r").replace("\n", "\\n")
             err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except _UsageError as e:  # a bad option value: one line too, not Typer's box
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            message = escape(e.format_message().replace("\n", " "))
+            err_console.print(f"[red]error:[/red] {message}{where}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
             from avakit.fileio import is_disk_full

@@ -77,6 +77,8 @@ def read_json(path: Path) -> Any:
         raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise AvakitError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except (ValueError, RecursionError):  # a number of > 4300 digits, nesting deeper than Python's stack
+        raise AvakitError(f"{path}: invalid JSON: a number too long or nesting too deep") from None
     except OSError as e:
         raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
 
