@@ -14,14 +14,13 @@ from typing import Annotated, Literal
 import typer
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
 
 from avakit.console import (
+    ErrorGroup,
     RichProgress,
     console,
     cpu_count,
     err_console,
-    interrupted_line,
     log_to_console,
     print_evaluation,
     print_export,
@@ -35,46 +34,13 @@ from avakit.errors import AvakitError
 Device = Literal["auto", "cpu", "cuda"]  # as avakit.config.DEVICES (not imported: --help stays light)
 
 
-# The usage-error base class of the click that typer runs on (its own vendored copy in typer >= 0.20)
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-
-
-class _Group(TyperGroup):
-    """Turns AvakitError into one red line on stderr and its exit code (no traceback)."""
-
-    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
-        try:
-            return super().invoke(ctx)
-        except AvakitError as e:  # one line even when a path or value holds a newline
-            message = str(e).replace("\r", "\\r").replace("\n", "\\n")
-            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except _UsageError as e:  # a bad option value: one line too, not Typer's box
-            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            message = escape(e.format_message().replace("\n", " "))
-            err_console.print(f"[red]error:[/red] {message}{where}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
-            from avakit.fileio import is_disk_full
-
-            if not is_disk_full(e):
-                raise
-            where = f" while writing {e.filename}" if e.filename else ""
-            err_console.print(f"[red]error:[/red] no space left on device{where}", highlight=False,
-                              soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt as e:
-            err_console.print(interrupted_line(ctx.invoked_subcommand, e), highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
-
-
 def _say(text: str) -> None:
     """Print a line holding paths or file contents: their `[...]` is text, not Rich markup."""
     console.print(escape(text), highlight=False)
 
 
 app = typer.Typer(
-    cls=_Group,
+    cls=ErrorGroup,
     name="avakit",
     help="From the AVA aesthetics dataset to a trained, evaluated, deployable score model.",
     no_args_is_help=True,

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -23,8 +24,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
-from avakit.errors import Interrupted
+from avakit.errors import AvakitError, Interrupted
 
 console = Console()
 err_console = Console(stderr=True)
@@ -225,3 +227,36 @@ def print_export(result: dict) -> None:
     console.print(table)
     for note in result["notes"]:
         console.print(escape(f"note: {note}"), highlight=False)
+
+
+# The usage-error base class of the click that typer runs on (its own vendored copy in typer >= 0.20)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class ErrorGroup(TyperGroup):
+    """Turns AvakitError into one red line on stderr and its exit code (no traceback)."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except AvakitError as e:  # one line even when a path or value holds a newline
+            message = str(e).replace("\r", "\\r").replace("\n", "\\n")
+            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except _UsageError as e:  # a bad option value: one line too, not Typer's box
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            message = escape(e.format_message().replace("\n", " "))
+            err_console.print(f"[red]error:[/red] {message}{where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
+            from avakit.fileio import is_disk_full
+
+            if not is_disk_full(e):
+                raise
+            where = f" while writing {e.filename}" if e.filename else ""
+            err_console.print(f"[red]error:[/red] no space left on device{where}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:
+            err_console.print(interrupted_line(ctx.invoked_subcommand, e), highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
