@@ -93,7 +93,7 @@ def test_inspect_decode_finds_bad_label(sharded: Path, tmp_path: Path) -> None:
         (["--quality", "0"], "--quality must be in 1..100"),
         (["--val-ratio", "0.6", "--test-ratio", "0.5"], "below 1"),
         (["--split", "weird"], "--split must be 'random' or 'official'"),
-        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "0"], "Invalid value for '--workers'"),
     ],
 )
 def test_bad_options_exit_2(tiny_ava: SyntheticAva, tmp_path: Path, args: list[str], message: str) -> None:
