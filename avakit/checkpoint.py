@@ -57,13 +57,18 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def load_checkpoint(path: Path) -> dict:
     """torch.load(weights_only=True) on CPU, then `check_checkpoint`; a bad file is a user error."""
     path = Path(path)
+    return check_checkpoint(read_torch_file(path, "avakit checkpoint"), str(path))
+
+
+def read_torch_file(path: Path, what: str) -> Any:
+    """torch.load(weights_only=True) on CPU: no code runs; a missing or foreign file is one AvakitError."""
+    path = Path(path)
     if not path.is_file():
-        raise AvakitError(f"{path}: checkpoint not found")
+        raise AvakitError(f"{path}: {what} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
-        raise AvakitError(f"{path}: not a readable avakit checkpoint ({e.__class__.__name__})") from None
-    return check_checkpoint(ckpt, str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise AvakitError(f"{path}: not a readable {what} ({e.__class__.__name__})") from None
 
 
 def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True) -> dict:
@@ -108,7 +113,15 @@ def check_weights(cfg: Config, state: dict, where: str) -> Any:
 
     with torch.device("meta"):
         model = model_from_config(cfg, load_weights=False)
-    expected = model.state_dict()
+    check_state(state, model.state_dict(), where)
+    return model
+
+
+def check_state(state: Any, expected: dict, where: str, key: str = "model_state_dict") -> None:
+    """`state` against `expected` (a module's state_dict): the same names, shapes and dtypes, and
+    finite float weights. AvakitError naming `where` and the tensor; nothing is loaded."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AvakitError(f"{where}: {key} must map names to tensors")
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         kind, names = ("missing", missing) if missing else ("unexpected", unexpected)
@@ -117,12 +130,11 @@ def check_weights(cfg: Config, state: dict, where: str) -> Any:
     for name, want in expected.items():
         got = state[name]
         if got.dtype != want.dtype or got.shape != want.shape:
-            raise AvakitError(f"{where}: model_state_dict.{name}: {got.dtype} {list(got.shape)} does not fit "
+            raise AvakitError(f"{where}: {key}.{name}: {got.dtype} {list(got.shape)} does not fit "
                               f"its config's model ({want.dtype} {list(want.shape)})")
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise AvakitError(f"{where}: model_state_dict.{name}: holds NaN or infinite values "
+            raise AvakitError(f"{where}: {key}.{name}: holds NaN or infinite values "
                               "(every score would be NaN)", exit_code=1)
-    return model
 
 
 def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, Config]:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from avakit import __version__
-from avakit.checkpoint import make_folder
+from avakit.checkpoint import check_state, make_folder, read_torch_file
 from avakit.config import SPLITS, Config
 from avakit.data import CountingLoader, SampleDecoder, make_loader, resolve_split
 from avakit.distributed import pick_device
@@ -251,20 +251,11 @@ def _read_cache_file(path: Path, read, redo: str):
 
 def _load_backbone(core: torch.nn.Module, path: Path) -> None:
     """The cache's backbone.pt into `core.backbone`: names, shapes and dtypes checked first."""
-    redo = "re-run `avakit features` into a new --out"
-    if not path.is_file():
-        raise AvakitError(f"{path}: missing from the feature cache; {redo}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise AvakitError(f"{path}: not a readable backbone state ({e.__class__.__name__}); {redo}") from None
-    expected = core.backbone.state_dict()
-    ok = isinstance(state, dict) and set(state) == set(expected) and all(
-        isinstance(state[k], torch.Tensor) and state[k].shape == v.shape and state[k].dtype == v.dtype
-        for k, v in expected.items())
-    if not ok:
-        raise AvakitError(f"{path}: does not hold the weights of a {type(core.backbone).__name__} backbone "
-                          f"of this config; {redo}")
+        state = read_torch_file(path, "backbone state of the feature cache")
+        check_state(state, core.backbone.state_dict(), str(path), key="backbone")
+    except AvakitError as e:
+        raise AvakitError(f"{e}; re-run `avakit features` into a new --out", exit_code=e.exit_code) from None
     core.backbone.load_state_dict(state)
 
 
