@@ -1,5 +1,5 @@
 """`python -m avakit` runs the CLI."""
 
-from avakit.cli import main
+from avakit.cli.app import main
 
 main()

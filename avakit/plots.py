@@ -2,7 +2,7 @@
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot, no GUI backend: PNGs are
 rendered by Agg) and saved at 120 dpi. `gradient_warnings` turns a gradient-norm frame from
-`avakit.telemetry.read_telemetry` into plain-sentence warnings.
+`avakit.training.telemetry.read_telemetry` into plain-sentence warnings.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _norm_columns(df: pd.DataFrame) -> list[str]:
 def _step_axis(ax: Axes, df: pd.DataFrame, epoch_starts: Sequence[int] | None = None) -> str:
     """Dotted lines where epochs start (if at most 50); returns the x-axis label.
 
-    `epoch_starts` (from the history's step counts, `avakit.rundir.epoch_start_steps`) are the
+    `epoch_starts` (from the history's step counts, `avakit.training.rundir.epoch_start_steps`) are the
     real first optimizer steps; without them the first recorded step of each epoch is used,
     which lies up to collect_every_n - 1 steps after the boundary, and the label says so.
     """
@@ -266,7 +266,7 @@ def gradient_warnings(df: pd.DataFrame | None, frozen: Collection[str] = ()) -> 
     the last backbone stage (median ratio > 100), spikes (> 10x the rolling median of the
     previous 20 rows), steady growth (last-quarter median > 5x first-quarter median) and
     non-finite overall norms. Parts in `frozen` are frozen on purpose (a head-only run, or
-    model.freeze=full: `avakit.report.frozen_parts`): their zero norm is expected, not a warning sign.
+    model.freeze=full: `avakit.report.build.frozen_parts`): their zero norm is expected, not a warning sign.
     """
     if df is None or df.empty or "batch_idx" not in df.columns:
         return []

@@ -1,6 +1,6 @@
 """Reading line-based release files (AVA.txt, image lists, tags.txt, challenges.txt) safely.
 
-One line reader and one integer parser serve every reader in `avakit.ava`:
+One line reader and one integer parser serve every reader in `avakit.dataset.ava`:
 
 - lines are read with a length cap (`MAX_LINE_BYTES`): a longer line is reported, and the rest
   of it is skipped without being held in memory (a 50 MB line costs 64 KB, not 800 MB);

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from bench_predict import make_run  # the same random-init run folder (benchmarks/ is on sys.path)
 
-from avakit.export import export_onnx, mean_scores, quantize_int8, write_metadata
+from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.inference.export import export_onnx, mean_scores, quantize_int8, write_metadata
+from avakit.inference.onnx_runtime import OnnxScorer, read_metadata
+from avakit.inference.predict import Scorer, load_scorer
+from avakit.inference.preprocess import prepare
 from avakit.metrics import srcc
-from avakit.onnx_runtime import OnnxScorer, read_metadata
-from avakit.predict import Scorer, load_scorer
-from avakit.preprocess import prepare
-from avakit.synthetic import make_synthetic_ava
 
 
 def latencies(scorers: dict[str, Scorer], batch: np.ndarray, repeats: int,

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 
 from avakit.config import load_config
-from avakit.data import SampleDecoder, make_loader, resolve_split
-from avakit.engine import StepContext, train_one_epoch
-from avakit.features import extract_features
-from avakit.losses import get_loss
-from avakit.model import model_from_config, param_groups
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
-from avakit.train import fit
-from avakit.transforms import Normalize, TrainPreset
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.model.losses import get_loss
+from avakit.model.network import model_from_config, param_groups
+from avakit.training.engine import StepContext, train_one_epoch
+from avakit.training.features import extract_features
+from avakit.training.fit import fit
+from avakit.training.loader import SampleDecoder, make_loader, resolve_split
+from avakit.training.transforms import Normalize, TrainPreset
 
 
 def end_to_end_rate(cfg, steps: int) -> float:

@@ -47,10 +47,10 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from avakit.config import Config, load_config
-from avakit.data import SampleDecoder, SplitSource, make_loader, resolve_split
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
-from avakit.transforms import Normalize, TrainPreset
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.training.loader import SampleDecoder, SplitSource, make_loader, resolve_split
+from avakit.training.transforms import Normalize, TrainPreset
 
 BATCH = 32
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avakit.checkpoint import save_checkpoint
 from avakit.config import config_to_dict, load_config
-from avakit.model import build_model
-from avakit.predict import load_scorer
-from avakit.preprocess import prepare
-from avakit.synthetic import make_synthetic_ava
+from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.inference.predict import load_scorer
+from avakit.inference.preprocess import prepare
+from avakit.model.network import build_model
+from avakit.training.checkpoint import save_checkpoint
 
 
 def make_run(root: Path, backbone: str) -> Path:
@@ -54,7 +54,7 @@ def cold_start(model: list[str], image: Path, repeats: int) -> list[float]:
 
 def help_imports_torch() -> tuple[bool, float]:
     """(does `avakit --help` import torch, its wall seconds)."""
-    code = ("import sys; from avakit.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n"
+    code = ("import sys; from avakit.cli.app import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n"
             "    pass\nprint('torch' in sys.modules, file=sys.stderr)")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -76,7 +76,7 @@ def warm_rate(run: Path, images: list[Path], batch: int, seconds: float = 5.0) -
 def _export(run: Path, root: Path) -> Path | None:
     """The run as ONNX FP32 (None without the export extra)."""
     try:
-        from avakit.export import export_onnx
+        from avakit.inference.export import export_onnx
     except ImportError:
         return None
     return export_onnx(run, root / "model.onnx", parity_images=4)["fp32"]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
 
 
 def naive_baseline(ids: list[int], images: Path, out: Path) -> float:

@@ -42,13 +42,13 @@ from pathlib import Path
 import torch
 
 from avakit.config import Config, load_config
-from avakit.data import Batch, SampleDecoder, make_loader, resolve_split
-from avakit.distributed import DistInfo
-from avakit.engine import EpochStats, train_one_epoch
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
-from avakit.trainer import Trainer, build_trainer
-from avakit.transforms import TrainPreset
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.training.distributed import DistInfo
+from avakit.training.engine import EpochStats, train_one_epoch
+from avakit.training.loader import Batch, SampleDecoder, make_loader, resolve_split
+from avakit.training.trainer import Trainer, build_trainer
+from avakit.training.transforms import TrainPreset
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 

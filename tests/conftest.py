@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from avakit.synthetic import SyntheticAva, make_synthetic_ava
+from avakit.dataset.synthetic import SyntheticAva, make_synthetic_ava
 
 
 @pytest.fixture
@@ -37,8 +37,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `run/../shards`, the synthetic AVA release `run/../ava`.
     """
     from avakit.config import load_config
-    from avakit.shards import ShardOptions, plan_sharding, write_shards
-    from avakit.train import fit
+    from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.training.fit import fit
 
     root = tmp_path_factory.mktemp("trained")
     ava = make_synthetic_ava(root / "ava", n=120, seed=12, long_side=(64, 128))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avakit.cli import app
+from avakit.cli.app import app
+from avakit.dataset.synthetic import SyntheticAva, make_synthetic_ava
 from avakit.errors import AvakitError
-from avakit.synthetic import SyntheticAva, make_synthetic_ava
 
 runner = CliRunner()
 
@@ -147,7 +147,7 @@ def test_inspect_prints_markup_in_member_names_literally(made, tmp_path: Path) -
 
 
 def test_inspect_refuses_an_oversized_member_without_reading_it(made, tmp_path: Path, monkeypatch) -> None:
-    from avakit import samples
+    from avakit.dataset import samples
 
     _, shards = made
     out = tmp_path / "out"
@@ -176,7 +176,7 @@ def test_demo_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
 
 def test_demo_out_named_like_a_pipe_stays_a_folder(tmp_path: Path, monkeypatch) -> None:
     """`--out 'pipe:touch X #'` is a folder name: training reads its shards, nothing is run."""
-    import avakit.train
+    import avakit.training.fit
 
     seen = {}
 
@@ -184,7 +184,7 @@ def test_demo_out_named_like_a_pipe_stays_a_folder(tmp_path: Path, monkeypatch) 
         seen["shards"], seen["output_dir"] = cfg.data.shards, cfg.output_dir
         raise AvakitError("stop here")
 
-    monkeypatch.setattr(avakit.train, "fit", fake_fit)
+    monkeypatch.setattr(avakit.training.fit, "fit", fake_fit)
     config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "PWNED"
@@ -222,7 +222,7 @@ def test_bad_workers_is_refused_before_any_work(made, tmp_path: Path) -> None:
 @pytest.mark.parametrize("change", ["bogus entries", "entry dropped", "reason count", "samples_written"])
 def test_inspect_reconciles_the_skipped_list_with_the_counts(tmp_path: Path, change: str) -> None:
     """The skipped list, skipped_by_reason and the counts must agree; a crafted manifest is caught."""
-    from avakit.synthetic import make_synthetic_ava
+    from avakit.dataset.synthetic import make_synthetic_ava
 
     ava = make_synthetic_ava(tmp_path / "ava", n=12, seed=4, long_side=(40, 80))
     (ava.images / f"{ava.image_ids[0]}.jpg").unlink()  # one row skipped: missing

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.errors import AvakitError
-from avakit.predict import Scorer, score_images
-from avakit.preprocess import PreprocessSpec
-from avakit.report import build_report
-from avakit.rundir import read_predictions
+from avakit.inference.predict import Scorer, score_images
+from avakit.inference.preprocess import PreprocessSpec
+from avakit.report.build import build_report
+from avakit.training.rundir import read_predictions
 
 runner = CliRunner()
 
@@ -115,7 +115,7 @@ def test_predict_prints_markup_in_file_names_as_text(tmp_path: Path, monkeypatch
     Path("[/x].jpg").write_text("not an image")  # a folder "[" and a file "x].jpg": "[/x]" is markup
     Image.new("RGB", (40, 40)).save("ok.jpg")
     scorer = _NanScorer()
-    monkeypatch.setattr("avakit.predict.load_scorer", lambda *a: scorer)
+    monkeypatch.setattr("avakit.inference.predict.load_scorer", lambda *a: scorer)
     result = runner.invoke(app, ["predict", "[/x].jpg", "ok.jpg", "--run", "r"])
     assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
     assert "could not score [/x].jpg:" in result.stderr
@@ -124,7 +124,7 @@ def test_predict_prints_markup_in_file_names_as_text(tmp_path: Path, monkeypatch
 @pytest.mark.parametrize("step", [str(10**30), "inf", "-5", "2.5"])
 def test_telemetry_rows_with_a_bad_step_are_dropped_and_counted(trained_run: Path, tmp_path: Path,
                                                                 step: str) -> None:
-    from avakit.telemetry import read_telemetry_csv
+    from avakit.training.telemetry import read_telemetry_csv
 
     path = tmp_path / "gradient_norms.csv"
     good = (trained_run / "telemetry" / "gradient_norms.csv").read_text()
@@ -154,7 +154,7 @@ def test_report_skips_shard_members_with_non_ascii_digit_names(tmp_path: Path,
     import io
     import tarfile
 
-    from avakit.report_shards import read_split_samples
+    from avakit.report.shard_stats import read_split_samples
 
     folder = tmp_path / "shards"
     (folder / "val").mkdir(parents=True)
@@ -163,7 +163,7 @@ def test_report_skips_shard_members_with_non_ascii_digit_names(tmp_path: Path,
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    monkeypatch.setattr("avakit.report_shards.shard_files", lambda d, s: sorted((d / s).glob("*.tar")))
+    monkeypatch.setattr("avakit.report.shard_stats.shard_files", lambda d, s: sorted((d / s).glob("*.tar")))
     labels, _, problems = read_split_samples(folder, "val", set())
     assert labels == {7: {"tags": [1]}} and problems == []
 
@@ -181,8 +181,8 @@ def test_export_refuses_an_output_that_is_not_an_onnx_name(run: Path, name: str)
     ("{", "invalid JSON"), ("[1]", "expected a JSON object, got list"), ("\udcff", "not UTF-8")])
 def test_export_metadata_from_a_broken_results_json_is_one_line(trained_run: Path, tmp_path: Path,
                                                                  text: str, words: str) -> None:
-    from avakit.checkpoint import load_checkpoint
-    from avakit.export import build_metadata
+    from avakit.inference.export import build_metadata
+    from avakit.training.checkpoint import load_checkpoint
 
     ckpt_path = tmp_path / "best_model.pt"
     shutil.copy(trained_run / "best_model.pt", ckpt_path)
@@ -192,8 +192,8 @@ def test_export_metadata_from_a_broken_results_json_is_one_line(trained_run: Pat
 
 
 def test_export_metadata_ignores_fields_of_the_wrong_type(trained_run: Path, tmp_path: Path) -> None:
-    from avakit.checkpoint import load_checkpoint
-    from avakit.export import build_metadata
+    from avakit.inference.export import build_metadata
+    from avakit.training.checkpoint import load_checkpoint
 
     ckpt_path = tmp_path / "best_model.pt"
     shutil.copy(trained_run / "best_model.pt", ckpt_path)
@@ -218,7 +218,7 @@ def test_report_clears_stray_entries_in_its_own_folder(run: Path, stray: str) ->
 def test_predict_names_a_fifo_as_not_a_regular_file(tmp_path: Path) -> None:
     import os
 
-    from avakit.preprocess import find_images
+    from avakit.inference.preprocess import find_images
 
     os.mkfifo(tmp_path / "p.jpg")
     with pytest.raises(AvakitError, match=r"p\.jpg: not a regular file or folder"):

@@ -16,7 +16,7 @@ import torch
 from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
-from avakit.cli import app
+from avakit.cli.app import app
 
 runner = CliRunner()
 
@@ -153,9 +153,9 @@ def test_resume_with_another_backbone_is_one_line(trained_run: Path, tmp_path: P
 def test_a_training_batch_of_one_sample_trains() -> None:
     """A lone sample at a 32 px crop (1x1 maps in layer4): BatchNorm used to raise ValueError."""
     from avakit.config import load_config
-    from avakit.engine import StepContext, train_one_epoch
-    from avakit.losses import get_loss
-    from avakit.model import model_from_config
+    from avakit.model.losses import get_loss
+    from avakit.model.network import model_from_config
+    from avakit.training.engine import StepContext, train_one_epoch
 
     cfg = load_config(None, TINY_TRAIN)
     model = model_from_config(cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from avakit.ava import (
+from avakit.dataset.ava import (
     official_split,
     parse_ava_txt,
     parse_id_list,

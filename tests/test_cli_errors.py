@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.errors import AvakitError
-from avakit.rundir import read_json
+from avakit.training.rundir import read_json
 
 runner = CliRunner()
 

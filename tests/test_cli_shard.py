@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from avakit.cli import app
-from avakit.synthetic import SyntheticAva
+from avakit.cli.app import app
+from avakit.dataset.synthetic import SyntheticAva
 
 runner = CliRunner()
 
@@ -22,7 +22,7 @@ def shard_args(ava: SyntheticAva, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from avakit.synthetic import make_synthetic_ava
+    from avakit.dataset.synthetic import make_synthetic_ava
 
     root = tmp_path_factory.mktemp("cli")
     ava = make_synthetic_ava(root / "ava", n=30, seed=5, long_side=(48, 96))
@@ -77,7 +77,7 @@ def test_inspect_decode_finds_bad_label(sharded: Path, tmp_path: Path) -> None:
                 data = json.dumps(label).encode()
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
-    from avakit.manifest import file_sha256
+    from avakit.dataset.manifest import file_sha256
 
     entry["sha256"], entry["bytes"] = file_sha256(path), path.stat().st_size
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -139,7 +139,7 @@ def test_synthetic_scores_are_learnable_from_pixels(tiny_ava: SyntheticAva) -> N
     """Brightness alone already ranks the synthetic images: the signal a CNN learns is there."""
     from PIL import Image
 
-    from avakit.ava import parse_ava_txt
+    from avakit.dataset.ava import parse_ava_txt
 
     rows, _, _ = parse_ava_txt(tiny_ava.ava_txt)
     brightness = [np.asarray(Image.open(tiny_ava.images / f"{r.image_id}.jpg").convert("L")).mean()
@@ -150,7 +150,7 @@ def test_synthetic_scores_are_learnable_from_pixels(tiny_ava: SyntheticAva) -> N
 
 
 def test_synthetic_is_deterministic(tmp_path: Path) -> None:
-    from avakit.synthetic import make_synthetic_ava
+    from avakit.dataset.synthetic import make_synthetic_ava
 
     a = make_synthetic_ava(tmp_path / "a", n=5, seed=9, long_side=(40, 60))
     b = make_synthetic_ava(tmp_path / "b", n=5, seed=9, long_side=(40, 60))
@@ -165,6 +165,6 @@ def test_help_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom avakit.cli import app\ntry:\n    app(['--help'])\n"
+    code = ("import sys\nfrom avakit.cli.app import app\ntry:\n    app(['--help'])\n"
             "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

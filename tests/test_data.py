@@ -12,11 +12,11 @@ import webdataset as wds
 from PIL import Image
 
 from avakit.config import TransformConfig
-from avakit.data import SampleDecoder, keep_sample, make_loader, resolve_split
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.errors import AvakitError
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
-from avakit.transforms import EvalPreset, Normalize, TrainPreset
+from avakit.training.loader import SampleDecoder, keep_sample, make_loader, resolve_split
+from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 CFG = TransformConfig(resize_size=40, crop_size=32)
 
@@ -106,7 +106,7 @@ def test_pipeline_pickles_for_spawned_workers(shards: Path) -> None:
     """spawn/forkserver workers (macOS, Python >= 3.14) receive the pipeline pickled."""
     import pickle
 
-    from avakit.data import make_pipeline
+    from avakit.training.loader import make_pipeline
 
     source = resolve_split(str(shards), "train")
     pipeline = make_pipeline(list(source.entries), SampleDecoder(TrainPreset(CFG), 32), batch_size=4,

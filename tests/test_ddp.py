@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
 
 
 def free_port() -> int:

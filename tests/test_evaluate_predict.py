@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from avakit.cli import app
-from avakit.predict import FIELDS
-from avakit.rundir import eval_outputs
+from avakit.cli.app import app
+from avakit.inference.predict import FIELDS
+from avakit.training.rundir import eval_outputs
 
 runner = CliRunner()
 

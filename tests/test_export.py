@@ -24,12 +24,12 @@ import onnx
 import pytest
 import torch
 
-from avakit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from avakit.errors import AvakitError
-from avakit.export import INT8_MIN_SRCC, export_onnx, quantize_int8, val_images
-from avakit.onnx_runtime import OnnxScorer, read_metadata
-from avakit.predict import load_scorer, score_images
-from avakit.preprocess import PreprocessSpec
+from avakit.inference.export import INT8_MIN_SRCC, export_onnx, quantize_int8, val_images
+from avakit.inference.onnx_runtime import OnnxScorer, read_metadata
+from avakit.inference.predict import load_scorer, score_images
+from avakit.inference.preprocess import PreprocessSpec
+from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_predict_onnx_equals_predict_run(fp32_export: dict, run_copy: Path, trai
 
 
 def test_predict_onnx_imports_no_torch(fp32_export: dict, trained_run: Path) -> None:
-    code = ("import sys\nfrom pathlib import Path\nfrom avakit.predict import load_scorer, score_images\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom avakit.inference.predict import load_scorer, score_images\n"
             f"s = load_scorer(onnx=Path({str(fp32_export['fp32'])!r}))\n"
             f"(row,) = score_images(s, [Path({str(_photos(trained_run, 1)[0])!r})])\n"
             "assert row.error is None and 1 <= row.mean_score <= 10, row\n"
@@ -218,7 +218,7 @@ def test_foreign_onnx_file_is_a_user_error(tmp_path: Path) -> None:
 def test_cli_export_and_predict_onnx(run_copy: Path, trained_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from avakit.cli import app
+    from avakit.cli.app import app
 
     runner = CliRunner()
     out = tmp_path / "cli.onnx"

@@ -15,14 +15,14 @@ import torch
 from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.config import load_config
 from avakit.errors import AvakitError
-from avakit.features import check_cache, extract_features, load_feature_split
-from avakit.iqa import IQA_NAMES, iqa_features
 from avakit.metrics import srcc
-from avakit.rundir import eval_outputs
-from avakit.train import fit
+from avakit.model.iqa import IQA_NAMES, iqa_features
+from avakit.training.features import check_cache, extract_features, load_feature_split
+from avakit.training.fit import fit
+from avakit.training.rundir import eval_outputs
 
 runner = CliRunner()
 

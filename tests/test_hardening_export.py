@@ -22,17 +22,24 @@ from conftest import TINY_TRAIN
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
-from avakit import report_html as H
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.config import load_config
 from avakit.errors import AvakitError
-from avakit.export import BACKBONE_SCOPE, INT8_MIN_SRCC, OPSET_MIN, export_onnx, opset_max, val_images
-from avakit.onnx_runtime import OnnxScorer
+from avakit.inference.export import (
+    BACKBONE_SCOPE,
+    INT8_MIN_SRCC,
+    OPSET_MIN,
+    export_onnx,
+    opset_max,
+    val_images,
+)
+from avakit.inference.onnx_runtime import OnnxScorer
 from avakit.plots import _step_axis, gradient_warnings
 from avakit.predictions import SCORES
-from avakit.report import SplitData, _group_tables, build_report, frozen_parts
-from avakit.rundir import epoch_start_steps, eval_outputs, load_history, model_label
-from avakit.telemetry import read_telemetry, read_telemetry_csv
+from avakit.report import html as H
+from avakit.report.build import SplitData, _group_tables, build_report, frozen_parts
+from avakit.training.rundir import epoch_start_steps, eval_outputs, load_history, model_label
+from avakit.training.telemetry import read_telemetry, read_telemetry_csv
 
 runner = CliRunner()
 TRAIN_OUTPUTS = ("results.json", "predictions/test.parquet", "predictions/val.parquet")
@@ -204,8 +211,8 @@ def test_predict_onnx_without_onnxruntime_names_the_extra(trained_run: Path,
 @pytest.fixture(scope="module")
 def head_only_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A head-only run (frozen backbone from a feature cache, IQA features) on the fixture's shards."""
-    from avakit.features import extract_features
-    from avakit.train import fit
+    from avakit.training.features import extract_features
+    from avakit.training.fit import fit
 
     root = tmp_path_factory.mktemp("head_only")
     cfg = load_config(None, [*TINY_TRAIN, f"data.shards={trained_run.parent / 'shards'}",

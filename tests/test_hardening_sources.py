@@ -14,16 +14,16 @@ import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
 
-from avakit.checkpoint import run_config, with_absolute_paths
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.config import load_config
-from avakit.data import SampleDecoder, make_loader
+from avakit.dataset.manifest import load_manifest
+from avakit.dataset.sources import ShardFile, SplitSource, resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
-from avakit.manifest import load_manifest
-from avakit.rundir import eval_outputs
-from avakit.sources import ShardFile, SplitSource, resolve_split
-from avakit.transforms import EvalPreset
+from avakit.training.checkpoint import run_config, with_absolute_paths
+from avakit.training.loader import SampleDecoder, make_loader
+from avakit.training.rundir import eval_outputs
+from avakit.training.transforms import EvalPreset
 from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()
@@ -185,7 +185,7 @@ def test_evaluate_missing_shard_exit_1_then_allow_missing_counts(run: Path, shar
 
 def test_features_missing_shard_exit_1_then_allow_missing_counts(trained_run: Path, shards: Path,
                                                                  tmp_path: Path) -> None:
-    from avakit.features import extract_features
+    from avakit.training.features import extract_features
 
     (shards / "val-000000.tar").unlink()
     cfg = load_config(None, [*TINY_TRAIN, f"data.shards={shards}"])

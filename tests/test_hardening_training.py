@@ -14,15 +14,16 @@ import torch
 from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
-from avakit import engine, losses
-from avakit.checkpoint import run_config
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.config import load_config
-from avakit.engine import NonFiniteError, StepContext, check_val_finite, train_one_epoch
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.errors import AvakitError
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
-from avakit.train import fit
+from avakit.model import losses
+from avakit.training import engine
+from avakit.training.checkpoint import run_config
+from avakit.training.engine import NonFiniteError, StepContext, check_val_finite, train_one_epoch
+from avakit.training.fit import fit
 
 runner = CliRunner()
 
@@ -130,7 +131,7 @@ def test_val_metrics_nan_only_from_constant_predictions_do_not_stop() -> None:
 
 def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import avakit.train as train_mod
+    from avakit.training import fit as train_mod
 
     epoch_now = {"e": 0}
     real_epoch, real_predict = train_mod.train_one_epoch, engine.predict_batch
@@ -201,7 +202,7 @@ def test_quick_experiment_resume_equals_uninterrupted(shards: Path, tmp_path: Pa
 
 
 def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
-    from avakit.resume import check_same_data, run_fraction, stored_definition
+    from avakit.training.resume import check_same_data, run_fraction, stored_definition
 
     last = tmp_path / "last.pt"
     shards = {"train": {"manifest_sha256": "a" * 64, "samples": 40},
@@ -230,7 +231,7 @@ def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    import avakit.train as train_mod
+    from avakit.training import fit as train_mod
 
     real = train_mod.train_one_epoch
 
@@ -272,7 +273,7 @@ def test_ctrl_c_before_the_first_checkpoint_starts_the_run_again(
 
 def test_ctrl_c_before_the_run_folder_exists(
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import avakit.train as train_mod
+    from avakit.training import fit as train_mod
 
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
@@ -285,18 +286,18 @@ def test_ctrl_c_before_the_run_folder_exists(
 
 def test_ctrl_c_in_other_commands_says_what_is_kept(
         tiny_ava, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    import avakit.evaluate
-    import avakit.shards
+    import avakit.dataset.shards
+    import avakit.training.evaluate
 
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(avakit.shards, "write_shards", interrupted)
+    monkeypatch.setattr(avakit.dataset.shards, "write_shards", interrupted)
     result = runner.invoke(app, ["shard", "--ava-txt", str(tiny_ava.ava_txt),
                                  "--images", str(tiny_ava.images), "--out", str(tmp_path / "s")])
     assert result.exit_code == 130
     assert "interrupted: finished shards are kept; run the same command to resume" in result.output
-    monkeypatch.setattr(avakit.evaluate, "evaluate_run", interrupted)
+    monkeypatch.setattr(avakit.training.evaluate, "evaluate_run", interrupted)
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 130 and "none were written; run the same command again" in result.output
     assert "resume" not in result.output

@@ -18,20 +18,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from avakit.checkpoint import (
+from avakit.cli.app import app
+from avakit.config import load_config
+from avakit.errors import AvakitError
+from avakit.inference.onnx_runtime import OnnxScorer, decode_metadata, encode_metadata
+from avakit.inference.preprocess import PreprocessSpec
+from avakit.training.checkpoint import (
     load_checkpoint,
     make_folder,
     model_from_checkpoint,
     new_run_dir,
     seed_everything,
 )
-from avakit.cli import app
-from avakit.config import load_config
-from avakit.distributed import pick_device
-from avakit.errors import AvakitError
-from avakit.evaluate import evaluate_run
-from avakit.onnx_runtime import OnnxScorer, decode_metadata, encode_metadata
-from avakit.preprocess import PreprocessSpec
+from avakit.training.distributed import pick_device
+from avakit.training.evaluate import evaluate_run
 
 runner = CliRunner()
 
@@ -317,7 +317,7 @@ def test_valid_checkpoint_loads_complete(trained_run: Path, real_ckpt: dict) -> 
 
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from avakit.export import export_onnx
+    from avakit.inference.export import export_onnx
 
     run = tmp_path_factory.mktemp("validate-onnx") / "run"
     shutil.copytree(trained_run, run)
@@ -377,7 +377,7 @@ def test_model_from_checkpoint_leaves_the_state_dict_reusable(trained_run: Path)
     """torch's load_state_dict(assign=True) marks the dict's own `_metadata`; a later plain load of
     the same dict (train's resume) must still copy into the module's parameters, not swap them."""
     from avakit.config import config_from_dict
-    from avakit.model import model_from_config
+    from avakit.model.network import model_from_config
 
     ckpt = load_checkpoint(trained_run / "best_model.pt")
     model_from_checkpoint(ckpt, "best_model.pt")

@@ -29,10 +29,10 @@ from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit import fileio
-from avakit.cli import app
+from avakit.cli.app import app
+from avakit.dataset.synthetic import SyntheticAva
 from avakit.errors import AvakitError
 from avakit.fileio import AppendFile, atomic_write, clear_stale_tmp, is_disk_full, write_text_atomic
-from avakit.synthetic import SyntheticAva
 
 runner = CliRunner()
 TMP_SUFFIX = re.compile(r"\.\d+\.tmp$")
@@ -401,13 +401,13 @@ def test_export_disk_full_then_rerun(monkeypatch: pytest.MonkeyPatch, run_copy: 
 ])
 def test_predict_output_checked_before_scoring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                where: str, message: str) -> None:
-    import avakit.predict
+    import avakit.inference.predict
 
     def no_scoring(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("scored before the output path was checked")
 
-    monkeypatch.setattr(avakit.predict, "load_scorer", no_scoring)
-    monkeypatch.setattr(avakit.predict, "score_images", no_scoring)
+    monkeypatch.setattr(avakit.inference.predict, "load_scorer", no_scoring)
+    monkeypatch.setattr(avakit.inference.predict, "score_images", no_scoring)
     (tmp_path / "afile").write_text("x")
     output = tmp_path / where
     result = runner.invoke(app, ["predict", str(tmp_path), "--run", str(tmp_path), "--format", "json",

@@ -1,4 +1,4 @@
-"""Tests for avakit.losses: values against hand computations, scipy and numpy; gradients."""
+"""Tests for avakit.model.losses: values against hand computations, scipy and numpy; gradients."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from avakit import losses, metrics
+from avakit import metrics
 from avakit.errors import AvakitError
+from avakit.model import losses
 
 
 def _random_dist(gen: torch.Generator, b: int, k: int = 10, zeros: bool = False) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for avakit.model: registry, shapes, freezing, param groups, local weights."""
+"""Tests for avakit.model.network: registry, shapes, freezing, param groups, local weights."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from avakit.errors import AvakitError
-from avakit.model import (
+from avakit.model.network import (
     BACKBONES,
     AestheticModel,
     MLPHead,

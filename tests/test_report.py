@@ -1,4 +1,4 @@
-"""Tests for avakit.report: the report of a finished tiny run, its degraded variants and errors."""
+"""Tests for avakit.report.build: the report of a finished tiny run, its degraded variants and errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from avakit import metrics
 from avakit.errors import AvakitError
-from avakit.report import build_report, group_stats
+from avakit.report.build import build_report, group_stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CORE_PNGS = {"training_curves.png", "learning_rates.png", "gradient_norms.png", "srcc_by_epoch.png",

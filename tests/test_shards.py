@@ -18,10 +18,10 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from avakit.dataset.images import ImageSkip, load_rgb
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import SyntheticAva, make_synthetic_ava
 from avakit.errors import AvakitError
-from avakit.imageio import ImageSkip, load_rgb
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import SyntheticAva, make_synthetic_ava
 
 
 def run_shard(ava: SyntheticAva, out: Path, workers: int = 1, **opts) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for avakit.telemetry: CSV layout, norm consistency, lr groups, disabled, resume, frozen."""
+"""Tests for avakit.training.telemetry: CSV layout, norm consistency, lr groups, disabled, resume, frozen."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avakit.model import AestheticModel, build_model, param_groups
-from avakit.telemetry import Telemetry, read_telemetry
+from avakit.model.network import AestheticModel, build_model, param_groups
+from avakit.training.telemetry import Telemetry, read_telemetry
 
 GRAD_HEADER = "batch_idx,epoch,overall,backbone_layer4,mlp_head,mlp_layer_0,mlp_layer_1,mlp_layer_2"
 LR = 1e-3

@@ -12,12 +12,12 @@ import torch
 from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
-from avakit.checkpoint import run_config
-from avakit.cli import app
+from avakit.cli.app import app
 from avakit.config import load_config
-from avakit.shards import ShardOptions, plan_sharding, write_shards
-from avakit.synthetic import make_synthetic_ava
-from avakit.train import fit
+from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.training.checkpoint import run_config
+from avakit.training.fit import fit
 
 runner = CliRunner()
 TINY = TINY_TRAIN
@@ -127,7 +127,7 @@ def test_missing_shards_exit_2(tmp_path: Path) -> None:
 
 
 def test_nan_loss_stops_with_step(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from avakit import losses
+    from avakit.model import losses
 
     calls = {"n": 0}
     real = losses.LOSSES["emd"]

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from avakit import report_plots as P
 from avakit.metrics import METRIC_NAMES
 from avakit.plots import plot_gradient_norms, plot_learning_rates, plot_training_curves
-from avakit.report_plots import fmt
+from avakit.report import prediction_plots as P
+from avakit.report.prediction_plots import fmt
 
 if TYPE_CHECKING:
-    from avakit.report import SplitData
+    from avakit.report.build import SplitData
 
 SUMMARY_METRICS = ("srcc", "plcc", "accuracy", "emd", "mae", "rmse")
 

@@ -4,7 +4,7 @@ Every function takes a predictions frame (the run-folder columns image_id, pred_
 [pred_dist_1..10], gt_dist_1..10) or a small derived table, writes one PNG with
 `matplotlib.figure.Figure` (no pyplot) at the dpi of `avakit.plots`, and returns its path.
 `label` names the data and the model behind it in titles, e.g. "test: best_model.pt, epoch 4,
-no TTA" (`avakit.report.SplitData.label`).
+no TTA" (`avakit.report.build.SplitData.label`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Uses the same loader, eval preset, normalisation and metric code as `train`, so with the same
 checkpoint and split (and no test-time augmentation) the numbers equal train's results.json.
 Writes `eval/{split}_{checkpoint}_tta-{tta}.json` and `.parquet` in the run folder
-(`avakit.rundir.eval_outputs`); train's own results.json and predictions/ are never touched.
+(`avakit.training.rundir.eval_outputs`); train's own results.json and predictions/ are never touched.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import numpy as np
 import torch
 
 from avakit import metrics
-from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.config import TrainingConfig, check_value
-from avakit.data import SampleDecoder, make_loader, resolve_split
-from avakit.distributed import pick_device
-from avakit.engine import StepContext, evaluate
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
-from avakit.losses import get_loss
+from avakit.model.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
-from avakit.rundir import eval_outputs
-from avakit.transforms import EvalPreset, Normalize
+from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from avakit.training.distributed import pick_device
+from avakit.training.engine import StepContext, evaluate
+from avakit.training.loader import SampleDecoder, make_loader, resolve_split
+from avakit.training.rundir import eval_outputs
+from avakit.training.transforms import EvalPreset, Normalize
 
 
 def evaluate_run(

@@ -3,7 +3,7 @@
 Presets work on uint8 CHW tensors and return uint8 crops, so DataLoader workers ship 4x less
 data; `Normalize` turns a uint8 batch into the normalised float batch on the training device.
 `train`, `evaluate` and `features` use `EvalPreset` + `Normalize` on shard samples; `predict` and
-`export` start from photo files and use `avakit.preprocess` (Pillow + numpy, no torch), which
+`export` start from photo files and use `avakit.inference.preprocess` (Pillow + numpy, no torch), which
 follows the same steps with the values stored in the checkpoint.
 """
 

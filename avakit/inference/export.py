@@ -5,7 +5,7 @@ The graph is the whole scorer: backbone + MLP head + softmax (distribution) or c
 or [N]), batch dimension dynamic. Exported with torch's TorchScript-based exporter
 (`dynamo=False`: the dynamo exporter needs onnxscript, which avakit does not depend on).
 Everything `predict --onnx` needs (preprocessing, output mode) and the run's provenance go into
-`metadata_props` (schema: avakit.onnx_runtime).
+`metadata_props` (schema: avakit.inference.onnx_runtime).
 
 `int8=True` adds `<stem>.int8.onnx`: onnxruntime static quantisation after `quant_pre_process`,
 QDQ format, uint8 activations / int8 per-channel weights, MinMax calibration on val images of
@@ -44,18 +44,18 @@ from PIL import Image
 from torch import nn
 
 from avakit import __version__
-from avakit.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.extras import require
 from avakit.fileio import atomic_write, write_errors
-from avakit.imageio import ImageSkip
+from avakit.inference.onnx_runtime import OnnxScorer, encode_metadata
+from avakit.inference.preprocess import PreprocessSpec, prepare, prepare_image
 from avakit.metrics import srcc
-from avakit.onnx_runtime import OnnxScorer, encode_metadata
 from avakit.predictions import SCORES
-from avakit.preprocess import PreprocessSpec, prepare, prepare_image
-from avakit.rundir import read_json
+from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from avakit.training.rundir import read_json
 
-log = logging.getLogger("avakit.export")
+log = logging.getLogger("avakit.inference.export")
 
 FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, mean score
 INT8_MIN_SRCC = 0.99  # rank agreement of INT8 with FP32 mean scores
@@ -116,7 +116,7 @@ def val_images(shards: str | dict, spec: PreprocessSpec, n: int, split: str = "v
 
     `origin`: the file `shards` was read from (the checkpoint); its paths must then be plain.
     """
-    from avakit.data import iter_samples, resolve_split
+    from avakit.training.loader import iter_samples, resolve_split
 
     source = resolve_split(shards, split, origin=origin)
     arrays: list[np.ndarray] = []
@@ -143,7 +143,7 @@ def _inputs(cfg: Any, spec: PreprocessSpec, shards: Path | None, photos: Sequenc
         return np.stack(arrays), f"{len(arrays)} given photos"
     source = str(shards) if shards is not None else cfg.data.shards
     if shards is None:  # read from the checkpoint: a URL or `pipe:` source is refused, not skipped
-        from avakit.sources import require_plain_shards
+        from avakit.dataset.sources import require_plain_shards
 
         require_plain_shards(source, str(ckpt_path), "val")
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from avakit.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are read with
+from avakit.dataset.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are read with
 
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
 # decoder that ships with torchvision, so keep using it without a warning per image.

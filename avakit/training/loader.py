@@ -7,7 +7,7 @@ so every validation sample is seen exactly once per evaluation. Shard order and 
 shuffle buffer are seeded by (seed, epoch), so an epoch's order does not depend on what ran
 before it: a resumed run sees the same data as an uninterrupted one.
 
-Local shard files (a manifest's, see avakit.sources) are opened by avakit with `open()` and
+Local shard files (a manifest's, see avakit.dataset.sources) are opened by avakit with `open()` and
 parsed with webdataset's `group_by_keys`, never through webdataset's URL opener; their sha256
 is computed as the bytes stream past and compared at the shard's end. User-written URLs go
 through webdataset as written.
@@ -34,9 +34,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, default_collate
 from webdataset.tariterators import tarfile_samples
 
+from avakit.dataset.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
+from avakit.dataset.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 from avakit.errors import AvakitError
-from avakit.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
-from avakit.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
 DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left

@@ -250,7 +250,7 @@ def build_model(
     `weights_path` (a local torchvision state dict) takes precedence over `pretrained`
     (torchvision's weights API, which downloads when not cached). `feature_layer="layer3"`
     (ResNets) pools the third stage instead of the last. `iqa_normalize` = (mean, std) of the
-    input normalisation adds the IQA features (avakit.iqa) to the head's input.
+    input normalisation adds the IQA features (avakit.model.iqa) to the head's input.
     """
     _check_choice("backbone", backbone, list(BACKBONES))
     _check_choice("activation", activation, list(ACTIVATIONS))
@@ -277,7 +277,7 @@ def build_model(
         spec = replace(spec, feature_dim=spec.layer3_dim, last_stage="layer3", partial_from="layer3")
     iqa = None
     if iqa_normalize is not None:
-        from avakit.iqa import IQA_NAMES, IQAFeatures
+        from avakit.model.iqa import IQA_NAMES, IQAFeatures
 
         iqa = IQAFeatures(*iqa_normalize)
     out_dim = OUTPUT_MODES[output_mode]

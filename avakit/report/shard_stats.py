@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from avakit import metrics
+from avakit.dataset.manifest import shard_files
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
-from avakit.manifest import shard_files
 
 THUMB_DIR, THUMB_PX = "thumbs", 160
 

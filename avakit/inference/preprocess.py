@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from avakit.config import TransformConfig, config_from_dict
+from avakit.dataset.images import encode_jpeg, load_rgb
 from avakit.errors import AvakitError
-from avakit.imageio import encode_jpeg, load_rgb
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 SUFFIX_LIST = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))

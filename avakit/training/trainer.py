@@ -1,7 +1,7 @@
 """What a training run builds once: model, optimizer, schedule, step context and data sources.
 
 `build_trainer` turns a config into a `Trainer`; `split_loader` gives the loader of one pass over
-a split (shards or a feature cache). `avakit.train` runs the epochs over them.
+a split (shards or a feature cache). `avakit.training.fit` runs the epochs over them.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Protocol
 
 import torch
 
-from avakit.checkpoint import check_weights, seed_everything, set_rng_state
 from avakit.config import Config
-from avakit.data import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
-from avakit.distributed import DistInfo
-from avakit.engine import StepContext, WarmupSchedule
 from avakit.errors import AvakitError
-from avakit.losses import get_loss
-from avakit.model import model_from_config, param_groups
-from avakit.resume import check_resume_state
-from avakit.transforms import EvalPreset, Normalize, TrainPreset
+from avakit.model.losses import get_loss
+from avakit.model.network import model_from_config, param_groups
+from avakit.training.checkpoint import check_weights, seed_everything, set_rng_state
+from avakit.training.distributed import DistInfo
+from avakit.training.engine import StepContext, WarmupSchedule
+from avakit.training.loader import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
+from avakit.training.resume import check_resume_state
+from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 
 class Progress(Protocol):
@@ -97,7 +97,7 @@ def build_trainer(
     if cfg.data.features:
         if dist.enabled:
             raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
-        from avakit.features import head_only_setup
+        from avakit.training.features import head_only_setup
 
         sources, model = head_only_setup(cfg, core)
         eval_model, normalize = model, torch.nn.Identity()
@@ -146,7 +146,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     """The split's counting loader for one pass, kept in tr.loaders: its counts are read after the pass."""
     cfg = tr.cfg
     if cfg.data.features:
-        from avakit.features import feature_loader
+        from avakit.training.features import feature_loader
 
         loader = feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
                                 seed=cfg.seed, epoch=epoch, fraction=tr.fraction)

@@ -3,7 +3,7 @@
 `avakit export` writes everything `predict` needs into the model's `metadata_props`, so an
 .onnx file alone is enough to score photos the way the run's checkpoint would. Every value is
 a string: plain text for the STRING_KEYS, JSON for the rest (numbers, lists); `null` means
-unknown. This module owns that schema; `avakit.export` writes it with `encode_metadata`.
+unknown. This module owns that schema; `avakit.inference.export` writes it with `encode_metadata`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 from avakit.config import TransformConfig, check_value
 from avakit.errors import AvakitError
 from avakit.extras import require
-from avakit.predict import Scorer
-from avakit.preprocess import PreprocessSpec, check_preprocessing
+from avakit.inference.predict import Scorer
+from avakit.inference.preprocess import PreprocessSpec, check_preprocessing
 
 # What export writes; the first six are required to score (see PreprocessSpec).
 REQUIRED_KEYS = ("avakit_version", "output_mode", "input_size", "resize_size", "normalize_mean",

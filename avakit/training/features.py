@@ -22,19 +22,19 @@ import pandas as pd
 import torch
 
 from avakit import __version__
-from avakit.checkpoint import check_state, make_folder, read_torch_file
 from avakit.config import SPLITS, Config
-from avakit.data import CountingLoader, SampleDecoder, make_loader, resolve_split
-from avakit.distributed import pick_device
-from avakit.engine import autocast
+from avakit.dataset.manifest import file_sha256, write_json_atomic
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write, clear_stale_tmp, write_parquet_atomic
-from avakit.iqa import IQA_NAMES, iqa_features
-from avakit.manifest import file_sha256, write_json_atomic
-from avakit.model import model_from_config
-from avakit.preprocess import check_preprocessing
-from avakit.rundir import read_json
-from avakit.transforms import EvalPreset, Normalize
+from avakit.inference.preprocess import check_preprocessing
+from avakit.model.iqa import IQA_NAMES, iqa_features
+from avakit.model.network import model_from_config
+from avakit.training.checkpoint import check_state, make_folder, read_torch_file
+from avakit.training.distributed import pick_device
+from avakit.training.engine import autocast
+from avakit.training.loader import CountingLoader, SampleDecoder, make_loader, resolve_split
+from avakit.training.rundir import read_json
+from avakit.training.transforms import EvalPreset, Normalize
 
 VOTE_COLS = [f"votes_{k}" for k in range(1, 11)]
 
@@ -307,7 +307,7 @@ def feature_loader(source: FeatureSource, core: torch.nn.Module, *, batch_size: 
 
 def _feature_batches(source: FeatureSource, core: torch.nn.Module, batch_size: int, train: bool, seed: int,
                      epoch: int, fraction: float):
-    from avakit.data import keep_sample
+    from avakit.training.loader import keep_sample
 
     order = np.arange(source.samples)
     if fraction < 1.0:

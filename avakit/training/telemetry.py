@@ -32,10 +32,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (repor
     import torch
     from torch import nn
 
-    from avakit.model import AestheticModel
+    from avakit.model.network import AestheticModel
 
 TELEMETRY_DIR = "telemetry"
-log = logging.getLogger("avakit.train")  # its lines go to training.log
+log = logging.getLogger("avakit.training.fit")  # its lines go to training.log
 GRAD_FILE = "gradient_norms.csv"
 LR_FILE = "learning_rates.csv"
 
@@ -44,7 +44,7 @@ def _unwrap(model: nn.Module) -> AestheticModel:
     """The AestheticModel inside a DDP (`.module`) or torch.compile (`._orig_mod`) wrapper."""
     from torch import nn
 
-    from avakit.model import AestheticModel
+    from avakit.model.network import AestheticModel
 
     for _ in range(4):
         if isinstance(model, AestheticModel):
@@ -132,7 +132,7 @@ class Telemetry:
         grad_header += [f"mlp_layer_{i}" for i in range(len(layers))]
         lr_header = ["batch_idx", "epoch"] + [f"lr_group_{i}" for i in range(self._n_groups)]
         out_dir = Path(run_dir) / TELEMETRY_DIR
-        from avakit.checkpoint import make_folder  # torch: report imports this module torch-free
+        from avakit.training.checkpoint import make_folder  # torch: report imports this module torch-free
 
         make_folder(out_dir)
         self.grad_path, self.lr_path = out_dir / GRAD_FILE, out_dir / LR_FILE

@@ -28,11 +28,11 @@ from typing import IO
 import webdataset as wds
 
 from avakit import fileio
-from avakit.ava import AvaRow, Skipped, official_split, parse_ava_txt, random_split, read_id_list
+from avakit.dataset.ava import AvaRow, Skipped, official_split, parse_ava_txt, random_split, read_id_list
+from avakit.dataset.images import ImageSkip, encode_jpeg, load_rgb
+from avakit.dataset.manifest import build_manifest, file_sha256, write_json_atomic
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_path, clear_stale_tmp
-from avakit.imageio import ImageSkip, encode_jpeg, load_rgb
-from avakit.manifest import build_manifest, file_sha256, write_json_atomic
 
 PROGRESS_DIR = ".progress"
 TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards

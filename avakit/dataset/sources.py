@@ -23,10 +23,10 @@ from pathlib import Path
 
 import braceexpand
 
+from avakit.dataset.manifest import MANIFEST, load_manifest
+from avakit.dataset.samples import Reason
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
-from avakit.manifest import MANIFEST, load_manifest
-from avakit.samples import Reason
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # what urllib (and so webdataset's gopen) call a scheme
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from avakit.errors import AvakitError
-from avakit.losses import distribution_mean, votes_to_distribution
+from avakit.model.losses import distribution_mean, votes_to_distribution
 
-log = logging.getLogger("avakit.train")
+log = logging.getLogger("avakit.training.fit")
 
 # fp16: the GradScaler skips a step whose gradients overflow and halves its scale. This many
 # skips in a row (the scale divided by 2**25) mean the gradients are not finite at any scale.

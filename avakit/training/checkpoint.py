@@ -21,7 +21,7 @@ import torch
 from avakit.config import MAX_SEED, Config, config_from_dict, config_to_dict, load_config
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
-from avakit.preprocess import check_preprocessing
+from avakit.inference.preprocess import check_preprocessing
 
 
 def rng_state() -> dict:
@@ -109,7 +109,7 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
 def check_weights(cfg: Config, state: dict, where: str) -> Any:
     """The config's model on the meta device (no memory, no init), with `state`'s names, shapes
     and dtypes checked against it, and its float weights finite; the weights are not changed."""
-    from avakit.model import model_from_config
+    from avakit.model.network import model_from_config
 
     with torch.device("meta"):
         model = model_from_config(cfg, load_weights=False)
@@ -177,7 +177,7 @@ def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
 
 def _absolute(path: str) -> str:
     """A local path made absolute; a URL or `pipe:` command the user wrote is kept as written."""
-    from avakit.sources import has_scheme
+    from avakit.dataset.sources import has_scheme
 
     if has_scheme(path):
         return path
@@ -225,7 +225,7 @@ def data_paths(cfg: Config) -> list[tuple[str, str]]:
 
 def require_plain_paths(cfg: Config, origin: str, overrides: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse a URL or `pipe:` command read from `origin`, unless this command's `--set` gave it."""
-    from avakit.sources import require_plain
+    from avakit.dataset.sources import require_plain
 
     for key, value in data_paths(cfg):
         if not _overridden(key, overrides):

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
-from avakit.imageio import ImageSkip
-from avakit.preprocess import PreprocessSpec, prepare
+from avakit.inference.preprocess import PreprocessSpec, prepare
 
 SCORES = np.arange(1, 11, dtype=np.float64)  # as avakit.predictions.SCORES, without pandas on the ONNX path
 FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
@@ -62,8 +62,8 @@ class TorchScorer(Scorer):
     def __init__(self, ckpt_path: Path, device: str = "auto") -> None:
         import torch
 
-        from avakit.checkpoint import load_checkpoint, model_from_checkpoint
-        from avakit.distributed import pick_device
+        from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint
+        from avakit.training.distributed import pick_device
 
         ckpt = load_checkpoint(ckpt_path)
         self.spec = PreprocessSpec.from_checkpoint(ckpt)
@@ -87,11 +87,11 @@ def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: P
     if sum(x is not None for x in (run, checkpoint, onnx)) != 1:
         raise AvakitError("give exactly one of --run RUN_DIR, --checkpoint FILE or --onnx FILE")
     if onnx is not None:
-        from avakit.onnx_runtime import OnnxScorer
+        from avakit.inference.onnx_runtime import OnnxScorer
 
         return OnnxScorer(Path(onnx))
     if run is not None:
-        from avakit.checkpoint import run_checkpoint
+        from avakit.training.checkpoint import run_checkpoint
 
         checkpoint = run_checkpoint(Path(run), "best")
     assert checkpoint is not None

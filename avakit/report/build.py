@@ -6,7 +6,7 @@ image's tags and challenge and for gallery thumbnails (only the selected images 
 Retrains nothing. Writes `run_dir/report/`: the PNGs, `thumbs/*.jpg` and `report.html`, which
 references them by relative path and so opens from disk. Missing optional inputs become notes.
 
-Every panel names the model behind its numbers (`avakit.rundir.model_label`): the analysis is
+Every panel names the model behind its numbers (`avakit.training.rundir.model_label`): the analysis is
 of train's own predictions (best_model.pt at its epoch, no TTA); `evaluate`'s results
 (eval/*.json, other checkpoints or TTA) are extra, labelled rows of the summary table.
 """
@@ -22,16 +22,16 @@ from typing import Any
 import pandas as pd
 
 from avakit import metrics
-from avakit import report_html as H
-from avakit.ava import parse_id_names
 from avakit.config import load_config
+from avakit.dataset.ava import parse_id_names
+from avakit.dataset.manifest import MANIFEST
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
-from avakit.manifest import MANIFEST
 from avakit.plots import gradient_warnings
 from avakit.predictions import frame_metrics
-from avakit.report_shards import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
-from avakit.rundir import (
+from avakit.report import html as H
+from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
+from avakit.training.rundir import (
     CHECKPOINT_FILES,
     epoch_start_steps,
     eval_jsons,
@@ -40,7 +40,7 @@ from avakit.rundir import (
     read_json,
     read_predictions,
 )
-from avakit.telemetry import GRAD_FILE, LR_FILE, TELEMETRY_DIR, read_telemetry_csv
+from avakit.training.telemetry import GRAD_FILE, LR_FILE, TELEMETRY_DIR, read_telemetry_csv
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
 GALLERY_SIZE = 8

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 
 from avakit import __version__
-from avakit.checkpoint import (
+from avakit.config import Config, config_to_dict, save_config
+from avakit.dataset.samples import SampleCounts
+from avakit.errors import AvakitError, Interrupted
+from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
+from avakit.predictions import frame_metrics, predictions_frame
+from avakit.training.checkpoint import (
     load_checkpoint,
     make_folder,
     new_run_dir,
@@ -25,9 +30,8 @@ from avakit.checkpoint import (
     save_checkpoint,
     with_absolute_paths,
 )
-from avakit.config import Config, config_to_dict, save_config
-from avakit.distributed import DistInfo, gather_objects, init_distributed, shutdown
-from avakit.engine import (
+from avakit.training.distributed import DistInfo, gather_objects, init_distributed, shutdown
+from avakit.training.engine import (
     EpochStats,
     NonFiniteError,
     check_val_finite,
@@ -35,20 +39,16 @@ from avakit.engine import (
     merge_results,
     train_one_epoch,
 )
-from avakit.errors import AvakitError, Interrupted
-from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
-from avakit.predictions import frame_metrics, predictions_frame
-from avakit.resume import (
+from avakit.training.resume import (
     check_same_data,
     data_definition,
     interrupted_message,
     run_fraction,
     stored_definition,
 )
-from avakit.samples import SampleCounts
-from avakit.trainer import Progress, Trainer, build_trainer, restore, split_loader
+from avakit.training.trainer import Progress, Trainer, build_trainer, restore, split_loader
 
-log = logging.getLogger("avakit.train")
+log = logging.getLogger("avakit.training.fit")
 
 
 def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
@@ -164,7 +164,7 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
     A run folder stopped before its first last.pt (no results.json either) starts again from
     epoch 0: nothing of it was kept, and the same seed gives the same run.
     """
-    from avakit.distributed import broadcast_object
+    from avakit.training.distributed import broadcast_object
 
     cfg = with_absolute_paths(cfg)
     if resume is None:
@@ -266,7 +266,7 @@ def fit(
 def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after_epochs: int | None,
            restarted: bool) -> None:
     """Log, restore last.pt, run the epochs with telemetry; evaluate and write results at the end."""
-    from avakit.telemetry import Telemetry
+    from avakit.training.telemetry import Telemetry
 
     cfg, run_dir = tr.cfg, tr.run_dir
     _setup_logging(run_dir, tr.dist)

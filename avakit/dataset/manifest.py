@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avakit import __version__
+from avakit.dataset.samples import Reason, decode_image, parse_label, tar_samples
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256, write_json_atomic  # noqa: F401 - re-exported
-from avakit.samples import Reason, decode_image, parse_label, tar_samples
 
 if TYPE_CHECKING:
-    from avakit.shards import ShardPlan
+    from avakit.dataset.shards import ShardPlan
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -149,7 +149,7 @@ class _Checker:
 
 def _check_structure(manifest: Any, path: Path) -> None:
     """Raise AvakitError naming the first key of `manifest` that a reader could not use."""
-    from avakit.preprocess import check_preprocessing
+    from avakit.inference.preprocess import check_preprocessing
 
     c = _Checker(path)
     if not isinstance(manifest, dict):

@@ -46,7 +46,7 @@ _STRIP_PIXELS = 1 << 18  # 16/32-bit images are scaled to 8 bits this many pixel
 
 
 class ImageSkip(Exception):
-    """An image that cannot be used; `reason` is one of avakit.ava.REASONS."""
+    """An image that cannot be used; `reason` is one of avakit.dataset.ava.REASONS."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

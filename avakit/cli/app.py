@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avakit.console import (
+from avakit.cli.console import (
     ErrorGroup,
     RichProgress,
     console,
@@ -75,7 +75,7 @@ def shard(
 
     Example: avakit shard --ava-txt AVA/AVA.txt --images AVA/images --out shards/
     """
-    from avakit.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
 
     options = ShardOptions(short_side, quality, shard_size, split, val_ratio, test_ratio, seed, limit)
     plan = plan_sharding(ava_txt, images, out, options, test_list, strict)
@@ -97,7 +97,7 @@ def inspect(
 
     Exits 1 naming each mismatch.
     """
-    from avakit.manifest import load_manifest, verify_shards
+    from avakit.dataset.manifest import load_manifest, verify_shards
 
     n_shards = sum(len(s["shards"]) for s in load_manifest(shards)["splits"].values())
     with progress_bar("checking", n_shards, unit="shards") as advance:
@@ -131,9 +131,9 @@ def train(
 
     Example: avakit train --config configs/gpu.yaml --set training.batch_size=32
     """
-    from avakit.checkpoint import run_config
     from avakit.config import load_config
-    from avakit.train import fit
+    from avakit.training.checkpoint import run_config
+    from avakit.training.fit import fit
 
     if resume is not None and config is not None:
         raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
@@ -167,7 +167,7 @@ def features(
     import time
 
     from avakit.config import load_config
-    from avakit.features import extract_features
+    from avakit.training.features import extract_features
 
     cfg = load_config(config, set_ or ())
     wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
@@ -197,8 +197,8 @@ def evaluate(
     checkpoint and TTA; train's results.json and predictions/ are never overwritten). Without
     --tta the numbers equal those `train` wrote to results.json for the same checkpoint and split.
     """
-    from avakit.evaluate import evaluate_run
-    from avakit.rundir import eval_outputs
+    from avakit.training.evaluate import evaluate_run
+    from avakit.training.rundir import eval_outputs
 
     log_to_console()
     report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress(),
@@ -223,7 +223,7 @@ def report(
     the checkpoint, epoch and TTA behind its numbers; `avakit evaluate` results are extra rows.
     """
     from avakit.metrics import METRIC_NAMES
-    from avakit.report import build_report
+    from avakit.report.build import build_report
 
     summary = build_report(run_dir, shards, tags, challenges)
     table = Table(title=escape(f"{run_dir.name}: best epoch {summary['best_epoch']}"))
@@ -267,7 +267,7 @@ def predict(
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """
-    from avakit.predict import (
+    from avakit.inference.predict import (
         Prediction,
         check_output,
         format_predictions,
@@ -275,7 +275,7 @@ def predict(
         score_images,
         write_predictions,
     )
-    from avakit.preprocess import find_images
+    from avakit.inference.preprocess import find_images
 
     check_output(fmt, output)  # before scoring: a bad --output must not lose the results
     paths, missing = find_images(inputs)
@@ -324,7 +324,7 @@ def export(
     SRCC >= 0.99 against FP32 over the val images, or the command fails (exit 1).
     Then: avakit predict photo.jpg --onnx model.onnx   (onnxruntime only)
     """
-    from avakit.export import export_onnx
+    from avakit.inference.export import export_onnx
 
     log_to_console()
     result = export_onnx(run_dir, output, int8, opset, shards, parity_images, checkpoint)
@@ -343,12 +343,12 @@ def demo(
     Everything goes under --out: ava/ (AVA.txt, tags, challenges, images), shards/, outputs/.
     """
     from avakit.config import load_config
-    from avakit.evaluate import evaluate_run
-    from avakit.predict import load_scorer, score_images
-    from avakit.report import build_report
-    from avakit.shards import ShardOptions, plan_sharding, write_shards
-    from avakit.synthetic import make_synthetic_ava
-    from avakit.train import fit
+    from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.dataset.synthetic import make_synthetic_ava
+    from avakit.inference.predict import load_scorer, score_images
+    from avakit.report.build import build_report
+    from avakit.training.evaluate import evaluate_run
+    from avakit.training.fit import fit
 
     if out.exists() and not out.is_dir():
         raise AvakitError(f"--out {out}: exists and is not a folder")
