@@ -2,7 +2,7 @@
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot, no GUI backend: PNGs are
 rendered by Agg) and saved at 120 dpi. `gradient_warnings` turns a gradient-norm frame from
-`avakit.training.telemetry.read_telemetry` into plain-sentence warnings.
+`avakit.training.rundir.read_telemetry` into plain-sentence warnings.
 """
 
 from __future__ import annotations

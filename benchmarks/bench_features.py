@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from avakit.config import load_config
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups

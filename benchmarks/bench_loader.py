@@ -47,7 +47,8 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from avakit.config import Config, load_config
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.training.loader import SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.training.transforms import Normalize, TrainPreset

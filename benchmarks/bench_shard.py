@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 
 

@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 
 from avakit.config import Config, load_config
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.training.distributed import DistInfo
 from avakit.training.engine import EpochStats, train_one_epoch

@@ -37,7 +37,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `run/../shards`, the synthetic AVA release `run/../ava`.
     """
     from avakit.config import load_config
-    from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.dataset.plan import ShardOptions, plan_sharding
+    from avakit.dataset.shards import write_shards
     from avakit.training.fit import fit
 
     root = tmp_path_factory.mktemp("trained")

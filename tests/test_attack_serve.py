@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from avakit.cli.app import app
 from avakit.errors import AvakitError
-from avakit.inference.predict import Scorer, score_images
+from avakit.inference.predict import score_images
 from avakit.inference.preprocess import PreprocessSpec
+from avakit.inference.scorer import Scorer
 from avakit.report.build import build_report
 from avakit.training.rundir import read_predictions
 
@@ -124,7 +125,7 @@ def test_predict_prints_markup_in_file_names_as_text(tmp_path: Path, monkeypatch
 @pytest.mark.parametrize("step", [str(10**30), "inf", "-5", "2.5"])
 def test_telemetry_rows_with_a_bad_step_are_dropped_and_counted(trained_run: Path, tmp_path: Path,
                                                                 step: str) -> None:
-    from avakit.training.telemetry import read_telemetry_csv
+    from avakit.training.rundir import read_telemetry_csv
 
     path = tmp_path / "gradient_norms.csv"
     good = (trained_run / "telemetry" / "gradient_norms.csv").read_text()

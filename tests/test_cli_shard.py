@@ -77,7 +77,7 @@ def test_inspect_decode_finds_bad_label(sharded: Path, tmp_path: Path) -> None:
                 data = json.dumps(label).encode()
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
-    from avakit.dataset.manifest import file_sha256
+    from avakit.fileio import file_sha256
 
     entry["sha256"], entry["bytes"] = file_sha256(path), path.stat().st_size
     (copy / "manifest.json").write_text(json.dumps(manifest))

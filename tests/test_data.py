@@ -12,7 +12,8 @@ import webdataset as wds
 from PIL import Image
 
 from avakit.config import TransformConfig
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.errors import AvakitError
 from avakit.training.loader import SampleDecoder, keep_sample, make_loader, resolve_split

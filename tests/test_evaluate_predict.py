@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
-from avakit.inference.predict import FIELDS
+from avakit.inference.scorer import FIELDS
 from avakit.training.rundir import eval_outputs
 
 runner = CliRunner()

@@ -136,7 +136,8 @@ def test_predict_onnx_equals_predict_run(fp32_export: dict, run_copy: Path, trai
 
 
 def test_predict_onnx_imports_no_torch(fp32_export: dict, trained_run: Path) -> None:
-    code = ("import sys\nfrom pathlib import Path\nfrom avakit.inference.predict import load_scorer, score_images\n"
+    code = ("import sys\nfrom pathlib import Path\n"
+            "from avakit.inference.predict import load_scorer, score_images\n"
             f"s = load_scorer(onnx=Path({str(fp32_export['fp32'])!r}))\n"
             f"(row,) = score_images(s, [Path({str(_photos(trained_run, 1)[0])!r})])\n"
             "assert row.error is None and 1 <= row.mean_score <= 10, row\n"

@@ -37,9 +37,16 @@ from avakit.inference.onnx_runtime import OnnxScorer
 from avakit.plots import _step_axis, gradient_warnings
 from avakit.predictions import SCORES
 from avakit.report import html as H
-from avakit.report.build import SplitData, _group_tables, build_report, frozen_parts
-from avakit.training.rundir import epoch_start_steps, eval_outputs, load_history, model_label
-from avakit.training.telemetry import read_telemetry, read_telemetry_csv
+from avakit.report.build import _group_tables, build_report, frozen_parts
+from avakit.report.splits import SplitData
+from avakit.training.rundir import (
+    epoch_start_steps,
+    eval_outputs,
+    load_history,
+    model_label,
+    read_telemetry,
+    read_telemetry_csv,
+)
 
 runner = CliRunner()
 TRAIN_OUTPUTS = ("results.json", "predictions/test.parquet", "predictions/val.parquet")

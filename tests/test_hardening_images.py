@@ -17,11 +17,13 @@ from avakit.cli.app import app
 from avakit.dataset import images as imageio
 from avakit.dataset.ava import REASONS, parse_ava_txt, parse_id_list, read_id_list, read_id_names
 from avakit.dataset.images import ImageSkip, load_rgb
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import SyntheticAva
 from avakit.errors import AvakitError
-from avakit.inference.predict import Scorer, score_images
+from avakit.inference.predict import score_images
 from avakit.inference.preprocess import PreprocessSpec, find_images
+from avakit.inference.scorer import Scorer
 
 runner = CliRunner()
 LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"
@@ -186,7 +188,7 @@ def test_unreadable_inputs_are_one_line(tiny_ava: SyntheticAva, tmp_path: Path,
         raise PermissionError(13, "Permission denied")
 
     with monkeypatch.context() as m:
-        m.setattr("avakit.dataset.shards.os.scandir", refuse)
+        m.setattr("avakit.dataset.plan.os.scandir", refuse)
         with pytest.raises(AvakitError, match="images: cannot read the images folder: Permission denied"):
             plan_sharding(tiny_ava.ava_txt, tiny_ava.images, tmp_path / "s", ShardOptions())
     monkeypatch.setattr(Path, "open", refuse)

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from avakit.cli.app import app
 from avakit.config import load_config
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.errors import AvakitError
 from avakit.model import losses

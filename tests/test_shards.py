@@ -19,7 +19,8 @@ import webdataset as wds
 from PIL import Image
 
 from avakit.dataset.images import ImageSkip, load_rgb
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import SyntheticAva, make_synthetic_ava
 from avakit.errors import AvakitError
 

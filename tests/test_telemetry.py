@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from avakit.model.network import AestheticModel, build_model, param_groups
-from avakit.training.telemetry import Telemetry, read_telemetry
+from avakit.training.rundir import read_telemetry
+from avakit.training.telemetry import Telemetry
 
 GRAD_HEADER = "batch_idx,epoch,overall,backbone_layer4,mlp_head,mlp_layer_0,mlp_layer_1,mlp_layer_2"
 LR = 1e-3

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from avakit.cli.app import app
 from avakit.config import load_config
-from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+from avakit.dataset.plan import ShardOptions, plan_sharding
+from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.training.checkpoint import run_config
 from avakit.training.fit import fit

@@ -75,7 +75,8 @@ def shard(
 
     Example: avakit shard --ava-txt AVA/AVA.txt --images AVA/images --out shards/
     """
-    from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.dataset.plan import ShardOptions, plan_sharding
+    from avakit.dataset.shards import write_shards
 
     options = ShardOptions(short_side, quality, shard_size, split, val_ratio, test_ratio, seed, limit)
     plan = plan_sharding(ava_txt, images, out, options, test_list, strict)
@@ -343,7 +344,8 @@ def demo(
     Everything goes under --out: ava/ (AVA.txt, tags, challenges, images), shards/, outputs/.
     """
     from avakit.config import load_config
-    from avakit.dataset.shards import ShardOptions, plan_sharding, write_shards
+    from avakit.dataset.plan import ShardOptions, plan_sharding
+    from avakit.dataset.shards import write_shards
     from avakit.dataset.synthetic import make_synthetic_ava
     from avakit.inference.predict import load_scorer, score_images
     from avakit.report.build import build_report

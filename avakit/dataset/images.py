@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageMode, ImageOps
 
+from avakit.errors import AvakitError
+
 # Pillow raises DecompressionBombError above 2x this; 89.5 Mpx is Pillow's warning threshold
 # (256 MiB of RGB), which avakit treats as the limit.
 MAX_PIXELS = 89_478_485
@@ -210,3 +212,34 @@ def encode_jpeg(im: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+# The preprocessing a shard records (manifest, checkpoint, ONNX metadata all carry it).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+SUFFIX_LIST = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
+SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
+QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
+
+
+def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]):
+        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, "
+                          f"got {repr(value)[:60]}")
+    return value
+
+
+def check_preprocessing(value: object, where: str, prefix: str = "preprocessing.") -> dict:
+    """Validate a `preprocessing` block read back from a manifest, checkpoint or ONNX file.
+
+    Returns {"short_side": int | None, "quality": int | None}; `where` names the file (and key,
+    `prefix` + name) in the one-line AvakitError raised for a value of the wrong type or range.
+    """
+    if value is None:
+        return {"short_side": None, "quality": None}
+    if not isinstance(value, dict):
+        raise AvakitError(f"{where}: {prefix.rstrip('.')} must be a mapping, got {type(value).__name__}")
+    out = {}
+    for key, bounds in (("short_side", SHORT_SIDE_RANGE), ("quality", QUALITY_RANGE)):
+        item = value.get(key)
+        out[key] = None if item is None else _int_in(item, bounds, prefix + key, where)
+    return out

@@ -13,78 +13,18 @@ import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from avakit import __version__
 from avakit.dataset.samples import Reason, decode_image, parse_label, tar_samples
 from avakit.errors import AvakitError
-from avakit.fileio import file_sha256, write_json_atomic  # noqa: F401 - re-exported
+from avakit.fileio import file_sha256
 
 if TYPE_CHECKING:
-    from avakit.dataset.shards import ShardPlan
+    pass
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def label_stats(votes: np.ndarray) -> dict:
-    """Statistics of a split's labels: mean score mean/std, votes per image, share above 5."""
-    if len(votes) == 0:
-        return {"n": 0}
-    votes = np.asarray(votes, dtype=np.float64)
-    counts = votes.sum(axis=1)
-    means = (votes * np.arange(1, 11)).sum(axis=1) / counts
-    return {
-        "n": int(len(votes)),
-        "mean_score_mean": round(float(means.mean()), 4),
-        "mean_score_std": round(float(means.std()), 4),
-        "mean_score_min": round(float(means.min()), 4),
-        "mean_score_max": round(float(means.max()), 4),
-        "share_above_5": round(float((means > 5).mean()), 4),
-        "votes_per_image_mean": round(float(counts.mean()), 2),
-        "votes_per_image_min": int(counts.min()),
-        "votes_per_image_max": int(counts.max()),
-    }
-
-
-def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
-    """The manifest of a finished run: plan (inputs, options) + per-shard records."""
-    votes_by_id = {r.image_id: r.votes for r in plan.rows}
-    skipped = [asdict(s) for s in plan.parse_skipped]
-    splits: dict[str, dict] = {}
-    for split in ("train", "val", "test"):
-        mine = [r for r in records if r["split"] == split]
-        ids = [i for r in mine for i in r["image_ids"]]
-        splits[split] = {
-            "samples": len(ids),
-            "bytes": sum(r["bytes"] for r in mine),
-            "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in mine],
-            "label_stats": label_stats(np.array([votes_by_id[i] for i in ids]).reshape(-1, 10)),
-        }
-        skipped += [s for r in mine for s in r["skipped"]]
-    skipped.sort(key=lambda s: s["line"])
-    written = sum(s["samples"] for s in splits.values())
-    opts = asdict(plan.options)
-    return {
-        "format_version": FORMAT_VERSION,
-        "created_by": f"avakit {__version__}",
-        "sources": plan.sources,
-        "preprocessing": {
-            "short_side": opts.pop("short_side"), "quality": opts.pop("quality"),
-            "format": "jpg", "exif_orientation": "applied", "resample": "jpeg-dct-scaling+bilinear",
-        },
-        "shard_size": opts.pop("shard_size"),
-        "split": {"method": opts.pop("split"), **opts},
-        "counts": {"rows_read": plan.rows_read, "samples_written": written,
-                   "rows_skipped": len(skipped)},
-        "splits": splits,
-        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-        "skipped": skipped,
-    }
 
 
 def load_manifest(shards_dir: Path) -> dict:
@@ -149,7 +89,7 @@ class _Checker:
 
 def _check_structure(manifest: Any, path: Path) -> None:
     """Raise AvakitError naming the first key of `manifest` that a reader could not use."""
-    from avakit.inference.preprocess import check_preprocessing
+    from avakit.dataset.images import check_preprocessing
 
     c = _Checker(path)
     if not isinstance(manifest, dict):

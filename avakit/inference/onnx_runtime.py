@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from avakit.config import TransformConfig, check_value
+from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.extras import require
-from avakit.inference.predict import Scorer
-from avakit.inference.preprocess import PreprocessSpec, check_preprocessing
+from avakit.inference.preprocess import PreprocessSpec
+from avakit.inference.scorer import Scorer
 
 # What export writes; the first six are required to score (see PreprocessSpec).
 REQUIRED_KEYS = ("avakit_version", "output_mode", "input_size", "resize_size", "normalize_mean",

@@ -15,7 +15,6 @@ import io
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +23,9 @@ from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.inference.preprocess import PreprocessSpec, prepare
+from avakit.inference.scorer import FIELDS, Prediction, Scorer, to_prediction
 
-SCORES = np.arange(1, 11, dtype=np.float64)  # as avakit.predictions.SCORES, without pandas on the ONNX path
-FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
 FORMATS = ("table", "json", "csv")
-
-
-@dataclass
-class Prediction:
-    """One scored (or failed) file."""
-
-    path: str
-    mean_score: float | None = None
-    std: float | None = None
-    dist: list[float] | None = None
-    error: str | None = None
-
-    def row(self) -> dict:
-        dist = self.dist or [None] * 10
-        return {"path": self.path, "mean_score": self.mean_score, "std": self.std,
-                **{f"dist_{k}": d for k, d in zip(range(1, 11), dist, strict=True)}, "error": self.error}
-
-
-class Scorer:
-    """A model behind `__call__(batch [B, 3, c, c] float32) -> outputs`; see load_scorer."""
-
-    spec: PreprocessSpec
-    output_mode: str  # distribution: outputs are probabilities [B, 10]; regression: scores [B]
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
 
 
 class TorchScorer(Scorer):
@@ -98,18 +70,6 @@ def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: P
     return TorchScorer(Path(checkpoint), device)
 
 
-def _to_prediction(path: Path, out: np.ndarray, output_mode: str) -> Prediction:
-    """One model output -> a row; a NaN or infinite output is an error row, never a score."""
-    if not np.all(np.isfinite(out)):
-        return Prediction(str(path), error="the model's output is NaN or infinite (broken weights?)")
-    if output_mode == "distribution":
-        p = out.astype(np.float64)
-        mean = float(p @ SCORES)
-        std = float(np.sqrt(max(0.0, p @ (SCORES - mean) ** 2)))
-        return Prediction(str(path), round(mean, 6), round(std, 6), [round(float(x), 6) for x in p])
-    return Prediction(str(path), round(float(out), 6))
-
-
 def score_images(
     scorer: Scorer, paths: Sequence[Path], batch_size: int = 16,
     advance: Callable[[int], None] | None = None,
@@ -130,7 +90,7 @@ def score_images(
         if arrays:
             outputs = scorer(np.stack(arrays))
             for i, out in zip(ready, outputs, strict=True):
-                results[i] = _to_prediction(paths[i], out, scorer.output_mode)
+                results[i] = to_prediction(paths[i], out, scorer.output_mode)
         if advance is not None:
             advance(min(batch_size, len(paths) - start))
     return [results[i] for i in range(len(paths))]

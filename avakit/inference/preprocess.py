@@ -10,44 +10,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from avakit.config import TransformConfig, config_from_dict
-from avakit.dataset.images import encode_jpeg, load_rgb
+from avakit.dataset.images import IMAGE_SUFFIXES, SUFFIX_LIST, check_preprocessing, encode_jpeg, load_rgb
 from avakit.errors import AvakitError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-SUFFIX_LIST = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
-SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
-QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
-
-
-def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]):
-        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, "
-                          f"got {repr(value)[:60]}")
-    return value
-
-
-def check_preprocessing(value: object, where: str, prefix: str = "preprocessing.") -> dict:
-    """Validate a `preprocessing` block read back from a manifest, checkpoint or ONNX file.
-
-    Returns {"short_side": int | None, "quality": int | None}; `where` names the file (and key,
-    `prefix` + name) in the one-line AvakitError raised for a value of the wrong type or range.
-    """
-    if value is None:
-        return {"short_side": None, "quality": None}
-    if not isinstance(value, dict):
-        raise AvakitError(f"{where}: {prefix.rstrip('.')} must be a mapping, got {type(value).__name__}")
-    out = {}
-    for key, bounds in (("short_side", SHORT_SIDE_RANGE), ("quality", QUALITY_RANGE)):
-        item = value.get(key)
-        out[key] = None if item is None else _int_in(item, bounds, prefix + key, where)
-    return out
 
 
 @dataclass(frozen=True)
@@ -76,9 +47,6 @@ class PreprocessSpec:
             raise AvakitError(f"{where}: not an avakit checkpoint (no config)")
         transform = config_from_dict(ckpt["config"], where).transform
         return cls.from_config(transform, check_preprocessing(ckpt.get("preprocessing"), where))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def find_images(inputs: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -13,150 +13,35 @@ of train's own predictions (best_model.pt at its epoch, no TTA); `evaluate`'s re
 
 from __future__ import annotations
 
-import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from avakit import metrics
 from avakit.config import load_config
 from avakit.dataset.ava import parse_id_names
 from avakit.dataset.manifest import MANIFEST
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
 from avakit.plots import gradient_warnings
-from avakit.predictions import frame_metrics
 from avakit.report import html as H
 from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
+from avakit.report.splits import SplitData, best_epoch, epoch_points, load_splits, read_evaluations
 from avakit.training.rundir import (
     CHECKPOINT_FILES,
+    GRAD_FILE,
+    LR_FILE,
+    TELEMETRY_DIR,
     epoch_start_steps,
-    eval_jsons,
     load_history,
-    model_label,
-    read_json,
-    read_predictions,
+    read_telemetry_csv,
 )
-from avakit.training.telemetry import GRAD_FILE, LR_FILE, TELEMETRY_DIR, read_telemetry_csv
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
 GALLERY_SIZE = 8
 # (key in the shard json, what one group is called, file-name part)
 GROUP_KINDS = (("tags", "semantic tag", "tags"), ("challenge", "challenge", "challenges"))
-
-
-@dataclass
-class SplitData:
-    """The predictions of one split, their metrics and what the shards tell about the images."""
-
-    key: str  # "val" or "test": file-name prefix and shard split
-    model: str  # the model behind the predictions, e.g. "best_model.pt, epoch 4, no TTA"
-    df: pd.DataFrame
-    metrics: dict
-    labels: dict[int, dict] = field(default_factory=dict)  # image id -> the shard's json member
-    thumbs: dict[int, str] = field(default_factory=dict)  # image id -> path relative to report/
-
-    @property
-    def label(self) -> str:
-        """What every panel of this split is titled with: split and model."""
-        return f"{self.key}: {self.model}"
-
-
-def _best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[dict, int | None]:
-    """(results.json or {}, best epoch): results.json's, else the highest val SRCC of the history."""
-    path = run_dir / "results.json"
-    results = read_json(path) if path.is_file() else {}
-    results = results if isinstance(results, dict) else {}
-    best = results.get("best_epoch")
-    if isinstance(best, int) and not isinstance(best, bool) and best >= 0:
-        return results, best
-    notes.append(f"{path.name} has no best epoch (run not finished?): taken from training_history.json")
-    scored = [(h["val_srcc"], int(h.get("epoch", i))) for i, h in enumerate(history)
-              if isinstance(h.get("val_srcc"), (int, float)) and math.isfinite(h["val_srcc"])]
-    return results, max(scored, key=lambda t: t[0])[1] if scored else None
-
-
-def _load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[SplitData]:
-    """train's predictions of best_model.pt: val (the best epoch's file, else val.parquet) and test."""
-    pred_dir = run_dir / "predictions"
-    epoch_file = pred_dir / f"val_epoch_{best:03d}.parquet" if best is not None else None
-    model = model_label(CHECKPOINT_FILES["best"], best)  # train predicts without TTA
-    sources: list[tuple[str, Path]] = []
-    if epoch_file is not None and epoch_file.exists():
-        sources.append(("val", epoch_file))
-    elif (pred_dir / "val.parquet").exists():
-        sources.append(("val", pred_dir / "val.parquet"))
-        notes.append("no predictions file of the best epoch: val analysis uses predictions/val.parquet")
-    else:
-        notes.append("no val predictions of the best epoch: val sections skipped")
-    if (pred_dir / "test.parquet").exists():
-        sources.append(("test", pred_dir / "test.parquet"))
-    else:
-        notes.append("no predictions/test.parquet (no test split, or the run did not finish): "
-                     "test sections skipped")
-    if not sources:
-        raise AvakitError(f"{pred_dir}: no predictions found (expected val_epoch_NNN.parquet, "
-                          "val.parquet or test.parquet)")
-    splits = []
-    for key, path in sources:
-        df, dropped = read_predictions(path)
-        if dropped:
-            notes.append(f"{path.name}: {dropped} row(s) with a NaN or infinite mean score left out "
-                         f"({len(df)} analysed)")
-        if df.empty:
-            notes.append(f"{path.name} has no rows: {key} sections skipped")
-            continue
-        splits.append(SplitData(key, model, df, frame_metrics(df)))
-    if not splits:
-        raise AvakitError(f"{pred_dir}: every predictions file is empty")
-    return splits
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _evaluations(run_dir: Path, notes: list[str]) -> list[tuple[str, str, dict]]:
-    """(split, model label, metrics) of each `avakit evaluate` result in eval/, for the summary."""
-    rows = []
-    for path in eval_jsons(run_dir):
-        try:
-            data = read_json(path)
-        except AvakitError as e:
-            notes.append(f"{e}: left out of the summary")
-            continue
-        if not (isinstance(data, dict) and isinstance(data.get("metrics"), dict)
-                and all(isinstance(data.get(k), str) for k in ("split", "checkpoint", "tta"))):
-            notes.append(f"{path}: not an `avakit evaluate` result: left out of the summary")
-            continue
-        epoch = data.get("epoch") if _number(data.get("epoch")) else None
-        found = {k: v for k, v in data["metrics"].items() if _number(v)}
-        model = model_label(data["checkpoint"], epoch, data["tta"])
-        rows.append((data["split"], f"evaluate: {model}", found))
-    return rows
-
-
-def _epoch_points(run_dir: Path, notes: list[str]) -> pd.DataFrame:
-    """epoch, srcc, plcc from each predictions/val_epoch_NNN.parquet (one row per file).
-
-    A file that breaks the predictions contract (`read_predictions`) is left out with a note.
-    """
-    rows = []
-    for path in sorted((run_dir / "predictions").glob("val_epoch_*.parquet")):
-        suffix = path.stem.rsplit("_", 1)[-1]
-        if not (suffix.isascii() and suffix.isdigit()):
-            continue
-        try:
-            df, _ = read_predictions(path)
-        except AvakitError as e:
-            notes.append(f"{e}: left out of SRCC over epochs")
-            continue
-        rows.append({"epoch": int(suffix), "srcc": metrics.srcc(df["pred_mean"], df["gt_mean"]),
-                     "plcc": metrics.plcc(df["pred_mean"], df["gt_mean"])})
-    return pd.DataFrame(rows, columns=["epoch", "srcc", "plcc"])
 
 
 def _run_config(run_dir: Path, notes: list[str]) -> Any:
@@ -305,9 +190,9 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
              "challenge": parse_id_names(challenges) if challenges else {}}
     history = load_history(run_dir)
     c = H.Collector(run_dir / REPORT_DIR)
-    results, best = _best_epoch(run_dir, history, c.notes)
-    splits = _load_splits(run_dir, best, c.notes)
-    evaluations = _evaluations(run_dir, c.notes)
+    results, best = best_epoch(run_dir, history, c.notes)
+    splits = load_splits(run_dir, best, c.notes)
+    evaluations = read_evaluations(run_dir, c.notes)
     _clean_out(c.out)
     cfg = _run_config(run_dir, c.notes)
     shards_dir = _resolve_shards(run_dir, shards, cfg, c.notes)
@@ -319,7 +204,7 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
                 ("telemetry", "Telemetry: gradient norms",
                  H.telemetry_section(c, grad_df, warnings, H.Frozen(frozen, why), starts)),
                 ("predictions", "Prediction analysis", H.predictions_section(c, splits)),
-                ("epochs", "SRCC over epochs", H.epochs_section(c, _epoch_points(run_dir, c.notes), best)),
+                ("epochs", "SRCC over epochs", H.epochs_section(c, epoch_points(run_dir, c.notes), best)),
                 ("votes", "Predicted vs real vote distributions", H.votes_section(c, splits))]
     groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
     sections += [("groups", "Per semantic tag and per challenge", groups_html),

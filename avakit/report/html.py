@@ -21,7 +21,7 @@ from avakit.report import prediction_plots as P
 from avakit.report.prediction_plots import fmt
 
 if TYPE_CHECKING:
-    from avakit.report.build import SplitData
+    from avakit.report.splits import SplitData
 
 SUMMARY_METRICS = ("srcc", "plcc", "accuracy", "emd", "mae", "rmse")
 

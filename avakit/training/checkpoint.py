@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from avakit.config import MAX_SEED, Config, config_from_dict, config_to_dict, load_config
+from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
-from avakit.inference.preprocess import check_preprocessing
 
 
 def rng_state() -> dict:

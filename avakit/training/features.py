@@ -23,10 +23,9 @@ import torch
 
 from avakit import __version__
 from avakit.config import SPLITS, Config
-from avakit.dataset.manifest import file_sha256, write_json_atomic
+from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
-from avakit.fileio import atomic_write, clear_stale_tmp, write_parquet_atomic
-from avakit.inference.preprocess import check_preprocessing
+from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json_atomic, write_parquet_atomic
 from avakit.model.iqa import IQA_NAMES, iqa_features
 from avakit.model.network import model_from_config
 from avakit.training.checkpoint import check_state, make_folder, read_torch_file

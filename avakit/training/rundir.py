@@ -22,10 +22,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avakit.errors import AvakitError
 from avakit.metrics import METRIC_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HISTORY_FILE = "training_history.json"
 EVAL_DIR = "eval"
@@ -216,3 +219,58 @@ def read_predictions(path: Path) -> tuple[Any, int]:
         if outside.any():
             raise _bad_row(path, df, outside, col, "a probability in 0..1")
     return df, dropped
+
+
+TELEMETRY_DIR = "telemetry"
+
+
+GRAD_FILE = "gradient_norms.csv"
+
+
+LR_FILE = "learning_rates.csv"
+
+
+def read_telemetry_csv(path: Path) -> pd.DataFrame | None:
+    """One telemetry CSV without malformed rows, sorted by batch_idx; None if absent or without rows.
+
+    A row is kept when its batch_idx is a step number (an integer 0..2**53; a NaN, infinite,
+    fractional, negative or absurd value is malformed); undecodable bytes (a crash mid-write,
+    a disk error) only spoil their own rows. How many rows were dropped, malformed or unparsable,
+    is in `df.attrs["dropped"]` so a reader can say so. AvakitError naming the file when it is
+    not a telemetry CSV at all (no `batch_idx` column: binary or foreign content) or cannot be read.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as f:  # data lines (not blank), to count what the parser skips
+            lines = sum(1 for line in f if line.strip()) - 1
+        df = pd.read_csv(path, on_bad_lines="skip", encoding_errors="replace")
+    except pd.errors.EmptyDataError:
+        return None
+    except (pd.errors.ParserError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise AvakitError(f"{path}: unreadable telemetry CSV ({first[:200]})") from None
+    if "batch_idx" not in df.columns:
+        raise AvakitError(f"{path}: not a telemetry CSV (its header has no batch_idx column)")
+    df = df.apply(pd.to_numeric, errors="coerce")
+    step = df["batch_idx"]
+    df = df[step.notna() & (step >= 0) & (step <= 2**53) & (step == step.round())].copy()
+    dropped = max(lines, 0) - len(df)
+    if df.empty:
+        return None
+    df["batch_idx"] = df["batch_idx"].astype("int64")
+    df = df.drop_duplicates("batch_idx", keep="last").sort_values("batch_idx").reset_index(drop=True)
+    df.attrs["dropped"] = dropped
+    return df
+
+
+def read_telemetry(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(gradient norms, learning rates) of a run; each None when missing or without rows.
+
+    AvakitError when a file is there but is not a telemetry CSV (see `read_telemetry_csv`).
+    """
+    base = Path(run_dir) / TELEMETRY_DIR
+    return read_telemetry_csv(base / GRAD_FILE), read_telemetry_csv(base / LR_FILE)

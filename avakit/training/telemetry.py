@@ -23,10 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from avakit.errors import AvakitError
 from avakit.fileio import AppendFile, write_text_atomic
+from avakit.training.rundir import GRAD_FILE, LR_FILE, TELEMETRY_DIR
 
 if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (report) stays light
     import torch
@@ -34,10 +32,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: `read_telemetry` (repor
 
     from avakit.model.network import AestheticModel
 
-TELEMETRY_DIR = "telemetry"
 log = logging.getLogger("avakit.training.fit")  # its lines go to training.log
-GRAD_FILE = "gradient_norms.csv"
-LR_FILE = "learning_rates.csv"
 
 
 def _unwrap(model: nn.Module) -> AestheticModel:
@@ -218,45 +213,3 @@ class Telemetry:
         self.close()
 
 
-def read_telemetry_csv(path: Path) -> pd.DataFrame | None:
-    """One telemetry CSV without malformed rows, sorted by batch_idx; None if absent or without rows.
-
-    A row is kept when its batch_idx is a step number (an integer 0..2**53; a NaN, infinite,
-    fractional, negative or absurd value is malformed); undecodable bytes (a crash mid-write,
-    a disk error) only spoil their own rows. How many rows were dropped, malformed or unparsable,
-    is in `df.attrs["dropped"]` so a reader can say so. AvakitError naming the file when it is
-    not a telemetry CSV at all (no `batch_idx` column: binary or foreign content) or cannot be read.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with path.open("rb") as f:  # data lines (not blank), to count what the parser skips
-            lines = sum(1 for line in f if line.strip()) - 1
-        df = pd.read_csv(path, on_bad_lines="skip", encoding_errors="replace")
-    except pd.errors.EmptyDataError:
-        return None
-    except (pd.errors.ParserError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise AvakitError(f"{path}: unreadable telemetry CSV ({first[:200]})") from None
-    if "batch_idx" not in df.columns:
-        raise AvakitError(f"{path}: not a telemetry CSV (its header has no batch_idx column)")
-    df = df.apply(pd.to_numeric, errors="coerce")
-    step = df["batch_idx"]
-    df = df[step.notna() & (step >= 0) & (step <= 2**53) & (step == step.round())].copy()
-    dropped = max(lines, 0) - len(df)
-    if df.empty:
-        return None
-    df["batch_idx"] = df["batch_idx"].astype("int64")
-    df = df.drop_duplicates("batch_idx", keep="last").sort_values("batch_idx").reset_index(drop=True)
-    df.attrs["dropped"] = dropped
-    return df
-
-
-def read_telemetry(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """(gradient norms, learning rates) of a run; each None when missing or without rows.
-
-    AvakitError when a file is there but is not a telemetry CSV (see `read_telemetry_csv`).
-    """
-    base = Path(run_dir) / TELEMETRY_DIR
-    return read_telemetry_csv(base / GRAD_FILE), read_telemetry_csv(base / LR_FILE)

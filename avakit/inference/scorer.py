@@ -1,0 +1,56 @@
+"""The scorer interface shared by the torch and ONNX backends, and one scored row.
+
+Torch-free and pandas-free: `onnx_runtime` builds on it without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from avakit.inference.preprocess import PreprocessSpec
+
+SCORES = np.arange(1, 11, dtype=np.float64)  # as avakit.predictions.SCORES, without pandas on the ONNX path
+FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
+
+
+@dataclass
+class Prediction:
+    """One scored (or failed) file."""
+
+    path: str
+    mean_score: float | None = None
+    std: float | None = None
+    dist: list[float] | None = None
+    error: str | None = None
+
+    def row(self) -> dict:
+        dist = self.dist or [None] * 10
+        return {"path": self.path, "mean_score": self.mean_score, "std": self.std,
+                **{f"dist_{k}": d for k, d in zip(range(1, 11), dist, strict=True)}, "error": self.error}
+
+
+class Scorer(Protocol):
+    """A model behind `__call__(batch [B, 3, c, c] float32) -> outputs`: a run's checkpoint in torch
+    (`predict.TorchScorer`) or an exported model in onnxruntime (`onnx_runtime.OnnxScorer`)."""
+
+    spec: PreprocessSpec
+    output_mode: str  # distribution: outputs are probabilities [B, 10]; regression: scores [B]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        ...
+
+
+def to_prediction(path: Path, out: np.ndarray, output_mode: str) -> Prediction:
+    """One model output -> a row; a NaN or infinite output is an error row, never a score."""
+    if not np.all(np.isfinite(out)):
+        return Prediction(str(path), error="the model's output is NaN or infinite (broken weights?)")
+    if output_mode == "distribution":
+        p = out.astype(np.float64)
+        mean = float(p @ SCORES)
+        std = float(np.sqrt(max(0.0, p @ (SCORES - mean) ** 2)))
+        return Prediction(str(path), round(mean, 6), round(std, 6), [round(float(x), 6) for x in p])
+    return Prediction(str(path), round(float(out), 6))
