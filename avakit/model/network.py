@@ -97,7 +97,7 @@ class MLPHead(nn.Module):
         self,
         in_dim: int,
         hidden_dims: Sequence[int] = (256,),
-        out_dim: int = 10,
+        out_dim: int = N_POINTS,
         dropout: float = 0.2,
         activation: str = "relu",
     ) -> None:
