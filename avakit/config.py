@@ -23,13 +23,11 @@ import yaml
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.schema import build, check_field, show
+from avakit.scores import ACTIVATIONS, AMP_MODES, BACKBONES, FREEZE_MODES, LOSSES, OUTPUT_MODES, SPLITS
 from avakit.yamlio import parse_yaml, read_yaml, yaml_problem
 
-SPLITS = ("train", "val", "test")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large")
-# loss_type -> the model.output_mode it needs
-LOSS_OUTPUT_MODE = {**dict.fromkeys(("kl_div", "cross_entropy", "emd"), "distribution")}
-LOSS_OUTPUT_MODE.update(mse="regression", l1="regression")
+# Choice lists (splits, backbones, losses -> output mode, ...) live in avakit.scores, which
+# tests/test_scores.py ties to the model registries.
 DEVICES = ("auto", "cpu", "cuda")
 
 # Upper bounds where a larger value costs memory or time instead of meaning something:
@@ -71,9 +69,9 @@ class ModelConfig:
     weights_path: str | None = None
     mlp_hidden_dims: list[int] = _f(factory=lambda: [256], gt=0, le=MAX_HIDDEN, max_length=MAX_HEAD_LAYERS)
     dropout: float = _f(0.2, ge=0.0, lt=1.0)
-    activation: str = _f("relu", choices=("relu", "tanh"))
-    output_mode: str = _f("distribution", choices=("distribution", "regression"))
-    freeze: str = _f("none", choices=("none", "partial", "full"))
+    activation: str = _f("relu", choices=ACTIVATIONS)
+    output_mode: str = _f("distribution", choices=OUTPUT_MODES)
+    freeze: str = _f("none", choices=FREEZE_MODES)
 
 
 @dataclass
@@ -118,12 +116,14 @@ class TrainingConfig:
     weight_decay: float = _f(1e-4, ge=0.0)
     max_epochs: int = _f(20, ge=1)
     early_stop_patience: int = _f(5, ge=0)
-    loss_type: str = _f("emd", choices=tuple(LOSS_OUTPUT_MODE))
+    loss_type: str = _f("emd", choices=tuple(LOSSES))
     scheduler: str = _f("cosine", choices=("none", "cosine", "plateau"))
     warmup_epochs: int = _f(1, ge=0)
     grad_clip: float | None = _f(1.0, ge=0.0)
     grad_accum_steps: int = _f(1, ge=1)
-    amp: str = _f("bf16", choices=("bf16", "fp16", "off"))
+    # autocast dtype on cuda; on any other device "off" (training.engine.resolve_amp), the same
+    # for train, evaluate and features
+    amp: str = _f("bf16", choices=AMP_MODES)
     channels_last: bool = False
     checkpoint_every: int = _f(1, ge=1)
 
@@ -166,10 +166,10 @@ class Config:
 def _check_cross_fields(cfg: Config, p: str = "") -> None:
     """Rules that span several keys (`p`: the prefix of every key named)."""
     loss, mode = cfg.training.loss_type, cfg.model.output_mode
-    if LOSS_OUTPUT_MODE[loss] != mode:
+    if LOSSES[loss] != mode:
         raise AvakitError(
             f"{p}training.loss_type: '{loss}' needs {p}model.output_mode "
-            f"'{LOSS_OUTPUT_MODE[loss]}' (got '{mode}')"
+            f"'{LOSSES[loss]}' (got '{mode}')"
         )
     if cfg.features.layer == "layer3" and not cfg.model.backbone.startswith("resnet"):
         raise AvakitError(f"{p}features.layer: 'layer3' needs a ResNet backbone "

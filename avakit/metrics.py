@@ -14,6 +14,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from avakit import scores
+from avakit.scores import SCORE_MAX, SCORE_MIN, THRESHOLD
+
 METRIC_NAMES: dict[str, str] = {
     "srcc": "SRCC",
     "plcc": "PLCC",
@@ -23,9 +26,6 @@ METRIC_NAMES: dict[str, str] = {
     "rmse": "RMSE",
     "std_srcc": "SRCC(std)",
 }
-
-SCORE_MIN = 1.0
-SCORE_MAX = 10.0
 
 
 def _pair(pred: ArrayLike, gt: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ def plcc(pred: ArrayLike, gt: ArrayLike) -> float:
     return _correlation(stats.pearsonr, pred, gt)
 
 
-def accuracy(pred_mean: ArrayLike, gt_mean: ArrayLike, threshold: float = 5.0) -> float:
+def accuracy(pred_mean: ArrayLike, gt_mean: ArrayLike, threshold: float = THRESHOLD) -> float:
     """Binary accuracy, "high quality" meaning a score strictly above `threshold`."""
     a, b = _pair(pred_mean, gt_mean)
     if a.size == 0:
@@ -74,7 +74,7 @@ def accuracy(pred_mean: ArrayLike, gt_mean: ArrayLike, threshold: float = 5.0) -
     return float(np.mean((a > threshold) == (b > threshold)))
 
 
-def majority_baseline(gt_mean: ArrayLike, threshold: float = 5.0) -> float:
+def majority_baseline(gt_mean: ArrayLike, threshold: float = THRESHOLD) -> float:
     """Accuracy of always predicting the more frequent of the two classes."""
     b = np.asarray(gt_mean, dtype=np.float64).reshape(-1)
     if b.size == 0:
@@ -112,28 +112,18 @@ def rmse(pred: ArrayLike, gt: ArrayLike) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2))) if a.size else math.nan
 
 
-def _scores(k: int) -> np.ndarray:
-    """The ratings 1..k."""
-    return np.arange(1, k + 1, dtype=np.float64)
-
-
 def dist_mean(dist: ArrayLike) -> np.ndarray:
-    """Mean score sum_k k * p_k (k = 1..K) of each row of `dist` [N, K]; shape [N]."""
-    d = _dists(dist)
-    return d @ _scores(d.shape[1])
+    """Mean score sum_k k * p_k of each row of `dist` [N, N_POINTS] (probabilities); shape [N]."""
+    return scores.mean_score(_dists(dist), normalise=False)
 
 
 def dist_std(dist: ArrayLike) -> np.ndarray:
-    """Standard deviation of the score under each row of `dist` [N, K]; shape [N]."""
-    d = _dists(dist)
-    scores = _scores(d.shape[1])
-    mean = d @ scores
-    var = np.sum(d * (scores[None, :] - mean[:, None]) ** 2, axis=1)
-    return np.sqrt(np.clip(var, 0.0, None))
+    """Standard deviation of the score under each row of `dist` [N, N_POINTS]; shape [N]."""
+    return scores.score_std(_dists(dist), normalise=False)
 
 
 def clamp_scores(x: ArrayLike) -> np.ndarray:
-    """Clip predicted mean scores to the rating range [1, 10] (for regression outputs)."""
+    """Clip predicted mean scores to the rating range [SCORE_MIN, SCORE_MAX] (for regression outputs)."""
     return np.clip(np.asarray(x, dtype=np.float64), SCORE_MIN, SCORE_MAX)
 
 

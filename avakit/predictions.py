@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from avakit import metrics
+from avakit.scores import mean_score, point_names
 
-SCORES = np.arange(1, 11)
+PRED_DIST, GT_DIST = point_names("pred_dist_"), point_names("gt_dist_")
 
 
 def predictions_frame(result: dict, output_mode: str) -> pd.DataFrame:
@@ -19,13 +20,13 @@ def predictions_frame(result: dict, output_mode: str) -> pd.DataFrame:
     gt_dist = result["votes"] / result["votes"].sum(axis=1, keepdims=True)
     frame = {"image_id": result["ids"].astype(np.int64)}
     if output_mode == "distribution":
-        frame["pred_mean"] = result["outputs"] @ SCORES
+        frame["pred_mean"] = mean_score(result["outputs"], normalise=False)
     else:
         frame["pred_mean"] = metrics.clamp_scores(result["outputs"].reshape(-1))
-    frame["gt_mean"] = gt_dist @ SCORES
+    frame["gt_mean"] = mean_score(gt_dist, normalise=False)
     if output_mode == "distribution":
-        frame.update({f"pred_dist_{k}": result["outputs"][:, k - 1] for k in SCORES})
-    frame.update({f"gt_dist_{k}": gt_dist[:, k - 1] for k in SCORES})
+        frame.update({col: result["outputs"][:, i] for i, col in enumerate(PRED_DIST)})
+    frame.update({col: gt_dist[:, i] for i, col in enumerate(GT_DIST)})
     return pd.DataFrame(frame)
 
 
@@ -33,10 +34,9 @@ def frame_metrics(df: pd.DataFrame) -> dict:
     """The literature's metrics from a predictions table (EMD/std SRCC when it has distributions)."""
     if df.empty:
         return {"n": 0}
-    pred_cols = [f"pred_dist_{k}" for k in SCORES]
-    has_dist = pred_cols[0] in df
+    has_dist = PRED_DIST[0] in df
     return metrics.compute_metrics(
         df["pred_mean"].to_numpy(), df["gt_mean"].to_numpy(),
-        df[pred_cols].to_numpy() if has_dist else None,
-        df[[f"gt_dist_{k}" for k in SCORES]].to_numpy() if has_dist else None,
+        df[PRED_DIST].to_numpy() if has_dist else None,
+        df[GT_DIST].to_numpy() if has_dist else None,
     )

@@ -35,10 +35,10 @@ from avakit.inference.export import (
 )
 from avakit.inference.onnx_runtime import OnnxScorer
 from avakit.plots import _step_axis, gradient_warnings
-from avakit.predictions import SCORES
 from avakit.report import html as H
 from avakit.report.build import _group_tables, build_report, frozen_parts
 from avakit.report.splits import SplitData
+from avakit.scores import POINTS
 from avakit.training.rundir import (
     epoch_start_steps,
     eval_outputs,
@@ -247,7 +247,7 @@ def test_int8_distributions_sum_to_one_and_scores_are_not_bucketed(int8_export: 
     x = val_images(str(trained_run.parent / "shards"), scorer.spec, 200, split="train")
     probs = scorer(x).astype(np.float64)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    scores = probs @ SCORES
+    scores = probs @ POINTS
     assert len(np.unique(scores)) >= 0.95 * len(x), f"{len(np.unique(scores))} distinct of {len(x)}"
 
 

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from avakit.errors import AvakitError
+from avakit.scores import N_POINTS, mean_score, point_names
 from avakit.textlines import FieldError, Line, parse_uint, parse_uints, read_lines, split_fields
-
-N_COLUMNS = 15
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -31,14 +29,14 @@ class AvaRow:
     line: int  # 1-based line number in AVA.txt
     index: int
     image_id: int
-    votes: tuple[int, ...]  # counts of ratings 1..10
+    votes: tuple[int, ...]  # counts of the ratings avakit.scores.POINTS (1..10)
     tags: tuple[int, int]
     challenge: int
 
     @property
     def mean_score(self) -> float:
         """Mean rating, sum(k * count_k) / sum(count_k)."""
-        return sum((k + 1) * c for k, c in enumerate(self.votes)) / sum(self.votes)
+        return float(mean_score(self.votes))
 
     def label(self) -> dict:
         """The sample's `json` member as written into the shards."""
@@ -78,8 +76,10 @@ REASONS = (
 # scores stay exact. Ids are stored as int64 (parquet columns, tensors): below 2^63.
 MAX_VOTES = 10**9
 MAX_ID = 2**63 - 1
-COLUMN_NAMES = ("index", "image id", *(f"votes for {k}" for k in range(1, 11)), "tag 1", "tag 2", "challenge")
-MAXIMA = (MAX_ID, MAX_ID, *(MAX_VOTES,) * 10, MAX_ID, MAX_ID, MAX_ID)
+COLUMN_NAMES = ("index", "image id", *point_names("votes for "), "tag 1", "tag 2", "challenge")
+MAXIMA = (MAX_ID, MAX_ID, *(MAX_VOTES,) * N_POINTS, MAX_ID, MAX_ID, MAX_ID)
+N_COLUMNS = len(COLUMN_NAMES)  # 15
+_TAGS = 2 + N_POINTS  # the column after the vote counts
 
 
 def parse_ava_txt(
@@ -135,10 +135,11 @@ def _parse_row(line: Line) -> AvaRow | Skipped:
         column = (e.index or 0) + 1
         return Skipped(line.number, _guess_id(fields), "malformed line",
                        f"column {column} ({COLUMN_NAMES[column - 1]}): {e}")
-    votes = tuple(values[2:12])
+    votes = tuple(values[2:_TAGS])
     if sum(votes) == 0:
         return Skipped(line.number, values[1], "malformed line", "all vote counts are zero")
-    return AvaRow(line.number, values[0], values[1], votes, (values[12], values[13]), values[14])
+    tag_1, tag_2, challenge = values[_TAGS:]
+    return AvaRow(line.number, values[0], values[1], votes, (tag_1, tag_2), challenge)
 
 
 def _guess_id(fields: list[str]) -> int | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from avakit.dataset.samples import Reason, decode_image, parse_label, tar_samples
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
+from avakit.scores import SPLITS
 
 if TYPE_CHECKING:
     pass
@@ -109,7 +110,7 @@ def _check_structure(manifest: Any, path: Path) -> None:
         c.typed(c.get(entry, f"skipped[{i}]", "reason"), str, "a string", f"skipped[{i}].reason")
     names: set[str] = set()
     for split, info in c.mapping(manifest, "", "splits").items():
-        if split not in ("train", "val", "test"):
+        if split not in SPLITS:
             raise c.fail(f"splits.{split}", "unknown split (expected train, val or test)")
         _check_split(c, c.typed(info, dict, "a mapping", f"splits.{split}"), f"splits.{split}", names)
 

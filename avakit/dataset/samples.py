@@ -22,6 +22,7 @@ from enum import IntEnum
 from typing import Any
 
 from avakit.dataset.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are read with
+from avakit.scores import N_POINTS
 
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
 # decoder that ships with torchvision, so keep using it without a warning per image.
@@ -64,7 +65,7 @@ REASON_TEXT = {
     Reason.IMAGE: "image does not decode as JPEG",
     Reason.JSON: "label is not valid JSON",
     Reason.NOT_OBJECT: "label is not a JSON object",
-    Reason.VOTES: "votes are not 10 integers in 0..10^9 with a positive sum",
+    Reason.VOTES: f"votes are not {N_POINTS} integers in 0..10^9 with a positive sum",
     Reason.IMAGE_ID: "image_id is not the sample key as an integer below 2^63",
     Reason.TAGS: "tags are not 2 integers",
     Reason.CHALLENGE: "challenge is not an integer",
@@ -88,7 +89,7 @@ def check_label(key: str, label: Any) -> Reason:
     if not isinstance(label, dict):
         return Reason.NOT_OBJECT
     votes = label.get("votes")
-    if not (_ints(votes, 10, 0, MAX_VOTES) and sum(votes) > 0):
+    if not (_ints(votes, N_POINTS, 0, MAX_VOTES) and sum(votes) > 0):
         return Reason.VOTES
     image_id = label.get("image_id")
     if not (type(image_id) is int and 0 <= image_id <= MAX_ID and str(image_id) == key and key.isascii()):

@@ -33,6 +33,7 @@ from avakit.dataset.manifest import FORMAT_VERSION, MANIFEST
 from avakit.dataset.plan import ShardOptions, ShardPlan, ShardTask, load_record, record_path
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_path, file_sha256, write_json_atomic
+from avakit.scores import N_POINTS, SPLITS, THRESHOLD, mean_score
 
 TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards
 
@@ -211,14 +212,14 @@ def label_stats(votes: np.ndarray) -> dict:
         return {"n": 0}
     votes = np.asarray(votes, dtype=np.float64)
     counts = votes.sum(axis=1)
-    means = (votes * np.arange(1, 11)).sum(axis=1) / counts
+    means = mean_score(votes)
     return {
         "n": int(len(votes)),
         "mean_score_mean": round(float(means.mean()), 4),
         "mean_score_std": round(float(means.std()), 4),
         "mean_score_min": round(float(means.min()), 4),
         "mean_score_max": round(float(means.max()), 4),
-        "share_above_5": round(float((means > 5).mean()), 4),
+        "share_above_5": round(float((means > THRESHOLD).mean()), 4),
         "votes_per_image_mean": round(float(counts.mean()), 2),
         "votes_per_image_min": int(counts.min()),
         "votes_per_image_max": int(counts.max()),
@@ -230,14 +231,14 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
     votes_by_id = {r.image_id: r.votes for r in plan.rows}
     skipped = [asdict(s) for s in plan.parse_skipped]
     splits: dict[str, dict] = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         mine = [r for r in records if r["split"] == split]
         ids = [i for r in mine for i in r["image_ids"]]
         splits[split] = {
             "samples": len(ids),
             "bytes": sum(r["bytes"] for r in mine),
             "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in mine],
-            "label_stats": label_stats(np.array([votes_by_id[i] for i in ids]).reshape(-1, 10)),
+            "label_stats": label_stats(np.array([votes_by_id[i] for i in ids]).reshape(-1, N_POINTS)),
         }
         skipped += [s for r in mine for s in r["skipped"]]
     skipped.sort(key=lambda s: s["line"])

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avakit.fileio import write_bytes_atomic, write_text_atomic
+from avakit.scores import POINTS
 
 TAGS = {1: "Abstract", 2: "Animals", 3: "Architecture", 4: "Landscape", 5: "Macro",
         6: "Nature", 7: "Portraiture", 8: "Still_Life", 9: "Urban", 10: "Black_and_White"}
@@ -74,7 +75,7 @@ def synthetic_votes(q: float, rng: np.random.Generator) -> list[int]:
     """A realistic vote histogram (80-300 votes, AVA-like spread) centred on 3.6 + 3.6 q."""
     centre = 3.6 + 3.6 * q + rng.normal(0.0, 0.15)
     spread = rng.uniform(1.2, 1.7)
-    levels = np.arange(1, 11)
+    levels = POINTS
     p = np.exp(-0.5 * ((levels - centre) / spread) ** 2)
     return rng.multinomial(int(rng.integers(80, 301)), p / p.sum()).tolist()
 

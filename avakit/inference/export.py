@@ -51,7 +51,7 @@ from avakit.fileio import atomic_write, write_errors
 from avakit.inference.onnx_runtime import OnnxScorer, encode_metadata
 from avakit.inference.preprocess import PreprocessSpec, prepare, prepare_image
 from avakit.metrics import srcc
-from avakit.predictions import SCORES
+from avakit.scores import SCORE_MAX, SCORE_MIN, mean_score
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.training.rundir import read_json
 
@@ -107,7 +107,7 @@ class ExportModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        return out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(1.0, 10.0)
+        return out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(SCORE_MIN, SCORE_MAX)
 
 
 def val_images(shards: str | dict, spec: PreprocessSpec, n: int, split: str = "val",
@@ -301,9 +301,9 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None,
 
 
 def mean_scores(outputs: np.ndarray, output_mode: str) -> np.ndarray:
-    """Model outputs -> mean scores [N] (probabilities @ 1..10, or the scores themselves)."""
+    """Model outputs -> mean scores [N] (probabilities @ POINTS, or the scores themselves)."""
     out = np.asarray(outputs, dtype=np.float64)
-    return out @ SCORES if output_mode == "distribution" else out.reshape(-1)
+    return mean_score(out, normalise=False) if output_mode == "distribution" else out.reshape(-1)
 
 
 def _run(fn: Any, inputs: np.ndarray) -> np.ndarray:

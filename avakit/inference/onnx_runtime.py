@@ -20,6 +20,7 @@ from avakit.errors import AvakitError
 from avakit.extras import require
 from avakit.inference.preprocess import PreprocessSpec
 from avakit.inference.scorer import Scorer
+from avakit.scores import N_POINTS
 
 # What export writes; the first six are required to score (see PreprocessSpec).
 REQUIRED_KEYS = ("avakit_version", "output_mode", "input_size", "resize_size", "normalize_mean",
@@ -118,9 +119,9 @@ def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str) -> N
         raise AvakitError(f"{path}: metadata input_size {spec.crop_size} does not match the model's input "
                           f"shape {shape} (expected [batch, 3, {spec.crop_size}, {spec.crop_size}])")
     out = list(outputs[0].shape)
-    rank, last = (2, 10) if mode == "distribution" else (1, None)
+    rank, last = (2, N_POINTS) if mode == "distribution" else (1, None)
     if len(out) != rank or (last is not None and isinstance(out[-1], int) and out[-1] != last):
-        expected = "[batch, 10]" if mode == "distribution" else "[batch]"
+        expected = f"[batch, {N_POINTS}]" if mode == "distribution" else "[batch]"
         raise AvakitError(f"{path}: metadata output_mode {mode} does not match the model's output shape "
                           f"{out} (expected {expected})")
 

@@ -12,9 +12,10 @@ from typing import Protocol
 import numpy as np
 
 from avakit.inference.preprocess import PreprocessSpec
+from avakit.scores import N_POINTS, mean_score, point_names, score_std
 
-SCORES = np.arange(1, 11, dtype=np.float64)  # as avakit.predictions.SCORES, without pandas on the ONNX path
-FIELDS = ["path", "mean_score", "std", *[f"dist_{k}" for k in range(1, 11)], "error"]
+DIST_FIELDS = point_names("dist_")
+FIELDS = ["path", "mean_score", "std", *DIST_FIELDS, "error"]
 
 
 @dataclass
@@ -28,9 +29,9 @@ class Prediction:
     error: str | None = None
 
     def row(self) -> dict:
-        dist = self.dist or [None] * 10
+        dist = self.dist or [None] * N_POINTS
         return {"path": self.path, "mean_score": self.mean_score, "std": self.std,
-                **{f"dist_{k}": d for k, d in zip(range(1, 11), dist, strict=True)}, "error": self.error}
+                **dict(zip(DIST_FIELDS, dist, strict=True)), "error": self.error}
 
 
 class Scorer(Protocol):
@@ -38,7 +39,7 @@ class Scorer(Protocol):
     (`predict.TorchScorer`) or an exported model in onnxruntime (`onnx_runtime.OnnxScorer`)."""
 
     spec: PreprocessSpec
-    output_mode: str  # distribution: outputs are probabilities [B, 10]; regression: scores [B]
+    output_mode: str  # distribution: outputs are probabilities [B, N_POINTS]; regression: scores [B]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         ...
@@ -50,7 +51,7 @@ def to_prediction(path: Path, out: np.ndarray, output_mode: str) -> Prediction:
         return Prediction(str(path), error="the model's output is NaN or infinite (broken weights?)")
     if output_mode == "distribution":
         p = out.astype(np.float64)
-        mean = float(p @ SCORES)
-        std = float(np.sqrt(max(0.0, p @ (SCORES - mean) ** 2)))
+        mean = float(mean_score(p, normalise=False))
+        std = float(score_std(p, normalise=False))
         return Prediction(str(path), round(mean, 6), round(std, 6), [round(float(x), 6) for x in p])
     return Prediction(str(path), round(float(out), 6))

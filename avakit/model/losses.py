@@ -2,10 +2,10 @@
 
 Two output modes:
 
-* ``distribution``: the model outputs raw logits of shape [B, K] (K = 10 for AVA) and the
-  target is the vote histogram normalised to sum 1 (see `votes_to_distribution`).
+* ``distribution``: the model outputs raw logits of shape [B, K] (K = scores.N_POINTS, 10 for AVA)
+  and the target is the vote histogram normalised to sum 1 (see `votes_to_distribution`).
 * ``regression``: the model outputs the predicted mean score, shape [B] or [B, 1], and the
-  target is the real mean score in [1, 10], shape [B].
+  target is the real mean score in [SCORE_MIN, SCORE_MAX] = [1, 10], shape [B].
 
 Every loss returns a scalar: the mean over the batch. `LOSSES` maps the CLI names to a
 `LossSpec` holding the function and its output mode.
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avakit.errors import AvakitError
+from avakit.scores import INT_POINTS
 
 OutputMode = Literal["distribution", "regression"]
 
@@ -147,17 +148,19 @@ def votes_to_distribution(votes: Tensor) -> Tensor:
 
 
 def _scores_like(p: Tensor) -> Tensor:
-    """The ratings 1..K as a tensor matching p's last dimension, dtype and device."""
-    return torch.arange(1, p.shape[-1] + 1, dtype=p.dtype, device=p.device)
+    """The ratings (avakit.scores.POINTS) as a tensor of p's dtype and device."""
+    return torch.tensor(INT_POINTS, dtype=p.dtype, device=p.device)
 
 
 def distribution_mean(p: Tensor) -> Tensor:
-    """Mean score sum_k k * p_k (k = 1..K) of each row of p [B, K]; shape [B]."""
+    """Mean score sum_k k * p_k of each row of p [B, N_POINTS] (probabilities); shape [B].
+
+    The torch counterpart of avakit.scores.mean_score(normalise=False), for every torch caller."""
     return (p * _scores_like(p)).sum(dim=-1)
 
 
 def distribution_std(p: Tensor) -> Tensor:
-    """Standard deviation of the score under each row of p [B, K]; shape [B]."""
+    """Standard deviation of the score under each row of p [B, N_POINTS]; shape [B] (cf. scores.score_std)."""
     scores = _scores_like(p)
     mean = (p * scores).sum(dim=-1, keepdim=True)
     var = (p * (scores - mean) ** 2).sum(dim=-1)

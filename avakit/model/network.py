@@ -4,7 +4,7 @@
 torchvision model, swaps its final classification Linear for `nn.Identity` (so the backbone
 returns pooled features [B, D] and its state-dict keys still match torchvision's), puts an
 `MLPHead` on top and applies the requested freezing. Distribution mode returns raw logits
-[B, 10] (softmax belongs to the loss / prediction); regression returns an unclamped [B].
+[B, N_POINTS] (softmax belongs to the loss / prediction); regression returns an unclamped [B].
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import torchvision.models as tvm
 from torch import nn
 
 from avakit.errors import AvakitError
+from avakit.scores import FREEZE_MODES, N_POINTS
 
-OUTPUT_MODES: dict[str, int] = {"distribution": 10, "regression": 1}
+# Registries; their keys are the choice lists in avakit.scores (tests/test_scores.py checks both ways).
+OUTPUT_MODES: dict[str, int] = {"distribution": N_POINTS, "regression": 1}  # mode -> output width
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
-FREEZE_MODES: tuple[str, ...] = ("none", "partial", "full")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class MLPHead(nn.Module):
         self,
         in_dim: int,
         hidden_dims: Sequence[int] = (256,),
-        out_dim: int = 10,
+        out_dim: int = N_POINTS,
         dropout: float = 0.2,
         activation: str = "relu",
     ) -> None:

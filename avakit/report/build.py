@@ -28,6 +28,7 @@ from avakit.plots import gradient_warnings
 from avakit.report import html as H
 from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
 from avakit.report.splits import SplitData, best_epoch, epoch_points, load_splits, read_evaluations
+from avakit.scores import HELD_OUT_SPLITS
 from avakit.training.rundir import (
     CHECKPOINT_FILES,
     GRAD_FILE,
@@ -166,7 +167,7 @@ def _summary_rows(splits: list[SplitData], evaluations: list[tuple[str, str, dic
     """(split, model, metrics or None): train's val and test, then each evaluate result."""
     by_key = {sp.key: sp for sp in splits}
     rows: list[tuple] = [(k, by_key[k].model, by_key[k].metrics) if k in by_key
-                         else (k, CHECKPOINT_FILES["best"], None) for k in ("val", "test")]
+                         else (k, CHECKPOINT_FILES["best"], None) for k in HELD_OUT_SPLITS]
     return rows + evaluations
 
 

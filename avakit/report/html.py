@@ -17,8 +17,10 @@ import pandas as pd
 
 from avakit.metrics import METRIC_NAMES
 from avakit.plots import plot_gradient_norms, plot_learning_rates, plot_training_curves
+from avakit.predictions import PRED_DIST
 from avakit.report import prediction_plots as P
 from avakit.report.prediction_plots import fmt
+from avakit.scores import THRESHOLD
 
 if TYPE_CHECKING:
     from avakit.report.splits import SplitData
@@ -41,8 +43,8 @@ CAPTIONS: dict[str, str] = {
     "spread. Points above the identity over-rate that score range, points below under-rate it.",
     "error_by_score": "Mean absolute error per real-score bin, with the number of images per bin. "
     "Extreme (rare) scores are usually predicted worst.",
-    "confusion": "The literature's binary task: an image is 'high' when its mean score is above 5. "
-    "Diagonal cells are correct; percentages are of all images.",
+    "confusion": "The literature's binary task: an image is 'high' when its mean score is above "
+    f"{THRESHOLD:g}. Diagonal cells are correct; percentages are of all images.",
     "score_distributions": "Histograms of real and predicted mean scores. A narrower predicted "
     "histogram means the model avoids extreme scores.",
     "srcc_by_epoch": "SRCC/PLCC recomputed from each saved predictions/val_epoch_NNN.parquet "
@@ -260,7 +262,7 @@ def epochs_section(c: Collector, points: pd.DataFrame, best_epoch: int | None) -
 
 def votes_section(c: Collector, splits: list[SplitData]) -> str:
     """Predicted vs real vote histograms (distribution mode only)."""
-    dist = [sp for sp in splits if "pred_dist_1" in sp.df.columns]
+    dist = [sp for sp in splits if PRED_DIST[0] in sp.df.columns]
     if not dist:
         return c.note("regression mode (no pred_dist columns): vote-histogram grid skipped")
     return "".join(c.figure(f"{sp.key}_vote_histograms.png", "vote_histograms", P.plot_vote_histograms,

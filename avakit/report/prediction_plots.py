@@ -21,10 +21,10 @@ from matplotlib.ticker import MaxNLocator
 
 from avakit import metrics
 from avakit.plots import _placeholder, _save, _style
-from avakit.predictions import SCORES
+from avakit.scores import INT_POINTS, N_POINTS, POINTS, SCORE_MAX, SCORE_MIN, THRESHOLD
 
-THRESHOLD = 5.0
-SCORE_LABEL = "mean score (1-10)"
+SCALE = f"{SCORE_MIN:g}-{SCORE_MAX:g}"  # "1-10"
+SCORE_LABEL = f"mean score ({SCALE})"
 REAL, PRED = "tab:blue", "tab:orange"
 _LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8)
 
@@ -42,8 +42,8 @@ def _arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def score_bins(gt: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Integer bin index (0 = [1, 2) ... 8 = [9, 10]) of each real score, and the 9 bin labels."""
-    idx = np.clip(np.floor(gt).astype(int) - 1, 0, 8)
-    return idx, [f"{k}-{k + 1}" for k in range(1, 10)]
+    idx = np.clip(np.floor(gt).astype(int) - INT_POINTS[0], 0, N_POINTS - 2)
+    return idx, [f"{k}-{k + 1}" for k in INT_POINTS[:-1]]
 
 
 def _used_bins(idx: np.ndarray) -> range:
@@ -64,7 +64,7 @@ def plot_scatter(df: pd.DataFrame, path: Path, label: str) -> Path:
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="identity (perfect)")
     if lo < THRESHOLD < hi:
         ax.axvline(THRESHOLD, color="0.6", linewidth=0.7, linestyle=":")
-        ax.axhline(THRESHOLD, color="0.6", linewidth=0.7, linestyle=":", label="threshold 5")
+        ax.axhline(THRESHOLD, color="0.6", linewidth=0.7, linestyle=":", label=f"threshold {THRESHOLD:g}")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
@@ -136,7 +136,7 @@ def plot_error_by_score(df: pd.DataFrame, path: Path, label: str) -> Path:
 
 
 def plot_confusion(df: pd.DataFrame, path: Path, label: str) -> Path:
-    """2x2 confusion matrix of real > 5 vs predicted > 5, counts and percentages annotated."""
+    """2x2 confusion matrix of real > THRESHOLD vs predicted > THRESHOLD, counts and percentages annotated."""
     pred, gt = _arrays(df)
     real_hi, pred_hi = gt > THRESHOLD, pred > THRESHOLD
     mat = np.array([[np.sum(~real_hi & ~pred_hi), np.sum(~real_hi & pred_hi)],
@@ -148,10 +148,11 @@ def plot_confusion(df: pd.DataFrame, path: Path, label: str) -> Path:
         color = "white" if n > 0.6 * mat.max() else "black"
         ax.text(c, r, f"{n}\n({100 * n / max(len(df), 1):.1f}%)", ha="center", va="center",
                 color=color, fontsize="large")
-    ax.set_xticks([0, 1], ["predicted ≤ 5 (low)", "predicted > 5 (high)"])
-    ax.set_yticks([0, 1], ["real ≤ 5\n(low)", "real > 5\n(high)"])
+    t = f"{THRESHOLD:g}"
+    ax.set_xticks([0, 1], [f"predicted ≤ {t} (low)", f"predicted > {t} (high)"])
+    ax.set_yticks([0, 1], [f"real ≤ {t}\n(low)", f"real > {t}\n(high)"])
     fig.colorbar(im, ax=ax, label="number of images", shrink=0.8)
-    ax.set_title(f"Binary classification at mean score 5 ({label})\n"
+    ax.set_title(f"Binary classification at mean score {t} ({label})\n"
                  f"Acc {fmt(metrics.accuracy(pred, gt))} · majority baseline "
                  f"{fmt(metrics.majority_baseline(gt))}")
     ax.set_xlabel("predicted class")
@@ -219,11 +220,11 @@ def _pick_spread(df: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def _vote_axes(ax: Axes, row: pd.Series) -> None:
-    real = [row[f"gt_dist_{s}"] for s in SCORES]
-    pred = [row[f"pred_dist_{s}"] for s in SCORES]
-    ax.bar(SCORES - 0.2, real, width=0.4, color=REAL, label="real votes")
-    ax.bar(SCORES + 0.2, pred, width=0.4, color=PRED, label="predicted")
-    ax.set_xticks(SCORES)
+    real = [row[f"gt_dist_{s}"] for s in INT_POINTS]
+    pred = [row[f"pred_dist_{s}"] for s in INT_POINTS]
+    ax.bar(POINTS - 0.2, real, width=0.4, color=REAL, label="real votes")
+    ax.bar(POINTS + 0.2, pred, width=0.4, color=PRED, label="predicted")
+    ax.set_xticks(INT_POINTS)
     ax.set_title(f"id {int(row['image_id'])}: real {row['gt_mean']:.2f}, predicted {row['pred_mean']:.2f}",
                  fontsize="medium")
     ax.grid(True, axis="y", alpha=0.35)
@@ -244,7 +245,7 @@ def plot_vote_histograms(df: pd.DataFrame, path: Path, label: str, k: int = 6) -
         if i % ncols == 0:
             ax.set_ylabel("share of votes")
         if i >= len(axes) - ncols:
-            ax.set_xlabel("rating (1-10)")
+            ax.set_xlabel(f"rating ({SCALE})")
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper right", ncols=2, fontsize="small")
     fig.suptitle(f"Predicted vs real vote distributions ({label}), images ordered by real score")

@@ -106,6 +106,15 @@ class EpochStats:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """What `training.amp` means on `device`, the same for train, evaluate and features.
+
+    Mixed precision is a cuda feature: on cuda the configured mode (bf16, fp16 or off), on any
+    other device "off" (fp32), so a GPU config run on the CPU computes in fp32 there.
+    """
+    return amp if device.type == "cuda" else "off"
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """torch.autocast for bf16/fp16, a no-op for 'off'."""
     if amp == "off":
@@ -130,7 +139,7 @@ def prepare_batch(batch: tuple, ctx: StepContext) -> tuple[torch.Tensor, torch.T
 
 
 def predict_batch(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    """Model outputs as probabilities [B, 10] (distribution) or mean scores [B] (regression).
+    """Model outputs as probabilities [B, N_POINTS] (distribution) or mean scores [B] (regression).
 
     With views ([B, V, 3, H, W]) the outputs are averaged over the V views.
     """
@@ -271,7 +280,7 @@ def evaluate(
     """Run the model over a loader.
 
     Returns {'ids', 'outputs', 'votes', 'loss_sum', 'n', 'corrupt', 'seconds', 'model_seconds'}:
-    `outputs` are probabilities [N, 10] in distribution mode, raw mean scores [N] in regression;
+    `outputs` are probabilities [N, N_POINTS] in distribution mode, raw mean scores [N] in regression;
     `model_seconds` times the forward passes alone (device-synchronised), for latency figures;
     `warmup` runs the first batch once untimed first (kernel selection, allocator, caches).
     """

@@ -19,9 +19,10 @@ from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.model.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
+from avakit.scores import SPLITS
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.training.distributed import pick_device
-from avakit.training.engine import StepContext, evaluate
+from avakit.training.engine import StepContext, evaluate, resolve_amp
 from avakit.training.loader import SampleDecoder, make_loader, resolve_split
 from avakit.training.rundir import eval_outputs
 from avakit.training.transforms import EvalPreset, Normalize
@@ -39,7 +40,7 @@ def evaluate_run(
     or of the wrong size) is an error (exit 1) unless `allow_missing`; the report's
     samples_expected / samples_seen / lost say what was evaluated and what was not, and why.
     """
-    if split not in ("train", "val", "test"):
+    if split not in SPLITS:
         raise AvakitError(f"--split must be train, val or test, got {split!r}")
     if batch_size is not None:  # the same bounds as training.batch_size (0 would silently mean "default")
         check_value(TrainingConfig, "batch_size", batch_size, "--batch-size")
@@ -53,7 +54,7 @@ def evaluate_run(
     if not source.has_data:
         raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
     dev = pick_device(device)
-    amp = cfg.training.amp  # the precision train evaluated with, so the numbers agree
+    amp = resolve_amp(cfg.training.amp, dev)  # as train evaluates on this device, so the numbers agree
     model = model.to(dev)
     if cfg.training.channels_last:
         model = model.to(memory_format=torch.channels_last)

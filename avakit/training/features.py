@@ -22,20 +22,21 @@ import pandas as pd
 import torch
 
 from avakit import __version__
-from avakit.config import SPLITS, Config
+from avakit.config import Config
 from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json_atomic, write_parquet_atomic
 from avakit.model.iqa import IQA_NAMES, iqa_features
 from avakit.model.network import model_from_config
+from avakit.scores import N_POINTS, SPLITS, mean_score, point_names
 from avakit.training.checkpoint import check_state, make_folder, read_torch_file
 from avakit.training.distributed import pick_device
-from avakit.training.engine import autocast
+from avakit.training.engine import autocast, resolve_amp
 from avakit.training.loader import CountingLoader, SampleDecoder, make_loader, resolve_split
 from avakit.training.rundir import read_json
 from avakit.training.transforms import EvalPreset, Normalize
 
-VOTE_COLS = [f"votes_{k}" for k in range(1, 11)]
+VOTE_COLS = point_names("votes_")
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ def _extract_split(model, normalize, loader, device, amp: str, progress) -> tupl
             if progress is not None:
                 progress.advance(len(images))
     if not ids:
-        return np.zeros((0, model.spec.feature_dim), np.float16), np.zeros((0, 5)), np.zeros((0, 10)), []
+        return (np.zeros((0, model.spec.feature_dim), np.float16), np.zeros((0, 5)), np.zeros((0, N_POINTS)),
+                [])
     return np.concatenate(feats), np.concatenate(iqa), np.concatenate(votes), np.concatenate(ids)
 
 
@@ -143,7 +145,7 @@ def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
     index = pd.DataFrame({"image_id": np.asarray(ids, np.int64)})
     for k, col in enumerate(VOTE_COLS):
         index[col] = votes[:, k].astype(np.float32) if len(votes) else np.zeros(0, np.float32)
-    index["mean_score"] = (votes @ np.arange(1, 11)) / votes.sum(axis=1) if len(votes) else []
+    index["mean_score"] = mean_score(votes) if len(votes) else []
     for k, name in enumerate(IQA_NAMES):
         index[name] = iqa[:, k].astype(np.float32) if len(iqa) else np.zeros(0, np.float32)
     write_parquet_atomic(out / f"{split}.index.parquet", index)
@@ -151,7 +153,7 @@ def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
         np.save(f, feats)
 
 
-def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test"), out: Path | None = None,
+def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | None = None,
                      device: str = "auto", progress=None, allow_missing: bool = False) -> dict:
     """Write the feature cache for `splits` into `out`; returns meta.json's contents.
 
@@ -159,7 +161,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     `allow_missing`; meta.json's `counts` then say per split how many samples were cached and
     how many were lost, and why (corrupt samples are counted the same way).
     """
-    if not splits or any(s not in ("train", "val", "test") for s in splits):
+    if not splits or any(s not in SPLITS for s in splits):
         raise AvakitError(f"--splits must list train, val and/or test, got {','.join(splits)!r}")
     out = Path(out or cfg.data.features or "features")
     wanted = fingerprint(cfg)
@@ -177,7 +179,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = ("train", "val", "te
     if cfg.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(dev)
-    amp = cfg.training.amp if dev.type == "cuda" else "off"
+    amp = resolve_amp(cfg.training.amp, dev)
     if meta is None:
         with atomic_write(out / "backbone.pt") as f:
             torch.save(model.backbone.state_dict(), f)
@@ -288,7 +290,7 @@ def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, Featu
     if "train" not in meta["splits"] or "val" not in meta["splits"]:
         raise AvakitError(f"{cache}: head-only training needs cached train and val features")
     sources = {s: load_feature_split(cache, s, meta, core.spec.feature_dim)
-               for s in ("train", "val", "test") if s in meta["splits"]}
+               for s in SPLITS if s in meta["splits"]}
     _load_backbone(core, cache / "backbone.pt")
     if core.iqa is not None:
         train_iqa = torch.tensor(sources["train"].iqa)

@@ -22,6 +22,7 @@ from avakit.dataset.samples import SampleCounts
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
 from avakit.predictions import frame_metrics, predictions_frame
+from avakit.scores import HELD_OUT_SPLITS
 from avakit.training.checkpoint import (
     load_checkpoint,
     make_folder,
@@ -203,7 +204,7 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
                "steps": s.step, "world_size": tr.dist.world_size, "device": str(tr.device),
                "quick_experiment": tr.fraction,
                "checkpoint": best_path.name if best_path.is_file() else None}  # None: no epoch improved
-    for split in ("val", "test"):
+    for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
             results[split] = found

@@ -37,6 +37,7 @@ from webdataset.tariterators import tarfile_samples
 from avakit.dataset.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
 from avakit.dataset.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 from avakit.errors import AvakitError
+from avakit.scores import N_POINTS
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
 DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left
@@ -161,12 +162,12 @@ class SampleDecoder:
     def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         code = sample.get("__code__")
         if code is not None:
-            return self._blank(), torch.zeros(10), sample["__index__"], code
+            return self._blank(), torch.zeros(N_POINTS), sample["__index__"], code
         if "json" not in sample or "jpg" not in sample:
-            return self._blank(), torch.zeros(10), -1, int(Reason.MEMBERS)
+            return self._blank(), torch.zeros(N_POINTS), -1, int(Reason.MEMBERS)
         reason, label = parse_label(sample["__key__"], sample["json"])
         if label is None:
-            return self._blank(), torch.zeros(10), -1, int(reason)
+            return self._blank(), torch.zeros(N_POINTS), -1, int(reason)
         votes, image_id = torch.tensor(label["votes"], dtype=torch.float32), label["image_id"]
         try:
             image = self.preset(decode_image(sample["jpg"]))

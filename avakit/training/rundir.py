@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from avakit.errors import AvakitError
 from avakit.metrics import METRIC_NAMES
+from avakit.scores import SCORE_MAX, SCORE_MIN, point_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,8 +148,8 @@ def epoch_start_steps(history: list[dict]) -> list[int] | None:
 # the predictions-table contract (avakit.predictions): the columns every reader needs, the
 # two optional groups of ten (all or none), and the range a mean score lies in
 PREDICTION_COLUMNS = ("image_id", "pred_mean", "gt_mean")
-DIST_GROUPS = tuple(tuple(f"{p}_dist_{k}" for k in range(1, 11)) for p in ("pred", "gt"))
-SCORE_RANGE = (1.0, 10.0)
+DIST_GROUPS = (tuple(point_names("pred_dist_")), tuple(point_names("gt_dist_")))
+SCORE_RANGE = (SCORE_MIN, SCORE_MAX)
 
 
 def _bad_row(path: Path, df: Any, mask: Any, column: str, want: str) -> AvakitError:

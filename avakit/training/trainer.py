@@ -19,9 +19,10 @@ from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
+from avakit.scores import SPLITS
 from avakit.training.checkpoint import check_weights, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
-from avakit.training.engine import StepContext, WarmupSchedule
+from avakit.training.engine import StepContext, WarmupSchedule, resolve_amp
 from avakit.training.loader import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
 from avakit.training.resume import check_resume_state
 from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
@@ -113,12 +114,13 @@ def build_trainer(
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = resolve_amp(t.amp, device)
     ctx = StepContext(
         model=model, normalize=normalize,
         optimizer=optimizer, loss_fn=get_loss(t.loss_type).fn, output_mode=m.output_mode, device=device,
-        amp=t.amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
+        amp=amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
         grad_accum_steps=t.grad_accum_steps,
-        scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
+        scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
         scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
         log_interval=cfg.log_interval,
     )
@@ -129,7 +131,7 @@ def build_trainer(
 def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
     """Every split's source, checked complete (all shard files, right sizes) before training starts."""
     hint = "training reads every shard: restore the folder (or re-run `avakit shard`)"
-    sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in ("train", "val", "test")
+    sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in SPLITS
                if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
     if "train" not in sources or "val" not in sources:
         raise AvakitError("data.shards: training needs a train and a val split")
