@@ -102,6 +102,9 @@ def test_rich_progress_task_stops_its_bar() -> None:
         advance(1)
         raise RuntimeError
     assert progress.bar is None
+    with progress.task("y", None) as advance:  # one RichProgress serves every epoch and evaluation
+        advance(2, loss=0.5)
+    assert progress.bar is None and progress.loss == 0.5
 
 
 def test_demo_refuses_a_file_as_out_without_printing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -101,16 +101,16 @@ class RichProgress:
         self.bar = Progress(*columns, console=err_console, transient=True,
                             disable=not err_console.is_terminal)
         self.bar.start()
-        self.task = self.bar.add_task(description, total=total, rate="", loss="")
+        self.task_id = self.bar.add_task(description, total=total, rate="", loss="")
         self.loss = None
 
     def advance(self, n: int, loss: float | None = None) -> None:
         assert self.bar is not None
         if loss is not None:
             self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
-        self.bar.advance(self.task, n)
-        speed = self.bar.tasks[self.task].speed
-        self.bar.update(self.task, rate=f"{speed:,.0f} img/s" if speed else "",
+        self.bar.advance(self.task_id, n)
+        speed = self.bar.tasks[self.task_id].speed
+        self.bar.update(self.task_id, rate=f"{speed:,.0f} img/s" if speed else "",
                         loss=f"loss {self.loss:.4f}" if self.loss is not None else "")
 
     def stop(self) -> None:
