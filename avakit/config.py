@@ -29,6 +29,14 @@ from avakit.yamlio import parse_yaml, read_yaml, yaml_problem
 # Choice lists (splits, backbones, losses -> output mode, ...) live in avakit.scores, which
 # tests/test_scores.py ties to the model registries.
 DEVICES = ("auto", "cpu", "cuda")
+# Choices the library checks and the CLI offers (one definition, light to import for `--help`):
+TTA_MODES = ("none", "flip", "five-crop")  # test-time augmentation: 1, 2 or 5 views per image
+CHECKPOINTS = ("best", "last")  # a run's best_model.pt or last.pt
+SHARD_SPLITS = ("random", "official")  # how `shard` splits AVA: seeded random, or the official test list
+PREDICT_FORMATS = ("table", "json", "csv")  # how predictions are shown or written
+SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
+QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
+SPLIT_SEED_MAX = 2**64 - 1  # shard's split seed (numpy's default_rng takes any; bounded to 64 bits)
 
 # Upper bounds where a larger value costs memory or time instead of meaning something:
 MAX_IMAGE_SIDE = 2048  # resize/crop px: one 2048² float32 image is 48 MB, a batch of 32 1.5 GB;

@@ -96,7 +96,7 @@ def test_random_split_deterministic_disjoint_complete() -> None:
     assert set(a["train"]) | set(a["val"]) | set(a["test"]) == set(ids)
     assert not set(a["train"]) & set(a["val"]) and not set(a["val"]) & set(a["test"])
     assert random_split(ids, 0.1, 0.2, seed=8)["test"] != a["test"]
-    with pytest.raises(AvakitError, match="val-ratio"):
+    with pytest.raises(AvakitError, match="val_ratio"):
         random_split(ids, 1.5, 0.1, seed=0)
     with pytest.raises(AvakitError, match="below 1"):
         random_split(ids, 0.5, 0.5, seed=0)

@@ -89,10 +89,10 @@ def test_inspect_decode_finds_bad_label(sharded: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "official"], "--split official needs --test-list"),
-        (["--quality", "0"], "--quality must be in 1..100"),
+        (["--split", "official"], "split 'official' needs test_list"),
+        (["--quality", "0"], "Invalid value for '--quality'"),
         (["--val-ratio", "0.6", "--test-ratio", "0.5"], "below 1"),
-        (["--split", "weird"], "--split must be 'random' or 'official'"),
+        (["--split", "weird"], "'weird' is not one of 'random', 'official'"),
         (["--workers", "0"], "Invalid value for '--workers'"),
     ],
 )

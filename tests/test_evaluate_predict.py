@@ -62,9 +62,9 @@ def test_evaluate_tta_and_last(run: Path, tta: str) -> None:
 def test_evaluate_errors(run: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["evaluate", str(tmp_path / "nope")]).exit_code == 2
     result = runner.invoke(app, ["evaluate", str(run), "--tta", "ten-crop"])
-    assert result.exit_code == 2 and "--tta must be one of" in result.output
+    assert result.exit_code == 2 and "'ten-crop' is not one of 'none', 'flip', 'five-crop'" in result.output
     result = runner.invoke(app, ["evaluate", str(run), "--checkpoint", "middle"])
-    assert result.exit_code == 2 and "--checkpoint must be 'best' or 'last'" in result.output
+    assert result.exit_code == 2 and "'middle' is not one of 'best', 'last'" in result.output
 
 
 def photo_folder(tmp_path: Path, source: Path) -> Path:
@@ -128,10 +128,10 @@ def test_predict_matches_evaluate(run: Path, originals: Path) -> None:
 def test_predict_bad_options(run: Path, originals: Path, tmp_path: Path) -> None:
     image = next(originals.glob("*.jpg"))
     result = runner.invoke(app, ["predict", str(image)])
-    assert result.exit_code == 2 and "exactly one of --run" in result.output
+    assert result.exit_code == 2 and "exactly one of run (a run folder)" in result.output
     result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--format", "xml"])
-    assert result.exit_code == 2 and "--format must be" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--format'" in result.output
     result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--output", str(tmp_path / "t")])
-    assert result.exit_code == 2 and "add --format json or --format csv" in result.output
+    assert result.exit_code == 2 and "choose format json or csv" in result.output
     result = runner.invoke(app, ["predict", str(image), "--run", str(tmp_path / "none")])
     assert result.exit_code == 2 and "run folder not found" in result.output

@@ -153,7 +153,7 @@ def test_export_opset_out_of_range_is_one_line(trained_run: Path, tmp_path: Path
     out = tmp_path / "m.onnx"
     line = _one_line_error(runner.invoke(app, ["export", str(trained_run), "--output", str(out),
                                                "--opset", str(opset)]))
-    assert f"--opset {opset} is not supported: use {OPSET_MIN} to {opset_max()}" in line
+    assert f"opset {opset} is not supported: use {OPSET_MIN} to {opset_max()}" in line
     assert not list(tmp_path.iterdir())  # refused before any work
 
 

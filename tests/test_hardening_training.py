@@ -170,8 +170,8 @@ def test_quick_experiment_resume_equals_uninterrupted(shards: Path, tmp_path: Pa
     shutil.copytree(shards, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps(manifest, indent=4))  # another manifest file
-    for flags, needle in [(["--quick-experiment", "0.25"], "was trained with --quick-experiment 0.5"),
-                          (["--quick-experiment", "1"], "was trained with --quick-experiment 0.5"),
+    for flags, needle in [(["--quick-experiment", "0.25"], "was trained with quick_experiment 0.5"),
+                          (["--quick-experiment", "1"], "was trained with quick_experiment 0.5"),
                           (["--set", f"data.shards={other}"], "data.shards: ")]:
         result = runner.invoke(app, ["train", "--resume", str(part), *flags])
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, (
@@ -213,7 +213,7 @@ def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
     for bad in ("x", {**stored, "quick_experiment": 7}, {**stored, "splits": None}):
         with pytest.raises(AvakitError, match="last.pt: key 'data' is not a data definition"):
             stored_definition({"data": bad}, last)
-    with pytest.raises(AvakitError, match=r"--quick-experiment 0.1: .* the full data"):
+    with pytest.raises(AvakitError, match=r"quick_experiment 0.1: .* the full data"):
         run_fraction(stored, 0.1, last)
     assert run_fraction(stored, None, last) == 1.0 and run_fraction(None, 0.3, last) == 0.3
     check_same_data(stored, stored, last)

@@ -174,7 +174,7 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
     file.write_text("not a folder\n")
     missing_shards = f"data.shards={tmp_path / 'no-shards'}"  # would fail later: the folder check is first
     result = runner.invoke(app, ["train", "--set", missing_shards, "--output-dir", str(file)])
-    assert f"--output-dir {file}: is a file, not a folder" in _one_line(result)
+    assert f"output_dir {file}: is a file, not a folder" in _one_line(result)
     result = runner.invoke(app, ["train", "--set", missing_shards, "--set", f"output_dir={file / 'sub'}"])
     assert f"output_dir {file / 'sub'}: cannot be made: {file} is a file" in _one_line(result)
     assert file.read_text() == "not a folder\n" and sorted(tmp_path.iterdir()) == [file]
@@ -202,7 +202,7 @@ def test_batch_size_zero(tmp_path: Path) -> None:
         result = runner.invoke(app, [*args, "--batch-size", "0"])
         assert result.exit_code == 2
         assert "'--batch-size': Input should be greater than or equal to 1" in _flat(result.output)
-    with pytest.raises(AvakitError, match="--batch-size: must be > 0 \\(got 0\\)"):
+    with pytest.raises(AvakitError, match="batch_size: must be > 0 \\(got 0\\)"):
         evaluate_run(tmp_path, batch_size=0)  # before the run folder is even looked at
 
 

@@ -6,10 +6,10 @@ Library modules are imported inside each command so `avakit --help` stays fast (
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,7 @@ from rich.table import Table
 
 from avakit.cli.console import (
     ErrorGroup,
+    RichDemoReporter,
     RichProgress,
     console,
     cpu_count,
@@ -25,18 +26,47 @@ from avakit.cli.console import (
     print_evaluation,
     print_export,
     print_features,
+    print_predictions,
     print_results,
     print_shard_summary,
+    print_unscored,
     progress_bar,
+    say,
+)
+from avakit.config import (
+    CHECKPOINTS,
+    DEVICES,
+    MAX_BATCH,
+    PREDICT_FORMATS,
+    QUALITY_RANGE,
+    SHARD_SPLITS,
+    SHORT_SIDE_RANGE,
+    SPLIT_SEED_MAX,
+    SPLITS,
+    TTA_MODES,
 )
 from avakit.errors import AvakitError
 
-Device = Literal["auto", "cpu", "cuda"]  # as avakit.config.DEVICES (not imported: --help stays light)
+
+def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """A Typer choice from the library's tuple of choices (its members are the strings themselves)."""
+    return StrEnum(name, [(v, v) for v in values])
 
 
-def _say(text: str) -> None:
-    """Print a line holding paths or file contents: their `[...]` is text, not Rich markup."""
-    console.print(escape(text), highlight=False)
+Device = _choices("Device", DEVICES)
+Split = _choices("Split", SPLITS)
+ShardSplit = _choices("ShardSplit", SHARD_SPLITS)
+Checkpoint = _choices("Checkpoint", CHECKPOINTS)
+Tta = _choices("Tta", TTA_MODES)
+Format = _choices("Format", PREDICT_FORMATS)
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    """`--splits train,val` as a tuple; a name that is not a split is Typer's usage error."""
+    wanted = tuple(s.strip() for s in value.split(",") if s.strip())
+    if not wanted or any(s not in SPLITS for s in wanted):
+        raise typer.BadParameter(f"must list train, val and/or test, got {value!r}")
+    return wanted
 
 
 app = typer.Typer(
@@ -54,17 +84,21 @@ def shard(
     ava_txt: Annotated[Path, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")],
     images: Annotated[Path, typer.Option(help="Folder of {image id}.jpg files.")],
     out: Annotated[Path, typer.Option(help="Output folder for shards + manifest.json.")] = Path("shards"),
-    split: Annotated[str, typer.Option(help="random, or official (needs --test-list).")] = "random",
+    split: Annotated[ShardSplit, typer.Option(help="random, or official (needs --test-list).")] = "random",
     test_list: Annotated[Path | None, typer.Option(help="Official test ids (generic_test.jpgl).")] = None,
-    val_ratio: Annotated[float, typer.Option(help="Share of rows for validation.")] = 0.1,
-    test_ratio: Annotated[float, typer.Option(help="Share of rows for test (random split).")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Split seed: the same seed gives the same split.")] = 42,
-    short_side: Annotated[int, typer.Option(help="Shorter side of stored images, pixels.")] = 256,
-    quality: Annotated[int, typer.Option(help="JPEG quality of stored images.")] = 90,
-    shard_size: Annotated[int, typer.Option(help="Rows per shard (AVA train: ~200 shards).")] = 1000,
+    val_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows for validation.")] = 0.1,
+    test_ratio: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                              help="Share of rows for test (random split).")] = 0.1,
+    seed: Annotated[int, typer.Option(min=0, max=SPLIT_SEED_MAX,
+                                      help="Split seed: the same seed gives the same split.")] = 42,
+    short_side: Annotated[int, typer.Option(min=SHORT_SIDE_RANGE[0], max=SHORT_SIDE_RANGE[1],
+                                            help="Shorter side of stored images, pixels.")] = 256,
+    quality: Annotated[int, typer.Option(min=QUALITY_RANGE[0], max=QUALITY_RANGE[1],
+                                         help="JPEG quality of stored images.")] = 90,
+    shard_size: Annotated[int, typer.Option(min=1, help="Rows per shard (AVA train: ~200 shards).")] = 1000,
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.",
                                                 show_default="all cores")] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N rows (for trials).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N rows (for trials).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
 ) -> None:
     """Preprocess AVA.txt + images into WebDataset shards and manifest.json.
@@ -86,7 +120,7 @@ def shard(
     with progress_bar("sharding", plan.pending_images) as advance:
         manifest = write_shards(plan, cpu_count() if workers is None else workers, advance)
     print_shard_summary(manifest, out)
-    _say(f"manifest: {out / 'manifest.json'}")
+    say(f"manifest: {out / 'manifest.json'}")
 
 
 @app.command()
@@ -119,6 +153,7 @@ def train(
         "--set", help="Override a key: --set training.batch_size=32 (repeatable).")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
     quick_experiment: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0,
         help="Use a fixed fraction of every split, e.g. 0.1 (--resume keeps the run's own).")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue an interrupted run folder, on the data it started with.")] = None,
@@ -151,7 +186,8 @@ def train(
 def features(
     config: Annotated[Path | None, typer.Option(help="Training config (backbone, shards).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
-    splits: Annotated[str, typer.Option(help="Comma-separated splits to extract.")] = "train,val,test",
+    splits: Annotated[str, typer.Option(callback=_split_list,
+                                        help="Comma-separated splits to extract.")] = "train,val,test",
     out: Annotated[Path | None, typer.Option(help="Feature cache folder.",
                                              show_default="data.features, else features")] = None,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -165,28 +201,23 @@ def features(
     The layer (features.layer: final | layer3) and IQA features (features.iqa) come from the
     config. Extraction resumes per split; a cache made with other settings is refused.
     """
-    import time
-
     from avakit.config import load_config
     from avakit.training.features import extract_features
 
     cfg = load_config(config, set_ or ())
-    wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
-    start = time.perf_counter()
-    meta = extract_features(cfg, wanted, out, device, RichProgress(), allow_missing=allow_missing)
-    seconds = time.perf_counter() - start
-    print_features(meta, wanted, seconds, out or cfg.data.features or "features")
+    meta = extract_features(cfg, splits, out, device, RichProgress(), allow_missing=allow_missing)
+    print_features(meta)
 
 
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
-    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    split: Annotated[Split, typer.Option(help="test, val or train.")] = "test",
     shards: Annotated[Path | None, typer.Option(help="Shards folder.",
                                                 show_default="the run's data.shards")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
-    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.",
+    checkpoint: Annotated[Checkpoint, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
+    tta: Annotated[Tta, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
+    batch_size: Annotated[int | None, typer.Option(min=1, max=MAX_BATCH, help="Images per forward pass.",
                                                    show_default="the run's batch size")] = None,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
     allow_missing: Annotated[bool, typer.Option(
@@ -255,7 +286,7 @@ def predict(
     run: Annotated[Path | None, typer.Option(help="Run folder: scores with its best_model.pt.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint file instead of --run.")] = None,
     onnx: Annotated[Path | None, typer.Option(help="An exported model.onnx (onnxruntime, no torch).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
@@ -268,40 +299,20 @@ def predict(
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """
-    from avakit.inference.predict import (
-        Prediction,
-        check_output,
-        format_predictions,
-        load_scorer,
-        score_images,
-        write_predictions,
-    )
-    from avakit.inference.preprocess import find_images
+    from avakit.inference.predict import format_predictions, plan_prediction, write_predictions
 
-    check_output(fmt, output)  # before scoring: a bad --output must not lose the results
-    paths, missing = find_images(inputs)
-    scorer = load_scorer(run, checkpoint, onnx, device)
-    with progress_bar("scoring", len(paths)) if len(paths) > 32 else contextlib.nullcontext() as advance:
-        predictions = score_images(scorer, paths, batch_size, advance)
-    predictions += [Prediction(str(p), error=reason) for p, reason in missing]
+    job = plan_prediction(inputs, run, checkpoint, onnx, fmt, output, device)  # checks --output first
+    bar = progress_bar("scoring", len(job.paths)) if len(job.paths) > 32 else contextlib.nullcontext()
+    with bar as advance:
+        predictions = job.run(batch_size, advance)
     if fmt == "table":
-        table = Table()
-        for col in ("image", "mean score", "std", "error"):
-            table.add_column(col, justify="left" if col in ("image", "error") else "right")
-        for p in predictions:
-            table.add_row(escape(p.path), f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
-                          f"{p.std:.3f}" if p.std is not None else "-", escape(p.error or ""))
-        console.print(table)
+        print_predictions(predictions)
     elif output is not None:
         write_predictions(predictions, fmt, output)
         console.print(escape(f"wrote {len(predictions)} rows to {output}"), highlight=False)
     else:
         sys.stdout.write(format_predictions(predictions, fmt))
-    failed = [p for p in predictions if p.error]
-    for p in failed:
-        err_console.print(f"[red]could not score[/red] {escape(f'{p.path}: {p.error}')}", highlight=False,
-                          soft_wrap=True)
-    if failed:
+    if print_unscored(predictions):
         raise typer.Exit(1)
 
 
@@ -314,8 +325,8 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or higher.")] = 17,
     shards: Annotated[Path | None, typer.Option(help="Shards for the checks.",
                                                 show_default="the run's data.shards")] = None,
-    parity_images: Annotated[int, typer.Option(help="Val images for the parity check.")] = 256,
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    parity_images: Annotated[int, typer.Option(min=1, help="Val images for the parity check.")] = 256,
+    checkpoint: Annotated[Checkpoint, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Export backbone + head (+ softmax / clamp) to ONNX with a dynamic batch, then check parity.
 
@@ -343,47 +354,11 @@ def demo(
 
     Everything goes under --out: ava/ (AVA.txt, tags, challenges, images), shards/, outputs/.
     """
-    from avakit.config import load_config
-    from avakit.dataset.plan import ShardOptions, plan_sharding
-    from avakit.dataset.shards import write_shards
-    from avakit.dataset.synthetic import make_synthetic_ava
-    from avakit.inference.predict import load_scorer, score_images
-    from avakit.report.build import build_report
-    from avakit.training.evaluate import evaluate_run
-    from avakit.training.fit import fit
+    from avakit.demo import run_demo
 
-    if out.exists() and not out.is_dir():
-        raise AvakitError(f"--out {out}: exists and is not a folder")
-    # absolute paths as quoted YAML strings: a folder named `pipe:...` or `[1]` stays a folder
-    where = {"data.shards": out.resolve() / "shards", "output_dir": out.resolve() / "outputs"}
-    cfg = load_config(config, [f"{key}={json.dumps(str(path))}" for key, path in where.items()])
-    data = out / "ava"
-    if not (data / "AVA.txt").is_file():
-        _say(f"1/6 generating {n} synthetic AVA-like images in {data}")
-        make_synthetic_ava(data, n=n, seed=seed)
-    else:
-        _say(f"1/6 using the synthetic dataset in {data} (--n and --seed not applied)")
-    _say(f"2/6 sharding into {out / 'shards'}")
-    plan = plan_sharding(data / "AVA.txt", data / "images", out / "shards", ShardOptions(shard_size=100))
-    with progress_bar("sharding", plan.pending_images) as advance:
-        manifest = write_shards(plan, cpu_count(), advance)
-    print_shard_summary(manifest, out / "shards")
-    _say(f"3/6 training {config}")
-    log_to_console()
-    run_dir = fit(cfg, progress=RichProgress())
-    print_results(run_dir)
-    console.print("4/6 evaluating best_model.pt on the test split")
-    metrics = evaluate_run(run_dir, "test", progress=RichProgress())["metrics"]
-    console.print(f"test SRCC {metrics['srcc']:.4f}, PLCC {metrics['plcc']:.4f}, "
-                  f"Acc {metrics['accuracy']:.4f} (majority class {metrics['majority_baseline']:.4f}), "
-                  f"n={metrics['n']}")
-    console.print("5/6 writing the report")
-    summary = build_report(run_dir, tags=data / "tags.txt", challenges=data / "challenges.txt")
-    photo = sorted((data / "images").glob("*.jpg"))[0]
-    _say(f"6/6 scoring one photo: {photo}")
-    scored = score_images(load_scorer(run=run_dir), [photo])[0]
-    _say(f"{photo.name}: mean score {scored.mean_score:.2f} (std {scored.std:.2f})")
-    console.print("[bold]demo done[/bold]. " + escape(f"run folder: {run_dir}\nreport: {summary['report']}"))
+    result = run_demo(out, config, n, seed, RichDemoReporter(), workers=cpu_count())
+    done = f"run folder: {result.run_dir}\nreport: {result.report}"
+    console.print("[bold]demo done[/bold]. " + escape(done))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ from avakit.errors import AvakitError, Interrupted
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def say(text: str) -> None:
+    """Print a line holding paths or file contents: their `[...]` is text, not Rich markup."""
+    console.print(escape(text), highlight=False)
 
 
 def cpu_count() -> int:
@@ -95,22 +101,54 @@ class RichProgress:
         self.bar = Progress(*columns, console=err_console, transient=True,
                             disable=not err_console.is_terminal)
         self.bar.start()
-        self.task = self.bar.add_task(description, total=total, rate="", loss="")
+        self.task_id = self.bar.add_task(description, total=total, rate="", loss="")
         self.loss = None
 
     def advance(self, n: int, loss: float | None = None) -> None:
         assert self.bar is not None
         if loss is not None:
             self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
-        self.bar.advance(self.task, n)
-        speed = self.bar.tasks[self.task].speed
-        self.bar.update(self.task, rate=f"{speed:,.0f} img/s" if speed else "",
+        self.bar.advance(self.task_id, n)
+        speed = self.bar.tasks[self.task_id].speed
+        self.bar.update(self.task_id, rate=f"{speed:,.0f} img/s" if speed else "",
                         loss=f"loss {self.loss:.4f}" if self.loss is not None else "")
 
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
+        """One bar for the `with` block (stopped however it ends); yields `advance`."""
+        self.start(description, total)
+        try:
+            yield self.advance
+        finally:
+            self.stop()
+
+
+class RichDemoReporter:
+    """avakit.demo.DemoReporter on the terminal: step lines, the shard bar and tables, training logs."""
+
+    def __init__(self) -> None:
+        self.progress = RichProgress()
+
+    def line(self, text: str) -> None:
+        say(text)
+
+    def sharding(self, total: int) -> Any:
+        return progress_bar("sharding", total)
+
+    def sharded(self, manifest: dict, folder: Path) -> None:
+        print_shard_summary(manifest, folder)
+
+    def training(self) -> RichProgress:
+        log_to_console()
+        return self.progress
+
+    def trained(self, run_dir: Path) -> None:
+        print_results(run_dir)
 
 
 def log_to_console() -> None:
@@ -174,9 +212,8 @@ def print_lost(split: str, counts: dict) -> None:
                       highlight=False)
 
 
-def print_features(meta: dict, wanted: tuple[str, ...], seconds: float, cache: object) -> None:
-    """The features table: images cached per split, losses, where and how fast."""
-    n = sum(meta["splits"].get(s, 0) for s in wanted)
+def print_features(meta: dict) -> None:
+    """The features table: images cached per split, losses, where and how fast (extract_features' result)."""
     table = Table(title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
                         f"{meta['feature_dim']}-d + {len(meta['iqa_names'])} IQA")
     table.add_column("split")
@@ -187,7 +224,28 @@ def print_features(meta: dict, wanted: tuple[str, ...], seconds: float, cache: o
     for split, counts in meta.get("counts", {}).items():
         if counts["lost"]:
             print_lost(split, counts)
-    console.print(escape(f"cache: {cache}  ({n / seconds:,.0f} images/s this run)"), highlight=False)
+    console.print(escape(f"cache: {meta['cache']}  ({meta['images_per_s']:,.0f} images/s this run)"),
+                  highlight=False)
+
+
+def print_predictions(predictions: list) -> None:
+    """`predict --format table`: one row per image (mean score, std, error)."""
+    table = Table()
+    for col in ("image", "mean score", "std", "error"):
+        table.add_column(col, justify="left" if col in ("image", "error") else "right")
+    for p in predictions:
+        table.add_row(escape(p.path), f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
+                      f"{p.std:.3f}" if p.std is not None else "-", escape(p.error or ""))
+    console.print(table)
+
+
+def print_unscored(predictions: list) -> int:
+    """One red line per image that could not be scored; returns how many."""
+    failed = [p for p in predictions if p.error]
+    for p in failed:
+        err_console.print(f"[red]could not score[/red] {escape(f'{p.path}: {p.error}')}", highlight=False,
+                          soft_wrap=True)
+    return len(failed)
 
 
 def print_evaluation(report: dict, run_name: str, written: Any) -> None:

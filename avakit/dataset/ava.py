@@ -258,7 +258,7 @@ def no_valid_rows(path: Path, what: str, n_read: int, skipped: Sequence[Skipped]
 
 def _check_ratio(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
-        raise AvakitError(f"--{name} must be in [0, 1), got {value}")
+        raise AvakitError(f"{name} must be in [0, 1), got {value}")
 
 
 def random_split(
@@ -268,10 +268,10 @@ def random_split(
 
     The ids are sorted before shuffling, so the split depends only on the set of ids and the seed.
     """
-    _check_ratio("val-ratio", val_ratio)
-    _check_ratio("test-ratio", test_ratio)
+    _check_ratio("val_ratio", val_ratio)
+    _check_ratio("test_ratio", test_ratio)
     if val_ratio + test_ratio >= 1.0:
-        raise AvakitError("--val-ratio plus --test-ratio must be below 1")
+        raise AvakitError("val_ratio plus test_ratio must be below 1")
     order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
     n_test = round(len(order) * test_ratio)
     n_val = round(len(order) * val_ratio)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageMode, ImageOps
 
+from avakit.config import QUALITY_RANGE, SHORT_SIDE_RANGE
 from avakit.errors import AvakitError
 
 # Pillow raises DecompressionBombError above 2x this; 89.5 Mpx is Pillow's warning threshold
@@ -217,8 +218,6 @@ def encode_jpeg(im: Image.Image, quality: int) -> bytes:
 # The preprocessing a shard records (manifest, checkpoint, ONNX metadata all carry it).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 SUFFIX_LIST = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
-SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
-QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 
 
 def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avakit import fileio
+from avakit.config import QUALITY_RANGE, SHARD_SPLITS, SHORT_SIDE_RANGE, SPLIT_SEED_MAX
 from avakit.dataset.ava import AvaRow, Skipped, official_split, parse_ava_txt, random_split, read_id_list
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, file_sha256, write_json_atomic
@@ -21,7 +22,7 @@ from avakit.fileio import clear_stale_tmp, file_sha256, write_json_atomic
 PROGRESS_DIR = ".progress"
 
 
-MAX_SEED = 2**64 - 1  # the split seed (numpy's default_rng takes any; bounded to 64 bits)
+MAX_SEED = SPLIT_SEED_MAX  # the split seed (numpy's default_rng takes any; bounded to 64 bits)
 
 
 @dataclass(frozen=True)
@@ -73,22 +74,21 @@ class ShardPlan:
 
 
 def _validate_options(opt: ShardOptions, test_list: Path | None) -> None:
-    if not 1 <= opt.short_side <= 4096:
-        raise AvakitError(f"--short-side must be in 1..4096, got {opt.short_side}")
-    if not 1 <= opt.quality <= 100:
-        raise AvakitError(f"--quality must be in 1..100, got {opt.quality}")
+    for key, (low, high) in (("short_side", SHORT_SIDE_RANGE), ("quality", QUALITY_RANGE)):
+        if not low <= getattr(opt, key) <= high:
+            raise AvakitError(f"{key} must be in {low}..{high}, got {getattr(opt, key)}")
     if opt.shard_size < 1:
-        raise AvakitError(f"--shard-size must be at least 1, got {opt.shard_size}")
+        raise AvakitError(f"shard_size must be at least 1, got {opt.shard_size}")
     if opt.limit is not None and opt.limit < 1:
-        raise AvakitError(f"--limit must be at least 1, got {opt.limit}")
-    if opt.split not in ("random", "official"):
-        raise AvakitError(f"--split must be 'random' or 'official', got {opt.split!r}")
+        raise AvakitError(f"limit must be at least 1, got {opt.limit}")
+    if opt.split not in SHARD_SPLITS:
+        raise AvakitError(f"split must be 'random' or 'official', got {opt.split!r}")
     if opt.split == "official" and test_list is None:
-        raise AvakitError("--split official needs --test-list (e.g. generic_test.jpgl)")
+        raise AvakitError("split 'official' needs test_list, the official test ids (e.g. generic_test.jpgl)")
     if opt.split != "official" and test_list is not None:
-        raise AvakitError("--test-list is only used with --split official; add --split official or drop it")
+        raise AvakitError("test_list is only used with split 'official'; choose that split or drop the list")
     if not 0 <= opt.seed <= MAX_SEED:
-        raise AvakitError(f"--seed must be in 0..2^64-1, got {opt.seed}")
+        raise AvakitError(f"seed must be in 0..2^64-1, got {opt.seed}")
 
 
 def plan_sharding(
@@ -178,7 +178,7 @@ def _prepare_out(plan: ShardPlan) -> None:
                 "unreadable); use another --out or delete the folder"
             )
     elif any(out.glob("*.tar")):
-        raise AvakitError(f"{out}: already holds shards not made by this command; use another --out")
+        raise AvakitError(f"{out}: already holds shards not made with these inputs; use another folder")
     else:
         write_json_atomic(stamp, wanted)
     clear_stale_tmp(out)

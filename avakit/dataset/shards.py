@@ -173,7 +173,7 @@ def write_shards(
 ) -> dict:
     """Write every pending shard (in `workers` processes), then manifest.json; return the manifest."""
     if workers < 1:
-        raise AvakitError(f"--workers must be at least 1, got {workers}")
+        raise AvakitError(f"workers must be at least 1, got {workers}")
     workers = min(workers, max(1, len(plan.pending)))
     if workers == 1:
         for task in plan.pending:

@@ -80,7 +80,7 @@ def check_opset(opset: int) -> None:
     """AvakitError naming the supported range unless OPSET_MIN <= opset <= opset_max()."""
     high = opset_max()
     if not OPSET_MIN <= opset <= high:
-        raise AvakitError(f"--opset {opset} is not supported: use {OPSET_MIN} to {high} (torch's exporter "
+        raise AvakitError(f"opset {opset} is not supported: use {OPSET_MIN} to {high} (torch's exporter "
                           f"writes up to {high}; the graph and INT8 quantisation need at least {OPSET_MIN})")
 
 
@@ -91,10 +91,10 @@ def check_output(output: Path) -> Path:
     from replacing a checkpoint, a config or anything else that is not a model file.
     """
     if output.suffix.lower() != ".onnx":
-        raise AvakitError(f"--output {output}: give a file name ending in .onnx, e.g. "
+        raise AvakitError(f"output {output}: give a file name ending in .onnx, e.g. "
                           f"{output.with_name((output.stem or 'model') + '.onnx')}")
     if output.is_dir():
-        raise AvakitError(f"--output {output}: is a folder; give a file name, e.g. {output / 'model.onnx'}")
+        raise AvakitError(f"output {output}: is a folder; give a file name, e.g. {output / 'model.onnx'}")
     return output
 
 
@@ -339,7 +339,7 @@ def export_onnx(
     require("export", ("onnx", "onnxruntime", *(("onnxruntime.quantization",) if int8 else ())))
     check_opset(opset)
     if parity_images < 1:
-        raise AvakitError(f"--parity-images must be at least 1, got {parity_images}")
+        raise AvakitError(f"parity_images must be at least 1, got {parity_images}")
     output = check_output(Path(output))
     ckpt_path = run_checkpoint(Path(run_dir), checkpoint)
     ckpt = load_checkpoint(ckpt_path)
@@ -349,7 +349,7 @@ def export_onnx(
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AvakitError(f"--output {output}: cannot create its folder ({e.strerror or e})") from None
+        raise AvakitError(f"output {output}: cannot create its folder ({e.strerror or e})") from None
     metadata = build_metadata(ckpt, ckpt_path)
     # inputs first: a refused source (a URL read from the checkpoint) leaves no unchecked .onnx
     inputs, origin = _inputs(cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0),

@@ -14,18 +14,20 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from avakit.config import PREDICT_FORMATS
 from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
-from avakit.inference.preprocess import PreprocessSpec, prepare
+from avakit.inference.preprocess import PreprocessSpec, find_images, prepare
 from avakit.inference.scorer import FIELDS, Prediction, Scorer, to_prediction
 
-FORMATS = ("table", "json", "csv")
+FORMATS = PREDICT_FORMATS
 
 
 class TorchScorer(Scorer):
@@ -57,7 +59,8 @@ def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: P
                 device: str = "auto") -> Scorer:
     """Exactly one of a run folder (its best_model.pt), a checkpoint file or an ONNX file."""
     if sum(x is not None for x in (run, checkpoint, onnx)) != 1:
-        raise AvakitError("give exactly one of --run RUN_DIR, --checkpoint FILE or --onnx FILE")
+        raise AvakitError(
+            "give exactly one of run (a run folder), checkpoint (a file) or onnx (an .onnx file)")
     if onnx is not None:
         from avakit.inference.onnx_runtime import OnnxScorer
 
@@ -76,7 +79,7 @@ def score_images(
 ) -> list[Prediction]:
     """Score files in batches; an unreadable file gets a row with its error, the rest go on."""
     if batch_size < 1:
-        raise AvakitError(f"--batch-size must be at least 1, got {batch_size}")
+        raise AvakitError(f"batch_size must be at least 1, got {batch_size}")
     results: dict[int, Prediction] = {}
     for start in range(0, len(paths), batch_size):
         ready, arrays = [], []
@@ -97,29 +100,54 @@ def score_images(
 
 
 def check_output(fmt: str, output: Path | None = None) -> None:
-    """Refuse a bad --format or --output before anything is scored (AvakitError, exit 2).
+    """Refuse a bad format or output before anything is scored (AvakitError, exit 2).
 
     `output` must be a file name in an existing, writable folder. A missing folder is refused
     rather than created: it is most likely a typo, and scoring a large folder only to write
     the results somewhere unexpected (or nowhere) loses them.
     """
     if fmt not in FORMATS:
-        raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
+        raise AvakitError(f"format must be table, json or csv, got {fmt!r}")
     if output is None:
         return
     if fmt == "table":
-        raise AvakitError("--output writes machine-readable rows: add --format json or --format csv")
+        raise AvakitError("output writes machine-readable rows: choose format json or csv")
     output = Path(output)
     if output.is_dir():
         example = output / f"scores.{fmt}"
-        raise AvakitError(f"--output {output}: is a folder; give a file name, e.g. {example}")
+        raise AvakitError(f"output {output}: is a folder; give a file name, e.g. {example}")
     folder = output.parent
     if not folder.exists():
-        raise AvakitError(f"--output {output}: folder {folder} does not exist (create it first)")
+        raise AvakitError(f"output {output}: folder {folder} does not exist (create it first)")
     if not folder.is_dir():
-        raise AvakitError(f"--output {output}: {folder} is not a folder")
+        raise AvakitError(f"output {output}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise AvakitError(f"--output {output}: folder {folder} is not writable")
+        raise AvakitError(f"output {output}: folder {folder} is not writable")
+
+
+@dataclass
+class PredictJob:
+    """What a `predict` call scores: the images found, the inputs that gave none, and the model."""
+
+    scorer: Scorer
+    paths: list[Path]
+    missing: list[tuple[Path, str]]  # (input, why it could not be scored)
+
+    def run(self, batch_size: int = 16, advance: Callable[[int], None] | None = None) -> list[Prediction]:
+        """One row per image found (in order), then one error row per input that gave none."""
+        predictions = score_images(self.scorer, self.paths, batch_size, advance)
+        return predictions + [Prediction(str(p), error=reason) for p, reason in self.missing]
+
+
+def plan_prediction(
+    inputs: Iterable[Path], run: Path | None = None, checkpoint: Path | None = None, onnx: Path | None = None,
+    fmt: str = "table", output: Path | None = None, device: str = "auto",
+) -> PredictJob:
+    """Check format and output (before any scoring: a bad output must not lose the results),
+    walk `inputs` for images and load the one model given (run, checkpoint or onnx)."""
+    check_output(fmt, output)
+    paths, missing = find_images(inputs)
+    return PredictJob(load_scorer(run, checkpoint, onnx, device), paths, missing)
 
 
 def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
@@ -133,7 +161,7 @@ def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
-    raise AvakitError(f"--format must be table, json or csv, got {fmt!r}")
+    raise AvakitError(f"format must be table, json or csv, got {fmt!r}")
 
 
 def write_predictions(predictions: Sequence[Prediction], fmt: str, output: Path) -> None:

@@ -186,7 +186,7 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
     if not run_dir.is_dir():
         raise AvakitError(f"{run_dir}: run folder not found")
     if min_group < 1:
-        raise AvakitError(f"--min-group must be at least 1, got {min_group}")
+        raise AvakitError(f"min_group must be at least 1, got {min_group}")
     names = {"tags": parse_id_names(tags) if tags else {},
              "challenge": parse_id_names(challenges) if challenges else {}}
     history = load_history(run_dir)

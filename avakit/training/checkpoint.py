@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avakit.config import MAX_SEED, Config, config_from_dict, config_to_dict, load_config
+from avakit.config import CHECKPOINTS, MAX_SEED, Config, config_from_dict, config_to_dict, load_config
 from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
@@ -166,9 +166,9 @@ def _unshared(state: dict) -> OrderedDict:
 
 def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
     """The path of a run folder's best_model.pt or last.pt."""
-    names = {"best": "best_model.pt", "last": "last.pt"}
+    names = dict(zip(CHECKPOINTS, ("best_model.pt", "last.pt"), strict=True))
     if which not in names:
-        raise AvakitError(f"--checkpoint must be 'best' or 'last', got {which!r}")
+        raise AvakitError(f"checkpoint must be 'best' or 'last', got {which!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AvakitError(f"{run_dir}: run folder not found")
@@ -274,7 +274,7 @@ def new_run_dir(cfg: Config, output_dir: Path | None) -> Path:
     writable) is one line here, before any work.
     """
     base = Path(output_dir or cfg.output_dir)
-    _check_parent(base, "--output-dir" if output_dir else "output_dir")
+    _check_parent(base, "output_dir")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, n = base / f"{cfg.name}-{stamp}", 1
     while run_dir.exists():

@@ -8,13 +8,14 @@ Writes `eval/{split}_{checkpoint}_tta-{tta}.json` and `.parquet` in the run fold
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from avakit import metrics
-from avakit.config import TrainingConfig, check_value
+from avakit.config import SPLITS, TrainingConfig, check_value
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.model.losses import get_loss
@@ -41,9 +42,9 @@ def evaluate_run(
     samples_expected / samples_seen / lost say what was evaluated and what was not, and why.
     """
     if split not in SPLITS:
-        raise AvakitError(f"--split must be train, val or test, got {split!r}")
+        raise AvakitError(f"split must be train, val or test, got {split!r}")
     if batch_size is not None:  # the same bounds as training.batch_size (0 would silently mean "default")
-        check_value(TrainingConfig, "batch_size", batch_size, "--batch-size")
+        check_value(TrainingConfig, "batch_size", batch_size, "batch_size")
     run_dir = Path(run_dir)
     ckpt_path = run_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
@@ -69,11 +70,8 @@ def evaluate_run(
     loader = make_loader(source, SampleDecoder(preset, cfg.transform.crop_size), batch_size=batch,
                          train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers,
                          pin_memory=dev.type == "cuda")
-    if progress is not None:
-        progress.start(f"evaluate {split}", source.samples)
-    result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
-    if progress is not None:
-        progress.stop()
+    with progress.task(f"evaluate {split}", source.samples) if progress else contextlib.nullcontext():
+        result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
     counts = loader.counts
     if not result["n"]:
         raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)

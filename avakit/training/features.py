@@ -13,6 +13,8 @@ A cache whose fingerprint differs from the config asking for it is refused as st
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,7 @@ def check_cache(cache: Path, cfg: Config) -> dict:
             continue  # no manifest to compare with (URL sources)
         if meta["fingerprint"].get(key) != value:
             raise AvakitError(f"{cache}: stale feature cache: {key} is {meta['fingerprint'].get(key)!r}, "
-                              f"the config needs {value!r}; re-run `avakit features` into a new --out")
+                              f"the config needs {value!r}; re-run `avakit features` into a new folder")
     return meta
 
 
@@ -155,19 +157,22 @@ def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
 
 def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | None = None,
                      device: str = "auto", progress=None, allow_missing: bool = False) -> dict:
-    """Write the feature cache for `splits` into `out`; returns meta.json's contents.
+    """Write the feature cache for `splits` into `out`; returns meta.json's contents plus `cache`
+    (the folder) and `images_per_s` (images of `splits` in the cache per second of this call).
 
     An incomplete split (shard files missing or of the wrong size) is an error (exit 1) unless
     `allow_missing`; meta.json's `counts` then say per split how many samples were cached and
     how many were lost, and why (corrupt samples are counted the same way).
     """
     if not splits or any(s not in SPLITS for s in splits):
-        raise AvakitError(f"--splits must list train, val and/or test, got {','.join(splits)!r}")
-    out = Path(out or cfg.data.features or "features")
+        raise AvakitError(f"splits must list train, val and/or test, got {','.join(splits)!r}")
+    started = time.perf_counter()
+    cache = out or cfg.data.features or "features"
+    out = Path(cache)
     wanted = fingerprint(cfg)
     meta = _read_meta(out)
     if meta is not None and meta["fingerprint"] != wanted:
-        raise AvakitError(f"{out}: holds features made with other settings; use another --out or delete it")
+        raise AvakitError(f"{out}: holds features made with other settings; use another folder or delete it")
     sources = {split: resolve_split(cfg.data.shards, split, allow_missing=allow_missing,
                                     incomplete_hint="pass --allow-missing to cache the rest")
                for split in splits}  # bad paths fail first
@@ -194,16 +199,14 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | 
         loader = make_loader(source, SampleDecoder(EvalPreset(cfg.transform), cfg.transform.crop_size),
                              batch_size=cfg.features.batch_size, train=False, seed=cfg.seed, epoch=0,
                              num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-        if progress is not None:
-            progress.start(f"features {split}", source.samples)
-        arrays = _extract_split(model, normalize, loader, dev, amp, progress)
-        if progress is not None:
-            progress.stop()
+        with progress.task(f"features {split}", source.samples) if progress else contextlib.nullcontext():
+            arrays = _extract_split(model, normalize, loader, dev, amp, progress)
         _write_split(out, split, *arrays)
         meta["splits"][split] = len(arrays[3])
         meta.setdefault("counts", {})[split] = loader.counts.as_dict()
         write_json_atomic(out / "meta.json", meta)
-    return meta
+    images = sum(meta["splits"].get(s, 0) for s in splits)
+    return {**meta, "cache": str(cache), "images_per_s": images / (time.perf_counter() - started)}
 
 
 def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | None = None) -> FeatureSource:
@@ -216,7 +219,7 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
     if split not in meta["splits"]:
         raise AvakitError(f"{cache}: no cached features for split {split!r} (run `avakit features`)")
     index_path, feats_path = cache / f"{split}.index.parquet", cache / f"{split}.features.npy"
-    redo = "re-run `avakit features` into a new --out"
+    redo = "re-run `avakit features` into a new folder"
     columns = ["image_id", *VOTE_COLS, *IQA_NAMES]
     index = _read_cache_file(index_path, lambda: pd.read_parquet(index_path, columns=columns), redo)
     feats = _read_cache_file(feats_path, lambda: np.load(feats_path, allow_pickle=False), redo)
@@ -256,7 +259,7 @@ def _load_backbone(core: torch.nn.Module, path: Path) -> None:
         state = read_torch_file(path, "backbone state of the feature cache")
         check_state(state, core.backbone.state_dict(), str(path), key="backbone")
     except AvakitError as e:
-        raise AvakitError(f"{e}; re-run `avakit features` into a new --out", exit_code=e.exit_code) from None
+        raise AvakitError(f"{e}; re-run `avakit features` into a new folder", exit_code=e.exit_code) from None
     core.backbone.load_state_dict(state)
 
 

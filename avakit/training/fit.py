@@ -7,6 +7,7 @@ Run folder (the contract `report`, `evaluate` and `predict` read):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -66,11 +67,8 @@ def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
 def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Progress | None) -> tuple:
     """Evaluate `model` on a split across all ranks: (metrics incl. loss, predictions frame)."""
     loader = split_loader(tr, split, train=False, epoch=0)
-    if progress is not None:
-        progress.start(f"eval {split}", tr.sources[split].samples)
-    result = evaluate(model, loader, tr.ctx, advance=progress.advance if progress else None)
-    if progress is not None:
-        progress.stop()
+    with progress.task(f"eval {split}", tr.sources[split].samples) if progress else contextlib.nullcontext():
+        result = evaluate(model, loader, tr.ctx, advance=progress.advance if progress else None)
     merged = merge_results(gather_objects(result, tr.dist))
     counts = _pass_counts(tr, split, f"{split} evaluation")
     df = predictions_frame(merged, tr.cfg.model.output_mode) if merged["n"] else None
@@ -240,7 +238,7 @@ def fit(
     exists raises `Interrupted` with the command that resumes it.
     """
     if quick_experiment is not None and not 0.0 < quick_experiment <= 1.0:
-        raise AvakitError(f"--quick-experiment must be in (0, 1], got {quick_experiment}")
+        raise AvakitError(f"quick_experiment must be in (0, 1], got {quick_experiment}")
     dist, device = init_distributed(cfg.device)
     run_dir, fraction, tr = Path(resume) if resume is not None else None, quick_experiment, None
     try:
@@ -316,14 +314,11 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
         if stop_after_epochs is not None and s.epoch - first >= stop_after_epochs:
             return
         epoch, started = s.epoch, time.perf_counter()
-        if progress is not None:
-            total = tr.steps_per_epoch * cfg.training.batch_size * cfg.training.grad_accum_steps \
-                if tr.steps_per_epoch else None
-            progress.start(f"epoch {epoch}", total)
-        stats = train_one_epoch(tr.ctx, split_loader(tr, "train", True, epoch), epoch, s.step,
-                                advance=progress.advance if progress else None)
-        if progress is not None:
-            progress.stop()
+        total = tr.steps_per_epoch * cfg.training.batch_size * cfg.training.grad_accum_steps \
+            if tr.steps_per_epoch else None
+        with progress.task(f"epoch {epoch}", total) if progress else contextlib.nullcontext():
+            stats = train_one_epoch(tr.ctx, split_loader(tr, "train", True, epoch), epoch, s.step,
+                                    advance=progress.advance if progress else None)
         val, df = run_evaluation(tr, tr.eval_model, "val", progress)
         check_val_finite(val, epoch, stats.last_step)  # before last.pt or best_model.pt is written
         s.elapsed_s += time.perf_counter() - started

@@ -61,10 +61,10 @@ def run_fraction(stored: Mapping[str, Any] | None, flag: float | None, path: Pat
         return 1.0 if flag is None else flag
     fraction = float(stored["quick_experiment"])
     if flag is not None and flag != fraction:
-        started = "the full data (no --quick-experiment)" if fraction == 1.0 else \
-            f"--quick-experiment {fraction!r}"
-        raise AvakitError(f"--quick-experiment {flag!r}: {path} was trained with {started}; "
-                          "resume without --quick-experiment (a resumed run sees the same data)")
+        started = "the full data (no quick_experiment)" if fraction == 1.0 else \
+            f"quick_experiment {fraction!r}"
+        raise AvakitError(f"quick_experiment {flag!r}: {path} was trained with {started}; "
+                          "resume without quick_experiment (a resumed run sees the same data)")
     return fraction
 
 

@@ -29,11 +29,15 @@ from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 
 class Progress(Protocol):
-    """What fit() reports to (the CLI passes a Rich implementation)."""
+    """What fit(), evaluate_run() and extract_features() report to (the CLI passes a Rich one).
+
+    `with progress.task(description, total):` starts a bar, `advance` moves it, and it stops on leaving.
+    """
 
     def start(self, description: str, total: int | None) -> None: ...
     def advance(self, n: int, loss: float | None = None) -> None: ...
     def stop(self) -> None: ...
+    def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager: ...
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from avakit.config import TransformConfig
+from avakit.config import TTA_MODES, TransformConfig
 
 
 def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -57,7 +57,7 @@ class TrainPreset(nn.Module):
         return self.jitter(img) if self.jitter is not None else img
 
 
-TTA_VIEWS = {"none": 1, "flip": 2, "five-crop": 5}
+TTA_VIEWS = dict(zip(TTA_MODES, (1, 2, 5), strict=True))
 
 
 class EvalPreset(nn.Module):
@@ -72,7 +72,7 @@ class EvalPreset(nn.Module):
         if tta not in TTA_VIEWS:
             from avakit.errors import AvakitError
 
-            raise AvakitError(f"--tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
+            raise AvakitError(f"tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
         self.tta, self.views = tta, TTA_VIEWS[tta]
         self.resize_size, self.crop_size = cfg.resize_size, cfg.crop_size
 
