@@ -42,10 +42,10 @@ from avakit.config import (
     SHARD_SPLITS,
     SHORT_SIDE_RANGE,
     SPLIT_SEED_MAX,
-    SPLITS,
     TTA_MODES,
 )
 from avakit.errors import AvakitError
+from avakit.scores import HELD_OUT_SPLITS, SPLITS
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
@@ -264,7 +264,7 @@ def report(
     keys = ("srcc", "plcc", "accuracy", "emd", "mae", "n")
     for key in keys:
         table.add_column(METRIC_NAMES.get(key, key), justify="right")
-    rows = [(s, summary["models"][s], summary[s]) for s in ("val", "test") if summary.get(s)]
+    rows = [(s, summary["models"][s], summary[s]) for s in HELD_OUT_SPLITS if summary.get(s)]
     for split, model, m in [*rows, *summary["evaluations"]]:
         cells = (f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys)
         table.add_row(escape(split), escape(model), *cells)

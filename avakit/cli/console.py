@@ -28,6 +28,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from avakit.errors import AvakitError, Interrupted
+from avakit.scores import HELD_OUT_SPLITS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -173,7 +174,7 @@ def print_results(run_dir: Path) -> None:
         table.add_column("split")
         for name in ("SRCC", "PLCC", "Acc", "MAE", "n"):
             table.add_column(name, justify="right")
-        for split in ("val", "test"):
+        for split in HELD_OUT_SPLITS:
             if split in found:
                 m = found[split]
                 keys = ("srcc", "plcc", "accuracy", "mae")

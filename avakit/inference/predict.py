@@ -26,6 +26,7 @@ from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.inference.preprocess import PreprocessSpec, find_images, prepare
 from avakit.inference.scorer import FIELDS, Prediction, Scorer, to_prediction
+from avakit.scores import SCORE_MAX, SCORE_MIN
 
 FORMATS = PREDICT_FORMATS
 
@@ -51,7 +52,9 @@ class TorchScorer(Scorer):
         torch = self.torch
         with torch.inference_mode():
             out = self.model(torch.from_numpy(batch).to(self.device)).float()
-            out = out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(1.0, 10.0)
+            if self.output_mode == "distribution":
+                return out.softmax(dim=1).cpu().numpy()
+            out = out.clamp(SCORE_MIN, SCORE_MAX)
         return out.cpu().numpy()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from avakit import metrics
-from avakit.config import SPLITS, TrainingConfig, check_value
+from avakit.config import TrainingConfig, check_value
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.model.losses import get_loss
