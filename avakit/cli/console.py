@@ -304,7 +304,8 @@ class ErrorGroup(TyperGroup):
             raise typer.Exit(e.exit_code) from None
         except _UsageError as e:  # a bad option value: one line too, not Typer's box
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            message = escape(e.format_message().replace("\n", " "))
+            # Typer words an enum's refusal "Value error, 'x' is not one of ...": drop the prefix
+            message = escape(e.format_message().replace("\n", " ").replace(": Value error, ", ": "))
             err_console.print(f"[red]error:[/red] {message}{where}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a write outside avakit.fileio (a library's own file): still one line
