@@ -12,13 +12,16 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
+from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.model.losses import distribution_mean, votes_to_distribution
+from avakit.training.transforms import Normalize
 
 log = logging.getLogger("avakit.training.fit")
 
@@ -68,6 +71,13 @@ class WarmupSchedule:
                 self.plateau_factor, self.bad_epochs = self.plateau_factor * 0.1, 0
 
 
+@runtime_checkable
+class TelemetryHook(Protocol):
+    """What the training loop calls after each optimizer step (training.telemetry.Telemetry)."""
+
+    def maybe_collect(self, step: int, epoch: int) -> None: ...
+
+
 @dataclass
 class StepContext:
     """What one optimisation step needs besides the batch."""
@@ -84,7 +94,7 @@ class StepContext:
     grad_accum_steps: int = 1
     scaler: torch.amp.GradScaler | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped per optimizer step
-    telemetry: object | None = None  # has maybe_collect(step, epoch)
+    telemetry: TelemetryHook | None = None
     max_steps: int | None = None  # DDP: the same number of optimizer steps on every rank
     log_interval: int = 0  # log the running loss every N optimizer steps (0 = never)
     skipped_steps: int = 0  # fp16: optimizer steps skipped in a row by the GradScaler (inf gradients)
@@ -111,6 +121,18 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def place_model(model: nn.Module, cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(model on `device`, channels_last if the config says so; the config's `Normalize` on `device`).
+
+    The one placement used by training, `evaluate` and `features`, so all three see the same
+    memory format and normalisation.
+    """
+    model = model.to(device)
+    if cfg.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
 
 
 def prepare_batch(batch: tuple, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from avakit import metrics
 from avakit.config import TrainingConfig, check_value
@@ -21,10 +20,9 @@ from avakit.model.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.training.distributed import pick_device
-from avakit.training.engine import StepContext, evaluate
-from avakit.training.loader import SampleDecoder, make_loader, resolve_split
+from avakit.training.engine import StepContext, evaluate, place_model
+from avakit.training.loader import eval_loader, resolve_split
 from avakit.training.rundir import eval_outputs
-from avakit.training.transforms import EvalPreset, Normalize
 
 
 def evaluate_run(
@@ -54,20 +52,14 @@ def evaluate_run(
         raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
     dev = pick_device(device)
     amp = cfg.training.amp  # the precision train evaluated with, so the numbers agree
-    model = model.to(dev)
-    if cfg.training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ctx = StepContext(model=model, normalize=Normalize(cfg.transform.normalize_mean,
-                                                       cfg.transform.normalize_std).to(dev),
+    model, normalize = place_model(model, cfg, dev)
+    ctx = StepContext(model=model, normalize=normalize,
                       optimizer=None, loss_fn=get_loss(cfg.training.loss_type).fn,  # type: ignore[arg-type]
                       output_mode=cfg.model.output_mode, device=dev, amp=amp,
                       channels_last=cfg.training.channels_last)
     batch = batch_size or cfg.training.batch_size
-    preset = EvalPreset(cfg.transform, tta)  # checks --tta
+    loader = eval_loader(source, cfg, batch_size=batch, tta=tta, pin_memory=dev.type == "cuda")  # checks tta
     out = eval_outputs(run_dir, split, checkpoint, tta)
-    loader = make_loader(source, SampleDecoder(preset, cfg.transform.crop_size), batch_size=batch,
-                         train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers,
-                         pin_memory=dev.type == "cuda")
     if progress is not None:
         progress.start(f"evaluate {split}", source.samples)
     result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)

@@ -21,10 +21,18 @@ from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
 from avakit.training.checkpoint import check_weights, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
-from avakit.training.engine import StepContext, WarmupSchedule
-from avakit.training.loader import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
+from avakit.training.engine import StepContext, WarmupSchedule, place_model
+from avakit.training.loader import (
+    CountingLoader,
+    DataSource,
+    SampleDecoder,
+    SplitSource,
+    eval_loader,
+    make_loader,
+    resolve_split,
+)
 from avakit.training.resume import check_resume_state
-from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
+from avakit.training.transforms import TrainPreset
 
 
 class Progress(Protocol):
@@ -62,14 +70,14 @@ class Trainer:
     ctx: StepContext
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: WarmupSchedule
-    sources: dict[str, SplitSource]
+    sources: dict[str, DataSource]  # SplitSources, or FeatureSources for head-only training
     steps_per_epoch: int | None
     fraction: float
     state: RunState
     loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
 
 
-def _steps_per_epoch(cfg: Config, source: SplitSource, fraction: float, world: int) -> int | None:
+def _steps_per_epoch(cfg: Config, source: DataSource, fraction: float, world: int) -> int | None:
     if source.samples is None:
         return None
     per_rank = source.samples * fraction / world
@@ -85,9 +93,7 @@ def build_trainer(
     m, t = cfg.model, cfg.training
     shard_sources = None if cfg.data.features else _shard_sources(cfg, dist)  # bad paths fail first
     seed_everything(cfg.seed)
-    core = model_from_config(cfg).to(device)
-    if t.channels_last:
-        core = core.to(memory_format=torch.channels_last)
+    core, normalize = place_model(model_from_config(cfg), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -104,7 +110,6 @@ def build_trainer(
     else:
         sources = shard_sources
         model = eval_model = core
-        normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
     steps = _steps_per_epoch(cfg, sources["train"], fraction, dist.world_size)
     unit = steps or 1
     schedule = WarmupSchedule(t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit,
@@ -150,15 +155,18 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
 
         loader = feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
                                 seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
-    else:
-        preset = TrainPreset(cfg.transform) if train else EvalPreset(cfg.transform)
+    elif train:
         loader = make_loader(
-            tr.sources[split], SampleDecoder(preset, cfg.transform.crop_size),
+            tr.sources[split], SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size),
             batch_size=cfg.training.batch_size,
-            train=train, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
+            train=True, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
             shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.dist.rank,
             world_size=tr.dist.world_size, pin_memory=tr.device.type == "cuda",
         )
+    else:
+        loader = eval_loader(tr.sources[split], cfg, batch_size=cfg.training.batch_size, epoch=epoch,
+                             fraction=tr.fraction, rank=tr.dist.rank, world_size=tr.dist.world_size,
+                             pin_memory=tr.device.type == "cuda")
     tr.loaders[split] = loader
     return loader
 
