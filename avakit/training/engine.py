@@ -1,7 +1,9 @@
-"""The inner loops: `train_one_epoch` and `evaluate`, plus turning outputs into a predictions table.
+"""The inner loops, `train_one_epoch` and `eval_one_epoch`, and what they share.
 
-Small functions in the style of torchvision's references; `train.fit` strings them together.
-Batches arrive as uint8 crops; `Normalize` runs on the training device.
+Also the step context, model placement (`place_model`), the LR schedule, the non-finite checks
+and `merge_results` (DDP ranks' eval results joined). Small functions in the style of
+torchvision's references; `training.fit` strings them together. Batches arrive as uint8 crops;
+`Normalize` runs on the training device.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class TelemetryHook(Protocol):
     def maybe_collect(self, step: int, epoch: int) -> None: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
     """What one optimisation step needs besides the batch."""
 
@@ -100,7 +102,7 @@ class StepContext:
     skipped_steps: int = 0  # fp16: optimizer steps skipped in a row by the GradScaler (inf gradients)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EpochStats:
     """What one training epoch did."""
 
@@ -126,7 +128,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 def place_model(model: nn.Module, cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(model on `device`, channels_last if the config says so; the config's `Normalize` on `device`).
 
-    The one placement used by training, `evaluate` and `features`, so all three see the same
+    The one placement used by training, `avakit evaluate` and `avakit features`, so all three see the same
     memory format and normalisation.
     """
     model = model.to(device)
@@ -286,7 +288,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def eval_one_epoch(
     model: nn.Module, loader, ctx: StepContext, advance: Callable[[int], None] | None = None,
     warmup: bool = False,
 ) -> dict:
@@ -343,7 +345,7 @@ def check_val_finite(val: dict, epoch: int, step: int) -> None:
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """Concatenate `evaluate` results gathered from several ranks (sorted by image id)."""
+    """Concatenate `eval_one_epoch` results gathered from several ranks (sorted by image id)."""
     nonempty = [p for p in parts if p["n"]]
     if not nonempty:
         return {**parts[0], "n": 0, "loss_sum": 0.0}

@@ -20,7 +20,7 @@ from avakit.model.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.training.distributed import pick_device
-from avakit.training.engine import StepContext, evaluate, place_model
+from avakit.training.engine import StepContext, eval_one_epoch, place_model
 from avakit.training.loader import eval_loader, resolve_split
 from avakit.training.rundir import eval_outputs
 
@@ -62,7 +62,7 @@ def evaluate_run(
     out = eval_outputs(run_dir, split, checkpoint, tta)
     if progress is not None:
         progress.start(f"evaluate {split}", source.samples)
-    result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
+    result = eval_one_epoch(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
     if progress is not None:
         progress.stop()
     counts = loader.counts

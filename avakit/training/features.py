@@ -37,7 +37,7 @@ from avakit.training.rundir import read_json
 VOTE_COLS = [f"votes_{k}" for k in range(1, 11)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FeatureSource:
     """One split of a feature cache, loaded in memory: a `training.loader.DataSource`."""
 
@@ -239,8 +239,9 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
             and (votes >= 0).all() and (votes.sum(axis=1) > 0).all()):
         raise AvakitError(f"{cache}: {split} features, IQA values or votes are not finite, non-negative "
                           f"counts; {redo}")
-    return FeatureSource(split, index["image_id"].to_numpy(np.int64), feats, votes, iqa,
-                         meta["fingerprint"].get("manifest_sha256"), meta.get("preprocessing"))
+    return FeatureSource(split=split, ids=index["image_id"].to_numpy(np.int64), features=feats, votes=votes,
+                         iqa=iqa, manifest_sha256=meta["fingerprint"].get("manifest_sha256"),
+                         preprocessing=meta.get("preprocessing"))
 
 
 def _read_cache_file(path: Path, read, redo: str):

@@ -35,7 +35,7 @@ from avakit.training.engine import (
     EpochStats,
     NonFiniteError,
     check_val_finite,
-    evaluate,
+    eval_one_epoch,
     merge_results,
     train_one_epoch,
 )
@@ -67,7 +67,7 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
     loader = split_loader(tr, split, train=False, epoch=0)
     if progress is not None:
         progress.start(f"eval {split}", tr.sources[split].samples)
-    result = evaluate(model, loader, tr.ctx, advance=progress.advance if progress else None)
+    result = eval_one_epoch(model, loader, tr.ctx, advance=progress.advance if progress else None)
     if progress is not None:
         progress.stop()
     merged = merge_results(gather_objects(result, tr.dist))

@@ -43,7 +43,7 @@ class Progress(Protocol):
     def stop(self) -> None: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     """Progress that resumes with last.pt."""
 
@@ -56,7 +56,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trainer:
     """Everything built once per run."""
 
@@ -127,8 +127,9 @@ def build_trainer(
         scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
         log_interval=cfg.log_interval,
     )
-    return Trainer(cfg, run_dir, dist, device, model, core, eval_model, ctx, scheduler, schedule, sources,
-                   steps, fraction, RunState())
+    return Trainer(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, core=core,
+                   eval_model=eval_model, ctx=ctx, scheduler=scheduler, schedule=schedule, sources=sources,
+                   steps_per_epoch=steps, fraction=fraction, state=RunState())
 
 
 def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
