@@ -172,8 +172,8 @@ def predict_batch(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.
 
 def targets(votes: torch.Tensor, output_mode: str) -> torch.Tensor:
     """Distribution mode: votes normalised to sum 1; regression: the mean score."""
-    dist = votes_to_distribution(votes)
-    return dist if output_mode == "distribution" else distribution_mean(dist)
+    probs = votes_to_distribution(votes)
+    return probs if output_mode == "distribution" else distribution_mean(probs)
 
 
 def _grad_norm(ctx: StepContext) -> float:

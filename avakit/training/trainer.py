@@ -62,7 +62,7 @@ class Trainer:
 
     cfg: Config
     run_dir: Path
-    dist: DistInfo
+    ddp: DistInfo
     device: torch.device
     model: torch.nn.Module  # what trains: the model, DDP-wrapped, or the head only (features)
     core: torch.nn.Module  # the AestheticModel itself
@@ -87,11 +87,11 @@ def _steps_per_epoch(cfg: Config, source: DataSource, fraction: float, world: in
 
 
 def build_trainer(
-    cfg: Config, run_dir: Path, fraction: float, dist: DistInfo, device: torch.device
+    cfg: Config, run_dir: Path, fraction: float, ddp: DistInfo, device: torch.device
 ) -> Trainer:
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
-    shard_sources = None if cfg.data.features else _shard_sources(cfg, dist)  # bad paths fail first
+    shard_sources = None if cfg.data.features else _shard_sources(cfg, ddp)  # bad paths fail first
     seed_everything(cfg.seed)
     core, normalize = place_model(model_from_config(cfg), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
@@ -101,7 +101,7 @@ def build_trainer(
         optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9, nesterov=True,
                                     weight_decay=t.weight_decay)
     if cfg.data.features:
-        if dist.enabled:
+        if ddp.enabled:
             raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
         from avakit.training.features import head_only_setup
 
@@ -110,12 +110,12 @@ def build_trainer(
     else:
         sources = shard_sources
         model = eval_model = core
-    steps = _steps_per_epoch(cfg, sources["train"], fraction, dist.world_size)
+    steps = _steps_per_epoch(cfg, sources["train"], fraction, ddp.world_size)
     unit = steps or 1
     schedule = WarmupSchedule(t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit,
                               max(1, t.early_stop_patience // 2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
-    if dist.enabled:
+    if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None)
     ctx = StepContext(
@@ -124,15 +124,15 @@ def build_trainer(
         amp=t.amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
         grad_accum_steps=t.grad_accum_steps,
         scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
-        scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
+        scheduler=scheduler if steps else None, max_steps=steps if ddp.enabled else None,
         log_interval=cfg.log_interval,
     )
-    return Trainer(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, core=core,
+    return Trainer(cfg=cfg, run_dir=run_dir, ddp=ddp, device=device, model=model, core=core,
                    eval_model=eval_model, ctx=ctx, scheduler=scheduler, schedule=schedule, sources=sources,
                    steps_per_epoch=steps, fraction=fraction, state=RunState())
 
 
-def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
+def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
     """Every split's source, checked complete (all shard files, right sizes) before training starts."""
     hint = "training reads every shard: restore the folder (or re-run `avakit shard`)"
     sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in ("train", "val", "test")
@@ -143,7 +143,7 @@ def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
         if not sources[split].has_data or sources[split].samples == 0:
             raise AvakitError(f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
                               "training needs both train and val samples")
-    if dist.enabled and sources["train"].samples is None:
+    if ddp.enabled and sources["train"].samples is None:
         raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
     return sources
 
@@ -161,12 +161,12 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
             tr.sources[split], SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size),
             batch_size=cfg.training.batch_size,
             train=True, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
-            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.dist.rank,
-            world_size=tr.dist.world_size, pin_memory=tr.device.type == "cuda",
+            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.ddp.rank,
+            world_size=tr.ddp.world_size, pin_memory=tr.device.type == "cuda",
         )
     else:
         loader = eval_loader(tr.sources[split], cfg, batch_size=cfg.training.batch_size, epoch=epoch,
-                             fraction=tr.fraction, rank=tr.dist.rank, world_size=tr.dist.world_size,
+                             fraction=tr.fraction, rank=tr.ddp.rank, world_size=tr.ddp.world_size,
                              pin_memory=tr.device.type == "cuda")
     tr.loaders[split] = loader
     return loader
