@@ -146,7 +146,6 @@ class AestheticModel(nn.Module):
         self.spec = spec
         self.output_mode = output_mode
         self.freeze = freeze
-        self.build_config: dict[str, Any] = {}
         _apply_freeze(backbone, spec, freeze)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,18 +282,7 @@ def build_model(
     out_dim = OUTPUT_MODES[output_mode]
     in_dim = spec.feature_dim + (len(IQA_NAMES) if iqa is not None else 0)
     head = MLPHead(in_dim, mlp_hidden_dims, out_dim, dropout, activation)
-    model = AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
-    model.build_config = {
-        "backbone": backbone,
-        "mlp_hidden_dims": [int(h) for h in mlp_hidden_dims],
-        "dropout": dropout,
-        "activation": activation,
-        "output_mode": output_mode,
-        "freeze": freeze,
-        "feature_layer": feature_layer,
-        "iqa": iqa is not None,
-    }
-    return model
+    return AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
 
 
 def param_groups(
