@@ -309,15 +309,6 @@ def param_groups(
     return groups
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Total and trainable parameter counts."""
-    params = list(model.parameters())
-    return {
-        "total": sum(p.numel() for p in params),
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
-    }
-
-
 def model_from_config(cfg: Any, *, load_weights: bool = True) -> AestheticModel:
     """The model a `Config` describes (its model, features and transform sections).
 
