@@ -9,11 +9,16 @@ import pytest
 from avakit.dataset.ava import (
     official_split,
     parse_ava_txt,
-    parse_id_list,
     parse_id_names,
     random_split,
+    read_id_list,
 )
 from avakit.errors import AvakitError
+
+
+def parse_id_list(path: Path) -> list[int]:
+    """Read an image list -> ids; a bad line is an AvakitError naming the file and line."""
+    return read_id_list(path, strict=True)[0]
 
 REAL_LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"
 

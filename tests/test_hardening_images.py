@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from avakit.cli.app import app
 from avakit.dataset import images as imageio
-from avakit.dataset.ava import REASONS, parse_ava_txt, parse_id_list, read_id_list, read_id_names
+from avakit.dataset.ava import REASONS, parse_ava_txt, read_id_list, read_id_names
 from avakit.dataset.images import ImageSkip, load_rgb
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
@@ -266,7 +266,7 @@ def test_bom_keeps_row_one_everywhere(tmp_path: Path) -> None:
     assert read_id_names(tags) == ({1: "Abstract", 24: "Action"}, [])
     jpgl = tmp_path / "l.jpgl"
     jpgl.write_bytes(b"\xef\xbb\xbf629797\n902498\n")
-    assert parse_id_list(jpgl) == [629797, 902498]
+    assert read_id_list(jpgl, strict=True)[0] == [629797, 902498]
 
 
 def test_non_utf8_line_is_a_recorded_skip(tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ def test_image_list_and_names_bad_ids(tmp_path: Path, field: str, detail: str) -
     assert [(s.line, s.reason) for s in skipped] == [(2, "malformed line"), (4, "duplicate")]
     assert detail in skipped[0].detail
     with pytest.raises(AvakitError, match=rf"test.jpgl:2: malformed line: .*{detail}"):
-        parse_id_list(jpgl)
+        read_id_list(jpgl, strict=True)
     names = tmp_path / "tags.txt"
     names.write_text(f"1 Abstract\n{field} Action\n", encoding="utf-8")
     found, skipped = read_id_names(names)

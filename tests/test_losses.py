@@ -14,6 +14,14 @@ from avakit.errors import AvakitError
 from avakit.model import losses
 
 
+def distribution_std(p: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of the score under each row of p [B, K], shape [B]: metrics.dist_std in torch."""
+    scores = torch.arange(1, p.shape[-1] + 1, dtype=p.dtype, device=p.device)
+    mean = (p * scores).sum(dim=-1, keepdim=True)
+    var = (p * (scores - mean) ** 2).sum(dim=-1)
+    return var.clamp_min(0).sqrt()
+
+
 def _random_dist(gen: torch.Generator, b: int, k: int = 10, zeros: bool = False) -> torch.Tensor:
     """Random [b, k] float64 distributions; with `zeros`, some bins are exactly 0."""
     x = torch.rand(b, k, generator=gen, dtype=torch.float64)
@@ -141,11 +149,11 @@ def test_distribution_shape_mismatch_raises() -> None:
 def test_registry() -> None:
     assert set(losses.LOSSES) == {"kl_div", "cross_entropy", "emd", "mse", "l1"}
     for name in ("kl_div", "cross_entropy", "emd"):
-        assert losses.loss_output_mode(name) == "distribution"
+        assert losses.get_loss(name).output_mode == "distribution"
     for name in ("mse", "l1"):
-        assert losses.loss_output_mode(name) == "regression"
+        assert losses.get_loss(name).output_mode == "regression"
     with pytest.raises(AvakitError, match="unknown loss"):
-        losses.loss_output_mode("hinge")
+        losses.get_loss("hinge")
 
 
 def test_votes_to_distribution_and_moments() -> None:
@@ -154,9 +162,9 @@ def test_votes_to_distribution_and_moments() -> None:
     assert dist.is_floating_point()
     assert torch.allclose(dist.sum(dim=1), torch.ones(2))
     assert torch.allclose(losses.distribution_mean(dist), torch.tensor([7.5, 5.5]))
-    assert torch.allclose(losses.distribution_std(dist), torch.tensor([2.5, math.sqrt(8.25)]))
+    assert torch.allclose(distribution_std(dist), torch.tensor([2.5, math.sqrt(8.25)]))
     assert torch.allclose(
-        losses.distribution_std(dist), torch.from_numpy(metrics.dist_std(dist.numpy())).float()
+        distribution_std(dist), torch.from_numpy(metrics.dist_std(dist.numpy())).float()
     )
     with pytest.raises(ValueError):
         losses.votes_to_distribution(torch.zeros(1, 10))

@@ -17,11 +17,19 @@ from avakit.model.network import (
     AestheticModel,
     MLPHead,
     build_model,
-    count_parameters,
     param_groups,
 )
 
 NAMES = list(BACKBONES)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Total and trainable parameter counts."""
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
 _CACHE: dict[str, AestheticModel] = {}
 
 

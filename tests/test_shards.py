@@ -155,12 +155,14 @@ def test_resume_after_partial_run(shared_ava: SyntheticAva, tmp_path: Path) -> N
     ref = tmp_path / "ref"
     run_shard(shared_ava, ref, short_side=40, shard_size=7)
     out = tmp_path / "out"
-    plan = plan_sharding(shared_ava.ava_txt, shared_ava.images, out, ShardOptions(40, shard_size=7))
+    plan = plan_sharding(shared_ava.ava_txt, shared_ava.images, out,
+                         ShardOptions(short_side=40, shard_size=7))
     plan.pending = plan.pending[:3]
     with pytest.raises(AvakitError, match="not completed"):
         write_shards(plan)
     (out / "train-000004.tar.123.tmp").write_bytes(b"half a shard")  # as a killed writer leaves
-    plan = plan_sharding(shared_ava.ava_txt, shared_ava.images, out, ShardOptions(40, shard_size=7))
+    plan = plan_sharding(shared_ava.ava_txt, shared_ava.images, out,
+                         ShardOptions(short_side=40, shard_size=7))
     assert len(plan.pending) == len(plan.tasks) - 3
     write_shards(plan)
     assert digests(out) == digests(ref)

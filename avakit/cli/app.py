@@ -112,7 +112,8 @@ def shard(
     from avakit.dataset.plan import ShardOptions, plan_sharding
     from avakit.dataset.shards import write_shards
 
-    options = ShardOptions(short_side, quality, shard_size, split, val_ratio, test_ratio, seed, limit)
+    options = ShardOptions(short_side=short_side, quality=quality, shard_size=shard_size, split=split,
+                           val_ratio=val_ratio, test_ratio=test_ratio, seed=seed, limit=limit)
     plan = plan_sharding(ava_txt, images, out, options, test_list, strict)
     done = len(plan.tasks) - len(plan.pending)
     if done:

@@ -242,11 +242,6 @@ def _parse_list_line(line: Line, seen: dict[int, int]) -> tuple[int, None] | Ski
     return image_id, None
 
 
-def parse_id_list(path: Path) -> list[int]:
-    """Read an image list -> ids; a bad line is an AvakitError naming the file and line."""
-    return read_id_list(path, strict=True)[0]
-
-
 def no_valid_rows(path: Path, what: str, n_read: int, skipped: Sequence[Skipped], shown: int = 3) -> str:
     """The message for a file without a single valid entry: the first reasons, with line numbers."""
     if n_read == 0:

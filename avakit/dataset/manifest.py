@@ -14,15 +14,12 @@ import tarfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from avakit.dataset.samples import Reason, decode_image, parse_label, tar_samples
+from avakit.dataset.samples import Reason, decode_image, parse_label, read_shard
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
 from avakit.scores import SPLITS
-
-if TYPE_CHECKING:
-    pass
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -147,24 +144,24 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
 def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
     """(number of samples, problems) of one tar; with `decode`, every image and label checked.
 
-    Reads the tar as the loader does (samples.tar_samples: the same members, grouping and size
-    cap) and checks samples with its own checks (samples.parse_label, samples.decode_image), so
-    inspect reports exactly the samples training would count as corrupt or lost.
+    Reads the tar as the loader does (samples.read_shard over samples.tar_samples: the same
+    members, grouping and size cap) and checks samples with its own checks (samples.parse_label,
+    samples.decode_image), so inspect reports exactly the samples training would count as corrupt
+    or lost.
     """
     problems: list[str] = []
     n = 0
     try:
-        with path.open("rb") as f:
-            for sample in tar_samples(f, path.name):
-                n += 1
-                key = sample["__key__"]
-                shown = key if key.isprintable() else repr(key)  # a newline in a name stays on one line
-                if "jpg" not in sample or "json" not in sample:
-                    members = sorted(k for k in sample if not k.startswith("__"))
-                    problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
-                elif decode:
-                    problems += [f"{path.name}: sample {shown}: {reason}"
-                                 for reason in _sample_problems(key, sample)]
+        for sample in read_shard(path):
+            n += 1
+            key = sample["__key__"]
+            shown = key if key.isprintable() else repr(key)  # a newline in a name stays on one line
+            if "jpg" not in sample or "json" not in sample:
+                members = sorted(k for k in sample if not k.startswith("__"))
+                problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
+            elif decode:
+                problems += [f"{path.name}: sample {shown}: {reason}"
+                             for reason in _sample_problems(key, sample)]
     except (tarfile.TarError, EOFError, ValueError, OSError) as e:
         problems.append(f"{path.name}: unreadable tar after {n} samples: {str(e).splitlines()[0][:200]}")
     return n, problems

@@ -25,7 +25,7 @@ PROGRESS_DIR = ".progress"
 MAX_SEED = SPLIT_SEED_MAX  # the split seed (numpy's default_rng takes any; bounded to 64 bits)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShardOptions:
     """Everything that decides the content of the shards (workers and strict do not)."""
 
@@ -52,7 +52,7 @@ class ShardTask:
         return f"{self.split}-{self.index:06d}.tar"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ShardPlan:
     """What `shard` will do: the parsed input, all shard tasks and those still to write."""
 
@@ -118,7 +118,8 @@ def plan_sharding(
         for k, start in enumerate(range(0, len(members), options.shard_size)):
             chunk = members[start:start + options.shard_size]
             tasks.append(ShardTask(split, k, tuple(by_id[i] for i in chunk)))
-    plan = ShardPlan(ava_txt, images, out, options, sources, rows_read, rows, parse_skipped, tasks)
+    plan = ShardPlan(ava_txt=ava_txt, images=images, out=out, options=options, sources=sources,
+                     rows_read=rows_read, rows=rows, parse_skipped=parse_skipped, tasks=tasks)
     _prepare_out(plan)
     plan.done = {t.name: r for t in tasks if (r := load_record(out, t)) is not None}
     plan.pending = [t for t in tasks if t.name not in plan.done]

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 from avakit.dataset.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are read with
@@ -122,6 +123,18 @@ def tar_samples(stream: Any, name: str) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys  # imports torch: only when a shard is read
 
     return group_by_keys(_tar_files(stream, name))
+
+
+def read_shard(path: Path) -> Iterator[dict]:
+    """The samples of one local shard file: `tar_samples` over the opened file, named by its file name.
+
+    The reader of `inspect` (manifest.verify_shards), `report` and the tests; the loader streams
+    through `tar_samples` itself to hash the bytes on the way. Raises OSError when the file cannot
+    be opened or read, and what `tar_samples` raises for a damaged tar.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        yield from tar_samples(f, path.name)
 
 
 def _tar_files(stream: Any, name: str) -> Iterator[dict]:

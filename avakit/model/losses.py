@@ -130,11 +130,6 @@ def get_loss(name: str) -> LossSpec:
         raise AvakitError(f"unknown loss {name!r} (choose from {choices})") from None
 
 
-def loss_output_mode(name: str) -> str:
-    """The output mode ("distribution" or "regression") the named loss expects."""
-    return get_loss(name).output_mode
-
-
 def votes_to_distribution(votes: Tensor) -> Tensor:
     """Normalise vote counts [B, K] to probabilities summing to 1 per row (floating dtype).
 
@@ -158,10 +153,3 @@ def distribution_mean(p: Tensor) -> Tensor:
     The torch counterpart of avakit.scores.mean_score(normalise=False), for every torch caller."""
     return (p * _scores_like(p)).sum(dim=-1)
 
-
-def distribution_std(p: Tensor) -> Tensor:
-    """Standard deviation of the score under each row of p [B, N_POINTS]; shape [B] (cf. scores.score_std)."""
-    scores = _scores_like(p)
-    mean = (p * scores).sum(dim=-1, keepdim=True)
-    var = (p * (scores - mean) ** 2).sum(dim=-1)
-    return var.clamp_min(0).sqrt()

@@ -147,7 +147,6 @@ class AestheticModel(nn.Module):
         self.spec = spec
         self.output_mode = output_mode
         self.freeze = freeze
-        self.build_config: dict[str, Any] = {}
         _apply_freeze(backbone, spec, freeze)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,18 +283,7 @@ def build_model(
     out_dim = OUTPUT_MODES[output_mode]
     in_dim = spec.feature_dim + (len(IQA_NAMES) if iqa is not None else 0)
     head = MLPHead(in_dim, mlp_hidden_dims, out_dim, dropout, activation)
-    model = AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
-    model.build_config = {
-        "backbone": backbone,
-        "mlp_hidden_dims": [int(h) for h in mlp_hidden_dims],
-        "dropout": dropout,
-        "activation": activation,
-        "output_mode": output_mode,
-        "freeze": freeze,
-        "feature_layer": feature_layer,
-        "iqa": iqa is not None,
-    }
-    return model
+    return AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
 
 
 def param_groups(
@@ -320,15 +308,6 @@ def param_groups(
                 {"name": name, "params": params, "lr": group_lr, "weight_decay": weight_decay}
             )
     return groups
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Total and trainable parameter counts."""
-    params = list(model.parameters())
-    return {
-        "total": sum(p.numel() for p in params),
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
-    }
 
 
 def model_from_config(cfg: Any, *, load_weights: bool = True) -> AestheticModel:

@@ -25,7 +25,7 @@ from avakit.dataset.manifest import MANIFEST
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
 from avakit.plots import gradient_warnings
-from avakit.report import html as H
+from avakit.report import html
 from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
 from avakit.report.splits import SplitData, best_epoch, epoch_points, load_splits, read_evaluations
 from avakit.scores import HELD_OUT_SPLITS
@@ -125,14 +125,16 @@ def _attach_shards(splits: list[SplitData], shards_dir: Path, out: Path, notes: 
 
 
 def _group_tables(splits: list[SplitData], names: dict[str, dict[int, str]],
-                  min_group: int) -> list[H.GroupTable]:
+                  min_group: int) -> list[html.GroupTable]:
     """The group stats of each split with labels and each group kind, with how many images have one."""
-    return [H.GroupTable(sp, what, part, group_stats(sp.df, sp.labels, kind, names[kind], min_group),
-                         sum(bool(group_ids(sp.labels.get(int(i)), kind)) for i in sp.df["image_id"]))
+    return [html.GroupTable(split=sp, what=what, part=part,
+                            stats=group_stats(sp.df, sp.labels, kind, names[kind], min_group),
+                            tagged=sum(bool(group_ids(sp.labels.get(int(i)), kind))
+                                       for i in sp.df["image_id"]))
             for sp in splits if sp.labels for kind, what, part in GROUP_KINDS]
 
 
-def _shard_sections(c: H.Collector, splits: list[SplitData], shards_dir: Path | None,
+def _shard_sections(c: html.Collector, splits: list[SplitData], shards_dir: Path | None,
                     names: dict[str, dict[int, str]], min_group: int) -> tuple[str, str]:
     """HTML of the per-tag/challenge section and of the galleries (notes without shards)."""
     if shards_dir is None:
@@ -142,10 +144,10 @@ def _shard_sections(c: H.Collector, splits: list[SplitData], shards_dir: Path | 
     for kind, what, part in GROUP_KINDS:
         if not names[kind]:
             c.notes.append(f"no {part}.txt given: {what}s shown by id")
-    groups = H.groups_section(c, _group_tables(splits, names, min_group), min_group)
+    groups = html.groups_section(c, _group_tables(splits, names, min_group), min_group)
     if not any(sp.labels for sp in splits):
         groups += c.note(f"no labels read from the shards in {shards_dir}: per-group statistics skipped")
-    return groups, H.gallery_section(splits, _extremes)
+    return groups, html.gallery_section(splits, _extremes)
 
 
 def _clean_out(out: Path) -> None:
@@ -190,7 +192,7 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
     names = {"tags": parse_id_names(tags) if tags else {},
              "challenge": parse_id_names(challenges) if challenges else {}}
     history = load_history(run_dir)
-    c = H.Collector(run_dir / REPORT_DIR)
+    c = html.Collector(run_dir / REPORT_DIR)
     results, best = best_epoch(run_dir, history, c.notes)
     splits = load_splits(run_dir, best, c.notes)
     evaluations = read_evaluations(run_dir, c.notes)
@@ -201,23 +203,23 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
     frozen, why = frozen_parts(cfg)
     warnings = gradient_warnings(grad_df, frozen)
     starts = epoch_start_steps(history)
-    sections = [("training", "Training curves", H.training_section(c, history, lr_df, starts)),
+    sections = [("training", "Training curves", html.training_section(c, history, lr_df, starts)),
                 ("telemetry", "Telemetry: gradient norms",
-                 H.telemetry_section(c, grad_df, warnings, H.Frozen(frozen, why), starts)),
-                ("predictions", "Prediction analysis", H.predictions_section(c, splits)),
-                ("epochs", "SRCC over epochs", H.epochs_section(c, epoch_points(run_dir, c.notes), best)),
-                ("votes", "Predicted vs real vote distributions", H.votes_section(c, splits))]
+                 html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts)),
+                ("predictions", "Prediction analysis", html.predictions_section(c, splits)),
+                ("epochs", "SRCC over epochs", html.epochs_section(c, epoch_points(run_dir, c.notes), best)),
+                ("votes", "Predicted vs real vote distributions", html.votes_section(c, splits))]
     groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
     sections += [("groups", "Per semantic tag and per challenge", groups_html),
                  ("galleries", "Best and worst predicted images", gallery_html)]
-    summary_html = H.summary_table(best, _summary_rows(splits, evaluations)) + H.notes_list(c.notes)
+    summary_html = html.summary_table(best, _summary_rows(splits, evaluations)) + html.notes_list(c.notes)
     entries = [("summary", "Summary"), *((a, h) for a, h, _ in sections)]
-    body = H.contents(entries) + H.section("Summary", summary_html, anchor="summary") + "".join(
-        H.section(h, b, anchor=a) for a, h, b in sections)
+    body = html.contents(entries) + html.section("Summary", summary_html, anchor="summary") + "".join(
+        html.section(h, b, anchor=a) for a, h, b in sections)
     subtitle = (f"Run folder {run_dir.resolve()} · {len(history)} epoch(s) · "
                 f"finished {results.get('finished_at', 'n/a')}")
     report = c.out / REPORT_FILE
-    write_text_atomic(report, H.page(f"avakit report: {run_dir.name}", subtitle, body))
+    write_text_atomic(report, html.page(f"avakit report: {run_dir.name}", subtitle, body))
     found = {sp.key: sp.metrics for sp in splits}
     return {"report": report, "pngs": list(c.pngs), "best_epoch": best, "val": found.get("val"),
             "test": found.get("test"), "models": {sp.key: sp.model for sp in splits},

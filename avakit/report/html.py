@@ -18,7 +18,7 @@ import pandas as pd
 from avakit.metrics import METRIC_NAMES
 from avakit.plots import plot_gradient_norms, plot_learning_rates, plot_training_curves
 from avakit.predictions import PRED_DIST
-from avakit.report import prediction_plots as P
+from avakit.report import prediction_plots
 from avakit.report.prediction_plots import fmt
 from avakit.scores import THRESHOLD
 
@@ -182,7 +182,7 @@ class Frozen:
     why: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GroupTable:
     """One split's statistics for one group kind; `tagged` images have at least one group id."""
 
@@ -245,7 +245,7 @@ def predictions_section(c: Collector, splits: list[SplitData]) -> str:
     body = ""
     for sp in splits:
         figs = "".join(c.figure(f"{sp.key}_{key}.png", key, fn, sp.df, sp.label)
-                       for key, fn in P.PREDICTION_PLOTS.items())
+                       for key, fn in prediction_plots.PREDICTION_PLOTS.items())
         body += section(f"{sp.label} ({len(sp.df)} images)", figs, level=3)
     return body
 
@@ -254,7 +254,8 @@ def epochs_section(c: Collector, points: pd.DataFrame, best_epoch: int | None) -
     """SRCC/PLCC per epoch from the per-epoch prediction files."""
     if points.empty:
         return c.note("no predictions/val_epoch_NNN.parquet (save_val_predictions off?): plot skipped")
-    body = c.figure("srcc_by_epoch.png", "srcc_by_epoch", P.plot_srcc_by_epoch, points, best_epoch)
+    body = c.figure("srcc_by_epoch.png", "srcc_by_epoch", prediction_plots.plot_srcc_by_epoch, points,
+                    best_epoch)
     if len(points) == 1:
         body += c.note("only one per-epoch predictions file: SRCC over epochs is a single point")
     return body
@@ -262,11 +263,11 @@ def epochs_section(c: Collector, points: pd.DataFrame, best_epoch: int | None) -
 
 def votes_section(c: Collector, splits: list[SplitData]) -> str:
     """Predicted vs real vote histograms (distribution mode only)."""
-    dist = [sp for sp in splits if PRED_DIST[0] in sp.df.columns]
-    if not dist:
+    with_votes = [sp for sp in splits if PRED_DIST[0] in sp.df.columns]
+    if not with_votes:
         return c.note("regression mode (no pred_dist columns): vote-histogram grid skipped")
-    return "".join(c.figure(f"{sp.key}_vote_histograms.png", "vote_histograms", P.plot_vote_histograms,
-                            sp.df, sp.label) for sp in dist)
+    return "".join(c.figure(f"{sp.key}_vote_histograms.png", "vote_histograms",
+                            prediction_plots.plot_vote_histograms, sp.df, sp.label) for sp in with_votes)
 
 
 def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> str:
@@ -282,7 +283,7 @@ def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> st
                            f"({g.tagged} of {len(sp.df)} images have one)")
         else:
             inner = group_table(g.stats, g.what) + c.figure(
-                f"{sp.key}_{g.part}_mae.png", "group_mae", P.plot_group_mae, g.stats,
+                f"{sp.key}_{g.part}_mae.png", "group_mae", prediction_plots.plot_group_mae, g.stats,
                 f"MAE per {g.what} ({sp.label})", sp.metrics.get("mae", float("nan")))
         body += section(f"Per {g.what} ({sp.label})", inner, level=3)
     return body

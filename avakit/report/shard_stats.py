@@ -1,6 +1,7 @@
 """What `avakit report` reads from the shards: each image's label, gallery thumbnails, group stats.
 
-Only the selected images' JPEGs are read; every other member is skipped by name. Thumbnails
+Shards are read with the one shard reader (avakit.dataset.samples.read_shard); only the selected
+images' JPEGs are kept. Thumbnails
 are written through `avakit.fileio` (whole or not at all).
 """
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from avakit import metrics
 from avakit.dataset.manifest import shard_files
+from avakit.dataset.samples import read_shard
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
 
@@ -32,25 +34,22 @@ def read_split_samples(shards_dir: Path, split: str, wanted: set[int]) -> tuple[
     problems = []
     for path in paths:
         try:
-            with tarfile.open(path) as tar:
-                for info in tar:
-                    key, _, ext = Path(info.name).name.partition(".")
-                    # ASCII digits only: str.isdigit() also takes "²", which int() refuses
-                    if not (info.isfile() and key.isascii() and key.isdigit() and ext in ("json", "jpg")):
-                        continue
-                    if ext == "jpg" and int(key) not in wanted:
-                        continue
-                    data = tar.extractfile(info).read()
-                    if ext == "jpg":
-                        jpgs[int(key)] = data
-                        continue
-                    try:
-                        label = json.loads(data)
-                    except ValueError:
-                        continue
-                    if isinstance(label, dict):
-                        labels[int(key)] = label
-        except (tarfile.TarError, OSError) as e:
+            for sample in read_shard(path):
+                key = Path(sample["__key__"]).name
+                # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+                if not (key.isascii() and key.isdigit()):
+                    continue
+                if "jpg" in sample and int(key) in wanted:
+                    jpgs[int(key)] = sample["jpg"]
+                if "json" not in sample:
+                    continue
+                try:
+                    label = json.loads(sample["json"])
+                except ValueError:
+                    continue
+                if isinstance(label, dict):
+                    labels[int(key)] = label
+        except (tarfile.TarError, EOFError, ValueError, OSError) as e:
             problems.append(f"{path.name}: unreadable: {e}")
     return labels, jpgs, problems
 

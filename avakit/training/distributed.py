@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 
 from avakit.config import DEVICES
 from avakit.errors import AvakitError
@@ -50,35 +50,35 @@ def init_distributed(device_preference: str) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo(), pick_device(device_preference)
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+    ddp = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                     int(os.environ.get("LOCAL_RANK", "0")))
-    device = pick_device(device_preference, info.local_rank)
+    device = pick_device(device_preference, ddp.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info, device
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ddp, device
 
 
-def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+def gather_objects(obj: Any, ddp: DistInfo) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank ([obj] for a single process)."""
-    if not info.enabled:
+    if not ddp.enabled:
         return [obj]
-    out: list[Any] = [None] * info.world_size
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * ddp.world_size
+    tdist.all_gather_object(out, obj)
     return out
 
 
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
+def broadcast_object(obj: Any, ddp: DistInfo) -> Any:
     """Rank 0's `obj` on every rank."""
-    if not info.enabled:
+    if not ddp.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    tdist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(ddp: DistInfo) -> None:
     """Leave the process group."""
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    if ddp.enabled and tdist.is_initialized():
+        tdist.destroy_process_group()

@@ -1,7 +1,9 @@
-"""The inner loops: `train_one_epoch` and `evaluate`, plus turning outputs into a predictions table.
+"""The inner loops, `train_one_epoch` and `eval_one_epoch`, and what they share.
 
-Small functions in the style of torchvision's references; `train.fit` strings them together.
-Batches arrive as uint8 crops; `Normalize` runs on the training device.
+Also the step context, model placement (`place_model`), the LR schedule, the non-finite checks
+and `merge_results` (DDP ranks' eval results joined). Small functions in the style of
+torchvision's references; `training.fit` strings them together. Batches arrive as uint8 crops;
+`Normalize` runs on the training device.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
+from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.model.losses import distribution_mean, votes_to_distribution
+from avakit.training.transforms import Normalize
 
 log = logging.getLogger("avakit.training.fit")
 
@@ -68,7 +73,14 @@ class WarmupSchedule:
                 self.plateau_factor, self.bad_epochs = self.plateau_factor * 0.1, 0
 
 
-@dataclass
+@runtime_checkable
+class TelemetryHook(Protocol):
+    """What the training loop calls after each optimizer step (training.telemetry.Telemetry)."""
+
+    def maybe_collect(self, step: int, epoch: int) -> None: ...
+
+
+@dataclass(kw_only=True)
 class StepContext:
     """What one optimisation step needs besides the batch."""
 
@@ -84,13 +96,13 @@ class StepContext:
     grad_accum_steps: int = 1
     scaler: torch.amp.GradScaler | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped per optimizer step
-    telemetry: object | None = None  # has maybe_collect(step, epoch)
+    telemetry: TelemetryHook | None = None
     max_steps: int | None = None  # DDP: the same number of optimizer steps on every rank
     log_interval: int = 0  # log the running loss every N optimizer steps (0 = never)
     skipped_steps: int = 0  # fp16: optimizer steps skipped in a row by the GradScaler (inf gradients)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EpochStats:
     """What one training epoch did."""
 
@@ -120,6 +132,18 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def place_model(model: nn.Module, cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(model on `device`, channels_last if the config says so; the config's `Normalize` on `device`).
+
+    The one placement used by training, `avakit evaluate` and `avakit features`, so all three see the same
+    memory format and normalisation.
+    """
+    model = model.to(device)
+    if cfg.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
 
 
 def prepare_batch(batch: tuple, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -157,8 +181,8 @@ def predict_batch(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.
 
 def targets(votes: torch.Tensor, output_mode: str) -> torch.Tensor:
     """Distribution mode: votes normalised to sum 1; regression: the mean score."""
-    dist = votes_to_distribution(votes)
-    return dist if output_mode == "distribution" else distribution_mean(dist)
+    probs = votes_to_distribution(votes)
+    return probs if output_mode == "distribution" else distribution_mean(probs)
 
 
 def _grad_norm(ctx: StepContext) -> float:
@@ -273,7 +297,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def eval_one_epoch(
     model: nn.Module, loader, ctx: StepContext, advance: Callable[[int], None] | None = None,
     warmup: bool = False,
 ) -> dict:
@@ -330,7 +354,7 @@ def check_val_finite(val: dict, epoch: int, step: int) -> None:
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """Concatenate `evaluate` results gathered from several ranks (sorted by image id)."""
+    """Concatenate `eval_one_epoch` results gathered from several ranks (sorted by image id)."""
     nonempty = [p for p in parts if p["n"]]
     if not nonempty:
         return {**parts[0], "n": 0, "loss_sum": 0.0}

@@ -12,7 +12,6 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from avakit import metrics
 from avakit.config import TrainingConfig, check_value
@@ -23,10 +22,9 @@ from avakit.predictions import frame_metrics, predictions_frame
 from avakit.scores import SPLITS
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.training.distributed import pick_device
-from avakit.training.engine import StepContext, evaluate, resolve_amp
-from avakit.training.loader import SampleDecoder, make_loader, resolve_split
+from avakit.training.engine import StepContext, eval_one_epoch, place_model, resolve_amp
+from avakit.training.loader import eval_loader, resolve_split
 from avakit.training.rundir import eval_outputs
-from avakit.training.transforms import EvalPreset, Normalize
 
 
 def evaluate_run(
@@ -56,22 +54,17 @@ def evaluate_run(
         raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
     dev = pick_device(device)
     amp = resolve_amp(cfg.training.amp, dev)  # as train evaluates on this device, so the numbers agree
-    model = model.to(dev)
-    if cfg.training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ctx = StepContext(model=model, normalize=Normalize(cfg.transform.normalize_mean,
-                                                       cfg.transform.normalize_std).to(dev),
+    model, normalize = place_model(model, cfg, dev)
+    ctx = StepContext(model=model, normalize=normalize,
                       optimizer=None, loss_fn=get_loss(cfg.training.loss_type).fn,  # type: ignore[arg-type]
                       output_mode=cfg.model.output_mode, device=dev, amp=amp,
                       channels_last=cfg.training.channels_last)
     batch = batch_size or cfg.training.batch_size
-    preset = EvalPreset(cfg.transform, tta)  # checks --tta
+    loader = eval_loader(source, cfg, batch_size=batch, tta=tta, pin_memory=dev.type == "cuda")  # checks tta
     out = eval_outputs(run_dir, split, checkpoint, tta)
-    loader = make_loader(source, SampleDecoder(preset, cfg.transform.crop_size), batch_size=batch,
-                         train=False, seed=cfg.seed, epoch=0, num_workers=cfg.data.num_workers,
-                         pin_memory=dev.type == "cuda")
     with progress.task(f"evaluate {split}", source.samples) if progress else contextlib.nullcontext():
-        result = evaluate(model, loader, ctx, advance=progress.advance if progress else None, warmup=True)
+        advance = progress.advance if progress else None
+        result = eval_one_epoch(model, loader, ctx, advance=advance, warmup=True)
     counts = loader.counts
     if not result["n"]:
         raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)

@@ -33,17 +33,16 @@ from avakit.model.network import model_from_config
 from avakit.scores import N_POINTS, SPLITS, mean_score, point_names
 from avakit.training.checkpoint import check_state, make_folder, read_torch_file
 from avakit.training.distributed import pick_device
-from avakit.training.engine import autocast, resolve_amp
-from avakit.training.loader import CountingLoader, SampleDecoder, make_loader, resolve_split
+from avakit.training.engine import autocast, place_model, resolve_amp
+from avakit.training.loader import CountingLoader, eval_loader, resolve_split
 from avakit.training.rundir import read_json
-from avakit.training.transforms import EvalPreset, Normalize
 
 VOTE_COLS = point_names("votes_")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FeatureSource:
-    """One split of a feature cache, loaded in memory."""
+    """One split of a feature cache, loaded in memory: a `training.loader.DataSource`."""
 
     split: str
     ids: np.ndarray  # int64 [N]
@@ -58,8 +57,22 @@ class FeatureSource:
         return len(self.ids)
 
     @property
-    def has_data(self) -> bool:  # duck-types SplitSource
+    def has_data(self) -> bool:
         return bool(len(self.ids))
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """No shards: a cached split loses no sample with a shard."""
+        return ()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """No URLs: resume's data definition then stores none (the cache's fingerprint says the rest)."""
+        return ()
+
+    @property
+    def where(self) -> str:
+        return ""
 
 
 def fingerprint(cfg: Config) -> dict:
@@ -180,10 +193,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | 
     clear_stale_tmp(out)  # left by a run that was killed or stopped by a full disk
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
     dev = pick_device(device)
-    model = model_from_config(cfg).to(dev).eval()
-    if cfg.training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(dev)
+    model, normalize = place_model(model_from_config(cfg).eval(), cfg, dev)
     amp = resolve_amp(cfg.training.amp, dev)
     if meta is None:
         with atomic_write(out / "backbone.pt") as f:
@@ -196,9 +206,7 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | 
             continue  # finished in an earlier run
         source = sources[split]
         meta["preprocessing"] = meta["preprocessing"] or source.preprocessing
-        loader = make_loader(source, SampleDecoder(EvalPreset(cfg.transform), cfg.transform.crop_size),
-                             batch_size=cfg.features.batch_size, train=False, seed=cfg.seed, epoch=0,
-                             num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
+        loader = eval_loader(source, cfg, batch_size=cfg.features.batch_size, pin_memory=dev.type == "cuda")
         with progress.task(f"features {split}", source.samples) if progress else contextlib.nullcontext():
             arrays = _extract_split(model, normalize, loader, dev, amp, progress)
         _write_split(out, split, *arrays)
@@ -236,8 +244,9 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
             and (votes >= 0).all() and (votes.sum(axis=1) > 0).all()):
         raise AvakitError(f"{cache}: {split} features, IQA values or votes are not finite, non-negative "
                           f"counts; {redo}")
-    return FeatureSource(split, index["image_id"].to_numpy(np.int64), feats, votes, iqa,
-                         meta["fingerprint"].get("manifest_sha256"), meta.get("preprocessing"))
+    return FeatureSource(split=split, ids=index["image_id"].to_numpy(np.int64), features=feats, votes=votes,
+                         iqa=iqa, manifest_sha256=meta["fingerprint"].get("manifest_sha256"),
+                         preprocessing=meta.get("preprocessing"))
 
 
 def _read_cache_file(path: Path, read, redo: str):
@@ -306,7 +315,7 @@ def feature_loader(source: FeatureSource, core: torch.nn.Module, *, batch_size: 
                    epoch: int, fraction: float = 1.0) -> CountingLoader:
     """Batches (head input float32, votes, ids, valid) from a cached split; shuffled per epoch, counted."""
     batches = _feature_batches(source, core, batch_size, train, seed, epoch, fraction)
-    return CountingLoader(batches, source, source.samples if fraction >= 1.0 else None)  # type: ignore[arg-type]
+    return CountingLoader(batches, source, source.samples if fraction >= 1.0 else None)
 
 
 def _feature_batches(source: FeatureSource, core: torch.nn.Module, batch_size: int, train: bool, seed: int,

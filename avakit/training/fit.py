@@ -37,7 +37,7 @@ from avakit.training.engine import (
     EpochStats,
     NonFiniteError,
     check_val_finite,
-    evaluate,
+    eval_one_epoch,
     merge_results,
     train_one_epoch,
 )
@@ -53,12 +53,12 @@ from avakit.training.trainer import Progress, Trainer, build_trainer, restore, s
 log = logging.getLogger("avakit.training.fit")
 
 
-def _setup_logging(run_dir: Path, dist: DistInfo) -> None:
+def _setup_logging(run_dir: Path, ddp: DistInfo) -> None:
     log.setLevel(logging.INFO)
     for handler in [h for h in log.handlers if isinstance(h, (LogFileHandler, logging.FileHandler))]:
         log.removeHandler(handler)
         handler.close()
-    if dist.is_main:
+    if ddp.is_main:
         handler = LogFileHandler(run_dir / "training.log")  # a full disk stops the run: one line
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
@@ -68,8 +68,8 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
     """Evaluate `model` on a split across all ranks: (metrics incl. loss, predictions frame)."""
     loader = split_loader(tr, split, train=False, epoch=0)
     with progress.task(f"eval {split}", tr.sources[split].samples) if progress else contextlib.nullcontext():
-        result = evaluate(model, loader, tr.ctx, advance=progress.advance if progress else None)
-    merged = merge_results(gather_objects(result, tr.dist))
+        result = eval_one_epoch(model, loader, tr.ctx, advance=progress.advance if progress else None)
+    merged = merge_results(gather_objects(result, tr.ddp))
     counts = _pass_counts(tr, split, f"{split} evaluation")
     df = predictions_frame(merged, tr.cfg.model.output_mode) if merged["n"] else None
     found = frame_metrics(df) if df is not None else {"n": 0}
@@ -81,7 +81,7 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
 
 def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
     """The last pass's sample counts of `split`, summed over ranks, and logged (a warning if any lost)."""
-    first, *rest = gather_objects(tr.loaders[split].counts, tr.dist)
+    first, *rest = gather_objects(tr.loaders[split].counts, tr.ddp)
     counts = first.merged(*rest)
     (log.warning if counts.lost else log.info)("%s: %s", what, counts.summary())
     return counts
@@ -126,7 +126,7 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     t = max(stats.last_step - 1, 0) if tr.ctx.scheduler is not None else epoch
     lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
     counts = _pass_counts(tr, "train", f"epoch {epoch} training")
-    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.dist.world_size, counts))
+    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts))
     srcc = val.get("srcc", float("nan"))
     improved = math.isfinite(srcc) and srcc > s.best_srcc
     if improved:
@@ -143,8 +143,8 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
              "%.0f img/s%s",
              epoch, stats.loss, val["loss"], srcc, val.get("plcc", float("nan")),
              val.get("accuracy", float("nan")), "/".join(f"{lr:.2e}" for lr in lrs),
-             stats.img_per_s * tr.dist.world_size, "  *best*" if improved else "")
-    if not tr.dist.is_main:
+             stats.img_per_s * tr.ddp.world_size, "  *best*" if improved else "")
+    if not tr.ddp.is_main:
         return stop
     if cfg.save_val_predictions and df is not None:
         write_parquet_atomic(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", df)
@@ -157,7 +157,7 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     return stop
 
 
-def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist: DistInfo) -> tuple:
+def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, ddp: DistInfo) -> tuple:
     """(config, run folder path, last.pt contents or None).
 
     A run folder stopped before its first last.pt (no results.json either) starts again from
@@ -167,7 +167,7 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
 
     cfg = with_absolute_paths(cfg)
     if resume is None:
-        run_dir = broadcast_object(new_run_dir(cfg, output_dir) if dist.is_main else None, dist)
+        run_dir = broadcast_object(new_run_dir(cfg, output_dir) if ddp.is_main else None, ddp)
         ckpt = None
     else:
         run_dir = Path(resume)
@@ -179,12 +179,12 @@ def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, dist
     return cfg, run_dir, ckpt
 
 
-def _write_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
+def _write_run_dir(cfg: Config, run_dir: Path, ddp: DistInfo) -> None:
     """Create the run folder (rank 0) once the run is set up: a failed start leaves nothing.
 
     A resumed run first removes the temporary files an interrupted one left (fileio).
     """
-    if dist.is_main:
+    if ddp.is_main:
         clear_stale_tmp(run_dir, recursive=True)
         make_folder(run_dir / "predictions")
         save_config(cfg, run_dir / "config.yaml")
@@ -195,25 +195,25 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
     from avakit.plots import plot_training_curves
 
     s, best_path = tr.state, tr.run_dir / "best_model.pt"
-    gather_objects(None, tr.dist)  # wait until rank 0 has written the last checkpoint
+    gather_objects(None, tr.ddp)  # wait until rank 0 has written the last checkpoint
     if best_path.is_file():
         tr.core.load_state_dict(load_checkpoint(best_path)["model_state_dict"])
     results = {"avakit_version": __version__, "best_epoch": s.best_epoch, "epochs": len(s.history),
-               "steps": s.step, "world_size": tr.dist.world_size, "device": str(tr.device),
+               "steps": s.step, "world_size": tr.ddp.world_size, "device": str(tr.device),
                "quick_experiment": tr.fraction,
                "checkpoint": best_path.name if best_path.is_file() else None}  # None: no epoch improved
     for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
             results[split] = found
-            if df is not None and tr.dist.is_main:
+            if df is not None and tr.ddp.is_main:
                 write_parquet_atomic(tr.run_dir / "predictions" / f"{split}.parquet", df)
     elapsed = s.elapsed_s + time.perf_counter() - started
     train_rates = [h["img_per_s"] for h in s.history if h["img_per_s"]]
     results.update(wall_time_s=round(elapsed, 2),
                    train_img_per_s=round(float(np.mean(train_rates)), 2) if train_rates else 0.0,
                    finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if tr.dist.is_main:
+    if tr.ddp.is_main:
         write_json_atomic(tr.run_dir / "results.json", results)
         plot_training_curves(s.history, tr.run_dir / "training_curves.png")
     if "test" in results:
@@ -239,17 +239,17 @@ def fit(
     """
     if quick_experiment is not None and not 0.0 < quick_experiment <= 1.0:
         raise AvakitError(f"quick_experiment must be in (0, 1], got {quick_experiment}")
-    dist, device = init_distributed(cfg.device)
+    ddp, device = init_distributed(cfg.device)
     run_dir, fraction, tr = Path(resume) if resume is not None else None, quick_experiment, None
     try:
-        cfg, run_dir, ckpt = _prepare_run(cfg, output_dir, resume, dist)
+        cfg, run_dir, ckpt = _prepare_run(cfg, output_dir, resume, ddp)
         stored = stored_definition(ckpt, run_dir / "last.pt") if ckpt is not None else None
         fraction = run_fraction(stored, quick_experiment, run_dir / "last.pt")
-        tr = build_trainer(cfg, run_dir, fraction, dist, device)
+        tr = build_trainer(cfg, run_dir, fraction, ddp, device)
         if ckpt is not None:  # before anything in the run folder changes
             check_same_data(stored, _data_definition(tr), run_dir / "last.pt", ckpt.get("manifest_sha256"))
             restore(tr, ckpt, run_dir / "last.pt")
-        _write_run_dir(cfg, run_dir, dist)
+        _write_run_dir(cfg, run_dir, ddp)
         _train(tr, ckpt, progress, stop_after_epochs, restarted=resume is not None and ckpt is None)
         return run_dir
     except KeyboardInterrupt:
@@ -259,7 +259,7 @@ def fit(
     except NonFiniteError as e:
         raise _stopped(tr, e) from None
     finally:
-        shutdown(dist)
+        shutdown(ddp)
 
 
 def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after_epochs: int | None,
@@ -268,7 +268,7 @@ def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after
     from avakit.training.telemetry import Telemetry
 
     cfg, run_dir = tr.cfg, tr.run_dir
-    _setup_logging(run_dir, tr.dist)
+    _setup_logging(run_dir, tr.ddp)
     if ckpt is not None:
         log.info("resuming %s at epoch %d (step %d)", run_dir, tr.state.epoch, tr.state.step)
     else:
@@ -276,7 +276,7 @@ def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after
                  cfg.model.backbone, tr.device,
                  f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown")
     telemetry = Telemetry(run_dir, tr.model, tr.ctx.optimizer,
-                          enabled=cfg.telemetry.enabled and tr.dist.is_main,
+                          enabled=cfg.telemetry.enabled and tr.ddp.is_main,
                           collect_every_n=cfg.telemetry.collect_every_n,
                           resume_step=tr.state.step if ckpt is not None else None)
     tr.ctx.telemetry = telemetry

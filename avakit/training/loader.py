@@ -27,20 +27,49 @@ import random
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, default_collate
 from webdataset.tariterators import tarfile_samples
 
+from avakit.config import Config
 from avakit.dataset.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
 from avakit.dataset.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
 from avakit.errors import AvakitError
 from avakit.scores import N_POINTS
+from avakit.training.transforms import EvalPreset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
 DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """What training reads of a split's source: shards (`SplitSource`) or a feature cache (`FeatureSource`).
+
+    `CountingLoader` names shards through `entries` and `where` when a shard is lost; the trainer
+    sizes epochs with `samples`; last.pt's data definition (training.resume) stores
+    `manifest_sha256`, `samples` and, without a manifest, `urls`.
+    """
+
+    @property
+    def split(self) -> str: ...
+    @property
+    def samples(self) -> int | None: ...
+    @property
+    def has_data(self) -> bool: ...
+    @property
+    def entries(self) -> tuple[str | ShardFile, ...]: ...
+    @property
+    def urls(self) -> tuple[str, ...]: ...
+    @property
+    def manifest_sha256(self) -> str | None: ...
+    @property
+    def preprocessing(self) -> dict | None: ...
+    @property
+    def where(self) -> str: ...
 
 
 def keep_sample(key: str, fraction: float) -> bool:
@@ -214,7 +243,7 @@ class CountingLoader:
     `counts` is complete once the iteration ended (`counts.finish()` checks nothing is unaccounted).
     """
 
-    def __init__(self, batches: Iterable, source: SplitSource, expected: int | None) -> None:
+    def __init__(self, batches: Iterable, source: DataSource, expected: int | None) -> None:
         self.batches, self.source, self.expected = batches, source, expected
         self.counts = SampleCounts(expected)
 
@@ -292,3 +321,18 @@ def iter_samples(source: SplitSource) -> Iterator[dict]:
                 continue
             name = entry if isinstance(entry, str) else str(entry.path)
             raise AvakitError(f"{name}: {Reason(code).text}", exit_code=1)
+
+
+def eval_loader(
+    source: SplitSource, cfg: Config, *, batch_size: int, pin_memory: bool, tta: str = "none", epoch: int = 0,
+    fraction: float = 1.0, rank: int = 0, world_size: int = 1,
+) -> CountingLoader:
+    """An evaluation pass over `source`: the config's eval preset (with `tta`), in order, counted.
+
+    The one eval loader of training's val/test passes, `evaluate` and `features`. Raises
+    AvakitError for an unknown `tta`.
+    """
+    decoder = SampleDecoder(EvalPreset(cfg.transform, tta), cfg.transform.crop_size)
+    return make_loader(source, decoder, batch_size=batch_size, train=False, seed=cfg.seed, epoch=epoch,
+                       num_workers=cfg.data.num_workers, fraction=fraction, rank=rank, world_size=world_size,
+                       pin_memory=pin_memory)

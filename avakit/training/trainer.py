@@ -22,10 +22,18 @@ from avakit.model.network import model_from_config, param_groups
 from avakit.scores import SPLITS
 from avakit.training.checkpoint import check_weights, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
-from avakit.training.engine import StepContext, WarmupSchedule, resolve_amp
-from avakit.training.loader import CountingLoader, SampleDecoder, SplitSource, make_loader, resolve_split
+from avakit.training.engine import StepContext, WarmupSchedule, place_model, resolve_amp
+from avakit.training.loader import (
+    CountingLoader,
+    DataSource,
+    SampleDecoder,
+    SplitSource,
+    eval_loader,
+    make_loader,
+    resolve_split,
+)
 from avakit.training.resume import check_resume_state
-from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
+from avakit.training.transforms import TrainPreset
 
 
 class Progress(Protocol):
@@ -40,7 +48,7 @@ class Progress(Protocol):
     def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     """Progress that resumes with last.pt."""
 
@@ -53,13 +61,13 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trainer:
     """Everything built once per run."""
 
     cfg: Config
     run_dir: Path
-    dist: DistInfo
+    ddp: DistInfo
     device: torch.device
     model: torch.nn.Module  # what trains: the model, DDP-wrapped, or the head only (features)
     core: torch.nn.Module  # the AestheticModel itself
@@ -67,14 +75,14 @@ class Trainer:
     ctx: StepContext
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: WarmupSchedule
-    sources: dict[str, SplitSource]
+    sources: dict[str, DataSource]  # SplitSources, or FeatureSources for head-only training
     steps_per_epoch: int | None
     fraction: float
     state: RunState
     loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
 
 
-def _steps_per_epoch(cfg: Config, source: SplitSource, fraction: float, world: int) -> int | None:
+def _steps_per_epoch(cfg: Config, source: DataSource, fraction: float, world: int) -> int | None:
     if source.samples is None:
         return None
     per_rank = source.samples * fraction / world
@@ -84,15 +92,13 @@ def _steps_per_epoch(cfg: Config, source: SplitSource, fraction: float, world: i
 
 
 def build_trainer(
-    cfg: Config, run_dir: Path, fraction: float, dist: DistInfo, device: torch.device
+    cfg: Config, run_dir: Path, fraction: float, ddp: DistInfo, device: torch.device
 ) -> Trainer:
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
-    shard_sources = None if cfg.data.features else _shard_sources(cfg, dist)  # bad paths fail first
+    shard_sources = None if cfg.data.features else _shard_sources(cfg, ddp)  # bad paths fail first
     seed_everything(cfg.seed)
-    core = model_from_config(cfg).to(device)
-    if t.channels_last:
-        core = core.to(memory_format=torch.channels_last)
+    core, normalize = place_model(model_from_config(cfg), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -100,7 +106,7 @@ def build_trainer(
         optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9, nesterov=True,
                                     weight_decay=t.weight_decay)
     if cfg.data.features:
-        if dist.enabled:
+        if ddp.enabled:
             raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
         from avakit.training.features import head_only_setup
 
@@ -109,13 +115,12 @@ def build_trainer(
     else:
         sources = shard_sources
         model = eval_model = core
-        normalize = Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std).to(device)
-    steps = _steps_per_epoch(cfg, sources["train"], fraction, dist.world_size)
+    steps = _steps_per_epoch(cfg, sources["train"], fraction, ddp.world_size)
     unit = steps or 1
     schedule = WarmupSchedule(t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit,
                               max(1, t.early_stop_patience // 2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
-    if dist.enabled:
+    if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None)
     amp = resolve_amp(t.amp, device)
@@ -125,14 +130,15 @@ def build_trainer(
         amp=amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
         grad_accum_steps=t.grad_accum_steps,
         scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
-        scheduler=scheduler if steps else None, max_steps=steps if dist.enabled else None,
+        scheduler=scheduler if steps else None, max_steps=steps if ddp.enabled else None,
         log_interval=cfg.log_interval,
     )
-    return Trainer(cfg, run_dir, dist, device, model, core, eval_model, ctx, scheduler, schedule, sources,
-                   steps, fraction, RunState())
+    return Trainer(cfg=cfg, run_dir=run_dir, ddp=ddp, device=device, model=model, core=core,
+                   eval_model=eval_model, ctx=ctx, scheduler=scheduler, schedule=schedule, sources=sources,
+                   steps_per_epoch=steps, fraction=fraction, state=RunState())
 
 
-def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
+def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
     """Every split's source, checked complete (all shard files, right sizes) before training starts."""
     hint = "training reads every shard: restore the folder (or re-run `avakit shard`)"
     sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in SPLITS
@@ -143,7 +149,7 @@ def _shard_sources(cfg: Config, dist: DistInfo) -> dict[str, SplitSource]:
         if not sources[split].has_data or sources[split].samples == 0:
             raise AvakitError(f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
                               "training needs both train and val samples")
-    if dist.enabled and sources["train"].samples is None:
+    if ddp.enabled and sources["train"].samples is None:
         raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
     return sources
 
@@ -156,15 +162,18 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
 
         loader = feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
                                 seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
-    else:
-        preset = TrainPreset(cfg.transform) if train else EvalPreset(cfg.transform)
+    elif train:
         loader = make_loader(
-            tr.sources[split], SampleDecoder(preset, cfg.transform.crop_size),
+            tr.sources[split], SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size),
             batch_size=cfg.training.batch_size,
-            train=train, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
-            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.dist.rank,
-            world_size=tr.dist.world_size, pin_memory=tr.device.type == "cuda",
+            train=True, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.ddp.rank,
+            world_size=tr.ddp.world_size, pin_memory=tr.device.type == "cuda",
         )
+    else:
+        loader = eval_loader(tr.sources[split], cfg, batch_size=cfg.training.batch_size, epoch=epoch,
+                             fraction=tr.fraction, rank=tr.ddp.rank, world_size=tr.ddp.world_size,
+                             pin_memory=tr.device.type == "cuda")
     tr.loaders[split] = loader
     return loader
 
