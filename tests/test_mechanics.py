@@ -118,7 +118,7 @@ def test_place_model_and_eval_loader(shards: Path) -> None:
     assert seen == source.samples and loader.counts.seen == seen
     flipped = eval_loader(source, cfg, batch_size=4, pin_memory=False, tta="flip")
     assert next(iter(flipped))[0].shape[1:] == (2, 3, 32, 32)
-    with pytest.raises(AvakitError, match="--tta must be one of"):
+    with pytest.raises(AvakitError, match="^tta must be one of"):
         eval_loader(source, cfg, batch_size=4, pin_memory=False, tta="rotate")
 
 
