@@ -159,6 +159,7 @@ def test_nan_val_predictions_stop_before_last_pt_is_overwritten(tiny_cfg: Callab
 # ---- point 6: --resume keeps the data definition (fraction, shards) and the LR schedule ----
 
 
+@pytest.mark.slow
 def test_quick_experiment_resume_equals_uninterrupted(tiny_cfg: Callable[..., Config],
         shards: Path, tmp_path: Path) -> None:
     full = fit(tiny_cfg(shards), output_dir=tmp_path / "a", quick_experiment=0.5)
