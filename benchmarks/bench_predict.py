@@ -117,8 +117,8 @@ def main() -> int:
     no_torch = Check("`avakit --help` imports no torch (1 = none)", float(not imports_torch), 1)
     onnx_s = f"`--onnx` path **{figures['cold_onnx_s']['best']:.2f} s**; " if "cold_onnx_s" in figures else ""
     measured = (f"torch path **{check.value:.1f} s**; {onnx_s}warm "
-                f"{figures['warm_img_per_s_batch1']:.0f} img/s at batch 1, "
-                f"{figures['warm_img_per_s_batch32']:.0f} img/s at batch 32; `avakit --help` "
+                f"{figures['warm_img_per_s_batch1']:.1f} img/s at batch 1, "
+                f"{figures['warm_img_per_s_batch32']:.1f} img/s at batch 32; `avakit --help` "
                 f"{figures['help_s']:.2f} s, {'imports torch' if imports_torch else 'imports no torch'}")
     return save("bench_predict", command=command_line(),
                 what=f"cold `avakit predict one.jpg` ({args.backbone}, CPU)", measured=measured,
