@@ -265,7 +265,6 @@ def train_cli(tiny_train: tuple[str, ...]) -> Callable[..., Any]:
     return train
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("match", "skip", "after_writes"), [
     ("last.pt", 1, 5),  # epoch 1's last.pt: a 20 MB .tmp was left before
     ("gradient_norms.csv", 1, 3),  # a telemetry row of epoch 1 (after the header and 3 rows)
