@@ -1,4 +1,5 @@
-# avakit: `make demo` runs the whole loop on synthetic data; `make test` runs the test suite.
+# avakit: `make demo` runs the whole loop on synthetic data; `make test` runs the test suite,
+# `make test-fast` all of it but the tests marked slow; `make bench` the benchmarks (stops at a FAIL).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench bench-table clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +25,19 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
 bench: $(VENV)/.installed
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; \
+		$(BIN)/python $$b || { echo "make bench: $$b FAILED (see benchmarks/results/)"; exit 1; }; done
+	@echo "make bench-table puts the new figures into README.md's speed table"
+
+bench-table: $(VENV)/.installed
+	$(BIN)/python benchmarks/readme_table.py --write
 
 clean:
 	rm -rf demo outputs .pytest_cache

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_predict import make_run  # the same random-init run folder (benchmarks/ is on sys.path)
+from benchlog import Check, command_line, load, save
 
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.inference.export import export_onnx, mean_scores, quantize_int8, write_metadata
@@ -48,7 +49,8 @@ def latencies(scorers: dict[str, Scorer], batch: np.ndarray, repeats: int,
     return times
 
 
-def main() -> None:
+def main() -> int:
+    """Export, quantise, time the three backends; print, write the JSON; 1 on FAIL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per round at batch 1 (32: 1)")
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=64, help="synthetic photos to calibrate INT8 on")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = load()
     print(f"{os.cpu_count()} CPUs, {args.threads} threads for torch and onnxruntime, "
           f"load average {os.getloadavg()[0]:.2f} at start")
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,11 +95,29 @@ def main() -> None:
             for name, t in times.items():
                 print(f"{name:12s} {batch:5d} {min(t):9.1f} {statistics.median(t):10.1f} "
                       f"{batch * 1000 / min(t):7.1f} {base / min(t):8.2f}x")
-        speedup = min(rows[1]["torch FP32"]) / min(rows[1]["ONNX INT8"])
-        verdict = "PASS" if speedup >= 2 else "FAIL"
-        print(f"\nINT8 vs torch FP32 at batch 1: {speedup:.2f}x (target >= 2x) {verdict}")
+        check = Check("INT8 vs torch FP32 at batch 1", min(rows[1]["torch FP32"]) / min(rows[1]["ONNX INT8"]),
+                      2, unit="x")
+        print(f"\n{check.line()}")
         print(f"load average {os.getloadavg()[0]:.2f} at end")
+        sizes = {"fp32_mb": result["sizes_mb"]["fp32"], "int8_mb": int8_mb}
+    return write_json(rows, check, sizes, args, load_before)
+
+
+def write_json(rows: dict[int, dict[str, list[float]]], check: Check, sizes: dict[str, float],
+               args: argparse.Namespace, load_before: list[float]) -> int:
+    """results/bench_export.json: best and median ms per backend and batch, the INT8 speed-up."""
+    best = {str(b): {name: min(t) for name, t in times.items()} for b, times in rows.items()}
+    median = {str(b): {name: statistics.median(t) for name, t in times.items()} for b, times in rows.items()}
+    b1, b32 = best["1"], best["32"]
+    measured = (f"batch 1: torch FP32 {b1['torch FP32']:.1f} ms, ONNX FP32 {b1['ONNX FP32']:.1f} ms, "
+                f"ONNX INT8 {b1['ONNX INT8']:.1f} ms (**{check.value:.1f}x** torch; INT8 of the backbone "
+                f"only, head and output FP32); batch 32: {b32['torch FP32']:.0f} / {b32['ONNX FP32']:.0f} / "
+                f"{b32['ONNX INT8']:.0f} ms (INT8 {b32['torch FP32'] / b32['ONNX INT8']:.1f}x)")
+    return save("bench_export", command=command_line(), what=f"{args.backbone} latency on CPU",
+                measured=measured, target="INT8 >= 2x torch FP32 at batch 1", checks=[check],
+                figures={"best_ms": best, "median_ms": median, "int8_speedup_batch1": check.value, **sizes},
+                load_before=load_before, options=vars(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlog import command_line, load, save
+
 from avakit.config import load_config
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
@@ -51,13 +53,15 @@ def end_to_end_rate(cfg, steps: int) -> float:
     return stats.img_per_s
 
 
-def main() -> None:
+def main() -> int:
+    """Time end-to-end steps, extraction and head-only training; print, write the JSON (no target)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--n", type=int, default=160, help="synthetic images")
     parser.add_argument("--steps", type=int, default=4, help="timed end-to-end training steps")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ava = make_synthetic_ava(root / "ava", n=args.n, seed=0, fixed_size=(800, 534))
@@ -78,6 +82,14 @@ def main() -> None:
     print(f"{'end-to-end training step':28s} {e2e:10.1f} images/s")
     print(f"{'feature extraction':28s} {extract:10.1f} images/s   ({extract / e2e:.1f}x a training step)")
     print(f"{'head-only training':28s} {head:10.1f} samples/s  ({head / e2e:.0f}x end-to-end)")
+    measured = (f"end-to-end train step {e2e:.1f} img/s; feature extraction {extract:.1f} img/s "
+                f"(**{extract / e2e:.1f}x**); head-only training {head:,.0f} samples/s "
+                f"(**~{head / e2e:,.0f}x**)")
+    return save("bench_features", command=command_line(), what=f"{args.backbone} on CPU", measured=measured,
+                target="—", checks=[], load_before=load_before, options=vars(args),
+                figures={"end_to_end_img_per_s": e2e, "extraction_img_per_s": extract,
+                         "head_only_samples_per_s": head, "extraction_vs_step": extract / e2e,
+                         "head_only_vs_end_to_end": head / e2e})
 
 
 def _overrides(backbone: str, root: Path, batch: int) -> list[str]:
@@ -89,4 +101,4 @@ def _overrides(backbone: str, root: Path, batch: int) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

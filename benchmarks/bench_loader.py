@@ -41,6 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from benchlog import Check, command_line, load, save
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torchvision import transforms as T
@@ -207,8 +208,8 @@ def measure(paths: list[Path], source: SplitSource, cfg: Config, workers: int, r
     return interleaved_rates(rows, repeats, skip)
 
 
-def report(results: dict[str, tuple[float, float]], workers: int) -> None:
-    """Print the table, the ratios and the PASS/FAIL lines."""
+def report(results: dict[str, tuple[float, float]], workers: int) -> list[Check]:
+    """Print the table, the ratios and the PASS/FAIL lines; the checks."""
     rates = {name: rate for name, (rate, _) in results.items()}
     loose, shard, bare = rates["loose"], rates["shard"], rates["bare"]
     names = {
@@ -223,13 +224,16 @@ def report(results: dict[str, tuple[float, float]], workers: int) -> None:
         rate, cpu = results[key]
         print(f"{name:46s} {rate:8.1f} {rate / loose:8.1f}x {rate / bare:9.0%} {cpu:11.2f}")
     speedup, share = shard / loose, shard / bare
-    print(f"\nshard loader vs loose-file loader: {speedup:.1f}x (target >= 10x) "
-          f"{'PASS' if speedup >= 10 else 'FAIL'}")
-    print(f"shard loader vs bare decode: {share:.0%} (target >= 70%) {'PASS' if share >= 0.7 else 'FAIL'}")
+    checks = [Check("shard loader vs loose-file loader", speedup, 10, unit="x"),
+              Check("shard loader vs bare decode", share, 0.7, unit="%")]
+    print()
+    for check in checks:
+        print(check.line())
+    return checks
 
 
-def main() -> None:
-    """Generate and shard the photos, time the four loaders, print the table and verdicts."""
+def main() -> int:
+    """Generate and shard the photos, time the four loaders, print the table and verdicts; 1 on FAIL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="number of images")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader (>= 0)")
@@ -248,6 +252,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    load_before = load()
     cfg = load_config(None, ["transform.resize_size=256", "transform.crop_size=224"])
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = prepare_data(Path(tmp), args.n, args.shard_size)
@@ -257,9 +262,28 @@ def main() -> None:
               f"at short side 256, {shard_bytes / 1e3:.0f} KB per sample; torch threads "
               f"{torch.get_num_threads()}")
         rates = measure(paths, source, cfg, args.workers, args.repeats, args.cycles)
-    report(rates, args.workers)
+    checks = report(rates, args.workers)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    return write_json(rates, checks, args, load_before)
+
+
+def write_json(rates: dict[str, tuple[float, float]], checks: list[Check], args: argparse.Namespace,
+               load_before: list[float]) -> int:
+    """results/bench_loader.json: images/s and CPU ms per image of each row, the ratios, the verdicts."""
+    img_s = {name: rate for name, (rate, _) in rates.items()}
+    cpu = {name: ms for name, (_, ms) in rates.items()}
+    measured = (f"{img_s['shard']:.0f} vs {img_s['loose']:.0f} img/s: **{checks[0].value:.1f}x**; "
+                f"**{checks[1].value * 100:.0f} %** of bare `decode_jpeg` of the shard images "
+                f"({img_s['bare']:.0f} img/s); CPU {cpu['shard']:.2f} vs {cpu['loose']:.2f} ms/img")
+    return save("bench_loader", command=command_line(),
+                what=f"shard loader (decode + augment + batch, {args.workers} workers) vs the seed design's "
+                     "loose-file loader (Pillow full-size decode, Resize, RandomCrop, flip, ToTensor, "
+                     "Normalize)",
+                measured=measured, target=">= 10x, >= 70 % of bare decode", checks=checks,
+                figures={"img_per_s": img_s, "cpu_ms_per_img": cpu,
+                         "speedup_vs_loose": checks[0].value, "share_of_bare": checks[1].value},
+                load_before=load_before, options=vars(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

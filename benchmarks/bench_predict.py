@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchlog import Check, command_line, load, save
 
 from avakit.config import config_to_dict, load_config
 from avakit.dataset.synthetic import make_synthetic_ava
@@ -82,32 +83,48 @@ def _export(run: Path, root: Path) -> Path | None:
     return export_onnx(run, root / "model.onnx", parity_images=4)["fp32"]
 
 
-def main() -> None:
+def main() -> int:
+    """Time --help, the cold torch and ONNX paths and the warm scorer; print, write the JSON; 1 on FAIL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    load_before, figures = load(), {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ava = make_synthetic_ava(root / "ava", n=32, seed=0, fixed_size=(800, 534))
         images = [ava.images / f"{i}.jpg" for i in ava.image_ids]
         run = make_run(root, args.backbone)
-        imports_torch, help_s = help_imports_torch()
-        print(f"avakit --help: {help_s:.2f} s, imports torch: {imports_torch}")
+        imports_torch, figures["help_s"] = help_imports_torch()
+        print(f"avakit --help: {figures['help_s']:.2f} s, imports torch: {imports_torch}")
         cold = cold_start(["--run", str(run)], images[0], args.repeats)
+        figures["cold_torch_s"] = {"best": min(cold), "median": sorted(cold)[len(cold) // 2]}
+        check = Check("cold `avakit predict one.jpg --run`", min(cold), 3, at_least=False, unit=" s")
         threads = torch.get_num_threads()
         print(f"cold `avakit predict one.jpg --run` ({args.backbone}, cpu, {threads} threads): "
               f"best {min(cold):.2f} s, median {sorted(cold)[len(cold) // 2]:.2f} s "
-              f"(target <= 3 s) {'PASS' if min(cold) <= 3 else 'FAIL'}")
+              f"(target <= 3 s) {'PASS' if check.passed else 'FAIL'}")
         onnx = _export(run, root)
         if onnx is not None:
             cold = cold_start(["--onnx", str(onnx)], images[0], args.repeats)
+            figures["cold_onnx_s"] = {"best": min(cold), "median": sorted(cold)[len(cold) // 2]}
             print(f"cold `avakit predict one.jpg --onnx` (onnxruntime, no torch): best {min(cold):.2f} s, "
                   f"median {sorted(cold)[len(cold) // 2]:.2f} s")
         for batch in (1, 32):
-            print(f"warm forward, batch {batch:2d}: {warm_rate(run, images, batch):7.1f} images/s")
-        print(f"--help imports no torch: {'PASS' if not imports_torch else 'FAIL'}")
+            figures[f"warm_img_per_s_batch{batch}"] = warm_rate(run, images, batch)
+            print(f"warm forward, batch {batch:2d}: {figures[f'warm_img_per_s_batch{batch}']:7.1f} images/s")
+    print(f"--help imports no torch: {'PASS' if not imports_torch else 'FAIL'}")
+    no_torch = Check("`avakit --help` imports no torch (1 = none)", float(not imports_torch), 1)
+    onnx_s = f"`--onnx` path **{figures['cold_onnx_s']['best']:.2f} s**; " if "cold_onnx_s" in figures else ""
+    measured = (f"torch path **{check.value:.1f} s**; {onnx_s}warm "
+                f"{figures['warm_img_per_s_batch1']:.1f} img/s at batch 1, "
+                f"{figures['warm_img_per_s_batch32']:.1f} img/s at batch 32; `avakit --help` "
+                f"{figures['help_s']:.2f} s, {'imports torch' if imports_torch else 'imports no torch'}")
+    return save("bench_predict", command=command_line(),
+                what=f"cold `avakit predict one.jpg` ({args.backbone}, CPU)", measured=measured,
+                target="cold <= 3 s", checks=[check, no_torch], figures=figures, load_before=load_before,
+                options=vars(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlog import Check, command_line, load, save
 from PIL import Image
 
 from avakit.dataset.plan import ShardOptions, plan_sharding
@@ -51,12 +52,14 @@ def avakit_shard(data: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main() -> int:
+    """Time the naive loop and `avakit shard` per worker count; print, write the JSON; 1 on FAIL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="number of images")
     parser.add_argument("--workers", default=f"1,{os.cpu_count()}", help="worker counts to try")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
     args = parser.parse_args()
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ava = make_synthetic_ava(tmp / "ava", n=args.n, seed=0, fixed_size=(800, 534), quality=90)
@@ -72,14 +75,26 @@ def main() -> None:
             rates[workers] = args.n / best
             print(f"{f'avakit shard --workers {workers}':32s} {rates[workers]:8.1f} img/s  "
                   f"{rates[workers] / workers:8.1f} img/s/core")
-        per_core = rates[1] / base_rate
-        print(f"\nper-core speed-up vs naive: {per_core:.2f}x (target >= 2x) "
-              f"{'PASS' if per_core >= 2 else 'FAIL'}")
-        for workers, rate in rates.items():
-            if workers > 1:
-                print(f"scaling 1 -> {workers} workers: {rate / rates[1]:.2f}x "
-                      f"({rate / rates[1] / workers:.0%} of linear)")
+    check = Check("per-core speed-up vs naive", rates[1] / base_rate, 2, unit="x")
+    print(f"\n{check.line()}")
+    measured = f"{rates[1]:.0f} vs {base_rate:.0f} img/s per core: **{check.value:.1f}x**"
+    scaling = {}
+    for workers, rate in rates.items():
+        if workers > 1:
+            scaling[workers] = rate / rates[1]
+            print(f"scaling 1 -> {workers} workers: {scaling[workers]:.2f}x "
+                  f"({scaling[workers] / workers:.0%} of linear)")
+            measured += (f"; {workers} workers {rate:.0f} img/s (**{scaling[workers]:.1f}x**, "
+                         f"{scaling[workers] / workers:.0%} of linear)").replace("%", " %")
+    figures = {"images": args.n, "naive_img_per_s": base_rate,
+               "shard_img_per_s": {str(w): r for w, r in rates.items()},
+               "per_core_speedup": check.value, "scaling": {str(w): s for w, s in scaling.items()}}
+    return save("bench_shard", command=command_line(),
+                what=f"`avakit shard` vs a naive one-process Pillow loop (full decode, `resize`, encode) on "
+                     f"{args.n} photos of 800x534 (~90 KB)",
+                measured=measured, target=">= 2x per core, near-linear", checks=[check], figures=figures,
+                load_before=load_before, options=vars(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from benchlog import Check, command_line, load, save
 
 from avakit.config import Config, load_config
 from avakit.dataset.plan import ShardOptions, plan_sharding
@@ -145,8 +146,11 @@ def run(cfg: Config, run_dir: Path, steps: int, rounds: int) -> dict[str, Way]:
     return ways
 
 
-def report(ways: dict[str, Way], cfg: Config, steps: int) -> None:
-    """Print the table (best and median round, mean loss), the ratio and the PASS/FAIL line."""
+def report(ways: dict[str, Way], cfg: Config, steps: int) -> dict[str, dict[str, float]]:
+    """Print the table (best and median round, mean loss), the ratio and the PASS/FAIL line.
+
+    Returns the best and median images/s of each way.
+    """
     t, rounds = cfg.training, len(ways["memory"].rounds)
     print(f"\n{cfg.model.backbone}, crop {cfg.transform.crop_size}, batch {t.batch_size}, {rounds} rounds x "
           f"{steps} step(s) each way, {cfg.data.num_workers} loader workers, "
@@ -160,14 +164,12 @@ def report(ways: dict[str, Way], cfg: Config, steps: int) -> None:
         loss = sum(s.loss * s.samples for s in way.rounds) / sum(s.samples for s in way.rounds)
         per_step = t.batch_size / best[key]
         print(f"{names[key]:28s} {best[key]:10.2f} {per_step:7.3f} {median[key]:13.2f} {loss:10.4f}")
-    ratio = best["loader"] / best["memory"]
     print(f"\nloader vs in-memory, medians: {median['loader'] / median['memory']:.1%}")
-    verdict = "PASS" if ratio >= 0.95 else "FAIL"
-    print(f"loader vs in-memory, best rounds: {ratio:.1%} (target >= 95%) {verdict}")
+    return {"best_img_per_s": best, "median_img_per_s": median}
 
 
-def main() -> None:
-    """Generate and shard the photos, time both ways, print the table and the verdict."""
+def main() -> int:
+    """Generate and shard the photos, time both ways, print the table and the verdict; 1 on FAIL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1, help="timed optimizer steps per round")
     parser.add_argument("--batch-size", type=int, default=0, help="batch size (0 = configs/cpu.yaml's)")
@@ -183,6 +185,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         probe = make_config(args, tmp / "shards", tmp / "runs")
@@ -191,9 +194,21 @@ def main() -> None:
         cfg = make_config(args, prepare_shards(tmp, n), tmp / "runs")
         print(f"{n} images generated and sharded in {time.perf_counter() - start:.0f} s")
         ways = run(cfg, tmp / "runs", args.steps, args.repeats)
-    report(ways, cfg, args.steps)
+    figures = report(ways, cfg, args.steps)
+    best, median = figures["best_img_per_s"], figures["median_img_per_s"]
+    check = Check("loader vs in-memory, best rounds", best["loader"] / best["memory"], 0.95, unit="%")
+    print(check.line())
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    median_ratio = median["loader"] / median["memory"]
+    measured = (f"{best['loader']:.1f} vs {best['memory']:.1f} img/s best rounds (**{check.value:.0%}**), "
+                f"medians {median_ratio:.1%}").replace("%", " %")
+    return save("bench_train", command=command_line(),
+                what=f"training img/s ({cfg.model.backbone}, {cfg.transform.crop_size} px, batch "
+                     f"{cfg.training.batch_size}) with the real loader vs in-memory tensors",
+                measured=measured, target=">= 95 %", checks=[check],
+                figures={**figures, "ratio_best": check.value, "ratio_median": median_ratio, "images": n},
+                load_before=load_before, options=vars(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

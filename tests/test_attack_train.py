@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
@@ -32,15 +32,20 @@ def one_line_error(result, *needles: str) -> str:
     return lines[-1]
 
 
-def features_args(shards: Path, out: Path, *extra: str) -> list[str]:
-    args = ["features", "--out", str(out), "--device", "cpu"]
-    for item in [*TINY_TRAIN, f"data.shards={shards}", *extra]:
-        args += ["--set", item]
-    return args
+@pytest.fixture(scope="module")
+def features_args(tiny_train: tuple[str, ...]) -> Callable[..., list[str]]:
+    """`features_args(shards, out, *extra)`: the `avakit features` arguments of the tiny config."""
+    def make(shards: Path, out: Path, *extra: str) -> list[str]:
+        args = ["features", "--out", str(out), "--device", "cpu"]
+        for item in [*tiny_train, f"data.shards={shards}", *extra]:
+            args += ["--set", item]
+        return args
+    return make
 
 
 @pytest.fixture(scope="module")
-def cache(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cache(features_args: Callable[..., list[str]], trained_run: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished feature cache of the trained run's shards (read-only: copy it first)."""
     out = tmp_path_factory.mktemp("attack_cache") / "feat"
     result = runner.invoke(app, features_args(trained_run.parent / "shards", out))
@@ -54,16 +59,22 @@ def copy_cache(cache: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def head_only(trained_run: Path, cache: Path, tmp_path: Path):
-    args = ["train", "--output-dir", str(tmp_path / "runs")]
-    for item in [*TINY_TRAIN, f"data.shards={trained_run.parent / 'shards'}", f"data.features={cache}",
-                 "training.max_epochs=1"]:
-        args += ["--set", item]
-    return runner.invoke(app, args)
+@pytest.fixture
+def head_only(tiny_train: tuple[str, ...]) -> Callable[..., object]:
+    """`head_only(trained_run, cache, tmp_path)`: one epoch of head-only training through the CLI."""
+    def train(trained_run: Path, cache: Path, tmp_path: Path) -> object:
+        args = ["train", "--output-dir", str(tmp_path / "runs")]
+        for item in [*tiny_train, f"data.shards={trained_run.parent / 'shards'}", f"data.features={cache}",
+                     "training.max_epochs=1"]:
+            args += ["--set", item]
+        return runner.invoke(app, args)
+    return train
 
 
 @pytest.mark.parametrize("meta", ["{", "[1]", "{}", '{"fingerprint": {}, "splits": [1]}'])
-def test_damaged_meta_json_is_one_line(trained_run: Path, cache: Path, tmp_path: Path, meta: str) -> None:
+def test_damaged_meta_json_is_one_line(head_only: Callable[..., object],
+        features_args: Callable[..., list[str]], trained_run: Path, cache: Path, tmp_path: Path,
+        meta: str) -> None:
     feat = copy_cache(cache, tmp_path)
     (feat / "meta.json").write_text(meta)
     one_line_error(runner.invoke(app, features_args(trained_run.parent / "shards", feat)), "meta.json")
@@ -79,7 +90,8 @@ def test_damaged_meta_json_is_one_line(trained_run: Path, cache: Path, tmp_path:
     ("backbone.pt", lambda p: torch.save({"x": torch.zeros(1)}, p)),
     ("backbone.pt", lambda p: p.unlink()),
 ])
-def test_damaged_cache_file_is_one_line(trained_run: Path, cache: Path, tmp_path: Path, name: str,
+def test_damaged_cache_file_is_one_line(head_only: Callable[..., object],
+        trained_run: Path, cache: Path, tmp_path: Path, name: str,
                                         damage) -> None:
     feat = copy_cache(cache, tmp_path)
     damage(feat / name)
@@ -87,7 +99,8 @@ def test_damaged_cache_file_is_one_line(trained_run: Path, cache: Path, tmp_path
     assert not list((tmp_path / "runs").glob("*")), "a failed start leaves no run folder"
 
 
-def test_features_out_is_a_file(trained_run: Path, tmp_path: Path) -> None:
+def test_features_out_is_a_file(features_args: Callable[..., list[str]],
+        trained_run: Path, tmp_path: Path) -> None:
     (tmp_path / "feat").write_text("x")
     one_line_error(runner.invoke(app, features_args(trained_run.parent / "shards", tmp_path / "feat")),
                    str(tmp_path / "feat"))
@@ -150,14 +163,14 @@ def test_resume_with_another_backbone_is_one_line(trained_run: Path, tmp_path: P
     one_line_error(result, "last.pt", "this run's config")
 
 
-def test_a_training_batch_of_one_sample_trains() -> None:
+def test_a_training_batch_of_one_sample_trains(tiny_train: tuple[str, ...]) -> None:
     """A lone sample at a 32 px crop (1x1 maps in layer4): BatchNorm used to raise ValueError."""
     from avakit.config import load_config
     from avakit.model.losses import get_loss
     from avakit.model.network import model_from_config
     from avakit.training.engine import StepContext, train_one_epoch
 
-    cfg = load_config(None, TINY_TRAIN)
+    cfg = load_config(None, tiny_train)
     model = model_from_config(cfg)
     ctx = StepContext(model=model, normalize=torch.nn.Identity(),
                       optimizer=torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=get_loss("emd").fn,
@@ -204,7 +217,8 @@ def test_resume_over_damaged_telemetry(trained_run: Path, tmp_path: Path, damage
         one_line_error(result, "telemetry")
 
 
-def test_an_empty_val_split_is_refused_before_training(trained_run: Path, tmp_path: Path) -> None:
+def test_an_empty_val_split_is_refused_before_training(tiny_train: tuple[str, ...],
+        trained_run: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     shutil.copytree(trained_run.parent / "shards", shards)
     manifest = json.loads((shards / "manifest.json").read_text())
@@ -213,7 +227,7 @@ def test_an_empty_val_split_is_refused_before_training(trained_run: Path, tmp_pa
     manifest["splits"]["val"].update(shards=[], samples=0, bytes=0)
     (shards / "manifest.json").write_text(json.dumps(manifest))
     args = ["train", "--output-dir", str(tmp_path / "runs")]
-    for item in [*TINY_TRAIN, f"data.shards={shards}"]:
+    for item in [*tiny_train, f"data.shards={shards}"]:
         args += ["--set", item]
     one_line_error(runner.invoke(app, args), "val split has no samples")
     assert not (tmp_path / "runs").exists()

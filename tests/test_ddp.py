@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
-from avakit.dataset.plan import ShardOptions, plan_sharding
-from avakit.dataset.shards import write_shards
-from avakit.dataset.synthetic import make_synthetic_ava
+import pytest
 
 
 def free_port() -> int:
@@ -22,14 +19,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_gloo_processes(tmp_path: Path) -> None:
-    ava = make_synthetic_ava(tmp_path / "ava", n=100, seed=21, long_side=(64, 128))
-    write_shards(plan_sharding(ava.ava_txt, ava.images, tmp_path / "shards",
-                               ShardOptions(short_side=48, shard_size=9)))
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes(shared_shards: Path, tmp_path: Path) -> None:
     sets = ["model.backbone=resnet18", "model.pretrained=false", "model.mlp_hidden_dims=[8]",
             "transform.resize_size=40", "transform.crop_size=32", "training.batch_size=8",
             "training.max_epochs=2", "training.amp=off", "data.num_workers=1", "device=cpu",
-            f"data.shards={tmp_path / 'shards'}", "name=ddp"]
+            f"data.shards={shared_shards}", "name=ddp"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "avakit", "train",
            "--output-dir", str(tmp_path / "out")]
@@ -42,7 +37,7 @@ def test_torchrun_two_gloo_processes(tmp_path: Path) -> None:
     assert len(runs) == 1  # only rank 0 made a run folder
     run = runs[0]
     results = json.loads((run / "results.json").read_text())
-    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    manifest = json.loads((shared_shards / "manifest.json").read_text())
     assert results["world_size"] == 2
     # every val / test sample evaluated exactly once across the two ranks
     for split in ("val", "test"):

@@ -6,17 +6,17 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
-from avakit.config import load_config
+from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.metrics import srcc
 from avakit.model.iqa import IQA_NAMES, iqa_features
@@ -32,14 +32,19 @@ def shards(trained_run: Path) -> Path:
     return trained_run.parent / "shards"
 
 
-def cfg_for(shards: Path, cache: Path, *extra: str):
-    return load_config(None, [*TINY_TRAIN, f"data.shards={shards}", f"data.features={cache}", *extra])
+@pytest.fixture
+def cfg_for(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
+    """`cfg_for(shards, cache, *extra)`: the tiny config on `shards` with the feature cache `cache`."""
+    def make(shards: Path, cache: Path, *extra: str) -> Config:
+        return tiny_config(f"data.shards={shards}", f"data.features={cache}", *extra)
+    return make
 
 
-def test_cache_round_trip_and_resume(shards: Path, tmp_path: Path) -> None:
+def test_cache_round_trip_and_resume(tiny_train: tuple[str, ...],
+        cfg_for: Callable[..., Config], shards: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     result = runner.invoke(app, ["features", "--out", str(cache), "--splits", "val",
-                                 *sum((["--set", s] for s in [*TINY_TRAIN, f"data.shards={shards}"]), [])])
+                                 *sum((["--set", s] for s in [*tiny_train, f"data.shards={shards}"]), [])])
     assert result.exit_code == 0, result.output
     meta = json.loads((cache / "meta.json").read_text())
     assert set(meta["splits"]) == {"val"} and meta["feature_dim"] == 512
@@ -57,7 +62,7 @@ def test_cache_round_trip_and_resume(shards: Path, tmp_path: Path) -> None:
     assert set(meta["splits"]) == {"train", "val", "test"}
 
 
-def test_stale_cache_is_refused(shards: Path, tmp_path: Path) -> None:
+def test_stale_cache_is_refused(cfg_for: Callable[..., Config], shards: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     extract_features(cfg_for(shards, cache), ("val",), cache)
     with pytest.raises(AvakitError, match="stale feature cache: crop_size"):
@@ -69,7 +74,8 @@ def test_stale_cache_is_refused(shards: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("extra", [[], ["features.iqa=true", "features.layer=layer3"]])
-def test_head_only_training_composes_into_a_full_model(shards: Path, tmp_path: Path, extra: list) -> None:
+def test_head_only_training_composes_into_a_full_model(cfg_for: Callable[..., Config],
+        shards: Path, tmp_path: Path, extra: list) -> None:
     cache = tmp_path / "cache"
     cfg = cfg_for(shards, cache, "training.max_epochs=3", "training.learning_rate=3e-3", *extra)
     extract_features(cfg, out=cache)
@@ -112,12 +118,12 @@ def test_iqa_features_behave() -> None:
     assert saturation[2] == pytest.approx(1.0) and saturation[0] == pytest.approx(0.0)
 
 
-def test_head_only_needs_a_cache(shards: Path, tmp_path: Path) -> None:
+def test_head_only_needs_a_cache(cfg_for: Callable[..., Config], shards: Path, tmp_path: Path) -> None:
     with pytest.raises(AvakitError, match="meta.json: not found"):
         fit(cfg_for(shards, tmp_path / "none"), output_dir=tmp_path / "runs")
 
 
-def test_layer3_only_for_resnets(shards: Path, tmp_path: Path) -> None:
+def test_layer3_only_for_resnets(cfg_for: Callable[..., Config], shards: Path, tmp_path: Path) -> None:
     with pytest.raises(AvakitError, match="features.layer: 'layer3' needs a ResNet"):
         cfg_for(shards, tmp_path, "model.backbone=vgg16", "features.layer=layer3")
     shutil.rmtree(tmp_path, ignore_errors=True)

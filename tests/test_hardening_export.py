@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from conftest import TINY_TRAIN
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
@@ -216,13 +215,14 @@ def test_predict_onnx_without_onnxruntime_names_the_extra(trained_run: Path,
 
 
 @pytest.fixture(scope="module")
-def head_only_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def head_only_run(tiny_train: tuple[str, ...], trained_run: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A head-only run (frozen backbone from a feature cache, IQA features) on the fixture's shards."""
     from avakit.training.features import extract_features
     from avakit.training.fit import fit
 
     root = tmp_path_factory.mktemp("head_only")
-    cfg = load_config(None, [*TINY_TRAIN, f"data.shards={trained_run.parent / 'shards'}",
+    cfg = load_config(None, [*tiny_train, f"data.shards={trained_run.parent / 'shards'}",
                              f"data.features={root / 'cache'}", "features.iqa=true", "training.max_epochs=6",
                              "training.learning_rate=1e-2"])
     extract_features(cfg, out=root / "cache")
@@ -275,11 +275,11 @@ def test_head_only_report_does_not_warn_frozen_backbone(head_only_run: Path) -> 
     assert "head-only run (data.features set): the backbone is frozen on purpose" in html
 
 
-def test_freeze_full_is_frozen_on_purpose() -> None:
-    cfg = load_config(None, [*TINY_TRAIN, "model.freeze=full"])
+def test_freeze_full_is_frozen_on_purpose(tiny_train: tuple[str, ...]) -> None:
+    cfg = load_config(None, [*tiny_train, "model.freeze=full"])
     parts, why = frozen_parts(cfg)
     assert parts == ("backbone_layer4",) and "model.freeze is full" in why
-    assert frozen_parts(load_config(None, TINY_TRAIN)) == ((), None)
+    assert frozen_parts(load_config(None, tiny_train)) == ((), None)
     zero = pd.DataFrame({"batch_idx": range(20), "overall": 1.0, "backbone_layer4": 0.0, "mlp_head": 1.0})
     assert any("frozen or its gradients are vanishing" in w for w in gradient_warnings(zero))
     assert gradient_warnings(zero, parts) == []

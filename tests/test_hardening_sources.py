@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
-from avakit.config import load_config
+from avakit.config import Config, TransformConfig, load_config
 from avakit.dataset.manifest import load_manifest
 from avakit.dataset.sources import ShardFile, SplitSource, resolve_split
 from avakit.errors import AvakitError
@@ -24,10 +25,8 @@ from avakit.training.checkpoint import run_config, with_absolute_paths
 from avakit.training.loader import SampleDecoder, make_loader
 from avakit.training.rundir import eval_outputs
 from avakit.training.transforms import EvalPreset
-from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()
-CFG = load_config(None, TINY_TRAIN).transform
 
 
 def error_line(result, code: int) -> str:
@@ -65,9 +64,19 @@ def set_checkpoint_shards(run: Path, value: object, name: str = "best_model.pt")
     torch.save(ckpt, run / name)
 
 
-def tiny_train(shards: Path, out: Path, *extra: str) -> list[str]:
-    sets = [*TINY_TRAIN, "training.max_epochs=1", f"data.shards={shards}", *extra]
-    return ["train", "--output-dir", str(out), *sum((["--set", s] for s in sets), [])]
+@pytest.fixture
+def train_args(tiny_train: tuple[str, ...]) -> Callable[..., list[str]]:
+    """`train_args(shards, out, *extra)`: the `avakit train` arguments of one tiny epoch on `shards`."""
+    def make(shards: Path, out: Path, *extra: str) -> list[str]:
+        sets = [*tiny_train, "training.max_epochs=1", f"data.shards={shards}", *extra]
+        return ["train", "--output-dir", str(out), *sum((["--set", s] for s in sets), [])]
+    return make
+
+
+@pytest.fixture
+def tcfg(tiny_config: Callable[..., Config]) -> TransformConfig:
+    """The transform settings of the tiny config (resize 40, crop 32)."""
+    return tiny_config().transform
 
 
 # -- point 1: a command runs a `pipe:` source only when the user wrote it ------------------------------
@@ -140,17 +149,19 @@ def test_manifest_shard_names_are_bare_tar_names(shards: Path, name: str) -> Non
 
 # -- point 3: nothing lost without a count -----------------------------------------------------------
 
-def test_train_refuses_missing_val_shard_before_training(shards: Path, tmp_path: Path) -> None:
+def test_train_refuses_missing_val_shard_before_training(train_args: Callable[..., list[str]],
+        shards: Path, tmp_path: Path) -> None:
     (shards / "val-000001.tar").unlink()
-    line = error_line(runner.invoke(app, tiny_train(shards, tmp_path / "out")), 1)
+    line = error_line(runner.invoke(app, train_args(shards, tmp_path / "out")), 1)
     assert "split 'val' is incomplete" in line and "val-000001.tar: shard file missing" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_train_refuses_wrong_size_shard(shards: Path, tmp_path: Path) -> None:
+def test_train_refuses_wrong_size_shard(train_args: Callable[..., list[str]],
+        shards: Path, tmp_path: Path) -> None:
     with open(shards / "train-000002.tar", "ab") as f:
         f.write(b"\0" * 512)
-    line = error_line(runner.invoke(app, tiny_train(shards, tmp_path / "out")), 1)
+    line = error_line(runner.invoke(app, train_args(shards, tmp_path / "out")), 1)
     assert "train-000002.tar: shard size differs from the manifest" in line
 
 
@@ -162,9 +173,10 @@ def flip_byte_in_image(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_train_stops_on_sha256_mismatch(shards: Path, tmp_path: Path) -> None:
+def test_train_stops_on_sha256_mismatch(train_args: Callable[..., list[str]],
+        shards: Path, tmp_path: Path) -> None:
     flip_byte_in_image(shards / "train-000001.tar")
-    line = error_line(runner.invoke(app, tiny_train(shards, tmp_path / "out")), 1)
+    line = error_line(runner.invoke(app, train_args(shards, tmp_path / "out")), 1)
     assert "train-000001.tar: sha256 differs from" in line and "manifest.json" in line
 
 
@@ -183,12 +195,13 @@ def test_evaluate_missing_shard_exit_1_then_allow_missing_counts(run: Path, shar
     assert "shard file missing" in result.output
 
 
-def test_features_missing_shard_exit_1_then_allow_missing_counts(trained_run: Path, shards: Path,
+def test_features_missing_shard_exit_1_then_allow_missing_counts(tiny_train: tuple[str, ...],
+        trained_run: Path, shards: Path,
                                                                  tmp_path: Path) -> None:
     from avakit.training.features import extract_features
 
     (shards / "val-000000.tar").unlink()
-    cfg = load_config(None, [*TINY_TRAIN, f"data.shards={shards}"])
+    cfg = load_config(None, [*tiny_train, f"data.shards={shards}"])
     with pytest.raises(AvakitError, match="val-000000.tar: shard file missing.*--allow-missing") as e:
         extract_features(cfg, ("val",), tmp_path / "cache", device="cpu")
     assert e.value.exit_code == 1
@@ -212,19 +225,19 @@ def test_run_folder_accounts_for_every_sample(trained_run: Path) -> None:
     assert "epoch 0 training: 72 of 72 samples seen" in log and "test evaluation: 24 of 24" in log
 
 
-def test_truncated_shard_counts_the_rest_as_lost(shards: Path) -> None:
+def test_truncated_shard_counts_the_rest_as_lost(tcfg: TransformConfig, shards: Path) -> None:
     source = resolve_split(str(shards), "val")
     first = source.files[0]
     data = (first.path).read_bytes()
     first.path.write_bytes(data[: len(data) // 2])  # changed after the start check: found by reading
-    loader = make_loader(source, SampleDecoder(EvalPreset(CFG), CFG.crop_size), batch_size=5, train=False,
-                         seed=0, epoch=0)
+    loader = make_loader(source, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=5,
+                         train=False, seed=0, epoch=0)
     with pytest.raises(AvakitError, match="val-000000.tar: sha256 differs"):
         list(loader)
     unchecked = SplitSource("val", files=(ShardFile(first.path, samples=first.samples),),
                             samples=first.samples)
-    loader = make_loader(unchecked, SampleDecoder(EvalPreset(CFG), CFG.crop_size), batch_size=5, train=False,
-                         seed=0, epoch=0)
+    loader = make_loader(unchecked, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=5,
+                         train=False, seed=0, epoch=0)
     seen = sum(int(valid.sum()) for *_, valid in loader)
     counts = loader.counts
     assert 0 < seen == counts.seen < first.samples and counts.expected == first.samples
@@ -232,7 +245,8 @@ def test_truncated_shard_counts_the_rest_as_lost(shards: Path) -> None:
     assert counts.shards_lost == {"val-000000.tar": "shard unreadable (truncated or not a tar)"}
 
 
-def test_url_source_failures_are_counted_not_warned(shards: Path, tmp_path: Path) -> None:
+def test_url_source_failures_are_counted_not_warned(tcfg: TransformConfig,
+        shards: Path, tmp_path: Path) -> None:
     data = (shards / "val-000000.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
     patterns = {"val": [str(tmp_path / "cut.tar"), str(tmp_path / "gone.tar"),
@@ -240,8 +254,8 @@ def test_url_source_failures_are_counted_not_warned(shards: Path, tmp_path: Path
     source = resolve_split(patterns, "val")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # webdataset's warn_and_continue, the old way
-        loader = make_loader(source, SampleDecoder(EvalPreset(CFG), CFG.crop_size), batch_size=4, train=False,
-                             seed=0, epoch=0)
+        loader = make_loader(source, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=4,
+                             train=False, seed=0, epoch=0)
         seen = sum(int(valid.sum()) for *_, valid in loader)
     counts = loader.counts
     assert counts.expected is None and counts.seen == seen > 8
@@ -313,9 +327,9 @@ def replace_test_shard(shards: Path) -> tuple[dict[str, int], int]:
     return expected, manifest["splits"]["test"]["samples"]
 
 
-def test_malformed_labels_are_counted_by_reason(shards: Path) -> None:
+def test_malformed_labels_are_counted_by_reason(tcfg: TransformConfig, shards: Path) -> None:
     expected, total = replace_test_shard(shards)
-    loader = make_loader(resolve_split(str(shards), "test"), SampleDecoder(EvalPreset(CFG), CFG.crop_size),
+    loader = make_loader(resolve_split(str(shards), "test"), SampleDecoder(EvalPreset(tcfg), tcfg.crop_size),
                          batch_size=8, train=False, seed=0, epoch=0, num_workers=1)
     ids = [int(i) for _, _, batch_ids, valid in loader for i in batch_ids[valid]]
     counts = loader.counts
@@ -377,10 +391,11 @@ def test_bad_manifest_structure_is_one_line(shards: Path, change, message: str) 
 
 
 @pytest.mark.parametrize("command", ["inspect", "evaluate", "train"])
-def test_bad_manifest_in_every_command(run: Path, shards: Path, tmp_path: Path, command: str) -> None:
+def test_bad_manifest_in_every_command(train_args: Callable[..., list[str]],
+        run: Path, shards: Path, tmp_path: Path, command: str) -> None:
     edit_manifest(shards, lambda m: m["splits"]["test"]["shards"][0].update(samples="16"))
     args = {"inspect": ["inspect", str(shards)], "evaluate": ["evaluate", str(run), "--shards", str(shards)],
-            "train": tiny_train(shards, tmp_path / "out")}[command]
+            "train": train_args(shards, tmp_path / "out")}[command]
     line = error_line(runner.invoke(app, args), 2)
     assert "manifest.json: splits.test.shards[0].samples: expected a non-negative integer, got str" in line
 

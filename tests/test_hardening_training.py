@@ -6,19 +6,16 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
-from avakit.config import load_config
-from avakit.dataset.plan import ShardOptions, plan_sharding
-from avakit.dataset.shards import write_shards
-from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.config import Config, load_config
 from avakit.errors import AvakitError
 from avakit.model import losses
 from avakit.training import engine
@@ -29,25 +26,27 @@ from avakit.training.fit import fit
 runner = CliRunner()
 
 
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """64 synthetic images at short side 48, 16 rows per shard."""
-    root = tmp_path_factory.mktemp("hardening_training")
-    ava = make_synthetic_ava(root / "ava", n=64, seed=5, long_side=(64, 128))
-    write_shards(plan_sharding(ava.ava_txt, ava.images, root / "shards",
-                               ShardOptions(short_side=48, shard_size=16)), workers=1)
-    return root / "shards"
+@pytest.fixture
+def shards(shared_shards: Path) -> Path:
+    """The session's read-only shards (120 synthetic images, short side 48, 16 rows per shard)."""
+    return shared_shards
 
 
-def tiny_cfg(shards: Path, *extra: str):
-    return load_config(None, [*TINY_TRAIN, f"data.shards={shards}", *extra])
+@pytest.fixture
+def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
+    """`tiny_cfg(shards, *extra)`: the tiny training config on `shards`."""
+    return lambda shards, *extra: tiny_config(f"data.shards={shards}", *extra)
 
 
-def cli_train(shards: Path, out: Path, *extra: str, flags: tuple[str, ...] = ()) -> object:
-    args = ["train", "--output-dir", str(out), *flags]
-    for item in [*TINY_TRAIN, f"data.shards={shards}", "name=h", *extra]:
-        args += ["--set", item]
-    return runner.invoke(app, args)
+@pytest.fixture
+def cli_train(tiny_train: tuple[str, ...]) -> Callable[..., object]:
+    """`cli_train(shards, out, *extra, flags=())`: `avakit train` of the tiny config through the CLI."""
+    def train(shards: Path, out: Path, *extra: str, flags: tuple[str, ...] = ()) -> object:
+        args = ["train", "--output-dir", str(out), *flags]
+        for item in [*tiny_train, f"data.shards={shards}", "name=h", *extra]:
+            args += ["--set", item]
+        return runner.invoke(app, args)
+    return train
 
 
 # ---- point 5: any non-finite loss, gradient norm or val metric stops the run naming the step ----
@@ -65,7 +64,8 @@ def test_emd_keeps_nan_and_a_zero_gradient_at_zero() -> None:
 
 @pytest.mark.parametrize("extra", [(), ("model.output_mode=regression", "training.loss_type=mse")],
                          ids=["emd", "mse"])
-def test_huge_learning_rate_stops_naming_the_step(shards: Path, tmp_path: Path, extra: tuple) -> None:
+def test_huge_learning_rate_stops_naming_the_step(cli_train: Callable[..., object],
+        shards: Path, tmp_path: Path, extra: tuple) -> None:
     result = cli_train(shards, tmp_path, "training.learning_rate=1e30", *extra)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -130,7 +130,7 @@ def test_val_metrics_nan_only_from_constant_predictions_do_not_stop() -> None:
         check_val_finite({"n": 5, "loss": 0.3, "mae": math.inf}, epoch=2, step=9)
 
 
-def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
+def test_nan_val_predictions_stop_before_last_pt_is_overwritten(tiny_cfg: Callable[..., Config],
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avakit.training import fit as train_mod
 
@@ -159,7 +159,9 @@ def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
 # ---- point 6: --resume keeps the data definition (fraction, shards) and the LR schedule ----
 
 
-def test_quick_experiment_resume_equals_uninterrupted(shards: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_quick_experiment_resume_equals_uninterrupted(tiny_cfg: Callable[..., Config],
+        shards: Path, tmp_path: Path) -> None:
     full = fit(tiny_cfg(shards), output_dir=tmp_path / "a", quick_experiment=0.5)
     part = fit(tiny_cfg(shards), output_dir=tmp_path / "b", quick_experiment=0.5, stop_after_epochs=1)
     assert torch.load(part / "last.pt", weights_only=True)["data"]["quick_experiment"] == 0.5
@@ -244,7 +246,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
     monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
 
 
-def test_ctrl_c_in_train_prints_the_resume_command(
+def test_ctrl_c_in_train_prints_the_resume_command(cli_train: Callable[..., object],
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _interrupt_at(monkeypatch, 1)
     result = cli_train(shards, tmp_path, flags=("--quick-experiment", "0.5"))
@@ -258,7 +260,7 @@ def test_ctrl_c_in_train_prints_the_resume_command(
     assert json.loads((run / "results.json").read_text())["quick_experiment"] == 0.5
 
 
-def test_ctrl_c_before_the_first_checkpoint_starts_the_run_again(
+def test_ctrl_c_before_the_first_checkpoint_starts_the_run_again(cli_train: Callable[..., object],
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _interrupt_at(monkeypatch, 0)
     result = cli_train(shards, tmp_path, "training.max_epochs=1", flags=("--quick-experiment", "0.5"))
@@ -272,7 +274,7 @@ def test_ctrl_c_before_the_first_checkpoint_starts_the_run_again(
     assert "again from epoch 0: no last.pt" in (run / "training.log").read_text()
 
 
-def test_ctrl_c_before_the_run_folder_exists(
+def test_ctrl_c_before_the_run_folder_exists(cli_train: Callable[..., object],
         shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avakit.training import fit as train_mod
 

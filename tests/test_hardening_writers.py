@@ -18,14 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit import fileio
@@ -257,16 +256,21 @@ def test_shard_disk_full_then_resume_byte_identical(monkeypatch: pytest.MonkeyPa
 # train
 
 
-def train_cli(shards: Path, runs: Path, *extra: str) -> Any:
-    sets = [f"--set={s}" for s in (*TINY_TRAIN, f"data.shards={shards}", "name=full")]
-    return runner.invoke(app, ["train", *sets, "--output-dir", str(runs), *extra])
+@pytest.fixture
+def train_cli(tiny_train: tuple[str, ...]) -> Callable[..., Any]:
+    """`train_cli(shards, runs, *extra)`: `avakit train` of the tiny config through the CLI."""
+    def train(shards: Path, runs: Path, *extra: str) -> Any:
+        sets = [f"--set={s}" for s in (*tiny_train, f"data.shards={shards}", "name=full")]
+        return runner.invoke(app, ["train", *sets, "--output-dir", str(runs), *extra])
+    return train
 
 
 @pytest.mark.parametrize(("match", "skip", "after_writes"), [
     ("last.pt", 1, 5),  # epoch 1's last.pt: a 20 MB .tmp was left before
     ("gradient_norms.csv", 1, 3),  # a telemetry row of epoch 1 (after the header and 3 rows)
 ])
-def test_train_disk_full_then_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_run: Path,
+def test_train_disk_full_then_resume(train_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+                                     tmp_path: Path, trained_run: Path,
                                      match: str, skip: int, after_writes: int) -> None:
     runs = tmp_path / "runs"
     disk = full_disk(monkeypatch, match=match, skip=skip, after_writes=after_writes)
@@ -288,8 +292,8 @@ def test_train_disk_full_then_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert_no_tmp(run)
 
 
-def test_train_log_disk_full_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                         trained_run: Path) -> None:
+def test_train_log_disk_full_is_one_line(train_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path, trained_run: Path) -> None:
     runs = tmp_path / "runs"
     full_disk(monkeypatch, match="training.log", after_writes=2)
     result = train_cli(trained_run.parent / "shards", runs)
@@ -299,11 +303,12 @@ def test_train_log_disk_full_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert log.endswith("\n") and len(log.splitlines()) == 2
 
 
-def test_features_disk_full_then_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_features_disk_full_then_resume(tiny_train: tuple[str, ...],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                         trained_run: Path) -> None:
     cache = tmp_path / "cache"
     args = ["features", "--out", str(cache), "--splits", "val,test", "--device", "cpu",
-            *[f"--set={s}" for s in (*TINY_TRAIN, f"data.shards={trained_run.parent / 'shards'}")]]
+            *[f"--set={s}" for s in (*tiny_train, f"data.shards={trained_run.parent / 'shards'}")]]
     full_disk(monkeypatch, match="test.features.npy", after_writes=1)  # val is cached, test fails
     assert_one_line(runner.invoke(app, args), cache / "test.features.npy")
     assert_no_tmp(cache)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
-from avakit.config import load_config
+from avakit.config import Config, load_config
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic import make_synthetic_ava
@@ -21,26 +21,23 @@ from avakit.training.checkpoint import run_config
 from avakit.training.fit import fit
 
 runner = CliRunner()
-TINY = TINY_TRAIN
 
 
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """96 synthetic images sharded at short side 48 in shards of 16 rows."""
-    root = tmp_path_factory.mktemp("train")
-    ava = make_synthetic_ava(root / "ava", n=96, seed=11, long_side=(64, 128))
-    plan = plan_sharding(ava.ava_txt, ava.images, root / "shards", ShardOptions(short_side=48, shard_size=16))
-    write_shards(plan, workers=1)
-    return root / "shards"
+@pytest.fixture
+def shards(shared_shards: Path) -> Path:
+    """The session's read-only shards (120 synthetic images, short side 48, 16 rows per shard)."""
+    return shared_shards
 
 
-def tiny_cfg(shards: Path, *extra: str):
-    return load_config(None, [*TINY, f"data.shards={shards}", *extra])
+@pytest.fixture
+def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
+    """`tiny_cfg(shards, *extra)`: the tiny training config on `shards`."""
+    return lambda shards, *extra: tiny_config(f"data.shards={shards}", *extra)
 
 
-def test_cli_one_epoch_run_folder(shards: Path, tmp_path: Path) -> None:
+def test_cli_one_epoch_run_folder(tiny_train: tuple[str, ...], shards: Path, tmp_path: Path) -> None:
     args = ["train", "--output-dir", str(tmp_path)]
-    for item in [*TINY, f"data.shards={shards}", "training.max_epochs=1", "name=tiny"]:
+    for item in [*tiny_train, f"data.shards={shards}", "training.max_epochs=1", "name=tiny"]:
         args += ["--set", item]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -74,7 +71,8 @@ def test_cli_one_epoch_run_folder(shards: Path, tmp_path: Path) -> None:
     assert "epoch 000" in (run / "training.log").read_text()
 
 
-def test_resume_equals_uninterrupted(shards: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(tiny_cfg: Callable[..., Config], shards: Path, tmp_path: Path) -> None:
     full = fit(tiny_cfg(shards), output_dir=tmp_path / "a")
     part = fit(tiny_cfg(shards), output_dir=tmp_path / "b", stop_after_epochs=1)
     assert not (part / "results.json").exists() and (part / "last.pt").is_file()
@@ -93,7 +91,8 @@ def test_resume_equals_uninterrupted(shards: Path, tmp_path: Path) -> None:
     assert ga["batch_idx"].tolist() == gb["batch_idx"].tolist()  # no duplicated or lost rows
 
 
-def test_regression_mode_and_quick_experiment(shards: Path, tmp_path: Path) -> None:
+def test_regression_mode_and_quick_experiment(tiny_cfg: Callable[..., Config],
+        shards: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(shards, "model.output_mode=regression", "training.loss_type=mse", "training.max_epochs=1",
                    "training.scheduler=plateau", "model.freeze=partial")
     run = fit(cfg, output_dir=tmp_path, quick_experiment=0.5)
@@ -127,7 +126,8 @@ def test_missing_shards_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "manifest.json: not found" in result.output
 
 
-def test_nan_loss_stops_with_step(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_with_step(tiny_train: tuple[str, ...],
+        shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avakit.model import losses
 
     calls = {"n": 0}
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_step(shards: Path, tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setitem(losses.LOSSES, "emd", losses.LossSpec(flaky, "distribution"))
     args = ["train", "--output-dir", str(tmp_path)]
-    for item in [*TINY, f"data.shards={shards}", "name=nan"]:
+    for item in [*tiny_train, f"data.shards={shards}", "name=nan"]:
         args += ["--set", item]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
@@ -149,6 +149,7 @@ def test_nan_loss_stops_with_step(shards: Path, tmp_path: Path, monkeypatch: pyt
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0  # the last good checkpoint
 
 
+@pytest.mark.slow
 def test_demo_config_learns(tmp_path: Path) -> None:
     """Learnability: configs/demo.yaml (seed 42, 4 epochs, 240 synthetic images) reaches val SRCC >= 0.6."""
     root = tmp_path
