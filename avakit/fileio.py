@@ -223,9 +223,11 @@ class LogFileHandler(logging.Handler):
         self.file = AppendFile(path)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Append the formatted record and a newline whole; a failed write raises AvakitError."""
         self.file.write(self.format(record) + "\n")
 
     def close(self) -> None:
+        """Close the file, then the handler."""
         self.file.close()
         super().close()
 

@@ -83,18 +83,8 @@ def _coerce(value: Any, tp: Any, key: str, root: Root) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, {} if value is None else value, key + ".", root)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arm in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arm, key, root)
-            except AvakitError as exc:
-                errors.append((typing.get_origin(arm) or arm, exc))
-        for kind, exc in errors:  # a value of the arm's kind (a list, a number): its own error is clearer
-            if kind in (list, dict, float) and isinstance(value, kind if kind is not float else int | float):
-                raise exc
-    elif origin is list and isinstance(value, list | tuple):
+        return _coerce_union(value, tp, key, root)
+    if origin is list and isinstance(value, list | tuple):
         return [_coerce(v, args[0], f"{key}[{i}]", root) for i, v in enumerate(value)]
     elif origin is dict and isinstance(value, dict):
         return {str(k): _coerce(v, args[1], f"{key}.{k}", root) for k, v in value.items()}
@@ -105,7 +95,29 @@ def _coerce(value: Any, tp: Any, key: str, root: Root) -> Any:
         return number
     elif tp in (int, str, bool) and type(value) is tp:  # type(): True is not an int here
         return value
-    raise AvakitError(f"{key}: expected {_describe(tp)}, got {show(value)}")
+    raise _expected(tp, key, value)
+
+
+def _coerce_union(value: Any, tp: Any, key: str, root: Root) -> Any:
+    """`value` converted by the first arm of union `tp` that takes it; else the clearest error."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arm in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, arm, key, root)
+        except AvakitError as exc:
+            errors.append((typing.get_origin(arm) or arm, exc))
+    for kind, exc in errors:  # a value of the arm's kind (a list, a number): its own error is clearer
+        if kind in (list, dict, float) and isinstance(value, kind if kind is not float else int | float):
+            raise exc
+    raise _expected(tp, key, value)
+
+
+def _expected(tp: Any, key: str, value: Any) -> AvakitError:
+    """The error for a value that is not of type `tp`."""
+    return AvakitError(f"{key}: expected {_describe(tp)}, got {show(value)}")
 
 
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}  # metadata bound -> operator
@@ -116,12 +128,7 @@ def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str, root: Root
     """Apply a field's metadata rules (choices, bounds, length, keys, nonempty) to its value."""
     if value is None:
         return
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        allowed = ", ".join(f"'{c}'" for c in choices)
-        raise AvakitError(f"{key}: must be one of {allowed} (got {_short(value)}{hint})")
+    _check_choices(value, meta.get("choices"), key)
     if meta.get("nonempty") and (not value or isinstance(value, dict) and not all(value.values())):
         raise AvakitError(f"{key}: must not be empty")
     if "length" in meta and len(value) != meta["length"]:
@@ -135,6 +142,20 @@ def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str, root: Root
         for name in value:
             if name not in meta["keys"]:
                 raise _unknown_key(name, meta["keys"], key + ".", root)
+    _check_bounds(value, meta, key)
+
+
+def _check_choices(value: Any, choices: Any, key: str) -> None:
+    """Refuse a value not among `choices` (when given), with a "did you mean" hint."""
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        allowed = ", ".join(f"'{c}'" for c in choices)
+        raise AvakitError(f"{key}: must be one of {allowed} (got {_short(value)}{hint})")
+
+
+def _check_bounds(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    """Apply the metadata bounds (ge, gt, le, lt) to a value or to each item of a list."""
     items = enumerate(value) if isinstance(value, list) else [(None, value)]
     for i, item in items:
         for rule, op in _OPS.items():

@@ -47,6 +47,7 @@ class Line:
 
     @property
     def blank(self) -> bool:
+        """True when the line was read and holds nothing but ASCII whitespace."""
         return not self.problem and not self.text.strip(ASCII_SPACE)
 
 

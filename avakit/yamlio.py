@@ -48,11 +48,13 @@ class ConfigLoader(yaml.SafeLoader):
         self._depth = 0
 
     def compose_document(self) -> Any:
+        """Compose one document, then forget the node sizes counted for it."""
         node = super().compose_document()
         self._sizes.clear()
         return node
 
     def compose_node(self, parent: Any, index: Any) -> Any:
+        """Compose a node, refusing a recursive alias, an alias expansion over budget and deep nesting."""
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             node = super().compose_node(parent, index)
@@ -79,6 +81,7 @@ class ConfigLoader(yaml.SafeLoader):
         return node
 
     def construct_yaml_int(self, node: Any) -> int:
+        """Construct an int; one too long for Python to parse is a ConstructorError."""
         try:
             return super().construct_yaml_int(node)
         except ValueError:  # Python refuses to parse integers of more than 4300 digits
@@ -86,6 +89,7 @@ class ConfigLoader(yaml.SafeLoader):
                                    node.start_mark) from None
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """Construct a mapping, refusing a duplicate key (merge keys `<<` aside)."""
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key_node, _ in node.value:

@@ -40,6 +40,7 @@ def say(text: str) -> None:
 
 
 def cpu_count() -> int:
+    """The number of CPUs this process may run on (its affinity set where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -63,6 +64,7 @@ def progress_bar(description: str, total: int, unit: str = "images"):
 
 
 def print_shard_summary(manifest: dict, out: Path) -> None:
+    """Print a manifest's per-split table, its row counts and its skipped rows by reason."""
     table = Table(title=escape(f"shards in {out}"))  # a path or a manifest's text is not markup
     for col in ("split", "samples", "shards", "MB", "mean score", "votes/image"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -95,6 +97,7 @@ class RichProgress:
         self.bar: Progress | None = None
 
     def start(self, description: str, total: int | None) -> None:
+        """Start a transient bar over `total` items (disabled when stderr is not a terminal)."""
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]} {task.fields[loss]}"), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn()]
@@ -106,6 +109,7 @@ class RichProgress:
         self.loss = None
 
     def advance(self, n: int, loss: float | None = None) -> None:
+        """Move the bar by `n` images; `loss` updates the running loss shown (EMA, weight 0.1)."""
         assert self.bar is not None
         if loss is not None:
             self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
@@ -115,6 +119,7 @@ class RichProgress:
                         loss=f"loss {self.loss:.4f}" if self.loss is not None else "")
 
     def stop(self) -> None:
+        """Stop and drop the current bar, if there is one."""
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
@@ -136,19 +141,24 @@ class RichDemoReporter:
         self.progress = RichProgress()
 
     def line(self, text: str) -> None:
+        """Print a line; paths in it are text, not markup."""
         say(text)
 
     def sharding(self, total: int) -> Any:
+        """A Rich progress bar over the `total` images to shard; yields `advance(n)`."""
         return progress_bar("sharding", total)
 
     def sharded(self, manifest: dict, folder: Path) -> None:
+        """Print the shard summary of `manifest` for `folder`."""
         print_shard_summary(manifest, folder)
 
     def training(self) -> RichProgress:
+        """Show the library's log lines on the terminal; returns the Rich progress for training."""
         log_to_console()
         return self.progress
 
     def trained(self, run_dir: Path) -> None:
+        """Print the val/test metrics table of the run in `run_dir`."""
         print_results(run_dir)
 
 
@@ -296,6 +306,7 @@ class ErrorGroup(TyperGroup):
     """Turns AvakitError into one red line on stderr and its exit code (no traceback)."""
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        """Run the command; an AvakitError or a usage error becomes one red line and its exit code."""
         try:
             return super().invoke(ctx)
         except AvakitError as e:  # one line even when a path or value holds a newline

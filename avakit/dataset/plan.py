@@ -49,6 +49,7 @@ class ShardTask:
 
     @property
     def name(self) -> str:
+        """The shard's file name: `SPLIT-NNNNNN.tar`."""
         return f"{self.split}-{self.index:06d}.tar"
 
 
@@ -70,6 +71,7 @@ class ShardPlan:
 
     @property
     def pending_images(self) -> int:
+        """The number of images in the shards still to write."""
         return sum(len(t.rows) for t in self.pending)
 
 
@@ -187,6 +189,7 @@ def _prepare_out(plan: ShardPlan) -> None:
 
 
 def record_path(out: Path, task: ShardTask) -> Path:
+    """Where the record of a finished `task` is kept: `out/.progress/NAME.tar.json`."""
     return out / PROGRESS_DIR / (task.name + ".json")
 
 

@@ -54,10 +54,12 @@ class Reason(IntEnum):
 
     @property
     def text(self) -> str:
+        """The reason in words, the key under which lost samples are counted."""
         return REASON_TEXT[self]
 
     @property
     def shard_level(self) -> bool:
+        """True for reasons that lose a whole shard or URL (codes 20..99), not a single sample."""
         return 20 <= self < 100
 
 
@@ -173,12 +175,14 @@ class SampleCounts:
     shards_lost: dict[str, str] = field(default_factory=dict)  # shard name -> reason text
 
     def add(self, reason: Reason, n: int = 1, shard: str | None = None) -> None:
+        """Count `n` samples lost for `reason`; a shard-level loss also keeps the shard's first reason."""
         self.lost[reason.text] += n
         if shard is not None and reason.shard_level:
             self.shards_lost.setdefault(shard, reason.text)
 
     @property
     def n_lost(self) -> int:
+        """All samples lost, whatever the reason."""
         return sum(self.lost.values())
 
     @property

@@ -69,6 +69,7 @@ class ShardFile:
 
     @property
     def name(self) -> str:
+        """The shard's file name, without its folder."""
         return self.path.name
 
 
@@ -91,6 +92,7 @@ class SplitSource:
 
     @property
     def has_data(self) -> bool:
+        """True when the split has any URL or file to read."""
         return bool(self.entries)
 
     @property

@@ -106,6 +106,7 @@ class ExportModel(nn.Module):
         self.model, self.output_mode = model, output_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs as scoring gives them: softmax (distribution) or clamped to [1, 10]."""
         out = self.model(x)
         return out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(SCORE_MIN, SCORE_MAX)
 

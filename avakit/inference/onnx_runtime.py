@@ -154,5 +154,6 @@ class OnnxScorer(Scorer):
         self.output_name = self.session.get_outputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run the session on a float32 batch [B, 3, c, c]; returns its `scores` output."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -49,6 +49,7 @@ class TorchScorer(Scorer):
         self.torch = torch
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a normalised batch: probabilities (distribution) or scores clamped to [1, 10]."""
         torch = self.torch
         with torch.inference_mode():
             out = self.model(torch.from_numpy(batch).to(self.device)).float()

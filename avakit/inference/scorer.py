@@ -29,6 +29,7 @@ class Prediction:
     error: str | None = None
 
     def row(self) -> dict:
+        """The output row: path, mean_score, std, the dist_ columns (empty without a distribution), error."""
         dist = self.dist or [None] * N_POINTS
         return {"path": self.path, "mean_score": self.mean_score, "std": self.std,
                 **dict(zip(DIST_FIELDS, dist, strict=True)), "error": self.error}
@@ -42,7 +43,7 @@ class Scorer(Protocol):
     output_mode: str  # distribution: outputs are probabilities [B, N_POINTS]; regression: scores [B]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        ...
+        """Model outputs for a normalised float32 batch [B, 3, c, c]."""
 
 
 def to_prediction(path: Path, out: np.ndarray, output_mode: str) -> Prediction:

@@ -55,5 +55,6 @@ class IQAFeatures(nn.Module):
         return (raw - self.feature_mean) / self.feature_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised IQA features [B, 5] of a normalised batch, computed on its 0..255 RGB."""
         rgb = x.float() * self.pixel_std + self.pixel_mean
         return self.standardise(iqa_features(rgb))

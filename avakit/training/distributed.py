@@ -27,10 +27,12 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes the run folder."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """True when more than one process trains (DDP)."""
         return self.world_size > 1
 
 

@@ -55,6 +55,7 @@ class WarmupSchedule:
         self.plateau_factor, self.best, self.bad_epochs = 1.0, -math.inf, 0
 
     def __call__(self, t: int) -> float:
+        """The LR factor at `t`: warmup ramp, then cosine or constant, times the plateau factor."""
         factor = (t + 1) / self.warmup if t < self.warmup else 1.0
         if self.kind == "cosine" and t >= self.warmup:
             progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
@@ -77,7 +78,8 @@ class WarmupSchedule:
 class TelemetryHook(Protocol):
     """What the training loop calls after each optimizer step (training.telemetry.Telemetry)."""
 
-    def maybe_collect(self, step: int, epoch: int) -> None: ...
+    def maybe_collect(self, step: int, epoch: int) -> None:
+        """Called after optimizer step `step` of `epoch`; collects telemetry when it is due."""
 
 
 @dataclass(kw_only=True)
@@ -115,6 +117,7 @@ class EpochStats:
 
     @property
     def img_per_s(self) -> float:
+        """Training throughput in samples per second (0 when no time was measured)."""
         return self.samples / self.seconds if self.seconds else 0.0
 
 

@@ -54,10 +54,12 @@ class FeatureSource:
 
     @property
     def samples(self) -> int:
+        """The number of cached samples."""
         return len(self.ids)
 
     @property
     def has_data(self) -> bool:
+        """True when the split holds any cached sample."""
         return bool(len(self.ids))
 
     @property
@@ -72,6 +74,7 @@ class FeatureSource:
 
     @property
     def where(self) -> str:
+        """Empty: no manifest path or data.shards key for messages to name."""
         return ""
 
 
@@ -283,9 +286,11 @@ class HeadOnly(torch.nn.Module):
         self.module = core
 
     def forward(self, head_input: torch.Tensor) -> torch.Tensor:
+        """The model's head outputs for a batch of cached head inputs."""
         return self.module.forward_head(head_input)
 
     def train(self, mode: bool = True) -> HeadOnly:
+        """Set train/eval mode on the full model (a frozen backbone stays in eval) and on this wrapper."""
         self.module.train(mode)  # a frozen backbone stays in eval mode
         self.training = mode
         return self

@@ -55,21 +55,36 @@ class DataSource(Protocol):
     """
 
     @property
-    def split(self) -> str: ...
+    def split(self) -> str:
+        """The split's name."""
+
     @property
-    def samples(self) -> int | None: ...
+    def samples(self) -> int | None:
+        """The number of samples the source holds, or None when unknown."""
+
     @property
-    def has_data(self) -> bool: ...
+    def has_data(self) -> bool:
+        """True when there is anything to read."""
+
     @property
-    def entries(self) -> tuple[str | ShardFile, ...]: ...
+    def entries(self) -> tuple[str | ShardFile, ...]:
+        """The shards to read, in order: URLs and local files (none for a feature cache)."""
+
     @property
-    def urls(self) -> tuple[str, ...]: ...
+    def urls(self) -> tuple[str, ...]:
+        """The user-written shard URLs (stored in last.pt when there is no manifest)."""
+
     @property
-    def manifest_sha256(self) -> str | None: ...
+    def manifest_sha256(self) -> str | None:
+        """The sha256 of the split's manifest, or None without one."""
+
     @property
-    def preprocessing(self) -> dict | None: ...
+    def preprocessing(self) -> dict | None:
+        """The manifest's short_side and quality, when known."""
+
     @property
-    def where(self) -> str: ...
+    def where(self) -> str:
+        """The manifest path or data.shards key that messages name."""
 
 
 def keep_sample(key: str, fraction: float) -> bool:
@@ -89,6 +104,7 @@ class ShardStream:
         self.entries, self.seed, self.shuffle, self.infinite = list(entries), seed, shuffle, infinite
 
     def __call__(self) -> Iterator[dict]:
+        """Yield this rank's shards as {url, index, entry}: once, or reshuffled pass after pass."""
         for cycle in range(2**62 if self.infinite else 1):
             order = list(self.entries)
             if self.shuffle:
@@ -189,6 +205,7 @@ class SampleDecoder:
         self.blank_shape = (3, crop_size, crop_size) if views == 1 else (views, 3, crop_size, crop_size)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Decode one raw sample; a lost or bad one gives a blank crop, zero votes and its reason code."""
         code = sample.get("__code__")
         if code is not None:
             return self._blank(), torch.zeros(N_POINTS), sample["__index__"], code

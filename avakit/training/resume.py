@@ -22,11 +22,16 @@ class Source(Protocol):
     """What a split source (shards or a feature cache) tells about its data."""
 
     @property
-    def samples(self) -> int | None: ...
+    def samples(self) -> int | None:
+        """The number of samples the source holds, or None when unknown."""
+
     @property
-    def urls(self) -> tuple[str, ...]: ...
+    def urls(self) -> tuple[str, ...]:
+        """The user-written shard URLs (stored when there is no manifest)."""
+
     @property
-    def manifest_sha256(self) -> str | None: ...
+    def manifest_sha256(self) -> str | None:
+        """The sha256 of the split's manifest, or None without one."""
 
 
 def data_definition(sources: Mapping[str, Source], fraction: float, features: bool) -> dict[str, Any]:

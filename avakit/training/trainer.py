@@ -42,10 +42,17 @@ class Progress(Protocol):
     `with progress.task(description, total):` starts a bar, `advance` moves it, and it stops on leaving.
     """
 
-    def start(self, description: str, total: int | None) -> None: ...
-    def advance(self, n: int, loss: float | None = None) -> None: ...
-    def stop(self) -> None: ...
-    def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager: ...
+    def start(self, description: str, total: int | None) -> None:
+        """Start a bar for `description` over `total` items (None: unknown)."""
+
+    def advance(self, n: int, loss: float | None = None) -> None:
+        """Move the bar by `n` items; `loss` is the latest batch loss, if any."""
+
+    def stop(self) -> None:
+        """Stop the current bar."""
+
+    def task(self, description: str, total: int | None) -> contextlib.AbstractContextManager:
+        """A bar for the `with` block, stopped however it ends; yields `advance`."""
 
 
 @dataclass(kw_only=True)

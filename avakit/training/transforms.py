@@ -45,6 +45,7 @@ class TrainPreset(nn.Module):
                        if any((jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)) else None)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize, crop (random or center), maybe flip and colour-jitter one uint8 image."""
         img = _resize(img, self.resize_size)
         (h, w), c = img.shape[-2:], self.crop_size
         if self.random_crop:
@@ -77,6 +78,7 @@ class EvalPreset(nn.Module):
         self.resize_size, self.crop_size = cfg.resize_size, cfg.crop_size
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize and center-crop one uint8 image; with TTA, its views stacked."""
         img, c = _resize(img, self.resize_size), self.crop_size
         if self.tta == "five-crop":
             return torch.stack(list(F.five_crop(img, [c, c])))
@@ -96,4 +98,5 @@ class Normalize(nn.Module):
                              persistent=False)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The batch as float, minus the mean, times 1/std (scaled for 0..255 input)."""
         return batch.float().sub_(self.mean).mul_(self.inv_std)  # one float temporary, in place
