@@ -1,5 +1,6 @@
 # avakit: `make demo` runs the whole loop on synthetic data; `make test` runs the test suite,
-# `make test-fast` all of it but the tests marked slow; `make bench` the benchmarks (stops at a FAIL).
+# `make test-fast` all of it but the tests marked slow; `make lint` ruff check + format check,
+# `make format` applies them; `make bench` the benchmarks (stops at a FAIL).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast lint bench bench-table clean
+.PHONY: demo test test-fast lint format bench bench-table clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,11 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: $(VENV)/.installed
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; \

@@ -176,12 +176,13 @@ def _check_cross_fields(cfg: Config, p: str = "") -> None:
     loss, mode = cfg.training.loss_type, cfg.model.output_mode
     if LOSSES[loss] != mode:
         raise AvakitError(
-            f"{p}training.loss_type: '{loss}' needs {p}model.output_mode "
-            f"'{LOSSES[loss]}' (got '{mode}')"
+            f"{p}training.loss_type: '{loss}' needs {p}model.output_mode '{LOSSES[loss]}' (got '{mode}')"
         )
     if cfg.features.layer == "layer3" and not cfg.model.backbone.startswith("resnet"):
-        raise AvakitError(f"{p}features.layer: 'layer3' needs a ResNet backbone "
-                          f"(got {p}model.backbone '{cfg.model.backbone}')")
+        raise AvakitError(
+            f"{p}features.layer: 'layer3' needs a ResNet backbone "
+            f"(got {p}model.backbone '{cfg.model.backbone}')"
+        )
     crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
     if crop > resize:
         raise AvakitError(f"{p}transform.crop_size: {crop} must be <= {p}transform.resize_size ({resize})")
@@ -190,8 +191,10 @@ def _check_cross_fields(cfg: Config, p: str = "") -> None:
 _STORED = "config."  # key prefix of a config read back from a checkpoint
 # Keys a stored config must hold rather than default: they define the model's input and head
 # (a checkpoint from an older avakit may lack newer keys, which then take their defaults).
-_STORED_REQUIRED = {"model": ("backbone", "output_mode", "mlp_hidden_dims", "activation"),
-                    "transform": ("resize_size", "crop_size", "normalize_mean", "normalize_std")}
+_STORED_REQUIRED = {
+    "model": ("backbone", "output_mode", "mlp_hidden_dims", "activation"),
+    "transform": ("resize_size", "crop_size", "normalize_mean", "normalize_std"),
+}
 
 
 def _check_stored_keys(d: Any) -> None:

@@ -47,8 +47,14 @@ class DemoResult:
     report: str
 
 
-def run_demo(out: Path, config: Path, n: int = 600, seed: int = 0, reporter: DemoReporter | None = None,
-             workers: int = 1) -> DemoResult:
+def run_demo(
+    out: Path,
+    config: Path,
+    n: int = 600,
+    seed: int = 0,
+    reporter: DemoReporter | None = None,
+    workers: int = 1,
+) -> DemoResult:
     """Everything goes under `out`: ava/ (AVA.txt, tags, challenges, images), shards/, outputs/.
 
     An existing synthetic dataset in out/ava is reused (`n` and `seed` are then not applied).
@@ -86,9 +92,11 @@ def run_demo(out: Path, config: Path, n: int = 600, seed: int = 0, reporter: Dem
     report.trained(run_dir)
     report.line("4/6 evaluating best_model.pt on the test split")
     metrics = evaluate_run(run_dir, "test", progress=progress)["metrics"]
-    report.line(f"test SRCC {metrics['srcc']:.4f}, PLCC {metrics['plcc']:.4f}, "
-                f"Acc {metrics['accuracy']:.4f} (majority class {metrics['majority_baseline']:.4f}), "
-                f"n={metrics['n']}")
+    report.line(
+        f"test SRCC {metrics['srcc']:.4f}, PLCC {metrics['plcc']:.4f}, "
+        f"Acc {metrics['accuracy']:.4f} (majority class {metrics['majority_baseline']:.4f}), "
+        f"n={metrics['n']}"
+    )
     report.line("5/6 writing the report")
     summary = build_report(run_dir, tags=data / "tags.txt", challenges=data / "challenges.txt")
     photo = sorted((data / "images").glob("*.jpg"))[0]

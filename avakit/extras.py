@@ -30,5 +30,7 @@ def require(purpose: str, modules: Sequence[str], extra: str = EXPORT_EXTRA) -> 
             missing.append(name)
     if missing:
         packages = list(dict.fromkeys(m.split(".")[0] for m in modules))
-        raise AvakitError(f"{purpose} needs {' and '.join(packages)}: pip install 'avakit[{extra}]' "
-                          f"(cannot import {', '.join(missing)})")
+        raise AvakitError(
+            f"{purpose} needs {' and '.join(packages)}: pip install 'avakit[{extra}]' "
+            f"(cannot import {', '.join(missing)})"
+        )

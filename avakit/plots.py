@@ -106,9 +106,17 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
         ax_corr.plot(epochs, cols["val_plcc"], label="val PLCC (Pearson)", **mk)
         if np.isfinite(cols["val_srcc"]).any():
             best = int(np.nanargmax(cols["val_srcc"]))
-            ax_corr.plot(epochs[best], cols["val_srcc"][best], linestyle="none", marker="*",
-                         markersize=14, color="gold", markeredgecolor="black", zorder=5,
-                         label=f"best SRCC {cols['val_srcc'][best]:.4f} (epoch {epochs[best]})")
+            ax_corr.plot(
+                epochs[best],
+                cols["val_srcc"][best],
+                linestyle="none",
+                marker="*",
+                markersize=14,
+                color="gold",
+                markeredgecolor="black",
+                zorder=5,
+                label=f"best SRCC {cols['val_srcc'][best]:.4f} (epoch {epochs[best]})",
+            )
         series = [_positive(lr[:, g]) for g in range(lr.shape[1])]
         for g, values in enumerate(series):
             ax_lr.plot(epochs, values, label=_group_label("group ", g, lr.shape[1]), **mk)
@@ -170,8 +178,12 @@ def _layer_style(k: int, n: int) -> dict[str, Any]:
     return dict(color=colormaps["viridis"](0.1 + 0.75 * k / max(n - 1, 1)), linewidth=1.0, linestyle="--")
 
 
-def plot_gradient_norms(df: pd.DataFrame | None, path: Path, frozen: Collection[str] = (),
-                        epoch_starts: Sequence[int] | None = None) -> Path:
+def plot_gradient_norms(
+    df: pd.DataFrame | None,
+    path: Path,
+    frozen: Collection[str] = (),
+    epoch_starts: Sequence[int] | None = None,
+) -> Path:
     """Gradient L2 norm per model part vs optimizer step, log y (zeros masked).
 
     `frozen` names parts frozen on purpose (labelled so); `epoch_starts` as in `_step_axis`.
@@ -183,8 +195,11 @@ def plot_gradient_norms(df: pd.DataFrame | None, path: Path, frozen: Collection[
     series = [_positive(df[c]) for c in cols]
     for col, values in zip(cols, series, strict=True):
         style = _NORM_STYLES.get(col) or _layer_style(layer_cols.index(col), len(layer_cols))
-        label = col if np.isfinite(values).any() else (
-            f"{col} (frozen on purpose)" if col in frozen else f"{col} (all zero: frozen?)")
+        label = (
+            col
+            if np.isfinite(values).any()
+            else (f"{col} (frozen on purpose)" if col in frozen else f"{col} (all zero: frozen?)")
+        )
         marker = "o" if len(df) <= 30 else None
         ax.plot(df["batch_idx"], values, label=label, marker=marker, markersize=3, **style)
     xlabel = "optimizer step (batch_idx)"
@@ -197,16 +212,22 @@ def plot_gradient_norms(df: pd.DataFrame | None, path: Path, frozen: Collection[
     return _save(fig, path)
 
 
-def plot_learning_rates(df: pd.DataFrame | None, path: Path,
-                        epoch_starts: Sequence[int] | None = None) -> Path:
+def plot_learning_rates(
+    df: pd.DataFrame | None, path: Path, epoch_starts: Sequence[int] | None = None
+) -> Path:
     """Learning rate of each optimizer param group vs optimizer step, log y."""
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
     cols = [c for c in df.columns if c.startswith("lr_group_")] if df is not None and len(df) else []
     series = [_positive(df[c]) for c in cols]
     for i, values in enumerate(series):
-        ax.plot(df["batch_idx"], values, label=_group_label("lr_group_", i, len(cols)),
-                marker="o" if len(df) <= 30 else None, markersize=3)
+        ax.plot(
+            df["batch_idx"],
+            values,
+            label=_group_label("lr_group_", i, len(cols)),
+            marker="o" if len(df) <= 30 else None,
+            markersize=3,
+        )
     xlabel = "optimizer step (batch_idx)"
     if cols:
         xlabel = _step_axis(ax, df, epoch_starts)
@@ -237,25 +258,33 @@ def _column_warnings(df: pd.DataFrame, col: str, frozen: bool = False) -> list[s
     median = float(finite.median())
     if frozen:
         if median >= NEAR_ZERO:
-            out.append(f"{col}: frozen by the run's config, yet its gradient norm has median {median:.3g}; "
-                       "the freeze did not take effect.")
+            out.append(
+                f"{col}: frozen by the run's config, yet its gradient norm has median {median:.3g}; "
+                "the freeze did not take effect."
+            )
         return out
     if median < NEAR_ZERO:
-        out.append(f"{col}: gradient norm is near zero (median {median:.2g} < {NEAR_ZERO:g}); "
-                   "that part is frozen or its gradients are vanishing.")
+        out.append(
+            f"{col}: gradient norm is near zero (median {median:.2g} < {NEAR_ZERO:g}); "
+            "that part is frozen or its gradients are vanishing."
+        )
         return out
     baseline = values.shift(1).rolling(SPIKE_WINDOW, min_periods=min(5, SPIKE_WINDOW)).median()
     spikes = (baseline > 0) & (values > SPIKE_FACTOR * baseline)
     if spikes.any():
-        out.append(f"{col}: {int(spikes.sum())} gradient spike(s) above {SPIKE_FACTOR:g}x the median "
-                   f"of the previous {SPIKE_WINDOW} collections, {_steps(df, spikes)}.")
+        out.append(
+            f"{col}: {int(spikes.sum())} gradient spike(s) above {SPIKE_FACTOR:g}x the median "
+            f"of the previous {SPIKE_WINDOW} collections, {_steps(df, spikes)}."
+        )
     quarter = len(finite) // 4
     if quarter >= 2:
         first, last = float(finite.iloc[:quarter].median()), float(finite.iloc[-quarter:].median())
         if first > 0 and last > GROWTH_FACTOR * first:
-            out.append(f"{col}: gradient norm grew steadily, median {first:.3g} in the first quarter "
-                       f"of the run to {last:.3g} in the last ({last / first:.1f}x); "
-                       "training may be diverging (lower the learning rate or clip gradients).")
+            out.append(
+                f"{col}: gradient norm grew steadily, median {first:.3g} in the first quarter "
+                f"of the run to {last:.3g} in the last ({last / first:.1f}x); "
+                "training may be diverging (lower the learning rate or clip gradients)."
+            )
     return out
 
 
@@ -274,8 +303,10 @@ def gradient_warnings(df: pd.DataFrame | None, frozen: Collection[str] = ()) -> 
     if "overall" in df.columns:
         bad = ~np.isfinite(np.asarray(df["overall"], dtype=float))
         if bad.any():
-            out.append(f"overall: gradient norm is inf/NaN {_steps(df, pd.Series(bad, index=df.index))}; "
-                       "with AMP the GradScaler skips those steps, without it training diverged.")
+            out.append(
+                f"overall: gradient norm is inf/NaN {_steps(df, pd.Series(bad, index=df.index))}; "
+                "with AMP the GradScaler skips those steps, without it training diverged."
+            )
     for col in _norm_columns(df):
         out.extend(_column_warnings(df, col, col in frozen))
     if {"mlp_head", "backbone_layer4"} <= set(df.columns):
@@ -284,7 +315,9 @@ def gradient_warnings(df: pd.DataFrame | None, frozen: Collection[str] = ()) -> 
         if ok.any():
             ratio = float(np.median(head[ok] / backbone[ok]))
             if ratio > HEAD_BACKBONE_RATIO:
-                out.append(f"mlp_head gradients are {ratio:.0f}x those of backbone_layer4 (median "
-                           f"ratio > {HEAD_BACKBONE_RATIO:g}); the backbone learns far slower than the "
-                           "head (check the head lr multiplier and the backbone's gradient flow).")
+                out.append(
+                    f"mlp_head gradients are {ratio:.0f}x those of backbone_layer4 (median "
+                    f"ratio > {HEAD_BACKBONE_RATIO:g}); the backbone learns far slower than the "
+                    "head (check the head lr multiplier and the backbone's gradient flow)."
+                )
     return out

@@ -36,7 +36,8 @@ def frame_metrics(df: pd.DataFrame) -> dict:
         return {"n": 0}
     has_dist = PRED_DIST[0] in df
     return metrics.compute_metrics(
-        df["pred_mean"].to_numpy(), df["gt_mean"].to_numpy(),
+        df["pred_mean"].to_numpy(),
+        df["gt_mean"].to_numpy(),
         df[PRED_DIST].to_numpy() if has_dist else None,
         df[GT_DIST].to_numpy() if has_dist else None,
     )

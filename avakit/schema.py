@@ -136,8 +136,10 @@ def _check_meta(value: Any, meta: typing.Mapping[str, Any], key: str, root: Root
     if "max_length" in meta and len(value) > meta["max_length"]:
         raise AvakitError(f"{key}: at most {meta['max_length']} values, got {len(value)}")
     if meta.get("filename") and (value in (".", "..") or len(value) > 100 or _NOT_IN_NAME.search(value)):
-        raise AvakitError(f"{key}: must be a plain folder name (at most 100 characters, no / \\ or "
-                          f"control characters, not . or ..), got {_short(value)}")
+        raise AvakitError(
+            f"{key}: must be a plain folder name (at most 100 characters, no / \\ or "
+            f"control characters, not . or ..), got {_short(value)}"
+        )
     if "keys" in meta and isinstance(value, dict):
         for name in value:
             if name not in meta["keys"]:

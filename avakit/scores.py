@@ -67,8 +67,13 @@ def score_std(dist: ArrayLike, *, normalise: bool = True) -> np.ndarray:
 BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large")
 OUTPUT_MODES: tuple[str, ...] = ("distribution", "regression")
 # loss_type -> the model.output_mode it needs (model.losses.LOSSES holds the functions)
-LOSSES: dict[str, str] = {"kl_div": "distribution", "cross_entropy": "distribution", "emd": "distribution",
-                          "mse": "regression", "l1": "regression"}
+LOSSES: dict[str, str] = {
+    "kl_div": "distribution",
+    "cross_entropy": "distribution",
+    "emd": "distribution",
+    "mse": "regression",
+    "l1": "regression",
+}
 FREEZE_MODES: tuple[str, ...] = ("none", "partial", "full")
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
 # training.amp: autocast dtype on cuda; elsewhere always "off" (see training.engine.resolve_amp)

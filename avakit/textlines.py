@@ -62,7 +62,7 @@ def read_lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
         while raw := f.readline(max_bytes + 1):
             number += 1
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             if len(raw) > max_bytes and not raw.endswith(b"\n"):
                 while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
                     pass  # the rest of the long line, read and dropped in 64 KB pieces

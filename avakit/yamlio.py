@@ -62,13 +62,18 @@ class ConfigLoader(yaml.SafeLoader):
                 raise ComposerError(None, None, f"recursive YAML alias *{event.anchor}", event.start_mark)
             self._alias_nodes += self._sizes[id(node)]
             if self._alias_nodes > MAX_ALIAS_NODES:
-                raise ComposerError(None, None, f"too many YAML aliases (they expand to more than "
-                                    f"{MAX_ALIAS_NODES:,} values)", event.start_mark)
+                raise ComposerError(
+                    None,
+                    None,
+                    f"too many YAML aliases (they expand to more than {MAX_ALIAS_NODES:,} values)",
+                    event.start_mark,
+                )
             return node
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
-                                self.peek_event().start_mark)
+            raise ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
+            )
         node = super().compose_node(parent, index)
         self._depth -= 1
         if isinstance(node, yaml.SequenceNode):
@@ -85,8 +90,9 @@ class ConfigLoader(yaml.SafeLoader):
         try:
             return super().construct_yaml_int(node)
         except ValueError:  # Python refuses to parse integers of more than 4300 digits
-            raise ConstructorError(None, None, f"integer of {len(node.value):,} digits is too long",
-                                   node.start_mark) from None
+            raise ConstructorError(
+                None, None, f"integer of {len(node.value):,} digits is too long", node.start_mark
+            ) from None
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         """Construct a mapping, refusing a duplicate key (merge keys `<<` aside)."""
@@ -97,8 +103,12 @@ class ConfigLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node)
                 if key in seen:
-                    raise ConstructorError("while constructing a mapping", node.start_mark,
-                                           f"duplicate key {key!r}", key_node.start_mark)
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -109,9 +119,7 @@ ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-ConfigLoader.add_implicit_resolver(
-    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 ConfigLoader.add_implicit_resolver(
     _FLOAT,
     re.compile(
@@ -143,8 +151,10 @@ def read_yaml(path: Path, what: str = "config") -> Any:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise AvakitError(f"{what} {path}: {size / 2**20:.0f} MiB is too large for a {what} file "
-                              f"(at most {MAX_FILE_BYTES >> 20} MiB)")
+            raise AvakitError(
+                f"{what} {path}: {size / 2**20:.0f} MiB is too large for a {what} file "
+                f"(at most {MAX_FILE_BYTES >> 20} MiB)"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise AvakitError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
@@ -152,8 +162,9 @@ def read_yaml(path: Path, what: str = "config") -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise AvakitError(f"{what} {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                          "save it as UTF-8") from None
+        raise AvakitError(
+            f"{what} {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     try:
         return parse_yaml(text)
     except yaml.YAMLError as exc:

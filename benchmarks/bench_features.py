@@ -38,13 +38,24 @@ def end_to_end_rate(cfg, steps: int) -> float:
 
     model, t, tf = model_from_config(cfg), cfg.training, cfg.transform
     groups = param_groups(model, t.learning_rate, t.head_lr_multiplier)
-    ctx = StepContext(model=model, normalize=Normalize(tf.normalize_mean, tf.normalize_std),
-                      optimizer=torch.optim.AdamW(groups, lr=t.learning_rate),
-                      loss_fn=get_loss(t.loss_type).fn, output_mode=cfg.model.output_mode,
-                      device=torch.device("cpu"))
+    ctx = StepContext(
+        model=model,
+        normalize=Normalize(tf.normalize_mean, tf.normalize_std),
+        optimizer=torch.optim.AdamW(groups, lr=t.learning_rate),
+        loss_fn=get_loss(t.loss_type).fn,
+        output_mode=cfg.model.output_mode,
+        device=torch.device("cpu"),
+    )
     decoder = SampleDecoder(TrainPreset(tf), tf.crop_size)
-    loader = make_loader(resolve_split(cfg.data.shards, "train"), decoder, batch_size=t.batch_size,
-                         train=True, seed=0, epoch=0, num_workers=cfg.data.num_workers)
+    loader = make_loader(
+        resolve_split(cfg.data.shards, "train"),
+        decoder,
+        batch_size=t.batch_size,
+        train=True,
+        seed=0,
+        epoch=0,
+        num_workers=cfg.data.num_workers,
+    )
     batches = iter(loader)
     ctx.max_steps = 1
     train_one_epoch(ctx, batches, 0, 0)  # warm-up
@@ -67,8 +78,10 @@ def main() -> int:
         ava = make_synthetic_ava(root / "ava", n=args.n, seed=0, fixed_size=(800, 534))
         write_shards(plan_sharding(ava.ava_txt, ava.images, root / "shards", ShardOptions(shard_size=40)), 2)
         batch = args.batch_size
-        cfg = load_config(None, [*_overrides(args.backbone, root, batch), "data.num_workers=1",
-                                 f"training.batch_size={batch}"])
+        cfg = load_config(
+            None,
+            [*_overrides(args.backbone, root, batch), "data.num_workers=1", f"training.batch_size={batch}"],
+        )
         e2e = end_to_end_rate(cfg, args.steps)
         start = time.perf_counter()
         meta = extract_features(cfg, ("train", "val", "test"), root / "cache", device="cpu")
@@ -82,22 +95,44 @@ def main() -> int:
     print(f"{'end-to-end training step':28s} {e2e:10.1f} images/s")
     print(f"{'feature extraction':28s} {extract:10.1f} images/s   ({extract / e2e:.1f}x a training step)")
     print(f"{'head-only training':28s} {head:10.1f} samples/s  ({head / e2e:.0f}x end-to-end)")
-    measured = (f"end-to-end train step {e2e:.1f} img/s; feature extraction {extract:.1f} img/s "
-                f"(**{extract / e2e:.1f}x**); head-only training {head:,.0f} samples/s "
-                f"(**~{head / e2e:,.0f}x**)")
-    return save("bench_features", command=command_line(), what=f"{args.backbone} on CPU", measured=measured,
-                target="—", checks=[], load_before=load_before, options=vars(args),
-                figures={"end_to_end_img_per_s": e2e, "extraction_img_per_s": extract,
-                         "head_only_samples_per_s": head, "extraction_vs_step": extract / e2e,
-                         "head_only_vs_end_to_end": head / e2e})
+    measured = (
+        f"end-to-end train step {e2e:.1f} img/s; feature extraction {extract:.1f} img/s "
+        f"(**{extract / e2e:.1f}x**); head-only training {head:,.0f} samples/s "
+        f"(**~{head / e2e:,.0f}x**)"
+    )
+    return save(
+        "bench_features",
+        command=command_line(),
+        what=f"{args.backbone} on CPU",
+        measured=measured,
+        target="—",
+        checks=[],
+        load_before=load_before,
+        options=vars(args),
+        figures={
+            "end_to_end_img_per_s": e2e,
+            "extraction_img_per_s": extract,
+            "head_only_samples_per_s": head,
+            "extraction_vs_step": extract / e2e,
+            "head_only_vs_end_to_end": head / e2e,
+        },
+    )
 
 
 def _overrides(backbone: str, root: Path, batch: int) -> list[str]:
     """The settings both runs share (the cache fingerprint must match)."""
-    return [f"model.backbone={backbone}", "model.pretrained=false", "device=cpu",
-            f"data.shards={root / 'shards'}", "training.amp=off", "training.max_epochs=20",
-            "training.early_stop_patience=0", "telemetry.enabled=false", "save_val_predictions=false",
-            f"features.batch_size={batch}"]
+    return [
+        f"model.backbone={backbone}",
+        "model.pretrained=false",
+        "device=cpu",
+        f"data.shards={root / 'shards'}",
+        "training.amp=off",
+        "training.max_epochs=20",
+        "training.early_stop_patience=0",
+        "telemetry.enabled=false",
+        "save_val_predictions=false",
+        f"features.batch_size={batch}",
+    ]
 
 
 if __name__ == "__main__":

@@ -62,10 +62,15 @@ class LooseFiles(Dataset):
 
     def __init__(self, paths: list[Path], resize: int, crop: int, cfg: Config) -> None:
         self.paths = paths
-        self.transform = T.Compose([
-            T.Resize(resize), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(),
-            T.Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std),
-        ])
+        self.transform = T.Compose(
+            [
+                T.Resize(resize),
+                T.RandomCrop(crop),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(cfg.transform.normalize_mean, cfg.transform.normalize_std),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -84,7 +89,7 @@ class BareDecode(IterableDataset):
     def __iter__(self) -> Iterator[int]:
         """Decode every image of this worker's shards; yield how many per batch_size decoded."""
         info = get_worker_info()
-        urls = self.urls if info is None else self.urls[info.id::info.num_workers]
+        urls = self.urls if info is None else self.urls[info.id :: info.num_workers]
         done = 0
         for url in urls:
             with tarfile.open(url) as tar:
@@ -92,8 +97,7 @@ class BareDecode(IterableDataset):
                     if not member.name.endswith(".jpg"):
                         continue
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                mode=ImageReadMode.RGB)
+                    decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
                     done += 1
                     if done == self.batch_size:
                         yield done
@@ -117,8 +121,9 @@ def cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def timed_pass(loader: Iterable, skip: int, per_batch: Callable[[object], None] | None = None
-               ) -> tuple[float, float]:
+def timed_pass(
+    loader: Iterable, skip: int, per_batch: Callable[[object], None] | None = None
+) -> tuple[float, float]:
     """(images/s, CPU ms per image) of one pass.
 
     The clock starts after the first `skip` batches have arrived; the CPU time covers the whole
@@ -166,16 +171,20 @@ def interleaved_rates(rows: dict[str, Row], repeats: int, skip: int) -> dict[str
 def prepare_data(tmp: Path, n: int, shard_size: int) -> tuple[list[Path], SplitSource]:
     """Generate the full-size photos and shard them with avakit: (original files, train split)."""
     ava = make_synthetic_ava(tmp / "ava", n=n, seed=0, fixed_size=(800, 534), quality=90)
-    plan = plan_sharding(ava.ava_txt, ava.images, tmp / "shards",
-                         ShardOptions(short_side=256, quality=90, shard_size=shard_size,
-                                      val_ratio=0.0, test_ratio=0.0))
+    plan = plan_sharding(
+        ava.ava_txt,
+        ava.images,
+        tmp / "shards",
+        ShardOptions(short_side=256, quality=90, shard_size=shard_size, val_ratio=0.0, test_ratio=0.0),
+    )
     write_shards(plan, workers=2)
     paths = [ava.images / f"{i}.jpg" for i in ava.image_ids]
     return paths, resolve_split(str(tmp / "shards"), "train")
 
 
-def measure(paths: list[Path], source: SplitSource, cfg: Config, workers: int, repeats: int,
-            cycles: int) -> dict[str, tuple[float, float]]:
+def measure(
+    paths: list[Path], source: SplitSource, cfg: Config, workers: int, repeats: int, cycles: int
+) -> dict[str, tuple[float, float]]:
     """Images/s of the four rows, all with `workers` DataLoader workers and batch 32.
 
     The shard-based loaders read the shard list `cycles` times per pass (the same files again,
@@ -188,23 +197,41 @@ def measure(paths: list[Path], source: SplitSource, cfg: Config, workers: int, r
     normalize = Normalize(tcfg.normalize_mean, tcfg.normalize_std)
 
     def shard_loader(epoch: int) -> DataLoader:
-        return make_loader(source, decoder, batch_size=BATCH, train=True, seed=cfg.seed, epoch=epoch,
-                           num_workers=workers, shuffle_buffer=cfg.data.shuffle_buffer)
+        return make_loader(
+            source,
+            decoder,
+            batch_size=BATCH,
+            train=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            num_workers=workers,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+        )
 
     def loose_loader(epoch: int) -> DataLoader:
         dataset = LooseFiles(paths, tcfg.resize_size, tcfg.crop_size, cfg)
-        return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                          generator=torch.Generator().manual_seed(epoch))
+        return DataLoader(
+            dataset,
+            batch_size=BATCH,
+            shuffle=True,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(epoch),
+        )
 
     def bare_loader(epoch: int) -> DataLoader:
-        return DataLoader(BareDecode([str(f.path) for f in source.files], BATCH), batch_size=None,
-                          num_workers=workers)
+        return DataLoader(
+            BareDecode([str(f.path) for f in source.files], BATCH), batch_size=None, num_workers=workers
+        )
 
     def cpu_normalize(batch: object) -> None:
         normalize(batch[0])  # type: ignore[index]
 
-    rows: dict[str, Row] = {"loose": (loose_loader, None), "shard": (shard_loader, None),
-                            "shard+norm": (shard_loader, cpu_normalize), "bare": (bare_loader, None)}
+    rows: dict[str, Row] = {
+        "loose": (loose_loader, None),
+        "shard": (shard_loader, None),
+        "shard+norm": (shard_loader, cpu_normalize),
+        "bare": (bare_loader, None),
+    }
     return interleaved_rates(rows, repeats, skip)
 
 
@@ -218,14 +245,18 @@ def report(results: dict[str, tuple[float, float]], workers: int) -> list[Check]
         "shard+norm": "avakit shards + Normalize on CPU, float out",
         "bare": "bare decode_jpeg of the shard jpgs",
     }
-    print(f"\n{'loader (workers=' + str(workers) + ', batch ' + str(BATCH) + ')':46s} "
-          f"{'img/s':>8s} {'vs loose':>9s} {'% of bare':>10s} {'CPU ms/img':>11s}")
+    print(
+        f"\n{'loader (workers=' + str(workers) + ', batch ' + str(BATCH) + ')':46s} "
+        f"{'img/s':>8s} {'vs loose':>9s} {'% of bare':>10s} {'CPU ms/img':>11s}"
+    )
     for key, name in names.items():
         rate, cpu = results[key]
         print(f"{name:46s} {rate:8.1f} {rate / loose:8.1f}x {rate / bare:9.0%} {cpu:11.2f}")
     speedup, share = shard / loose, shard / bare
-    checks = [Check("shard loader vs loose-file loader", speedup, 10, unit="x"),
-              Check("shard loader vs bare decode", share, 0.7, unit="%")]
+    checks = [
+        Check("shard loader vs loose-file loader", speedup, 10, unit="x"),
+        Check("shard loader vs bare decode", share, 0.7, unit="%"),
+    ]
     print()
     for check in checks:
         print(check.line())
@@ -239,8 +270,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader (>= 0)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timed passes")
     parser.add_argument("--shard-size", type=int, default=64, help="images per shard")
-    parser.add_argument("--cycles", type=int, default=4,
-                        help="times the shard loaders read the shards per timed pass")
+    parser.add_argument(
+        "--cycles", type=int, default=4, help="times the shard loaders read the shards per timed pass"
+    )
     parser.add_argument("--threads", type=int, default=0, help="main-process torch threads (0 = default)")
     args = parser.parse_args()
     if args.workers < 0:
@@ -258,31 +290,49 @@ def main() -> int:
         paths, source = prepare_data(Path(tmp), args.n, args.shard_size)
         orig = statistics.median(p.stat().st_size for p in paths)
         shard_bytes = sum(f.path.stat().st_size for f in source.files) / max(1, source.samples or 1)
-        print(f"{args.n} images 800x534, median {orig / 1e3:.0f} KB; in {len(source.files)} shards "
-              f"at short side 256, {shard_bytes / 1e3:.0f} KB per sample; torch threads "
-              f"{torch.get_num_threads()}")
+        print(
+            f"{args.n} images 800x534, median {orig / 1e3:.0f} KB; in {len(source.files)} shards "
+            f"at short side 256, {shard_bytes / 1e3:.0f} KB per sample; torch threads "
+            f"{torch.get_num_threads()}"
+        )
         rates = measure(paths, source, cfg, args.workers, args.repeats, args.cycles)
     checks = report(rates, args.workers)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return write_json(rates, checks, args, load_before)
 
 
-def write_json(rates: dict[str, tuple[float, float]], checks: list[Check], args: argparse.Namespace,
-               load_before: list[float]) -> int:
+def write_json(
+    rates: dict[str, tuple[float, float]],
+    checks: list[Check],
+    args: argparse.Namespace,
+    load_before: list[float],
+) -> int:
     """results/bench_loader.json: images/s and CPU ms per image of each row, the ratios, the verdicts."""
     img_s = {name: rate for name, (rate, _) in rates.items()}
     cpu = {name: ms for name, (_, ms) in rates.items()}
-    measured = (f"{img_s['shard']:.0f} vs {img_s['loose']:.0f} img/s: **{checks[0].value:.1f}x**; "
-                f"**{checks[1].value * 100:.0f} %** of bare `decode_jpeg` of the shard images "
-                f"({img_s['bare']:.0f} img/s); CPU {cpu['shard']:.2f} vs {cpu['loose']:.2f} ms/img")
-    return save("bench_loader", command=command_line(),
-                what=f"shard loader (decode + augment + batch, {args.workers} workers) vs the seed design's "
-                     "loose-file loader (Pillow full-size decode, Resize, RandomCrop, flip, ToTensor, "
-                     "Normalize)",
-                measured=measured, target=">= 10x, >= 70 % of bare decode", checks=checks,
-                figures={"img_per_s": img_s, "cpu_ms_per_img": cpu,
-                         "speedup_vs_loose": checks[0].value, "share_of_bare": checks[1].value},
-                load_before=load_before, options=vars(args))
+    measured = (
+        f"{img_s['shard']:.0f} vs {img_s['loose']:.0f} img/s: **{checks[0].value:.1f}x**; "
+        f"**{checks[1].value * 100:.0f} %** of bare `decode_jpeg` of the shard images "
+        f"({img_s['bare']:.0f} img/s); CPU {cpu['shard']:.2f} vs {cpu['loose']:.2f} ms/img"
+    )
+    return save(
+        "bench_loader",
+        command=command_line(),
+        what=f"shard loader (decode + augment + batch, {args.workers} workers) vs the seed design's "
+        "loose-file loader (Pillow full-size decode, Resize, RandomCrop, flip, ToTensor, "
+        "Normalize)",
+        measured=measured,
+        target=">= 10x, >= 70 % of bare decode",
+        checks=checks,
+        figures={
+            "img_per_s": img_s,
+            "cpu_ms_per_img": cpu,
+            "speedup_vs_loose": checks[0].value,
+            "share_of_bare": checks[1].value,
+        },
+        load_before=load_before,
+        options=vars(args),
+    )
 
 
 if __name__ == "__main__":

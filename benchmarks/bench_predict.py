@@ -36,9 +36,16 @@ def make_run(root: Path, backbone: str) -> Path:
     model = build_model(backbone, pretrained=False).eval()
     run = root / "run"
     run.mkdir()
-    save_checkpoint(run / "best_model.pt", {
-        "model_state_dict": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": {},
-        "preprocessing": {"short_side": 256, "quality": 90}})
+    save_checkpoint(
+        run / "best_model.pt",
+        {
+            "model_state_dict": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "epoch": 0,
+            "metrics": {},
+            "preprocessing": {"short_side": 256, "quality": 90},
+        },
+    )
     return run
 
 
@@ -55,8 +62,10 @@ def cold_start(model: list[str], image: Path, repeats: int) -> list[float]:
 
 def help_imports_torch() -> tuple[bool, float]:
     """(does `avakit --help` import torch, its wall seconds)."""
-    code = ("import sys; from avakit.cli.app import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n"
-            "    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys; from avakit.cli.app import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n"
+        "    pass\nprint('torch' in sys.modules, file=sys.stderr)"
+    )
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return proc.stderr.strip().endswith("True"), time.perf_counter() - start
@@ -101,29 +110,42 @@ def main() -> int:
         figures["cold_torch_s"] = {"best": min(cold), "median": sorted(cold)[len(cold) // 2]}
         check = Check("cold `avakit predict one.jpg --run`", min(cold), 3, at_least=False, unit=" s")
         threads = torch.get_num_threads()
-        print(f"cold `avakit predict one.jpg --run` ({args.backbone}, cpu, {threads} threads): "
-              f"best {min(cold):.2f} s, median {sorted(cold)[len(cold) // 2]:.2f} s "
-              f"(target <= 3 s) {'PASS' if check.passed else 'FAIL'}")
+        print(
+            f"cold `avakit predict one.jpg --run` ({args.backbone}, cpu, {threads} threads): "
+            f"best {min(cold):.2f} s, median {sorted(cold)[len(cold) // 2]:.2f} s "
+            f"(target <= 3 s) {'PASS' if check.passed else 'FAIL'}"
+        )
         onnx = _export(run, root)
         if onnx is not None:
             cold = cold_start(["--onnx", str(onnx)], images[0], args.repeats)
             figures["cold_onnx_s"] = {"best": min(cold), "median": sorted(cold)[len(cold) // 2]}
-            print(f"cold `avakit predict one.jpg --onnx` (onnxruntime, no torch): best {min(cold):.2f} s, "
-                  f"median {sorted(cold)[len(cold) // 2]:.2f} s")
+            print(
+                f"cold `avakit predict one.jpg --onnx` (onnxruntime, no torch): best {min(cold):.2f} s, "
+                f"median {sorted(cold)[len(cold) // 2]:.2f} s"
+            )
         for batch in (1, 32):
             figures[f"warm_img_per_s_batch{batch}"] = warm_rate(run, images, batch)
             print(f"warm forward, batch {batch:2d}: {figures[f'warm_img_per_s_batch{batch}']:7.1f} images/s")
     print(f"--help imports no torch: {'PASS' if not imports_torch else 'FAIL'}")
     no_torch = Check("`avakit --help` imports no torch (1 = none)", float(not imports_torch), 1)
     onnx_s = f"`--onnx` path **{figures['cold_onnx_s']['best']:.2f} s**; " if "cold_onnx_s" in figures else ""
-    measured = (f"torch path **{check.value:.1f} s**; {onnx_s}warm "
-                f"{figures['warm_img_per_s_batch1']:.1f} img/s at batch 1, "
-                f"{figures['warm_img_per_s_batch32']:.1f} img/s at batch 32; `avakit --help` "
-                f"{figures['help_s']:.2f} s, {'imports torch' if imports_torch else 'imports no torch'}")
-    return save("bench_predict", command=command_line(),
-                what=f"cold `avakit predict one.jpg` ({args.backbone}, CPU)", measured=measured,
-                target="cold <= 3 s", checks=[check, no_torch], figures=figures, load_before=load_before,
-                options=vars(args))
+    measured = (
+        f"torch path **{check.value:.1f} s**; {onnx_s}warm "
+        f"{figures['warm_img_per_s_batch1']:.1f} img/s at batch 1, "
+        f"{figures['warm_img_per_s_batch32']:.1f} img/s at batch 32; `avakit --help` "
+        f"{figures['help_s']:.2f} s, {'imports torch' if imports_torch else 'imports no torch'}"
+    )
+    return save(
+        "bench_predict",
+        command=command_line(),
+        what=f"cold `avakit predict one.jpg` ({args.backbone}, CPU)",
+        measured=measured,
+        target="cold <= 3 s",
+        checks=[check, no_torch],
+        figures=figures,
+        load_before=load_before,
+        options=vars(args),
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def naive_baseline(ids: list[int], images: Path, out: Path) -> float:
 def avakit_shard(data: Path, out: Path, workers: int) -> float:
     """Seconds for `avakit shard` (library call) with `workers` processes."""
     start = time.perf_counter()
-    plan = plan_sharding(data / "AVA.txt", data / "images", out, ShardOptions(shard_size=25, val_ratio=0,
-                                                                              test_ratio=0))
+    plan = plan_sharding(
+        data / "AVA.txt", data / "images", out, ShardOptions(shard_size=25, val_ratio=0, test_ratio=0)
+    )
     write_shards(plan, workers=workers)
     return time.perf_counter() - start
 
@@ -65,16 +66,20 @@ def main() -> int:
         ava = make_synthetic_ava(tmp / "ava", n=args.n, seed=0, fixed_size=(800, 534), quality=90)
         sizes = [p.stat().st_size for p in ava.images.iterdir()]
         print(f"{args.n} images 800x534, median {statistics.median(sizes) / 1e3:.0f} KB")
-        base = min(naive_baseline(list(ava.image_ids), ava.images, tmp / f"naive{r}.tar")
-                   for r in range(args.repeats))
+        base = min(
+            naive_baseline(list(ava.image_ids), ava.images, tmp / f"naive{r}.tar")
+            for r in range(args.repeats)
+        )
         base_rate = args.n / base
         print(f"{'naive Pillow loop, 1 process':32s} {base_rate:8.1f} img/s  {base_rate:8.1f} img/s/core")
         rates = {}
         for workers in [int(w) for w in args.workers.split(",")]:
             best = min(avakit_shard(ava.root, tmp / f"s{workers}-{r}", workers) for r in range(args.repeats))
             rates[workers] = args.n / best
-            print(f"{f'avakit shard --workers {workers}':32s} {rates[workers]:8.1f} img/s  "
-                  f"{rates[workers] / workers:8.1f} img/s/core")
+            print(
+                f"{f'avakit shard --workers {workers}':32s} {rates[workers]:8.1f} img/s  "
+                f"{rates[workers] / workers:8.1f} img/s/core"
+            )
     check = Check("per-core speed-up vs naive", rates[1] / base_rate, 2, unit="x")
     print(f"\n{check.line()}")
     measured = f"{rates[1]:.0f} vs {base_rate:.0f} img/s per core: **{check.value:.1f}x**"
@@ -82,18 +87,33 @@ def main() -> int:
     for workers, rate in rates.items():
         if workers > 1:
             scaling[workers] = rate / rates[1]
-            print(f"scaling 1 -> {workers} workers: {scaling[workers]:.2f}x "
-                  f"({scaling[workers] / workers:.0%} of linear)")
-            measured += (f"; {workers} workers {rate:.0f} img/s (**{scaling[workers]:.1f}x**, "
-                         f"{scaling[workers] / workers:.0%} of linear)").replace("%", " %")
-    figures = {"images": args.n, "naive_img_per_s": base_rate,
-               "shard_img_per_s": {str(w): r for w, r in rates.items()},
-               "per_core_speedup": check.value, "scaling": {str(w): s for w, s in scaling.items()}}
-    return save("bench_shard", command=command_line(),
-                what=f"`avakit shard` vs a naive one-process Pillow loop (full decode, `resize`, encode) on "
-                     f"{args.n} photos of 800x534 (~90 KB)",
-                measured=measured, target=">= 2x per core, near-linear", checks=[check], figures=figures,
-                load_before=load_before, options=vars(args))
+            print(
+                f"scaling 1 -> {workers} workers: {scaling[workers]:.2f}x "
+                f"({scaling[workers] / workers:.0%} of linear)"
+            )
+            measured += (
+                f"; {workers} workers {rate:.0f} img/s (**{scaling[workers]:.1f}x**, "
+                f"{scaling[workers] / workers:.0%} of linear)"
+            ).replace("%", " %")
+    figures = {
+        "images": args.n,
+        "naive_img_per_s": base_rate,
+        "shard_img_per_s": {str(w): r for w, r in rates.items()},
+        "per_core_speedup": check.value,
+        "scaling": {str(w): s for w, s in scaling.items()},
+    }
+    return save(
+        "bench_shard",
+        command=command_line(),
+        what=f"`avakit shard` vs a naive one-process Pillow loop (full decode, `resize`, encode) on "
+        f"{args.n} photos of 800x534 (~90 KB)",
+        measured=measured,
+        target=">= 2x per core, near-linear",
+        checks=[check],
+        figures=figures,
+        load_before=load_before,
+        options=vars(args),
+    )
 
 
 if __name__ == "__main__":

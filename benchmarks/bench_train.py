@@ -58,9 +58,12 @@ CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
 def prepare_shards(tmp: Path, n: int) -> Path:
     """Generate n full-size photos and shard them with avakit (10 % validation, 32 per shard)."""
     ava = make_synthetic_ava(tmp / "ava", n=n, seed=0, fixed_size=(800, 534), quality=90)
-    plan = plan_sharding(ava.ava_txt, ava.images, tmp / "shards",
-                         ShardOptions(short_side=256, quality=90, shard_size=32, val_ratio=0.1,
-                                      test_ratio=0.0))
+    plan = plan_sharding(
+        ava.ava_txt,
+        ava.images,
+        tmp / "shards",
+        ShardOptions(short_side=256, quality=90, shard_size=32, val_ratio=0.1, test_ratio=0.0),
+    )
     write_shards(plan, workers=2)
     return tmp / "shards"
 
@@ -80,10 +83,15 @@ def images_needed(batches: int, batch_size: int, workers: int) -> int:
 def make_config(args: argparse.Namespace, shards: Path, out: Path) -> Config:
     """configs/cpu.yaml with the benchmark's overrides (no pretrained weights, no telemetry)."""
     overrides = [
-        f"data.shards={shards}", f"data.num_workers={args.workers}", f"output_dir={out}",
-        f"model.backbone={args.backbone}", "model.pretrained=false",
-        f"transform.crop_size={args.crop}", f"transform.resize_size={max(256, args.crop)}",
-        "telemetry.enabled=false", "device=cpu",
+        f"data.shards={shards}",
+        f"data.num_workers={args.workers}",
+        f"output_dir={out}",
+        f"model.backbone={args.backbone}",
+        "model.pretrained=false",
+        f"transform.crop_size={args.crop}",
+        f"transform.resize_size={max(256, args.crop)}",
+        "telemetry.enabled=false",
+        "device=cpu",
     ]
     if args.batch_size:
         overrides.append(f"training.batch_size={args.batch_size}")
@@ -94,9 +102,16 @@ def train_loader(cfg: Config, epoch: int = 0) -> torch.utils.data.DataLoader:
     """The training loader as `avakit train` builds it for one epoch (single process, CPU)."""
     source = resolve_split(cfg.data.shards, "train")
     decoder = SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size)
-    return make_loader(source, decoder, batch_size=cfg.training.batch_size, train=True, seed=cfg.seed,
-                       epoch=epoch, num_workers=cfg.data.num_workers,
-                       shuffle_buffer=cfg.data.shuffle_buffer)
+    return make_loader(
+        source,
+        decoder,
+        batch_size=cfg.training.batch_size,
+        train=True,
+        seed=cfg.seed,
+        epoch=epoch,
+        num_workers=cfg.data.num_workers,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+    )
 
 
 def fresh_trainer(cfg: Config, run_dir: Path) -> Trainer:
@@ -136,8 +151,10 @@ def run(cfg: Config, run_dir: Path, steps: int, rounds: int) -> dict[str, Way]:
     loader_it = iter(train_loader(cfg))
     batches = [next(loader_it) for _ in range(1 + rounds * steps)]
     del loader_it  # shuts its workers down
-    ways = {"memory": Way(fresh_trainer(cfg, run_dir), batches),
-            "loader": Way(fresh_trainer(cfg, run_dir), train_loader(cfg))}
+    ways = {
+        "memory": Way(fresh_trainer(cfg, run_dir), batches),
+        "loader": Way(fresh_trainer(cfg, run_dir), train_loader(cfg)),
+    }
     for way in ways.values():
         way.steps(1, 0)  # warm-up: worker start-up, first allocations
     for r in range(rounds):
@@ -152,9 +169,11 @@ def report(ways: dict[str, Way], cfg: Config, steps: int) -> dict[str, dict[str,
     Returns the best and median images/s of each way.
     """
     t, rounds = cfg.training, len(ways["memory"].rounds)
-    print(f"\n{cfg.model.backbone}, crop {cfg.transform.crop_size}, batch {t.batch_size}, {rounds} rounds x "
-          f"{steps} step(s) each way, {cfg.data.num_workers} loader workers, "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"\n{cfg.model.backbone}, crop {cfg.transform.crop_size}, batch {t.batch_size}, {rounds} rounds x "
+        f"{steps} step(s) each way, {cfg.data.num_workers} loader workers, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     print(f"{'batches from':28s} {'best img/s':>10s} {'s/step':>7s} {'median img/s':>13s} {'mean loss':>10s}")
     names = {"memory": "in-memory list (model only)", "loader": "avakit shard loader"}
     best, median = {}, {}
@@ -200,14 +219,22 @@ def main() -> int:
     print(check.line())
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     median_ratio = median["loader"] / median["memory"]
-    measured = (f"{best['loader']:.1f} vs {best['memory']:.1f} img/s best rounds (**{check.value:.0%}**), "
-                f"medians {median_ratio:.1%}").replace("%", " %")
-    return save("bench_train", command=command_line(),
-                what=f"training img/s ({cfg.model.backbone}, {cfg.transform.crop_size} px, batch "
-                     f"{cfg.training.batch_size}) with the real loader vs in-memory tensors",
-                measured=measured, target=">= 95 %", checks=[check],
-                figures={**figures, "ratio_best": check.value, "ratio_median": median_ratio, "images": n},
-                load_before=load_before, options=vars(args))
+    measured = (
+        f"{best['loader']:.1f} vs {best['memory']:.1f} img/s best rounds (**{check.value:.0%}**), "
+        f"medians {median_ratio:.1%}"
+    ).replace("%", " %")
+    return save(
+        "bench_train",
+        command=command_line(),
+        what=f"training img/s ({cfg.model.backbone}, {cfg.transform.crop_size} px, batch "
+        f"{cfg.training.batch_size}) with the real loader vs in-memory tensors",
+        measured=measured,
+        target=">= 95 %",
+        checks=[check],
+        figures={**figures, "ratio_best": check.value, "ratio_median": median_ratio, "images": n},
+        load_before=load_before,
+        options=vars(args),
+    )
 
 
 if __name__ == "__main__":

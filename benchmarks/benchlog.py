@@ -39,19 +39,26 @@ class Check:
         """`name: value (target >= x) PASS`, as printed."""
         sign = ">=" if self.at_least else "<="
         scale = 100 if self.unit == "%" else 1  # a "%" check holds a fraction
-        return (f"{self.name}: {self.value * scale:.3g}{self.unit} (target {sign} {self.target * scale:g}"
-                f"{self.unit}) {'PASS' if self.passed else 'FAIL'}")
+        return (
+            f"{self.name}: {self.value * scale:.3g}{self.unit} (target {sign} {self.target * scale:g}"
+            f"{self.unit}) {'PASS' if self.passed else 'FAIL'}"
+        )
 
 
 def machine() -> dict[str, Any]:
     """CPU count, torch and Python versions, platform."""
     try:
         import torch
+
         torch_version = torch.__version__
     except ImportError:  # pragma: no cover - every benchmark has torch
         torch_version = None
-    return {"cpu_count": os.cpu_count(), "torch": torch_version, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch": torch_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def command_line() -> str:
@@ -64,15 +71,31 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def save(name: str, *, command: str, what: str, measured: str, target: str, checks: list[Check],
-         figures: dict[str, Any], load_before: list[float], options: dict[str, Any] | None = None) -> int:
+def save(
+    name: str,
+    *,
+    command: str,
+    what: str,
+    measured: str,
+    target: str,
+    checks: list[Check],
+    figures: dict[str, Any],
+    load_before: list[float],
+    options: dict[str, Any] | None = None,
+) -> int:
     """Write results/<name>.json, print the path; 1 when any check FAILed, else 0."""
     verdict = "n/a" if not checks else "PASS" if all(c.passed for c in checks) else "FAIL"
     record = {
-        "benchmark": name, "command": command, "what": what, "measured": measured, "target": target,
+        "benchmark": name,
+        "command": command,
+        "what": what,
+        "measured": measured,
+        "target": target,
         "verdict": verdict,
         "checks": [{**asdict(c), "verdict": "PASS" if c.passed else "FAIL"} for c in checks],
-        "figures": figures, "options": options or {}, "machine": machine(),
+        "figures": figures,
+        "options": options or {},
+        "machine": machine(),
         "load": {"before": load_before, "after": load()},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -33,8 +33,10 @@ def row(record: dict) -> str:
     verdict = record["verdict"]
     shown = f"**{verdict}**" if verdict == "FAIL" else verdict
     when = f"load {record['load']['before'][0]:.1f}, {record['date'][:10]}"
-    return (f"| `{record['command']}`: {record['what']} | {record['measured']} | {record['target']} "
-            f"| {shown} ({when}) |")
+    return (
+        f"| `{record['command']}`: {record['what']} | {record['measured']} | {record['target']} "
+        f"| {shown} ({when}) |"
+    )
 
 
 def table(folder: Path = RESULTS) -> list[str]:
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = text.splitlines()
     if args.check:
         if lines[first:end] != new:
-            print("README.md's speed table differs from benchmarks/results/*.json; "
-                  "run `python benchmarks/readme_table.py --write`", file=sys.stderr)
+            print(
+                "README.md's speed table differs from benchmarks/results/*.json; "
+                "run `python benchmarks/readme_table.py --write`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text("\n".join([*lines[:first], *new, *lines[end:]]) + "\n", encoding="utf-8")

@@ -16,10 +16,20 @@ from avakit.config import Config, load_config
 from avakit.dataset.synthetic import SyntheticAva, make_synthetic_ava
 
 _TINY_TRAIN = (
-    "model.backbone=resnet18", "model.pretrained=false", "model.mlp_hidden_dims=[16]",
-    "transform.resize_size=40", "transform.crop_size=32", "training.batch_size=16",
-    "training.max_epochs=2", "training.amp=off", "training.warmup_epochs=1", "data.num_workers=0",
-    "data.shuffle_buffer=50", "telemetry.collect_every_n=2", "device=cpu", "log_interval=1",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.mlp_hidden_dims=[16]",
+    "transform.resize_size=40",
+    "transform.crop_size=32",
+    "training.batch_size=16",
+    "training.max_epochs=2",
+    "training.amp=off",
+    "training.warmup_epochs=1",
+    "data.num_workers=0",
+    "data.shuffle_buffer=50",
+    "telemetry.collect_every_n=2",
+    "device=cpu",
+    "log_interval=1",
 )
 
 
@@ -47,8 +57,10 @@ def tiny_train() -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def tiny_config(tiny_train: tuple[str, ...]) -> Callable[..., Config]:
     """Factory: `tiny_config(*overrides)` is the Config of `tiny_train` plus `overrides`."""
+
     def make(*overrides: str) -> Config:
         return load_config(None, [*tiny_train, *overrides])
+
     return make
 
 
@@ -64,8 +76,14 @@ def shared_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("trained")
     ava = make_synthetic_ava(root / "ava", n=120, seed=12, long_side=(64, 128))
-    write_shards(plan_sharding(ava.ava_txt, ava.images, root / "shards",
-                               ShardOptions(short_side=48, shard_size=16, val_ratio=0.2, test_ratio=0.2)))
+    write_shards(
+        plan_sharding(
+            ava.ava_txt,
+            ava.images,
+            root / "shards",
+            ShardOptions(short_side=48, shard_size=16, val_ratio=0.2, test_ratio=0.2),
+        )
+    )
     return root / "shards"
 
 

@@ -20,8 +20,22 @@ runner = CliRunner()
 
 
 def shard_args(ava: SyntheticAva, out: Path, *extra: str) -> list[str]:
-    return ["shard", "--ava-txt", str(ava.ava_txt), "--images", str(ava.images), "--out", str(out),
-            "--short-side", "32", "--shard-size", "10", "--workers", "1", *extra]
+    return [
+        "shard",
+        "--ava-txt",
+        str(ava.ava_txt),
+        "--images",
+        str(ava.images),
+        "--out",
+        str(out),
+        "--short-side",
+        "32",
+        "--shard-size",
+        "10",
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -43,18 +43,21 @@ def _one_error_line(result) -> str:  # noqa: ANN001 - typer's Result
     return lines[0]
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    (lambda df: df.assign(pred_mean="x"), "column 'pred_mean' must hold numbers"),
-    (lambda df: df.assign(pred_mean=df["pred_mean"].astype(str)), "column 'pred_mean' must hold numbers"),
-    (lambda df: df.assign(image_id=float("nan")), "column 'image_id', row 0: expected an integer"),
-    (lambda df: df.assign(image_id="../../x"), "column 'image_id' must hold numbers"),
-    (lambda df: df.assign(pred_mean=1e300), "column 'pred_mean', row 0: expected a mean score in 1..10"),
-    (lambda df: df.assign(pred_dist_3="x"), "column 'pred_dist_3' must hold numbers"),
-    (lambda df: df.drop(columns=[f"pred_dist_{k}" for k in range(6, 11)]), "lacks pred_dist_6"),
-    (lambda df: df.drop(columns=["gt_dist_1"]), "lacks gt_dist_1"),
-    (lambda df: df.drop(columns=[f"gt_dist_{k}" for k in range(1, 11)]), "but no gt_dist_1..10"),
-    (lambda df: df.assign(pred_mean=[[1.0]] * len(df)), "column 'pred_mean' must hold numbers"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda df: df.assign(pred_mean="x"), "column 'pred_mean' must hold numbers"),
+        (lambda df: df.assign(pred_mean=df["pred_mean"].astype(str)), "column 'pred_mean' must hold numbers"),
+        (lambda df: df.assign(image_id=float("nan")), "column 'image_id', row 0: expected an integer"),
+        (lambda df: df.assign(image_id="../../x"), "column 'image_id' must hold numbers"),
+        (lambda df: df.assign(pred_mean=1e300), "column 'pred_mean', row 0: expected a mean score in 1..10"),
+        (lambda df: df.assign(pred_dist_3="x"), "column 'pred_dist_3' must hold numbers"),
+        (lambda df: df.drop(columns=[f"pred_dist_{k}" for k in range(6, 11)]), "lacks pred_dist_6"),
+        (lambda df: df.drop(columns=["gt_dist_1"]), "lacks gt_dist_1"),
+        (lambda df: df.drop(columns=[f"gt_dist_{k}" for k in range(1, 11)]), "but no gt_dist_1..10"),
+        (lambda df: df.assign(pred_mean=[[1.0]] * len(df)), "column 'pred_mean' must hold numbers"),
+    ],
+)
 def test_report_refuses_a_malformed_predictions_table_in_one_line(run: Path, change, words: str) -> None:  # noqa: ANN001
     path = _rewrite(run, "test.parquet", change)
     line = _one_error_line(runner.invoke(app, ["report", str(run)]))
@@ -88,8 +91,9 @@ def test_a_folder_named_like_a_predictions_file_is_an_error(run: Path) -> None:
 
 def test_report_prints_markup_in_names_as_text(run: Path, tmp_path: Path) -> None:
     (run / "eval").mkdir()
-    (run / "eval" / "a.json").write_text(json.dumps(
-        {"split": "test", "checkpoint": "[/x]", "tta": "[/y]", "metrics": {"srcc": 0.5}}))
+    (run / "eval" / "a.json").write_text(
+        json.dumps({"split": "test", "checkpoint": "[/x]", "tta": "[/y]", "metrics": {"srcc": 0.5}})
+    )
     odd = run.rename(tmp_path / "r[bold]z")
     result = runner.invoke(app, ["report", str(odd)])
     assert result.exit_code == 0, result.output
@@ -123,8 +127,9 @@ def test_predict_prints_markup_in_file_names_as_text(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.parametrize("step", [str(10**30), "inf", "-5", "2.5"])
-def test_telemetry_rows_with_a_bad_step_are_dropped_and_counted(trained_run: Path, tmp_path: Path,
-                                                                step: str) -> None:
+def test_telemetry_rows_with_a_bad_step_are_dropped_and_counted(
+    trained_run: Path, tmp_path: Path, step: str
+) -> None:
     from avakit.training.rundir import read_telemetry_csv
 
     path = tmp_path / "gradient_norms.csv"
@@ -150,8 +155,9 @@ def test_a_bool_best_epoch_is_not_an_epoch(run: Path) -> None:
     assert any("results.json has no best epoch" in n for n in summary["notes"])
 
 
-def test_report_skips_shard_members_with_non_ascii_digit_names(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_skips_shard_members_with_non_ascii_digit_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import io
     import tarfile
 
@@ -178,10 +184,13 @@ def test_export_refuses_an_output_that_is_not_an_onnx_name(run: Path, name: str)
     assert (target.read_bytes() if target.is_file() else None) == before
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("{", "invalid JSON"), ("[1]", "expected a JSON object, got list"), ("\udcff", "not UTF-8")])
-def test_export_metadata_from_a_broken_results_json_is_one_line(trained_run: Path, tmp_path: Path,
-                                                                 text: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("{", "invalid JSON"), ("[1]", "expected a JSON object, got list"), ("\udcff", "not UTF-8")],
+)
+def test_export_metadata_from_a_broken_results_json_is_one_line(
+    trained_run: Path, tmp_path: Path, text: str, words: str
+) -> None:
     from avakit.inference.export import build_metadata
     from avakit.training.checkpoint import load_checkpoint
 
@@ -198,8 +207,9 @@ def test_export_metadata_ignores_fields_of_the_wrong_type(trained_run: Path, tmp
 
     ckpt_path = tmp_path / "best_model.pt"
     shutil.copy(trained_run / "best_model.pt", ckpt_path)
-    (tmp_path / "results.json").write_text(json.dumps(
-        {"checkpoint": "best_model.pt", "val": "x", "test": {"srcc": True}, "finished_at": 5}))
+    (tmp_path / "results.json").write_text(
+        json.dumps({"checkpoint": "best_model.pt", "val": "x", "test": {"srcc": True}, "finished_at": 5})
+    )
     meta = build_metadata(load_checkpoint(ckpt_path), ckpt_path)
     assert meta["val_srcc"] is None and meta["test_srcc"] is None and isinstance(meta["trained_at"], str)
 

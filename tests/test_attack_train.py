@@ -35,17 +35,20 @@ def one_line_error(result, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def features_args(tiny_train: tuple[str, ...]) -> Callable[..., list[str]]:
     """`features_args(shards, out, *extra)`: the `avakit features` arguments of the tiny config."""
+
     def make(shards: Path, out: Path, *extra: str) -> list[str]:
         args = ["features", "--out", str(out), "--device", "cpu"]
         for item in [*tiny_train, f"data.shards={shards}", *extra]:
             args += ["--set", item]
         return args
+
     return make
 
 
 @pytest.fixture(scope="module")
-def cache(features_args: Callable[..., list[str]], trained_run: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cache(
+    features_args: Callable[..., list[str]], trained_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A finished feature cache of the trained run's shards (read-only: copy it first)."""
     out = tmp_path_factory.mktemp("attack_cache") / "feat"
     result = runner.invoke(app, features_args(trained_run.parent / "shards", out))
@@ -62,48 +65,65 @@ def copy_cache(cache: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def head_only(tiny_train: tuple[str, ...]) -> Callable[..., object]:
     """`head_only(trained_run, cache, tmp_path)`: one epoch of head-only training through the CLI."""
+
     def train(trained_run: Path, cache: Path, tmp_path: Path) -> object:
         args = ["train", "--output-dir", str(tmp_path / "runs")]
-        for item in [*tiny_train, f"data.shards={trained_run.parent / 'shards'}", f"data.features={cache}",
-                     "training.max_epochs=1"]:
+        for item in [
+            *tiny_train,
+            f"data.shards={trained_run.parent / 'shards'}",
+            f"data.features={cache}",
+            "training.max_epochs=1",
+        ]:
             args += ["--set", item]
         return runner.invoke(app, args)
+
     return train
 
 
 @pytest.mark.parametrize("meta", ["{", "[1]", "{}", '{"fingerprint": {}, "splits": [1]}'])
-def test_damaged_meta_json_is_one_line(head_only: Callable[..., object],
-        features_args: Callable[..., list[str]], trained_run: Path, cache: Path, tmp_path: Path,
-        meta: str) -> None:
+def test_damaged_meta_json_is_one_line(
+    head_only: Callable[..., object],
+    features_args: Callable[..., list[str]],
+    trained_run: Path,
+    cache: Path,
+    tmp_path: Path,
+    meta: str,
+) -> None:
     feat = copy_cache(cache, tmp_path)
     (feat / "meta.json").write_text(meta)
     one_line_error(runner.invoke(app, features_args(trained_run.parent / "shards", feat)), "meta.json")
     one_line_error(head_only(trained_run, feat, tmp_path), "meta.json")
 
 
-@pytest.mark.parametrize(("name", "damage"), [
-    ("train.features.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage")),
-    ("train.features.npy", lambda p: np.save(p, np.zeros((3, 512), np.float16))),
-    ("train.features.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)),
-    ("train.index.parquet", lambda p: p.write_bytes(b"PAR1 not parquet")),
-    ("backbone.pt", lambda p: p.write_bytes(b"not a checkpoint")),
-    ("backbone.pt", lambda p: torch.save({"x": torch.zeros(1)}, p)),
-    ("backbone.pt", lambda p: p.unlink()),
-])
-def test_damaged_cache_file_is_one_line(head_only: Callable[..., object],
-        trained_run: Path, cache: Path, tmp_path: Path, name: str,
-                                        damage) -> None:
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("train.features.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage")),
+        ("train.features.npy", lambda p: np.save(p, np.zeros((3, 512), np.float16))),
+        ("train.features.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)),
+        ("train.index.parquet", lambda p: p.write_bytes(b"PAR1 not parquet")),
+        ("backbone.pt", lambda p: p.write_bytes(b"not a checkpoint")),
+        ("backbone.pt", lambda p: torch.save({"x": torch.zeros(1)}, p)),
+        ("backbone.pt", lambda p: p.unlink()),
+    ],
+)
+def test_damaged_cache_file_is_one_line(
+    head_only: Callable[..., object], trained_run: Path, cache: Path, tmp_path: Path, name: str, damage
+) -> None:
     feat = copy_cache(cache, tmp_path)
     damage(feat / name)
     one_line_error(head_only(trained_run, feat, tmp_path), name)
     assert not list((tmp_path / "runs").glob("*")), "a failed start leaves no run folder"
 
 
-def test_features_out_is_a_file(features_args: Callable[..., list[str]],
-        trained_run: Path, tmp_path: Path) -> None:
+def test_features_out_is_a_file(
+    features_args: Callable[..., list[str]], trained_run: Path, tmp_path: Path
+) -> None:
     (tmp_path / "feat").write_text("x")
-    one_line_error(runner.invoke(app, features_args(trained_run.parent / "shards", tmp_path / "feat")),
-                   str(tmp_path / "feat"))
+    one_line_error(
+        runner.invoke(app, features_args(trained_run.parent / "shards", tmp_path / "feat")),
+        str(tmp_path / "feat"),
+    )
 
 
 def crafted_last(trained_run: Path, tmp_path: Path, edit) -> Path:
@@ -119,22 +139,29 @@ def _first_state(ckpt: dict) -> dict:
     return next(iter(ckpt["optimizer"]["state"].values()))
 
 
-@pytest.mark.parametrize(("edit", "needle"), [
-    (lambda c: c.pop("optimizer"), "optimizer"),
-    (lambda c: c.__setitem__("state", [1]), "state"),
-    (lambda c: c["state"].__setitem__("epoch", "3"), "state.epoch"),
-    (lambda c: c["state"].__setitem__("step", -1), "state.step"),
-    (lambda c: c["state"].__setitem__("evil", 1), "state"),
-    (lambda c: c["state"].__setitem__("history", ["x"] * len(c["state"]["history"])), "state.history"),
-    (lambda c: c.__setitem__("rng", {"python": 1}), "rng"),
-    (lambda c: c["rng"].__setitem__("torch", torch.zeros(3)), "rng"),
-    (lambda c: c["optimizer"].__setitem__("param_groups", c["optimizer"]["param_groups"][:1]), "optimizer"),
-    (lambda c: _first_state(c).__setitem__("exp_avg", torch.zeros(2)), "optimizer.state"),
-    (lambda c: c.__setitem__("scheduler", {"foo": 1}), "scheduler"),
-    (lambda c: c["scheduler"]["lr_lambdas"][0].__setitem__("best", "x"), "scheduler"),
-])
-def test_crafted_last_pt_resume_is_one_line_and_changes_nothing(trained_run: Path, tmp_path: Path, edit,
-                                                                 needle: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: c.pop("optimizer"), "optimizer"),
+        (lambda c: c.__setitem__("state", [1]), "state"),
+        (lambda c: c["state"].__setitem__("epoch", "3"), "state.epoch"),
+        (lambda c: c["state"].__setitem__("step", -1), "state.step"),
+        (lambda c: c["state"].__setitem__("evil", 1), "state"),
+        (lambda c: c["state"].__setitem__("history", ["x"] * len(c["state"]["history"])), "state.history"),
+        (lambda c: c.__setitem__("rng", {"python": 1}), "rng"),
+        (lambda c: c["rng"].__setitem__("torch", torch.zeros(3)), "rng"),
+        (
+            lambda c: c["optimizer"].__setitem__("param_groups", c["optimizer"]["param_groups"][:1]),
+            "optimizer",
+        ),
+        (lambda c: _first_state(c).__setitem__("exp_avg", torch.zeros(2)), "optimizer.state"),
+        (lambda c: c.__setitem__("scheduler", {"foo": 1}), "scheduler"),
+        (lambda c: c["scheduler"]["lr_lambdas"][0].__setitem__("best", "x"), "scheduler"),
+    ],
+)
+def test_crafted_last_pt_resume_is_one_line_and_changes_nothing(
+    trained_run: Path, tmp_path: Path, edit, needle: str
+) -> None:
     run = crafted_last(trained_run, tmp_path, edit)
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     result = runner.invoke(app, ["train", "--resume", str(run), "--set", "training.max_epochs=3"])
@@ -158,8 +185,10 @@ def test_resume_of_a_good_last_pt_still_works(trained_run: Path, tmp_path: Path)
 def test_resume_with_another_backbone_is_one_line(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "model.backbone=resnet34",
-                                 "--set", "training.max_epochs=3"])
+    result = runner.invoke(
+        app,
+        ["train", "--resume", str(run), "--set", "model.backbone=resnet34", "--set", "training.max_epochs=3"],
+    )
     one_line_error(result, "last.pt", "this run's config")
 
 
@@ -172,9 +201,14 @@ def test_a_training_batch_of_one_sample_trains(tiny_train: tuple[str, ...]) -> N
 
     cfg = load_config(None, tiny_train)
     model = model_from_config(cfg)
-    ctx = StepContext(model=model, normalize=torch.nn.Identity(),
-                      optimizer=torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=get_loss("emd").fn,
-                      output_mode="distribution", device=torch.device("cpu"))
+    ctx = StepContext(
+        model=model,
+        normalize=torch.nn.Identity(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        loss_fn=get_loss("emd").fn,
+        output_mode="distribution",
+        device=torch.device("cpu"),
+    )
     batch = (torch.rand(2, 3, 32, 32), torch.ones(2, 10), torch.arange(2), torch.tensor([True, False]))
     stats = train_one_epoch(ctx, [batch], epoch=0, step=0)
     assert (stats.samples, stats.corrupt, stats.steps) == (1, 1, 1)
@@ -217,8 +251,9 @@ def test_resume_over_damaged_telemetry(trained_run: Path, tmp_path: Path, damage
         one_line_error(result, "telemetry")
 
 
-def test_an_empty_val_split_is_refused_before_training(tiny_train: tuple[str, ...],
-        trained_run: Path, tmp_path: Path) -> None:
+def test_an_empty_val_split_is_refused_before_training(
+    tiny_train: tuple[str, ...], trained_run: Path, tmp_path: Path
+) -> None:
     shards = tmp_path / "shards"
     shutil.copytree(trained_run.parent / "shards", shards)
     manifest = json.loads((shards / "manifest.json").read_text())

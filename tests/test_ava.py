@@ -20,6 +20,7 @@ def parse_id_list(path: Path) -> list[int]:
     """Read an image list -> ids; a bad line is an AvakitError naming the file and line."""
     return read_id_list(path, strict=True)[0]
 
+
 REAL_LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"
 
 
@@ -37,9 +38,15 @@ def test_real_line(tmp_path: Path) -> None:
     assert row.votes == (0, 1, 5, 17, 38, 36, 15, 6, 5, 1)
     assert row.tags == (1, 22) and row.challenge == 1396
     assert row.mean_score == pytest.approx(
-        sum(k * c for k, c in zip(range(1, 11), row.votes, strict=True)) / 124)
-    assert row.label() == {"image_id": 953619, "index": 1, "votes": list(row.votes),
-                           "tags": [1, 22], "challenge": 1396}
+        sum(k * c for k, c in zip(range(1, 11), row.votes, strict=True)) / 124
+    )
+    assert row.label() == {
+        "image_id": 953619,
+        "index": 1,
+        "votes": list(row.votes),
+        "tags": [1, 22],
+        "challenge": 1396,
+    }
 
 
 MALFORMED = [

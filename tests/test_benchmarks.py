@@ -11,8 +11,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-KEYS = {"benchmark", "command", "what", "measured", "target", "verdict", "checks", "figures", "machine",
-        "load", "date"}
+KEYS = {
+    "benchmark",
+    "command",
+    "what",
+    "measured",
+    "target",
+    "verdict",
+    "checks",
+    "figures",
+    "machine",
+    "load",
+    "date",
+}
 
 
 def readme_table() -> ModuleType:

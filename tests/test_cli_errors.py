@@ -14,11 +14,14 @@ from avakit.training.rundir import read_json
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [
-    ["evaluate", "RUN", "--device", "tpu"],
-    ["predict", "x.jpg", "--run", "RUN", "--batch-size", "0"],
-    ["shard", "--bogus"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate", "RUN", "--device", "tpu"],
+        ["predict", "x.jpg", "--run", "RUN", "--batch-size", "0"],
+        ["shard", "--bogus"],
+    ],
+)
 def test_bad_option_is_one_line(args: list[str]) -> None:
     result = runner.invoke(app, args)
     lines = [line for line in result.output.splitlines() if line.strip()]

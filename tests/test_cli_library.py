@@ -23,19 +23,22 @@ def _error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize(("args", "flag"), [
-    (["evaluate", "RUN", "--split", "dev"], "--split"),
-    (["evaluate", "RUN", "--device", "tpu"], "--device"),
-    (["evaluate", "RUN", "--tta", "ten-crop"], "--tta"),
-    (["evaluate", "RUN", "--checkpoint", "middle"], "--checkpoint"),
-    (["predict", "x.jpg", "--format", "xml"], "--format"),
-    (["features", "--splits", "train,dev"], "--splits"),
-    (["shard", "--ava-txt", "a", "--images", "b", "--split", "weird"], "--split"),
-    (["shard", "--ava-txt", "a", "--images", "b", "--short-side", "0"], "--short-side"),
-    (["shard", "--ava-txt", "a", "--images", "b", "--seed", "-1"], "--seed"),
-    (["train", "--quick-experiment", "1.5"], "--quick-experiment"),
-    (["export", "RUN", "--parity-images", "0"], "--parity-images"),
-])
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["evaluate", "RUN", "--split", "dev"], "--split"),
+        (["evaluate", "RUN", "--device", "tpu"], "--device"),
+        (["evaluate", "RUN", "--tta", "ten-crop"], "--tta"),
+        (["evaluate", "RUN", "--checkpoint", "middle"], "--checkpoint"),
+        (["predict", "x.jpg", "--format", "xml"], "--format"),
+        (["features", "--splits", "train,dev"], "--splits"),
+        (["shard", "--ava-txt", "a", "--images", "b", "--split", "weird"], "--split"),
+        (["shard", "--ava-txt", "a", "--images", "b", "--short-side", "0"], "--short-side"),
+        (["shard", "--ava-txt", "a", "--images", "b", "--seed", "-1"], "--seed"),
+        (["train", "--quick-experiment", "1.5"], "--quick-experiment"),
+        (["export", "RUN", "--parity-images", "0"], "--parity-images"),
+    ],
+)
 def test_typer_rejects_bad_values_in_one_line(tmp_path: Path, args: list[str], flag: str) -> None:
     args = [str(tmp_path) if a == "RUN" else a for a in args]
     result = runner.invoke(app, args)

@@ -16,8 +16,22 @@ runner = CliRunner()
 
 
 def shard_args(ava: SyntheticAva, out: Path, *extra: str) -> list[str]:
-    return ["shard", "--ava-txt", str(ava.ava_txt), "--images", str(ava.images), "--out", str(out),
-            "--short-side", "32", "--shard-size", "10", "--workers", "1", *extra]
+    return [
+        "shard",
+        "--ava-txt",
+        str(ava.ava_txt),
+        "--images",
+        str(ava.images),
+        "--out",
+        str(out),
+        "--short-side",
+        "32",
+        "--shard-size",
+        "10",
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +117,31 @@ def test_bad_options_exit_2(tiny_ava: SyntheticAva, tmp_path: Path, args: list[s
 
 
 def test_bad_paths_exit_2(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["shard", "--ava-txt", str(tmp_path / "missing.txt"),
-                                 "--images", str(tiny_ava.images), "--out", str(tmp_path / "s")])
+    result = runner.invoke(
+        app,
+        [
+            "shard",
+            "--ava-txt",
+            str(tmp_path / "missing.txt"),
+            "--images",
+            str(tiny_ava.images),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+    )
     assert result.exit_code == 2 and "missing.txt: AVA.txt not found" in result.output
-    result = runner.invoke(app, ["shard", "--ava-txt", str(tiny_ava.ava_txt),
-                                 "--images", str(tmp_path / "noimg"), "--out", str(tmp_path / "s")])
+    result = runner.invoke(
+        app,
+        [
+            "shard",
+            "--ava-txt",
+            str(tiny_ava.ava_txt),
+            "--images",
+            str(tmp_path / "noimg"),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+    )
     assert result.exit_code == 2 and "noimg: images folder not found" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 2 and "manifest.json: not found" in result.output
@@ -125,8 +159,9 @@ def test_strict_stops_at_malformed_line(tiny_ava: SyntheticAva, tmp_path: Path) 
 
 def test_official_split_cli(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
     out = tmp_path / "s"
-    result = runner.invoke(app, shard_args(tiny_ava, out, "--split", "official",
-                                           "--test-list", str(tiny_ava.test_list)))
+    result = runner.invoke(
+        app, shard_args(tiny_ava, out, "--split", "official", "--test-list", str(tiny_ava.test_list))
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {int(x) for x in tiny_ava.test_list.read_text().split()}
@@ -142,8 +177,9 @@ def test_synthetic_scores_are_learnable_from_pixels(tiny_ava: SyntheticAva) -> N
     from avakit.dataset.ava import parse_ava_txt
 
     rows, _, _ = parse_ava_txt(tiny_ava.ava_txt)
-    brightness = [np.asarray(Image.open(tiny_ava.images / f"{r.image_id}.jpg").convert("L")).mean()
-                  for r in rows]
+    brightness = [
+        np.asarray(Image.open(tiny_ava.images / f"{r.image_id}.jpg").convert("L")).mean() for r in rows
+    ]
     from scipy.stats import spearmanr
 
     assert spearmanr(brightness, [r.mean_score for r in rows])[0] > 0.5
@@ -155,8 +191,9 @@ def test_synthetic_is_deterministic(tmp_path: Path) -> None:
     a = make_synthetic_ava(tmp_path / "a", n=5, seed=9, long_side=(40, 60))
     b = make_synthetic_ava(tmp_path / "b", n=5, seed=9, long_side=(40, 60))
     assert a.ava_txt.read_text() == b.ava_txt.read_text()
-    assert all((a.images / f"{i}.jpg").read_bytes() == (b.images / f"{i}.jpg").read_bytes()
-               for i in a.image_ids)
+    assert all(
+        (a.images / f"{i}.jpg").read_bytes() == (b.images / f"{i}.jpg").read_bytes() for i in a.image_ids
+    )
     assert len(a.ava_txt.read_text().split("\n")[0].split()) == 15
 
 
@@ -165,6 +202,8 @@ def test_help_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom avakit.cli.app import app\ntry:\n    app(['--help'])\n"
-            "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")
+    code = (
+        "import sys\nfrom avakit.cli.app import app\ntry:\n    app(['--help'])\n"
+        "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -21,13 +21,36 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes(shared_shards: Path, tmp_path: Path) -> None:
-    sets = ["model.backbone=resnet18", "model.pretrained=false", "model.mlp_hidden_dims=[8]",
-            "transform.resize_size=40", "transform.crop_size=32", "training.batch_size=8",
-            "training.max_epochs=2", "training.amp=off", "data.num_workers=1", "device=cpu",
-            f"data.shards={shared_shards}", "name=ddp"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "avakit", "train",
-           "--output-dir", str(tmp_path / "out")]
+    sets = [
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "model.mlp_hidden_dims=[8]",
+        "transform.resize_size=40",
+        "transform.crop_size=32",
+        "training.batch_size=8",
+        "training.max_epochs=2",
+        "training.amp=off",
+        "data.num_workers=1",
+        "device=cpu",
+        f"data.shards={shared_shards}",
+        "name=ddp",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "avakit",
+        "train",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     for item in sets:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

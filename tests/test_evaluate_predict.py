@@ -51,8 +51,9 @@ def test_evaluate_equals_train_results(run: Path, split: str) -> None:
 
 @pytest.mark.parametrize("tta", ["flip", "five-crop"])
 def test_evaluate_tta_and_last(run: Path, tta: str) -> None:
-    result = runner.invoke(app, ["evaluate", str(run), "--tta", tta, "--checkpoint", "last",
-                                 "--batch-size", "7"])
+    result = runner.invoke(
+        app, ["evaluate", str(run), "--tta", tta, "--checkpoint", "last", "--batch-size", "7"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(eval_outputs(run, "test", "last", tta).json.read_text())
     assert report["tta"] == tta and report["checkpoint"] == "last.pt" and report["batch_size"] == 7
@@ -88,8 +89,9 @@ def photo_folder(tmp_path: Path, source: Path) -> Path:
 def test_predict_folder_mixed_files(run: Path, originals: Path, tmp_path: Path) -> None:
     folder = photo_folder(tmp_path, next(originals.glob("*.jpg")))
     out = tmp_path / "scores.json"
-    result = runner.invoke(app, ["predict", str(folder), "--run", str(run), "--format", "json",
-                                 "--output", str(out)])
+    result = runner.invoke(
+        app, ["predict", str(folder), "--run", str(run), "--format", "json", "--output", str(out)]
+    )
     assert result.exit_code == 1, result.output
     rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     good = ("good.jpg", "copy.PNG", "gray.jpeg", "cmyk.jpg", "rotated.jpg")

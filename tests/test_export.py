@@ -73,8 +73,14 @@ def _regression_run(src: Path, dst: Path, shards: Path, spread: float, offset: f
     w0[0], b0[0] = direction.float(), float(5.5 + offset - feats.mean(0) @ direction)  # unit 0 = score
     w1 = torch.zeros(1, hidden)
     w1[0, 0] = 1.0
-    state.update({"head.layers.0.weight": w0, "head.layers.0.bias": b0,
-                  "head.layers.1.weight": w1, "head.layers.1.bias": torch.zeros(1)})
+    state.update(
+        {
+            "head.layers.0.weight": w0,
+            "head.layers.0.bias": b0,
+            "head.layers.1.weight": w1,
+            "head.layers.1.bias": torch.zeros(1),
+        }
+    )
     config = copy.deepcopy(ckpt["config"])
     config["model"]["output_mode"], config["training"]["loss_type"] = "regression", "mse"
     dst.mkdir(parents=True)
@@ -136,12 +142,14 @@ def test_predict_onnx_equals_predict_run(fp32_export: dict, run_copy: Path, trai
 
 
 def test_predict_onnx_imports_no_torch(fp32_export: dict, trained_run: Path) -> None:
-    code = ("import sys\nfrom pathlib import Path\n"
-            "from avakit.inference.predict import load_scorer, score_images\n"
-            f"s = load_scorer(onnx=Path({str(fp32_export['fp32'])!r}))\n"
-            f"(row,) = score_images(s, [Path({str(_photos(trained_run, 1)[0])!r})])\n"
-            "assert row.error is None and 1 <= row.mean_score <= 10, row\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from avakit.inference.predict import load_scorer, score_images\n"
+        f"s = load_scorer(onnx=Path({str(fp32_export['fp32'])!r}))\n"
+        f"(row,) = score_images(s, [Path({str(_photos(trained_run, 1)[0])!r})])\n"
+        "assert row.error is None and 1 <= row.mean_score <= 10, row\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
@@ -193,7 +201,8 @@ def test_no_shards_falls_back(run_copy: Path, tmp_path: Path, caplog: pytest.Log
     import onnxruntime as ort
 
     out = ort.InferenceSession(str(tmp_path / "dyn.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input": np.zeros((2, 3, 32, 32), np.float32)})[0]
+        None, {"input": np.zeros((2, 3, 32, 32), np.float32)}
+    )[0]
     assert out.shape == (2, 10)
     with pytest.raises(AvakitError, match="manifest.json"):  # an explicit bad folder is an error
         export_onnx(run, tmp_path / "m2.onnx", shards=tmp_path / "gone")
@@ -202,8 +211,12 @@ def test_no_shards_falls_back(run_copy: Path, tmp_path: Path, caplog: pytest.Log
 def test_foreign_onnx_file_is_a_user_error(tmp_path: Path) -> None:
     node = onnx.helper.make_node("Identity", ["input"], ["scores"])
     value = onnx.helper.make_tensor_value_info
-    graph = onnx.helper.make_graph([node], "g", [value("input", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
-                                   [value("scores", onnx.TensorProto.FLOAT, [1, 3, 4, 4])])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [value("input", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [value("scores", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
     foreign = tmp_path / "foreign.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(foreign))
     with pytest.raises(AvakitError, match="foreign.onnx: not an avakit model"):
@@ -228,9 +241,11 @@ def test_cli_export_and_predict_onnx(run_copy: Path, trained_run: Path, tmp_path
     assert "parity on 16 inputs" in result.output and out.is_file()
     photo = str(_photos(trained_run, 1)[0])
     onnx_rows = json.loads(
-        runner.invoke(app, ["predict", photo, "--onnx", str(out), "--format", "json"]).stdout)
+        runner.invoke(app, ["predict", photo, "--onnx", str(out), "--format", "json"]).stdout
+    )
     torch_rows = json.loads(
-        runner.invoke(app, ["predict", photo, "--run", str(run_copy), "--format", "json"]).stdout)
+        runner.invoke(app, ["predict", photo, "--run", str(run_copy), "--format", "json"]).stdout
+    )
     assert abs(onnx_rows[0]["mean_score"] - torch_rows[0]["mean_score"]) < 1e-3
     result = runner.invoke(app, ["export", str(run_copy), "--output", str(tmp_path / "x.onnx"), "--int8"])
     assert result.exit_code == 1 and "INT8 ranks" in result.output  # the flat fixture, see above

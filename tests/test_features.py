@@ -35,16 +35,28 @@ def shards(trained_run: Path) -> Path:
 @pytest.fixture
 def cfg_for(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
     """`cfg_for(shards, cache, *extra)`: the tiny config on `shards` with the feature cache `cache`."""
+
     def make(shards: Path, cache: Path, *extra: str) -> Config:
         return tiny_config(f"data.shards={shards}", f"data.features={cache}", *extra)
+
     return make
 
 
-def test_cache_round_trip_and_resume(tiny_train: tuple[str, ...],
-        cfg_for: Callable[..., Config], shards: Path, tmp_path: Path) -> None:
+def test_cache_round_trip_and_resume(
+    tiny_train: tuple[str, ...], cfg_for: Callable[..., Config], shards: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
-    result = runner.invoke(app, ["features", "--out", str(cache), "--splits", "val",
-                                 *sum((["--set", s] for s in [*tiny_train, f"data.shards={shards}"]), [])])
+    result = runner.invoke(
+        app,
+        [
+            "features",
+            "--out",
+            str(cache),
+            "--splits",
+            "val",
+            *sum((["--set", s] for s in [*tiny_train, f"data.shards={shards}"]), []),
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((cache / "meta.json").read_text())
     assert set(meta["splits"]) == {"val"} and meta["feature_dim"] == 512
@@ -74,15 +86,21 @@ def test_stale_cache_is_refused(cfg_for: Callable[..., Config], shards: Path, tm
 
 
 @pytest.mark.parametrize("extra", [[], ["features.iqa=true", "features.layer=layer3"]])
-def test_head_only_training_composes_into_a_full_model(cfg_for: Callable[..., Config],
-        shards: Path, tmp_path: Path, extra: list) -> None:
+def test_head_only_training_composes_into_a_full_model(
+    cfg_for: Callable[..., Config], shards: Path, tmp_path: Path, extra: list
+) -> None:
     cache = tmp_path / "cache"
     cfg = cfg_for(shards, cache, "training.max_epochs=3", "training.learning_rate=3e-3", *extra)
     extract_features(cfg, out=cache)
     run = fit(cfg, output_dir=tmp_path / "runs")
     results = json.loads((run / "results.json").read_text())
-    for name in ("best_model.pt", "last.pt", "training_curves.png", "predictions/val_epoch_002.parquet",
-                 "telemetry/gradient_norms.csv"):
+    for name in (
+        "best_model.pt",
+        "last.pt",
+        "training_curves.png",
+        "predictions/val_epoch_002.parquet",
+        "telemetry/gradient_norms.csv",
+    ):
         assert (run / name).is_file(), name
     grads = pd.read_csv(run / "telemetry/gradient_norms.csv")
     assert (grads["backbone_layer4"] == 0).all() and (grads["mlp_head"] > 0).all()
@@ -97,12 +115,16 @@ def test_head_only_training_composes_into_a_full_model(cfg_for: Callable[..., Co
     assert srcc(cached["pred_mean"], cached["gt_mean"]) == pytest.approx(on_images["srcc"], abs=1e-9)
     if extra:  # a fresh process builds the IQA model from the checkpoint (meta-device init)
         photo = next((shards.parent / "ava" / "images").glob("*.jpg"))
-        proc = subprocess.run([sys.executable, "-m", "avakit", "predict", str(photo), "--run", str(run),
-                               "--format", "json"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "avakit", "predict", str(photo), "--run", str(run), "--format", "json"],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
         fresh = json.loads(proc.stdout)[0]["mean_score"]
         here = json.loads(
-            runner.invoke(app, ["predict", str(photo), "--run", str(run), "--format", "json"]).stdout)
+            runner.invoke(app, ["predict", str(photo), "--run", str(run), "--format", "json"]).stdout
+        )
         assert fresh == pytest.approx(here[0]["mean_score"], abs=1e-6)
 
 

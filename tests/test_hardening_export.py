@@ -90,8 +90,10 @@ def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     run = root / "run"
     shutil.copytree(trained_run, run)
     before = {name: (run / name).read_bytes() for name in TRAIN_OUTPUTS}
-    cli = [runner.invoke(app, ["evaluate", str(run), "--checkpoint", "last", "--tta", "flip"]),
-           runner.invoke(app, ["evaluate", str(run)])]
+    cli = [
+        runner.invoke(app, ["evaluate", str(run), "--checkpoint", "last", "--tta", "flip"]),
+        runner.invoke(app, ["evaluate", str(run)]),
+    ]
     for result in cli:
         assert result.exit_code == 0, result.output
     with open(run / "telemetry" / "gradient_norms.csv", "ab") as f:
@@ -101,8 +103,14 @@ def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     report = runner.invoke(app, ["report", str(run), "--shards", str(shards)], terminal_width=250)
     assert report.exit_code == 0, report.output
     html = (run / "report" / "report.html").read_text(encoding="utf-8")
-    return {"run": run, "before": before, "cli": cli, "report": report.output, "html": html,
-            "notes": re.findall(r"<li>(.*?)</li>", html)}
+    return {
+        "run": run,
+        "before": before,
+        "cli": cli,
+        "report": report.output,
+        "html": html,
+        "notes": re.findall(r"<li>(.*?)</li>", html),
+    }
 
 
 # --- point 7: evaluate never overwrites train's outputs; every panel names its model ----------
@@ -128,13 +136,21 @@ def test_every_report_panel_names_checkpoint_epoch_and_tta(evaluated: dict) -> N
     run, html = evaluated["run"], evaluated["html"]
     results = json.loads((run / "results.json").read_text())
     model = model_label("best_model.pt", results["best_epoch"], "none")
-    for heading in (f"<h3>test: {model} (", f"<h3>val: {model} (", f"Best predicted (test: {model})",
-                    f"Worst predicted (val: {model})", f"Per challenge (test: {model})"):
+    for heading in (
+        f"<h3>test: {model} (",
+        f"<h3>val: {model} (",
+        f"Best predicted (test: {model})",
+        f"Worst predicted (val: {model})",
+        f"Per challenge (test: {model})",
+    ):
         assert heading in html, heading
     last_epoch = json.loads(eval_outputs(run, "test", "last", "flip").json.read_text())["epoch"]
-    table = html[html.index("<table>"):html.index("</table>")]  # the summary table
-    for row in (f"<td>{model}</td>", f"evaluate: last.pt, epoch {last_epoch}, TTA flip",
-                f"evaluate: best_model.pt, epoch {results['best_epoch']}, no TTA"):
+    table = html[html.index("<table>") : html.index("</table>")]  # the summary table
+    for row in (
+        f"<td>{model}</td>",
+        f"evaluate: last.pt, epoch {last_epoch}, TTA flip",
+        f"evaluate: best_model.pt, epoch {results['best_epoch']}, no TTA",
+    ):
         assert row in table, row
     assert "the model of that epoch, no TTA" in html  # SRCC-over-epochs caption
     cli = " ".join(evaluated["report"].split())
@@ -150,16 +166,19 @@ def test_every_report_panel_names_checkpoint_epoch_and_tta(evaluated: dict) -> N
 @pytest.mark.parametrize("opset", [3, 12, 99])
 def test_export_opset_out_of_range_is_one_line(trained_run: Path, tmp_path: Path, opset: int) -> None:
     out = tmp_path / "m.onnx"
-    line = _one_line_error(runner.invoke(app, ["export", str(trained_run), "--output", str(out),
-                                               "--opset", str(opset)]))
+    line = _one_line_error(
+        runner.invoke(app, ["export", str(trained_run), "--output", str(out), "--opset", str(opset)])
+    )
     assert f"opset {opset} is not supported: use {OPSET_MIN} to {opset_max()}" in line
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
-@pytest.mark.parametrize(("key", "value"),
-                         [("val_srcc", "high"), ("lr", ["a"]), ("steps", -1), ("epoch", "x")])
-def test_report_on_history_with_wrong_types_is_one_line(trained_run: Path, tmp_path: Path, key: str,
-                                                        value: object) -> None:
+@pytest.mark.parametrize(
+    ("key", "value"), [("val_srcc", "high"), ("lr", ["a"]), ("steps", -1), ("epoch", "x")]
+)
+def test_report_on_history_with_wrong_types_is_one_line(
+    trained_run: Path, tmp_path: Path, key: str, value: object
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("*.pt", "predictions"))
     history = json.loads((run / "training_history.json").read_text())
@@ -193,18 +212,21 @@ def test_binary_telemetry_csv_is_a_note(evaluated: dict, trained_run: Path) -> N
 
 
 @pytest.mark.parametrize("hidden", ["onnx", "onnxruntime"])
-def test_export_without_onnx_names_the_extra(trained_run: Path, tmp_path: Path, hidden: str,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_without_onnx_names_the_extra(
+    trained_run: Path, tmp_path: Path, hidden: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, hidden, None)  # `import onnx` now raises ImportError
-    result = runner.invoke(app, ["export", str(trained_run), "--output", str(tmp_path / "m.onnx")],
-                           terminal_width=300)
+    result = runner.invoke(
+        app, ["export", str(trained_run), "--output", str(tmp_path / "m.onnx")], terminal_width=300
+    )
     line = _one_line_error(result)
     assert "export needs onnx and onnxruntime: pip install 'avakit[export]'" in line and hidden in line
     assert not list(tmp_path.iterdir())  # checked before any work
 
 
-def test_predict_onnx_without_onnxruntime_names_the_extra(trained_run: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_onnx_without_onnxruntime_names_the_extra(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     photo = next((trained_run.parent / "ava" / "images").glob("*.jpg"))
     result = runner.invoke(app, ["predict", str(photo), "--onnx", "model.onnx"], terminal_width=300)
@@ -215,16 +237,25 @@ def test_predict_onnx_without_onnxruntime_names_the_extra(trained_run: Path,
 
 
 @pytest.fixture(scope="module")
-def head_only_run(tiny_train: tuple[str, ...], trained_run: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+def head_only_run(
+    tiny_train: tuple[str, ...], trained_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A head-only run (frozen backbone from a feature cache, IQA features) on the fixture's shards."""
     from avakit.training.features import extract_features
     from avakit.training.fit import fit
 
     root = tmp_path_factory.mktemp("head_only")
-    cfg = load_config(None, [*tiny_train, f"data.shards={trained_run.parent / 'shards'}",
-                             f"data.features={root / 'cache'}", "features.iqa=true", "training.max_epochs=6",
-                             "training.learning_rate=1e-2"])
+    cfg = load_config(
+        None,
+        [
+            *tiny_train,
+            f"data.shards={trained_run.parent / 'shards'}",
+            f"data.features={root / 'cache'}",
+            "features.iqa=true",
+            "training.max_epochs=6",
+            "training.learning_rate=1e-2",
+        ],
+    )
     extract_features(cfg, out=root / "cache")
     return fit(cfg, output_dir=root / "runs")
 
@@ -241,8 +272,9 @@ def test_int8_parity_passes_on_a_head_only_run(int8_export: dict) -> None:
     assert "backbone only" in parity["int8_method"]
 
 
-def test_int8_distributions_sum_to_one_and_scores_are_not_bucketed(int8_export: dict,
-                                                                    trained_run: Path) -> None:
+def test_int8_distributions_sum_to_one_and_scores_are_not_bucketed(
+    int8_export: dict, trained_run: Path
+) -> None:
     scorer = OnnxScorer(int8_export["int8"])
     x = val_images(str(trained_run.parent / "shards"), scorer.spec, 200, split="train")
     probs = scorer(x).astype(np.float64)
@@ -261,8 +293,11 @@ def test_int8_quantises_only_the_backbone(int8_export: dict) -> None:
         assert source is None or source.name.startswith(BACKBONE_SCOPE), (q.name, source.name)
     assert producer["scores"].op_type == "Softmax"  # the output itself is float
     iqa_convs = [n for n in graph.node if n.name.startswith("/model/iqa/") and n.op_type == "Conv"]
-    assert iqa_convs and all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
-                             for n in iqa_convs for i in n.input)  # the IQA branch stays float
+    assert iqa_convs and all(
+        producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
+        for n in iqa_convs
+        for i in n.input
+    )  # the IQA branch stays float
 
 
 # --- point 18: frozen on purpose; no tags at all; epoch lines; help texts ------------------------
@@ -295,15 +330,25 @@ def test_no_tags_at_all_is_said_as_such(evaluated: dict) -> None:
 
 def test_groups_with_too_few_images_keep_their_own_note(tmp_path: Path) -> None:
     df = pd.DataFrame({"image_id": [1, 2, 3], "pred_mean": [5.0, 6.0, 4.0], "gt_mean": [5.5, 6.1, 3.9]})
-    sp = SplitData("val", "best_model.pt, epoch 0, no TTA", df, {"mae": 0.2},
-                   labels={1: {"tags": [7, 0], "challenge": 0}, 2: {"tags": [0, 0], "challenge": 0},
-                           3: {"tags": [0, 0], "challenge": 0}})
+    sp = SplitData(
+        "val",
+        "best_model.pt, epoch 0, no TTA",
+        df,
+        {"mae": 0.2},
+        labels={
+            1: {"tags": [7, 0], "challenge": 0},
+            2: {"tags": [0, 0], "challenge": 0},
+            3: {"tags": [0, 0], "challenge": 0},
+        },
+    )
     c = H.Collector(tmp_path)
     H.groups_section(c, _group_tables([sp], {"tags": {}, "challenge": {}}, 5), 5)
-    assert c.notes == ["val: best_model.pt, epoch 0, no TTA: no semantic tag with at least 5 images "
-                       "(1 of 3 images have one)",
-                       "val: best_model.pt, epoch 0, no TTA: the data has no challenges "
-                       "(every image's challenge id is 0 or absent)"]
+    assert c.notes == [
+        "val: best_model.pt, epoch 0, no TTA: no semantic tag with at least 5 images "
+        "(1 of 3 images have one)",
+        "val: best_model.pt, epoch 0, no TTA: the data has no challenges "
+        "(every image's challenge id is 0 or absent)",
+    ]
 
 
 def test_epoch_lines_sit_at_the_first_optimizer_step(trained_run: Path) -> None:
@@ -319,14 +364,17 @@ def test_epoch_lines_sit_at_the_first_optimizer_step(trained_run: Path) -> None:
     assert epoch_start_steps([{"epoch": 0}]) is None  # an old history without step counts
 
 
-@pytest.mark.parametrize(("command", "shown"), [
-    ("shard", "Worker processes. [default: (all cores)]"),
-    ("features", "Feature cache folder. [default: (data.features, else features)]"),
-    ("evaluate", "Shards folder. [default: (the run's data.shards)]"),
-    ("evaluate", "Images per forward pass. [default: (the run's batch size)]"),
-    ("report", "Shards for labels and thumbnails. [default: (the run's data.shards)]"),
-    ("export", "Shards for the checks. [default: (the run's data.shards)]"),
-])
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("shard", "Worker processes. [default: (all cores)]"),
+        ("features", "Feature cache folder. [default: (data.features, else features)]"),
+        ("evaluate", "Shards folder. [default: (the run's data.shards)]"),
+        ("evaluate", "Images per forward pass. [default: (the run's batch size)]"),
+        ("report", "Shards for labels and thumbnails. [default: (the run's data.shards)]"),
+        ("export", "Shards for the checks. [default: (the run's data.shards)]"),
+    ],
+)
 def test_help_shows_every_default(command: str, shown: str) -> None:
     result = runner.invoke(app, [command, "--help"], terminal_width=250)
     assert result.exit_code == 0

@@ -30,8 +30,22 @@ LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"
 
 
 def shard_cli(ava: SyntheticAva, out: Path, *extra: str, images: Path | None = None) -> list[str]:
-    return ["shard", "--ava-txt", str(ava.ava_txt), "--images", str(images or ava.images), "--out", str(out),
-            "--short-side", "32", "--shard-size", "10", "--workers", "1", *extra]
+    return [
+        "shard",
+        "--ava-txt",
+        str(ava.ava_txt),
+        "--images",
+        str(images or ava.images),
+        "--out",
+        str(out),
+        "--short-side",
+        "32",
+        "--shard-size",
+        "10",
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 def png_bytes(im: Image.Image) -> bytes:
@@ -45,6 +59,7 @@ def strip_image() -> Image.Image:
 
 
 # ---- point 10: absurd images are skipped with a reason; memory is capped per image ----
+
 
 def test_reasons_name_the_new_skips() -> None:
     assert {"bad aspect ratio", "unreadable"} <= set(REASONS)
@@ -86,11 +101,14 @@ def test_predict_strip_image_is_its_own_error_row(tmp_path: Path) -> None:
     assert rows["a.jpg"].mean_score == pytest.approx(5.5) and rows["c.jpg"].mean_score == pytest.approx(5.5)
 
 
-@pytest.mark.parametrize(("size", "short_side", "reason"), [
-    ((21, 1), None, "bad aspect ratio"),
-    ((1, 21), 32, "bad aspect ratio"),
-    ((360, 20), 4096, "too large"),  # 1:18 is fine, but 73728x4096 px is beyond JPEG and MAX_PIXELS
-])
+@pytest.mark.parametrize(
+    ("size", "short_side", "reason"),
+    [
+        ((21, 1), None, "bad aspect ratio"),
+        ((1, 21), 32, "bad aspect ratio"),
+        ((360, 20), 4096, "too large"),  # 1:18 is fine, but 73728x4096 px is beyond JPEG and MAX_PIXELS
+    ],
+)
 def test_shape_is_checked_on_the_header(size: tuple[int, int], short_side: int | None, reason: str) -> None:
     with pytest.raises(ImageSkip, match=reason):
         load_rgb(png_bytes(Image.new("L", size)), short_side=short_side)
@@ -182,8 +200,9 @@ def test_unreadable_file_is_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_rgb(path)
 
 
-def test_unreadable_inputs_are_one_line(tiny_ava: SyntheticAva, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_inputs_are_one_line(
+    tiny_ava: SyntheticAva, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - any signature
         raise PermissionError(13, "Permission denied")
 
@@ -215,10 +234,16 @@ def test_long_ava_line_is_skipped_without_loading_it(tmp_path: Path) -> None:
 # ---- point 11: parsers never traceback and never silently accept ----
 
 BAD_FIELDS = [
-    ("²", "not an integer"), ("٣", "not an integer"), ("1_0", "not an integer"),
-    ("--3", "not an integer"), ("+3", "not an integer"), ("-3", "negative value"),
-    ("3.5", "not an integer"), ("0x1f", "not an integer"),
-    ("1" + "0" * 30, "is above the limit"), ("1" + "0" * 4000, "is above the limit"),  # int() stops at 4300
+    ("²", "not an integer"),
+    ("٣", "not an integer"),
+    ("1_0", "not an integer"),
+    ("--3", "not an integer"),
+    ("+3", "not an integer"),
+    ("-3", "negative value"),
+    ("3.5", "not an integer"),
+    ("0x1f", "not an integer"),
+    ("1" + "0" * 30, "is above the limit"),
+    ("1" + "0" * 4000, "is above the limit"),  # int() stops at 4300
 ]
 
 
@@ -312,6 +337,7 @@ def test_no_valid_row_shows_first_reasons(tiny_ava: SyntheticAva, tmp_path: Path
 
 # ---- point 14: empty inputs, --test-list, --seed ----
 
+
 def test_shard_refuses_an_empty_images_folder(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -356,8 +382,13 @@ def test_official_split_counts_ids_absent_from_ava_txt(tiny_ava: SyntheticAva, t
     with tiny_ava.test_list.open("a") as f:
         f.write("not-an-id\n")
     listed = [int(x) for x in tiny_ava.test_list.read_text().split()[:-1]]
-    plan = plan_sharding(tiny_ava.ava_txt, tiny_ava.images, tmp_path / "s",
-                         ShardOptions(short_side=32, split="official"), test_list=tiny_ava.test_list)
+    plan = plan_sharding(
+        tiny_ava.ava_txt,
+        tiny_ava.images,
+        tmp_path / "s",
+        ShardOptions(short_side=32, split="official"),
+        test_list=tiny_ava.test_list,
+    )
     manifest = write_shards(plan)
     entry = manifest["sources"]["test_list"]
     from avakit.fileio import file_sha256
@@ -368,8 +399,14 @@ def test_official_split_counts_ids_absent_from_ava_txt(tiny_ava: SyntheticAva, t
     assert entry["lines_skipped"][0]["reason"] == "malformed line"
     assert manifest["splits"]["test"]["samples"] == len(listed) - absent
     with pytest.raises(AvakitError, match=r"generic_test.jpgl:\d+: malformed line"):
-        plan_sharding(tiny_ava.ava_txt, tiny_ava.images, tmp_path / "s2",
-                      ShardOptions(split="official"), test_list=tiny_ava.test_list, strict=True)
+        plan_sharding(
+            tiny_ava.ava_txt,
+            tiny_ava.images,
+            tmp_path / "s2",
+            ShardOptions(split="official"),
+            test_list=tiny_ava.test_list,
+            strict=True,
+        )
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**64)])

@@ -67,9 +67,11 @@ def set_checkpoint_shards(run: Path, value: object, name: str = "best_model.pt")
 @pytest.fixture
 def train_args(tiny_train: tuple[str, ...]) -> Callable[..., list[str]]:
     """`train_args(shards, out, *extra)`: the `avakit train` arguments of one tiny epoch on `shards`."""
+
     def make(shards: Path, out: Path, *extra: str) -> list[str]:
         sets = [*tiny_train, "training.max_epochs=1", f"data.shards={shards}", *extra]
         return ["train", "--output-dir", str(out), *sum((["--set", s] for s in sets), [])]
+
     return make
 
 
@@ -81,6 +83,7 @@ def tcfg(tiny_config: Callable[..., Config]) -> TransformConfig:
 
 # -- point 1: a command runs a `pipe:` source only when the user wrote it ------------------------------
 
+
 @pytest.mark.parametrize("value", ["dict", "str"])
 def test_evaluate_refuses_pipe_from_checkpoint(run: Path, tmp_path: Path, value: str) -> None:
     marker = tmp_path / "MARKER"
@@ -91,8 +94,9 @@ def test_evaluate_refuses_pipe_from_checkpoint(run: Path, tmp_path: Path, value:
     assert not marker.exists()
 
 
-def test_evaluate_refuses_pipe_shard_name_in_manifest(run: Path, shards: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_refuses_pipe_shard_name_in_manifest(
+    run: Path, shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def rename(m: dict) -> None:
         m["splits"]["test"]["shards"][0]["name"] = "pipe:touch MARKER"
 
@@ -106,8 +110,9 @@ def test_evaluate_refuses_pipe_shard_name_in_manifest(run: Path, shards: Path,
 def test_export_refuses_pipe_from_checkpoint(run: Path, tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     set_checkpoint_shards(run, {"val": f"pipe:touch {marker}"})
-    result = runner.invoke(app, ["export", str(run), "--output", str(tmp_path / "m.onnx"),
-                                 "--parity-images", "4"])
+    result = runner.invoke(
+        app, ["export", str(run), "--output", str(tmp_path / "m.onnx"), "--parity-images", "4"]
+    )
     assert "data.shards.val" in error_line(result, 2) and not marker.exists()
 
 
@@ -139,8 +144,21 @@ def test_user_urls_kept_as_written_and_local_paths_made_absolute(tmp_path: Path)
     assert not read_back.urls and read_back.files == (ShardFile(Path(cfg.data.shards["val"])),)
 
 
-@pytest.mark.parametrize("name", ["../x.tar", "sub/x.tar", "a\\x.tar", "pipe:x.tar", "x.tgz", ".x.tar",
-                                  "x..tar", "-x.tar", "file:x.tar", ""])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x.tar",
+        "sub/x.tar",
+        "a\\x.tar",
+        "pipe:x.tar",
+        "x.tgz",
+        ".x.tar",
+        "x..tar",
+        "-x.tar",
+        "file:x.tar",
+        "",
+    ],
+)
 def test_manifest_shard_names_are_bare_tar_names(shards: Path, name: str) -> None:
     edit_manifest(shards, lambda m: m["splits"]["val"]["shards"][1].update(name=name))
     with pytest.raises(AvakitError, match=r"manifest.json: splits.val.shards\[1\].name: .* not a bare .tar"):
@@ -149,16 +167,19 @@ def test_manifest_shard_names_are_bare_tar_names(shards: Path, name: str) -> Non
 
 # -- point 3: nothing lost without a count -----------------------------------------------------------
 
-def test_train_refuses_missing_val_shard_before_training(train_args: Callable[..., list[str]],
-        shards: Path, tmp_path: Path) -> None:
+
+def test_train_refuses_missing_val_shard_before_training(
+    train_args: Callable[..., list[str]], shards: Path, tmp_path: Path
+) -> None:
     (shards / "val-000001.tar").unlink()
     line = error_line(runner.invoke(app, train_args(shards, tmp_path / "out")), 1)
     assert "split 'val' is incomplete" in line and "val-000001.tar: shard file missing" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_train_refuses_wrong_size_shard(train_args: Callable[..., list[str]],
-        shards: Path, tmp_path: Path) -> None:
+def test_train_refuses_wrong_size_shard(
+    train_args: Callable[..., list[str]], shards: Path, tmp_path: Path
+) -> None:
     with open(shards / "train-000002.tar", "ab") as f:
         f.write(b"\0" * 512)
     line = error_line(runner.invoke(app, train_args(shards, tmp_path / "out")), 1)
@@ -173,8 +194,9 @@ def flip_byte_in_image(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_train_stops_on_sha256_mismatch(train_args: Callable[..., list[str]],
-        shards: Path, tmp_path: Path) -> None:
+def test_train_stops_on_sha256_mismatch(
+    train_args: Callable[..., list[str]], shards: Path, tmp_path: Path
+) -> None:
     flip_byte_in_image(shards / "train-000001.tar")
     line = error_line(runner.invoke(app, train_args(shards, tmp_path / "out")), 1)
     assert "train-000001.tar: sha256 differs from" in line and "manifest.json" in line
@@ -195,9 +217,9 @@ def test_evaluate_missing_shard_exit_1_then_allow_missing_counts(run: Path, shar
     assert "shard file missing" in result.output
 
 
-def test_features_missing_shard_exit_1_then_allow_missing_counts(tiny_train: tuple[str, ...],
-        trained_run: Path, shards: Path,
-                                                                 tmp_path: Path) -> None:
+def test_features_missing_shard_exit_1_then_allow_missing_counts(
+    tiny_train: tuple[str, ...], trained_run: Path, shards: Path, tmp_path: Path
+) -> None:
     from avakit.training.features import extract_features
 
     (shards / "val-000000.tar").unlink()
@@ -230,14 +252,17 @@ def test_truncated_shard_counts_the_rest_as_lost(tcfg: TransformConfig, shards: 
     first = source.files[0]
     data = (first.path).read_bytes()
     first.path.write_bytes(data[: len(data) // 2])  # changed after the start check: found by reading
-    loader = make_loader(source, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=5,
-                         train=False, seed=0, epoch=0)
+    loader = make_loader(
+        source, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=5, train=False, seed=0, epoch=0
+    )
     with pytest.raises(AvakitError, match="val-000000.tar: sha256 differs"):
         list(loader)
-    unchecked = SplitSource("val", files=(ShardFile(first.path, samples=first.samples),),
-                            samples=first.samples)
-    loader = make_loader(unchecked, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=5,
-                         train=False, seed=0, epoch=0)
+    unchecked = SplitSource(
+        "val", files=(ShardFile(first.path, samples=first.samples),), samples=first.samples
+    )
+    loader = make_loader(
+        unchecked, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=5, train=False, seed=0, epoch=0
+    )
     seen = sum(int(valid.sum()) for *_, valid in loader)
     counts = loader.counts
     assert 0 < seen == counts.seen < first.samples and counts.expected == first.samples
@@ -245,17 +270,25 @@ def test_truncated_shard_counts_the_rest_as_lost(tcfg: TransformConfig, shards: 
     assert counts.shards_lost == {"val-000000.tar": "shard unreadable (truncated or not a tar)"}
 
 
-def test_url_source_failures_are_counted_not_warned(tcfg: TransformConfig,
-        shards: Path, tmp_path: Path) -> None:
+def test_url_source_failures_are_counted_not_warned(
+    tcfg: TransformConfig, shards: Path, tmp_path: Path
+) -> None:
     data = (shards / "val-000000.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
-    patterns = {"val": [str(tmp_path / "cut.tar"), str(tmp_path / "gone.tar"),
-                        str(shards / "val-000001.tar")]}
+    patterns = {
+        "val": [str(tmp_path / "cut.tar"), str(tmp_path / "gone.tar"), str(shards / "val-000001.tar")]
+    }
     source = resolve_split(patterns, "val")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # webdataset's warn_and_continue, the old way
-        loader = make_loader(source, SampleDecoder(EvalPreset(tcfg), tcfg.crop_size), batch_size=4,
-                             train=False, seed=0, epoch=0)
+        loader = make_loader(
+            source,
+            SampleDecoder(EvalPreset(tcfg), tcfg.crop_size),
+            batch_size=4,
+            train=False,
+            seed=0,
+            epoch=0,
+        )
         seen = sum(int(valid.sum()) for *_, valid in loader)
     counts = loader.counts
     assert counts.expected is None and counts.seen == seen > 8
@@ -264,6 +297,7 @@ def test_url_source_failures_are_counted_not_warned(tcfg: TransformConfig,
 
 
 # -- point 4: malformed labels are corrupt samples with a reason --------------------------------------
+
 
 def jpeg_bytes(fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
@@ -296,8 +330,13 @@ def write_bad_shard(path: Path) -> dict[str, int]:
     expected: dict[str, int] = {}
     with wds.TarWriter(str(path), mtime=0) as sink:
         for i in range(3):
-            sink.write({"__key__": str(900 + i), "jpg": jpeg_bytes(),
-                        "json": json.dumps({**GOOD, "image_id": 900 + i}).encode()})
+            sink.write(
+                {
+                    "__key__": str(900 + i),
+                    "jpg": jpeg_bytes(),
+                    "json": json.dumps({**GOOD, "image_id": 900 + i}).encode(),
+                }
+            )
         for i, (label, reason) in enumerate(BAD_LABELS):
             key = str(800 + i)
             raw = label if isinstance(label, bytes) else json.dumps({"image_id": 800 + i, **label}).encode()
@@ -329,8 +368,15 @@ def replace_test_shard(shards: Path) -> tuple[dict[str, int], int]:
 
 def test_malformed_labels_are_counted_by_reason(tcfg: TransformConfig, shards: Path) -> None:
     expected, total = replace_test_shard(shards)
-    loader = make_loader(resolve_split(str(shards), "test"), SampleDecoder(EvalPreset(tcfg), tcfg.crop_size),
-                         batch_size=8, train=False, seed=0, epoch=0, num_workers=1)
+    loader = make_loader(
+        resolve_split(str(shards), "test"),
+        SampleDecoder(EvalPreset(tcfg), tcfg.crop_size),
+        batch_size=8,
+        train=False,
+        seed=0,
+        epoch=0,
+        num_workers=1,
+    )
     ids = [int(i) for _, _, batch_ids, valid in loader for i in batch_ids[valid]]
     counts = loader.counts
     assert dict(counts.lost) == expected and counts.expected == total == counts.seen + counts.n_lost
@@ -358,6 +404,7 @@ def test_inspect_decode_reports_bad_labels_and_png(shards: Path) -> None:
 
 
 # -- point 12: a structurally wrong manifest.json is one line naming the key --------------------------
+
 
 def _drop(key: str):
     return lambda m: m.pop(key)
@@ -391,11 +438,15 @@ def test_bad_manifest_structure_is_one_line(shards: Path, change, message: str) 
 
 
 @pytest.mark.parametrize("command", ["inspect", "evaluate", "train"])
-def test_bad_manifest_in_every_command(train_args: Callable[..., list[str]],
-        run: Path, shards: Path, tmp_path: Path, command: str) -> None:
+def test_bad_manifest_in_every_command(
+    train_args: Callable[..., list[str]], run: Path, shards: Path, tmp_path: Path, command: str
+) -> None:
     edit_manifest(shards, lambda m: m["splits"]["test"]["shards"][0].update(samples="16"))
-    args = {"inspect": ["inspect", str(shards)], "evaluate": ["evaluate", str(run), "--shards", str(shards)],
-            "train": train_args(shards, tmp_path / "out")}[command]
+    args = {
+        "inspect": ["inspect", str(shards)],
+        "evaluate": ["evaluate", str(run), "--shards", str(shards)],
+        "train": train_args(shards, tmp_path / "out"),
+    }[command]
     line = error_line(runner.invoke(app, args), 2)
     assert "manifest.json: splits.test.shards[0].samples: expected a non-negative integer, got str" in line
 

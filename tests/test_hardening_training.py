@@ -41,11 +41,13 @@ def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
 @pytest.fixture
 def cli_train(tiny_train: tuple[str, ...]) -> Callable[..., object]:
     """`cli_train(shards, out, *extra, flags=())`: `avakit train` of the tiny config through the CLI."""
+
     def train(shards: Path, out: Path, *extra: str, flags: tuple[str, ...] = ()) -> object:
         args = ["train", "--output-dir", str(out), *flags]
         for item in [*tiny_train, f"data.shards={shards}", "name=h", *extra]:
             args += ["--set", item]
         return runner.invoke(app, args)
+
     return train
 
 
@@ -62,10 +64,12 @@ def test_emd_keeps_nan_and_a_zero_gradient_at_zero() -> None:
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("extra", [(), ("model.output_mode=regression", "training.loss_type=mse")],
-                         ids=["emd", "mse"])
-def test_huge_learning_rate_stops_naming_the_step(cli_train: Callable[..., object],
-        shards: Path, tmp_path: Path, extra: tuple) -> None:
+@pytest.mark.parametrize(
+    "extra", [(), ("model.output_mode=regression", "training.loss_type=mse")], ids=["emd", "mse"]
+)
+def test_huge_learning_rate_stops_naming_the_step(
+    cli_train: Callable[..., object], shards: Path, tmp_path: Path, extra: tuple
+) -> None:
     result = cli_train(shards, tmp_path, "training.learning_rate=1e30", *extra)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -77,15 +81,28 @@ def test_huge_learning_rate_stops_naming_the_step(cli_train: Callable[..., objec
 
 
 def _ctx(model: torch.nn.Module, **kw) -> StepContext:
-    return StepContext(model=model, normalize=torch.nn.Identity(),
-                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                       loss_fn=losses.mse, output_mode="regression", device=torch.device("cpu"), **kw)
+    return StepContext(
+        model=model,
+        normalize=torch.nn.Identity(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=losses.mse,
+        output_mode="regression",
+        device=torch.device("cpu"),
+        **kw,
+    )
 
 
 def _batches(n: int) -> list[tuple]:
     g = torch.Generator().manual_seed(0)
-    return [(torch.rand(4, 3, 2, 2, generator=g), torch.rand(4, 10, generator=g) + 0.1,
-             torch.arange(4), torch.ones(4, dtype=torch.bool)) for _ in range(n)]
+    return [
+        (
+            torch.rand(4, 3, 2, 2, generator=g),
+            torch.rand(4, 10, generator=g) + 0.1,
+            torch.arange(4),
+            torch.ones(4, dtype=torch.bool),
+        )
+        for _ in range(n)
+    ]
 
 
 def _linear() -> torch.nn.Module:
@@ -117,21 +134,26 @@ def test_fp16_overflow_is_skipped_by_the_scaler_unless_it_persists() -> None:
     assert stats.steps == 3 and ctx.scaler.get_scale() == 2.0**15 and ctx.skipped_steps == 0
     hook.remove()
     model[1].bias.register_hook(lambda g: g * math.inf)  # every step overflows, at any scale
-    with pytest.raises(NonFiniteError, match=r"gradient norm is (inf|nan) at epoch 1, optimizer step 27 "
-                                             r"\(25 fp16 steps in a row skipped"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"gradient norm is (inf|nan) at epoch 1, optimizer step 27 "
+        r"\(25 fp16 steps in a row skipped",
+    ):
         train_one_epoch(ctx, _batches(engine.FP16_MAX_SKIPPED_STEPS + 5), epoch=1, step=3)
 
 
 def test_val_metrics_nan_only_from_constant_predictions_do_not_stop() -> None:
-    check_val_finite({"n": 5, "loss": 0.3, "mae": 1.0, "rmse": 1.2, "srcc": math.nan, "plcc": math.nan},
-                     epoch=0, step=4)
+    check_val_finite(
+        {"n": 5, "loss": 0.3, "mae": 1.0, "rmse": 1.2, "srcc": math.nan, "plcc": math.nan}, epoch=0, step=4
+    )
     check_val_finite({"n": 0, "loss": math.nan}, epoch=0, step=4)  # nothing evaluated: not a NaN model
     with pytest.raises(NonFiniteError, match=r"val mae is inf at epoch 2 \(after optimizer step 9\)"):
         check_val_finite({"n": 5, "loss": 0.3, "mae": math.inf}, epoch=2, step=9)
 
 
-def test_nan_val_predictions_stop_before_last_pt_is_overwritten(tiny_cfg: Callable[..., Config],
-        shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
+    tiny_cfg: Callable[..., Config], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from avakit.training import fit as train_mod
 
     epoch_now = {"e": 0}
@@ -147,8 +169,11 @@ def test_nan_val_predictions_stop_before_last_pt_is_overwritten(tiny_cfg: Callab
 
     monkeypatch.setattr(train_mod, "train_one_epoch", tracking)
     monkeypatch.setattr(engine, "predict_batch", nan_in_epoch_1)
-    with pytest.raises(NonFiniteError, match=r"val loss is nan at epoch 1 \(after optimizer step \d+\); "
-                                             r"stopped, the last good checkpoint \(.*last\.pt\) is kept"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"val loss is nan at epoch 1 \(after optimizer step \d+\); "
+        r"stopped, the last good checkpoint \(.*last\.pt\) is kept",
+    ):
         fit(tiny_cfg(shards, "name=valnan"), output_dir=tmp_path, quick_experiment=0.5)
     run = next(tmp_path.glob("valnan-*"))
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
@@ -160,8 +185,9 @@ def test_nan_val_predictions_stop_before_last_pt_is_overwritten(tiny_cfg: Callab
 
 
 @pytest.mark.slow
-def test_quick_experiment_resume_equals_uninterrupted(tiny_cfg: Callable[..., Config],
-        shards: Path, tmp_path: Path) -> None:
+def test_quick_experiment_resume_equals_uninterrupted(
+    tiny_cfg: Callable[..., Config], shards: Path, tmp_path: Path
+) -> None:
     full = fit(tiny_cfg(shards), output_dir=tmp_path / "a", quick_experiment=0.5)
     part = fit(tiny_cfg(shards), output_dir=tmp_path / "b", quick_experiment=0.5, stop_after_epochs=1)
     assert torch.load(part / "last.pt", weights_only=True)["data"]["quick_experiment"] == 0.5
@@ -172,12 +198,16 @@ def test_quick_experiment_resume_equals_uninterrupted(tiny_cfg: Callable[..., Co
     shutil.copytree(shards, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps(manifest, indent=4))  # another manifest file
-    for flags, needle in [(["--quick-experiment", "0.25"], "was trained with quick_experiment 0.5"),
-                          (["--quick-experiment", "1"], "was trained with quick_experiment 0.5"),
-                          (["--set", f"data.shards={other}"], "data.shards: ")]:
+    for flags, needle in [
+        (["--quick-experiment", "0.25"], "was trained with quick_experiment 0.5"),
+        (["--quick-experiment", "1"], "was trained with quick_experiment 0.5"),
+        (["--set", f"data.shards={other}"], "data.shards: "),
+    ]:
         result = runner.invoke(app, ["train", "--resume", str(part), *flags])
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, (
-            flags, result.output)
+            flags,
+            result.output,
+        )
     assert (part / "config.yaml").read_bytes() == config_before
 
     assert fit(run_config(part), resume=part) == part  # no --quick-experiment: the stored 0.5
@@ -208,8 +238,10 @@ def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
     from avakit.training.resume import check_same_data, run_fraction, stored_definition
 
     last = tmp_path / "last.pt"
-    shards = {"train": {"manifest_sha256": "a" * 64, "samples": 40},
-              "val": {"manifest_sha256": "a" * 64, "samples": 6}}
+    shards = {
+        "train": {"manifest_sha256": "a" * 64, "samples": 40},
+        "val": {"manifest_sha256": "a" * 64, "samples": 6},
+    }
     stored = {"quick_experiment": 1.0, "features": False, "splits": shards}
     assert stored_definition({"data": stored}, last) == stored and stored_definition({}, last) is None
     for bad in ("x", {**stored, "quick_experiment": 7}, {**stored, "splits": None}):
@@ -223,8 +255,11 @@ def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
         check_same_data(stored, {**stored, "features": True}, last)
     url_val = {"manifest_sha256": None, "samples": None, "urls": ["v.tar"]}
     urls = {**stored, "splits": {**shards, "val": url_val}}
-    with pytest.raises(AvakitError, match=r"val data of manifest sha256 aaaaaaaaaaaa \(6 samples\), the "
-                                          r"config now gives 1 URL\(s\) 'v.tar'"):
+    with pytest.raises(
+        AvakitError,
+        match=r"val data of manifest sha256 aaaaaaaaaaaa \(6 samples\), the "
+        r"config now gives 1 URL\(s\) 'v.tar'",
+    ):
         check_same_data(stored, urls, last)
     with pytest.raises(AvakitError, match="trained on manifest sha256 bbbbbbbbbbbb"):  # last.pt of old avakit
         check_same_data(None, stored, last, legacy_manifest="b" * 64)
@@ -246,8 +281,9 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
     monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
 
 
-def test_ctrl_c_in_train_prints_the_resume_command(cli_train: Callable[..., object],
-        shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_in_train_prints_the_resume_command(
+    cli_train: Callable[..., object], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _interrupt_at(monkeypatch, 1)
     result = cli_train(shards, tmp_path, flags=("--quick-experiment", "0.5"))
     assert result.exit_code == 130, result.output
@@ -260,22 +296,26 @@ def test_ctrl_c_in_train_prints_the_resume_command(cli_train: Callable[..., obje
     assert json.loads((run / "results.json").read_text())["quick_experiment"] == 0.5
 
 
-def test_ctrl_c_before_the_first_checkpoint_starts_the_run_again(cli_train: Callable[..., object],
-        shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_before_the_first_checkpoint_starts_the_run_again(
+    cli_train: Callable[..., object], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _interrupt_at(monkeypatch, 0)
     result = cli_train(shards, tmp_path, "training.max_epochs=1", flags=("--quick-experiment", "0.5"))
     assert result.exit_code == 130, result.output
     run = next(tmp_path.glob("h-*"))
-    assert (f"run folder {run} kept; start it again from epoch 0 with: avakit train --resume {run} "
-            "--quick-experiment 0.5") in result.output
+    assert (
+        f"run folder {run} kept; start it again from epoch 0 with: avakit train --resume {run} "
+        "--quick-experiment 0.5"
+    ) in result.output
     monkeypatch.undo()
     assert fit(run_config(run), resume=run, quick_experiment=0.5) == run
     assert json.loads((run / "results.json").read_text())["quick_experiment"] == 0.5
     assert "again from epoch 0: no last.pt" in (run / "training.log").read_text()
 
 
-def test_ctrl_c_before_the_run_folder_exists(cli_train: Callable[..., object],
-        shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_before_the_run_folder_exists(
+    cli_train: Callable[..., object], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from avakit.training import fit as train_mod
 
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -288,7 +328,8 @@ def test_ctrl_c_before_the_run_folder_exists(cli_train: Callable[..., object],
 
 
 def test_ctrl_c_in_other_commands_says_what_is_kept(
-        tiny_ava, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    tiny_ava, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
     import avakit.dataset.shards
     import avakit.training.evaluate
 
@@ -296,8 +337,18 @@ def test_ctrl_c_in_other_commands_says_what_is_kept(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(avakit.dataset.shards, "write_shards", interrupted)
-    result = runner.invoke(app, ["shard", "--ava-txt", str(tiny_ava.ava_txt),
-                                 "--images", str(tiny_ava.images), "--out", str(tmp_path / "s")])
+    result = runner.invoke(
+        app,
+        [
+            "shard",
+            "--ava-txt",
+            str(tiny_ava.ava_txt),
+            "--images",
+            str(tiny_ava.images),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+    )
     assert result.exit_code == 130
     assert "interrupted: finished shards are kept; run the same command to resume" in result.output
     monkeypatch.setattr(avakit.training.evaluate, "evaluate_run", interrupted)

@@ -58,15 +58,22 @@ def _config_error(overrides: list[str] = (), path: Path | None = None) -> str:  
 
 # --- point 5 (config part): non-finite numbers -------------------------------------------------
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("training.learning_rate=.inf", "training.learning_rate: must be a finite number (got inf)"),
-    ("training.learning_rate=.nan", "training.learning_rate: must be a finite number (got nan)"),
-    ("training.weight_decay=-.inf", "training.weight_decay: must be a finite number (got -inf)"),
-    ("training.grad_clip=.inf", "training.grad_clip: must be a finite number (got inf)"),
-    ("transform.normalize_mean=[0.5, .nan, 0.5]", "transform.normalize_mean[1]: must be a finite number"),
-    ("transform.augmentation.color_jitter.brightness=1e400", "brightness: must be a finite number (got inf)"),
-    ("training.head_lr_multiplier=1" + "0" * 400, "multiplier: must be a finite number (got an integer"),
-])
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.learning_rate=.inf", "training.learning_rate: must be a finite number (got inf)"),
+        ("training.learning_rate=.nan", "training.learning_rate: must be a finite number (got nan)"),
+        ("training.weight_decay=-.inf", "training.weight_decay: must be a finite number (got -inf)"),
+        ("training.grad_clip=.inf", "training.grad_clip: must be a finite number (got inf)"),
+        ("transform.normalize_mean=[0.5, .nan, 0.5]", "transform.normalize_mean[1]: must be a finite number"),
+        (
+            "transform.augmentation.color_jitter.brightness=1e400",
+            "brightness: must be a finite number (got inf)",
+        ),
+        ("training.head_lr_multiplier=1" + "0" * 400, "multiplier: must be a finite number (got an integer"),
+    ],
+)
 def test_non_finite_numbers_are_config_errors(override: str, expected: str) -> None:
     assert expected in _config_error([override])
 
@@ -80,34 +87,48 @@ def test_non_finite_in_a_file(tmp_path: Path) -> None:
 
 # --- point 2: bounds where a huge value costs memory or time ------------------------------------
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("transform.resize_size=6000", "transform.resize_size: must be <= 2048 (got 6000)"),
-    ("transform.crop_size=6000", "transform.crop_size: must be <= 2048 (got 6000)"),
-    ("transform.normalize_std=[0.2, 0, 0.2]", "transform.normalize_std[1]: must be > 0.0 (got 0.0)"),
-    ("model.mlp_hidden_dims=[100000]", "model.mlp_hidden_dims[0]: must be <= 65536 (got 100000)"),
-    ("model.mlp_hidden_dims=[8,8,8,8,8,8,8,8,8]", "model.mlp_hidden_dims: at most 8 values, got 9"),
-    ("training.batch_size=1000000000", "training.batch_size: must be <= 16384"),
-    ("features.batch_size=1000000000", "features.batch_size: must be <= 16384"),
-    ("data.num_workers=100000", "data.num_workers: must be <= 256"),
-    ("data.shuffle_buffer=100000000", "data.shuffle_buffer: must be <= 100000"),
-    ("name=../../elsewhere", "name: must be a plain folder name"),
-    ("name=a/b", "name: must be a plain folder name"),
-])
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("transform.resize_size=6000", "transform.resize_size: must be <= 2048 (got 6000)"),
+        ("transform.crop_size=6000", "transform.crop_size: must be <= 2048 (got 6000)"),
+        ("transform.normalize_std=[0.2, 0, 0.2]", "transform.normalize_std[1]: must be > 0.0 (got 0.0)"),
+        ("model.mlp_hidden_dims=[100000]", "model.mlp_hidden_dims[0]: must be <= 65536 (got 100000)"),
+        ("model.mlp_hidden_dims=[8,8,8,8,8,8,8,8,8]", "model.mlp_hidden_dims: at most 8 values, got 9"),
+        ("training.batch_size=1000000000", "training.batch_size: must be <= 16384"),
+        ("features.batch_size=1000000000", "features.batch_size: must be <= 16384"),
+        ("data.num_workers=100000", "data.num_workers: must be <= 256"),
+        ("data.shuffle_buffer=100000000", "data.shuffle_buffer: must be <= 100000"),
+        ("name=../../elsewhere", "name: must be a plain folder name"),
+        ("name=a/b", "name: must be a plain folder name"),
+    ],
+)
 def test_upper_bounds(override: str, expected: str) -> None:
     assert expected in _config_error([override])
 
 
 def test_bounds_keep_ordinary_values() -> None:
-    cfg = load_config(None, ["transform.resize_size=2048", "transform.crop_size=2048", "seed=4294967295",
-                             "model.mlp_hidden_dims=[1024,512,256,128,64,32,16,8]", "name=my-run_2.v1"])
+    cfg = load_config(
+        None,
+        [
+            "transform.resize_size=2048",
+            "transform.crop_size=2048",
+            "seed=4294967295",
+            "model.mlp_hidden_dims=[1024,512,256,128,64,32,16,8]",
+            "name=my-run_2.v1",
+        ],
+    )
     assert cfg.transform.crop_size == 2048 and cfg.seed == 2**32 - 1 and len(cfg.model.mlp_hidden_dims) == 8
 
 
 # --- point 13: seed, YAML shapes, non-UTF-8, alias bombs, output_dir -----------------------------
 
+
 def test_seed_beyond_64_bits() -> None:
     assert "seed: must be <= 4294967295 (got 99999999999999999999999)" in _config_error(
-        ["seed=99999999999999999999999"])
+        ["seed=99999999999999999999999"]
+    )
     result = runner.invoke(app, ["train", "--set", "seed=99999999999999999999999"])
     assert "seed: must be <=" in _one_line(result)
     with pytest.raises(AvakitError, match="seed: must be an integer in 0..4294967295"):
@@ -117,7 +138,7 @@ def test_seed_beyond_64_bits() -> None:
 
 def _billion_laughs() -> str:
     """A 9^9-value "billion laughs" under a real key (`name`), 391 bytes."""
-    levels = ['&a [' + ",".join(['"lol"'] * 9) + ']']
+    levels = ["&a [" + ",".join(['"lol"'] * 9) + "]"]
     for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
         levels.append(f"&{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
     return "name: [" + ", ".join(levels) + "]\n"
@@ -133,23 +154,28 @@ def test_yaml_alias_bomb_fails_fast(tmp_path: Path) -> None:
 
 def test_yaml_aliases_within_budget_still_work(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
-    path.write_text("transform:\n  normalize_mean: &m [0.5, 0.5, 0.5]\n  normalize_std: *m\n"
-                    "training: &t {batch_size: 8}\nfeatures: {<<: *t, layer: final}\n")
+    path.write_text(
+        "transform:\n  normalize_mean: &m [0.5, 0.5, 0.5]\n  normalize_std: *m\n"
+        "training: &t {batch_size: 8}\nfeatures: {<<: *t, layer: final}\n"
+    )
     cfg = load_config(path)
     assert cfg.transform.normalize_std == [0.5, 0.5, 0.5] and cfg.features.batch_size == 8
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 on line 1)"),
-    (b"- a\n- b\n", "expected a mapping of keys, got list"),
-    (b"just a string\n", "expected a mapping of keys, got str"),
-    (b"training:\n\tbatch_size: 8\n", "invalid YAML at line 2, column 1"),
-    (b"training:\n  batch_size: 8\n  batch_size: 16\n", "line 3, column 3: duplicate key 'batch_size'"),
-    (b"model:\n  mlp_hidden_dims: &a [1, *a]\n", "recursive YAML alias *a"),
-    (b"name: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 64 levels deep"),
-    (b"seed: " + b"9" * 5000 + b"\n", "integer of 5,000 digits is too long"),
-    (b"name: !!python/object/apply:os.system [echo hi]\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 on line 1)"),
+        (b"- a\n- b\n", "expected a mapping of keys, got list"),
+        (b"just a string\n", "expected a mapping of keys, got str"),
+        (b"training:\n\tbatch_size: 8\n", "invalid YAML at line 2, column 1"),
+        (b"training:\n  batch_size: 8\n  batch_size: 16\n", "line 3, column 3: duplicate key 'batch_size'"),
+        (b"model:\n  mlp_hidden_dims: &a [1, *a]\n", "recursive YAML alias *a"),
+        (b"name: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 64 levels deep"),
+        (b"seed: " + b"9" * 5000 + b"\n", "integer of 5,000 digits is too long"),
+        (b"name: !!python/object/apply:os.system [echo hi]\n", "invalid YAML"),
+    ],
+)
 def test_bad_yaml_shapes_are_one_line(tmp_path: Path, text: bytes, expected: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_bytes(text)
@@ -187,6 +213,7 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
 
 # --- point 14: --device and --batch-size ----------------------------------------------------------
 
+
 def test_device_is_a_choice(tmp_path: Path) -> None:
     with pytest.raises(AvakitError, match="device: must be one of 'auto', 'cpu', 'cuda' \\(got 'tpu'\\)"):
         pick_device("tpu")
@@ -207,6 +234,7 @@ def test_batch_size_zero(tmp_path: Path) -> None:
 
 
 # --- point 2: crafted checkpoints ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def real_ckpt(trained_run: Path) -> dict:
@@ -235,6 +263,7 @@ def _set(path: str | tuple[str, ...], value: object):  # noqa: ANN202
     def edit(ckpt: dict) -> None:
         parent, last = _node(ckpt, path)
         parent[last] = value
+
     return edit
 
 
@@ -242,6 +271,7 @@ def _delete(path: str | tuple[str, ...]):  # noqa: ANN202
     def edit(ckpt: dict) -> None:
         parent, last = _node(ckpt, path)
         del parent[last]
+
     return edit
 
 
@@ -315,6 +345,7 @@ def test_valid_checkpoint_loads_complete(trained_run: Path, real_ckpt: dict) -> 
 
 # --- point 2 and 13: crafted ONNX metadata, input_size mismatch ----------------------------------
 
+
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from avakit.inference.export import export_onnx
@@ -356,8 +387,9 @@ ONNX_CRAFTED = [
 
 
 @pytest.mark.parametrize(("changes", "expected"), ONNX_CRAFTED, ids=[e for _, e in ONNX_CRAFTED])
-def test_crafted_onnx_metadata_is_one_line(exported: Path, tmp_path: Path, changes: dict,
-                                           expected: str) -> None:
+def test_crafted_onnx_metadata_is_one_line(
+    exported: Path, tmp_path: Path, changes: dict, expected: str
+) -> None:
     path = _with_metadata(exported, tmp_path / "crafted.onnx", **changes)
     with pytest.raises(AvakitError) as info:
         OnnxScorer(path)

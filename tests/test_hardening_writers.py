@@ -98,8 +98,9 @@ class FullDisk:
         self.after_writes = 0  # the disk stays full
         if "b" in mode:
             return raw
-        return io.TextIOWrapper(io.BufferedWriter(raw), encoding=kwargs.get("encoding"),
-                                newline=kwargs.get("newline"))
+        return io.TextIOWrapper(
+            io.BufferedWriter(raw), encoding=kwargs.get("encoding"), newline=kwargs.get("newline")
+        )
 
 
 def full_disk(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> FullDisk:
@@ -110,8 +111,11 @@ def full_disk(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> FullDisk:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under `folder`."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_one_line(result: Any, path: Path | None = None) -> Path:
@@ -137,8 +141,9 @@ def assert_no_tmp(*folders: Path) -> None:
 # fileio itself
 
 
-def test_torch_save_into_a_full_disk_is_one_error_and_no_file(monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path: Path) -> None:
+def test_torch_save_into_a_full_disk_is_one_error_and_no_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     full_disk(monkeypatch, after_writes=3)
     target = tmp_path / "best_model.pt"
     with pytest.raises(AvakitError) as info, atomic_write(target) as f:
@@ -157,8 +162,9 @@ def test_is_disk_full_matches_what_torch_raises(tmp_path: Path) -> None:
     assert not is_disk_full(RuntimeError("file write failed"))
 
 
-def test_append_file_cuts_a_row_it_could_not_write_whole(monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
+def test_append_file_cuts_a_row_it_could_not_write_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("a,b\r\n")
     full_disk(monkeypatch, after_writes=1)
@@ -206,13 +212,27 @@ SHARD_ARGS = ["--short-side", "48", "--shard-size", "3", "--val-ratio", "0.2", "
 
 
 def shard_cli(ava: SyntheticAva, out: Path, workers: int) -> Any:
-    return runner.invoke(app, ["shard", "--ava-txt", str(ava.ava_txt), "--images", str(ava.images),
-                               "--out", str(out), "--workers", str(workers), *SHARD_ARGS])
+    return runner.invoke(
+        app,
+        [
+            "shard",
+            "--ava-txt",
+            str(ava.ava_txt),
+            "--images",
+            str(ava.images),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+            *SHARD_ARGS,
+        ],
+    )
 
 
 @contextlib.contextmanager
 def deadline(seconds: int) -> Iterator[None]:
     """Fail instead of hanging (a pool that never stops)."""
+
     def expired(signum: int, frame: Any) -> None:
         raise TimeoutError(f"still running after {seconds} s")
 
@@ -226,9 +246,9 @@ def deadline(seconds: int) -> Iterator[None]:
 
 
 @pytest.mark.parametrize(("workers", "skip"), [(1, 2), (2, 2), (2, 0)])
-def test_shard_disk_full_then_resume_byte_identical(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                    shared_ava: SyntheticAva, workers: int,
-                                                    skip: int) -> None:
+def test_shard_disk_full_then_resume_byte_identical(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_ava: SyntheticAva, workers: int, skip: int
+) -> None:
     """skip=0 with 2 workers: the first shard fails while most are still queued (the pool once hung)."""
     clean = tmp_path / "clean"
     assert shard_cli(shared_ava, clean, 1).exit_code == 0
@@ -248,8 +268,9 @@ def test_shard_disk_full_then_resume_byte_identical(monkeypatch: pytest.MonkeyPa
     result = shard_cli(shared_ava, out, workers)
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output or skip == 0
-    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".progress")} == \
-        {k: v for k, v in expected.items() if not k.startswith(".progress")}
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".progress")} == {
+        k: v for k, v in expected.items() if not k.startswith(".progress")
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,19 +280,30 @@ def test_shard_disk_full_then_resume_byte_identical(monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def train_cli(tiny_train: tuple[str, ...]) -> Callable[..., Any]:
     """`train_cli(shards, runs, *extra)`: `avakit train` of the tiny config through the CLI."""
+
     def train(shards: Path, runs: Path, *extra: str) -> Any:
         sets = [f"--set={s}" for s in (*tiny_train, f"data.shards={shards}", "name=full")]
         return runner.invoke(app, ["train", *sets, "--output-dir", str(runs), *extra])
+
     return train
 
 
-@pytest.mark.parametrize(("match", "skip", "after_writes"), [
-    ("last.pt", 1, 5),  # epoch 1's last.pt: a 20 MB .tmp was left before
-    ("gradient_norms.csv", 1, 3),  # a telemetry row of epoch 1 (after the header and 3 rows)
-])
-def test_train_disk_full_then_resume(train_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-                                     tmp_path: Path, trained_run: Path,
-                                     match: str, skip: int, after_writes: int) -> None:
+@pytest.mark.parametrize(
+    ("match", "skip", "after_writes"),
+    [
+        ("last.pt", 1, 5),  # epoch 1's last.pt: a 20 MB .tmp was left before
+        ("gradient_norms.csv", 1, 3),  # a telemetry row of epoch 1 (after the header and 3 rows)
+    ],
+)
+def test_train_disk_full_then_resume(
+    train_cli: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    trained_run: Path,
+    match: str,
+    skip: int,
+    after_writes: int,
+) -> None:
     runs = tmp_path / "runs"
     disk = full_disk(monkeypatch, match=match, skip=skip, after_writes=after_writes)
     result = train_cli(trained_run.parent / "shards", runs)
@@ -292,8 +324,9 @@ def test_train_disk_full_then_resume(train_cli: Callable[..., Any], monkeypatch:
     assert_no_tmp(run)
 
 
-def test_train_log_disk_full_is_one_line(train_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-                                         tmp_path: Path, trained_run: Path) -> None:
+def test_train_log_disk_full_is_one_line(
+    train_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_run: Path
+) -> None:
     runs = tmp_path / "runs"
     full_disk(monkeypatch, match="training.log", after_writes=2)
     result = train_cli(trained_run.parent / "shards", runs)
@@ -303,17 +336,30 @@ def test_train_log_disk_full_is_one_line(train_cli: Callable[..., Any], monkeypa
     assert log.endswith("\n") and len(log.splitlines()) == 2
 
 
-def test_features_disk_full_then_resume(tiny_train: tuple[str, ...],
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                        trained_run: Path) -> None:
+def test_features_disk_full_then_resume(
+    tiny_train: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_run: Path
+) -> None:
     cache = tmp_path / "cache"
-    args = ["features", "--out", str(cache), "--splits", "val,test", "--device", "cpu",
-            *[f"--set={s}" for s in (*tiny_train, f"data.shards={trained_run.parent / 'shards'}")]]
+    args = [
+        "features",
+        "--out",
+        str(cache),
+        "--splits",
+        "val,test",
+        "--device",
+        "cpu",
+        *[f"--set={s}" for s in (*tiny_train, f"data.shards={trained_run.parent / 'shards'}")],
+    ]
     full_disk(monkeypatch, match="test.features.npy", after_writes=1)  # val is cached, test fails
     assert_one_line(runner.invoke(app, args), cache / "test.features.npy")
     assert_no_tmp(cache)
     assert sorted(p.name for p in cache.iterdir()) == [
-        "backbone.pt", "meta.json", "test.index.parquet", "val.features.npy", "val.index.parquet"]
+        "backbone.pt",
+        "meta.json",
+        "test.index.parquet",
+        "val.features.npy",
+        "val.index.parquet",
+    ]
     monkeypatch.undo()
     before = (cache / "val.features.npy").stat().st_mtime_ns
     result = runner.invoke(app, args)
@@ -360,8 +406,9 @@ def test_report_disk_full_then_rerun(monkeypatch: pytest.MonkeyPatch, run_copy: 
     assert (run_copy / "report" / "report.html").is_file()
 
 
-def test_predict_output_disk_full_then_rerun(monkeypatch: pytest.MonkeyPatch, run_copy: Path,
-                                             trained_run: Path, tmp_path: Path) -> None:
+def test_predict_output_disk_full_then_rerun(
+    monkeypatch: pytest.MonkeyPatch, run_copy: Path, trained_run: Path, tmp_path: Path
+) -> None:
     photos = sorted((trained_run.parent / "ava" / "images").glob("*.jpg"))[:3]
     output = tmp_path / "scores.csv"
     full_disk(monkeypatch)
@@ -376,8 +423,9 @@ def test_predict_output_disk_full_then_rerun(monkeypatch: pytest.MonkeyPatch, ru
 
 
 @pytest.mark.parametrize(("extra", "skip"), [([], 0), (["--int8"], 1)])
-def test_export_disk_full_then_rerun(monkeypatch: pytest.MonkeyPatch, run_copy: Path, tmp_path: Path,
-                                     extra: list[str], skip: int) -> None:
+def test_export_disk_full_then_rerun(
+    monkeypatch: pytest.MonkeyPatch, run_copy: Path, tmp_path: Path, extra: list[str], skip: int
+) -> None:
     out = tmp_path / "onnx"
     out.mkdir()
     output = out / "model.onnx"
@@ -399,13 +447,17 @@ def test_export_disk_full_then_rerun(monkeypatch: pytest.MonkeyPatch, run_copy: 
 # point 9: predict --output is checked before scoring
 
 
-@pytest.mark.parametrize(("where", "message"), [
-    ("missing/scores.json", "folder {tmp}/missing does not exist"),
-    (".", "is a folder; give a file name"),
-    ("afile/scores.json", "{tmp}/afile is not a folder"),
-])
-def test_predict_output_checked_before_scoring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                               where: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("missing/scores.json", "folder {tmp}/missing does not exist"),
+        (".", "is a folder; give a file name"),
+        ("afile/scores.json", "{tmp}/afile is not a folder"),
+    ],
+)
+def test_predict_output_checked_before_scoring(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str, message: str
+) -> None:
     import avakit.inference.predict
 
     def no_scoring(*args: Any, **kwargs: Any) -> None:
@@ -415,8 +467,9 @@ def test_predict_output_checked_before_scoring(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(avakit.inference.predict, "score_images", no_scoring)
     (tmp_path / "afile").write_text("x")
     output = tmp_path / where
-    result = runner.invoke(app, ["predict", str(tmp_path), "--run", str(tmp_path), "--format", "json",
-                                 "--output", str(output)])
+    result = runner.invoke(
+        app, ["predict", str(tmp_path), "--run", str(tmp_path), "--format", "json", "--output", str(output)]
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

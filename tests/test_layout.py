@@ -15,8 +15,14 @@ import avakit
 ROOT = Path(avakit.__file__).parent
 # Lowest first: a module may import from its own layer or a lower one, never a higher one.
 LAYERS = ["shared", "dataset", "model", "training", "report", "inference", "demo", "cli", "__main__"]
-TORCH_FREE = ["dataset", "report", "inference.onnx_runtime", "inference.scorer", "inference.preprocess",
-              "cli.app"]
+TORCH_FREE = [
+    "dataset",
+    "report",
+    "inference.onnx_runtime",
+    "inference.scorer",
+    "inference.preprocess",
+    "cli.app",
+]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
@@ -56,8 +62,10 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     # a package's __init__ is not a dependency of its modules: `from avakit.x import y` loads it
-    return {m: {d for d in _imports(p, modules) if d != m and modules[d].stem != "__init__"}
-            for m, p in modules.items()}
+    return {
+        m: {d for d in _imports(p, modules) if d != m and modules[d].stem != "__init__"}
+        for m, p in modules.items()
+    }
 
 
 def test_every_module_sits_in_a_known_layer() -> None:
@@ -67,8 +75,12 @@ def test_every_module_sits_in_a_known_layer() -> None:
 
 
 def test_imports_only_go_downward() -> None:
-    upward = [f"{m} (layer {LAYERS[_layer(m)]}) imports {d} (layer {LAYERS[_layer(d)]})"
-              for m, deps in _graph().items() for d in deps if _layer(d) > _layer(m)]
+    upward = [
+        f"{m} (layer {LAYERS[_layer(m)]}) imports {d} (layer {LAYERS[_layer(d)]})"
+        for m, deps in _graph().items()
+        for d in deps
+        if _layer(d) > _layer(m)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -81,7 +93,7 @@ def test_no_import_cycles() -> None:
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(dep):], dep]))
+                cycles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
             elif dep not in state:
                 visit(dep, [*stack, dep])
         state[node] = 2
@@ -106,9 +118,12 @@ def test_the_layout_check_sees_a_cycle_and_an_upward_import(tmp_path: Path) -> N
 def test_torch_free_stages_do_not_import_torch(target: str) -> None:
     names = sorted(m for m in _modules() if m == f"avakit.{target}" or m.startswith(f"avakit.{target}."))
     assert names, target
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in names)
-            + "bad = [m for m in ('torch', 'torchvision', 'webdataset') if m in sys.modules]\n"
-            + "assert not bad, bad\n")
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in names)
+        + "bad = [m for m in ('torch', 'torchvision', 'webdataset') if m in sys.modules]\n"
+        + "assert not bad, bad\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
 

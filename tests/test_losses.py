@@ -163,8 +163,6 @@ def test_votes_to_distribution_and_moments() -> None:
     assert torch.allclose(dist.sum(dim=1), torch.ones(2))
     assert torch.allclose(losses.distribution_mean(dist), torch.tensor([7.5, 5.5]))
     assert torch.allclose(distribution_std(dist), torch.tensor([2.5, math.sqrt(8.25)]))
-    assert torch.allclose(
-        distribution_std(dist), torch.from_numpy(metrics.dist_std(dist.numpy())).float()
-    )
+    assert torch.allclose(distribution_std(dist), torch.from_numpy(metrics.dist_std(dist.numpy())).float())
     with pytest.raises(ValueError):
         losses.votes_to_distribution(torch.zeros(1, 10))

@@ -32,8 +32,14 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("mech")
     ava: SyntheticAva = make_synthetic_ava(root / "ava", n=24, seed=3, long_side=(40, 60))
-    write_shards(plan_sharding(ava.ava_txt, ava.images, root / "shards",
-                               ShardOptions(short_side=32, shard_size=8, val_ratio=0.25, test_ratio=0.25)))
+    write_shards(
+        plan_sharding(
+            ava.ava_txt,
+            ava.images,
+            root / "shards",
+            ShardOptions(short_side=32, shard_size=8, val_ratio=0.25, test_ratio=0.25),
+        )
+    )
     return root / "shards"
 
 
@@ -57,8 +63,9 @@ def test_read_shard_raises_for_a_damaged_or_missing_file(shards: Path, tmp_path:
         list(read_shard(tmp_path / "missing.tar"))
 
 
-def test_inspect_and_report_read_through_the_one_reader(shards: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inspect_and_report_read_through_the_one_reader(
+    shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import avakit.dataset.manifest as manifest
     import avakit.report.shard_stats as shard_stats
 
@@ -90,10 +97,15 @@ def test_report_names_an_unreadable_shard(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_split_and_feature_sources_are_data_sources(shards: Path) -> None:
     source = resolve_split(str(shards), "val")
-    feats = FeatureSource(split="val", ids=np.arange(3, dtype=np.int64),
-                          features=np.zeros((3, 4), np.float16), votes=np.ones((3, 10), np.float32),
-                          iqa=np.zeros((3, 5), np.float32),
-                          manifest_sha256=None, preprocessing=None)
+    feats = FeatureSource(
+        split="val",
+        ids=np.arange(3, dtype=np.int64),
+        features=np.zeros((3, 4), np.float16),
+        votes=np.ones((3, 10), np.float32),
+        iqa=np.zeros((3, 5), np.float32),
+        manifest_sha256=None,
+        preprocessing=None,
+    )
     typed: list[DataSource] = [source, feats]
     assert all(isinstance(s, DataSource) for s in typed)
     assert isinstance(source, SplitSource) and feats.entries == () and feats.urls == () and feats.samples == 3
@@ -106,8 +118,15 @@ def test_telemetry_is_a_telemetry_hook() -> None:
 
 
 def test_place_model_and_eval_loader(shards: Path) -> None:
-    cfg = load_config(None, ["training.channels_last=true", "transform.resize_size=40",
-                             "transform.crop_size=32", "data.num_workers=0"])
+    cfg = load_config(
+        None,
+        [
+            "training.channels_last=true",
+            "transform.resize_size=40",
+            "transform.crop_size=32",
+            "data.num_workers=0",
+        ],
+    )
     model, normalize = place_model(torch.nn.Conv2d(3, 2, 1), cfg, torch.device("cpu"))
     assert isinstance(normalize, Normalize) and next(model.parameters()).device.type == "cpu"
     assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last)

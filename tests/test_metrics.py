@@ -71,9 +71,7 @@ def test_emd_hand_example_and_identity() -> None:
     b = np.zeros((1, 10))
     b[0, 2] = 1.0
     assert metrics.emd(a, b) == pytest.approx(math.sqrt(0.2), abs=1e-12)
-    assert metrics.emd(np.vstack([a, a]), np.vstack([b, a])) == pytest.approx(
-        math.sqrt(0.2) / 2, abs=1e-12
-    )
+    assert metrics.emd(np.vstack([a, a]), np.vstack([b, a])) == pytest.approx(math.sqrt(0.2) / 2, abs=1e-12)
 
 
 def test_mae_rmse() -> None:

@@ -30,6 +30,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in params),
         "trainable": sum(p.numel() for p in params if p.requires_grad),
     }
+
+
 _CACHE: dict[str, AestheticModel] = {}
 
 

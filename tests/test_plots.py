@@ -32,12 +32,22 @@ def check_png(path: Path) -> None:
 def history(n: int, nan: bool = False) -> list[dict]:
     rows = []
     for e in range(n):
-        rows.append({
-            "epoch": e, "train_loss": 0.30 - 0.02 * e, "val_loss": 0.32 - 0.015 * e,
-            "val_srcc": 0.40 + 0.05 * e - 0.02 * (e == 3), "val_plcc": 0.42 + 0.045 * e,
-            "val_accuracy": 0.7, "val_mae": 0.5, "val_rmse": 0.6, "val_emd": 0.08,
-            "lr": [1e-4 * 0.5**e, 1e-3 * 0.5**e], "img_per_s": 400.0, "time_s": 60.0,
-        })
+        rows.append(
+            {
+                "epoch": e,
+                "train_loss": 0.30 - 0.02 * e,
+                "val_loss": 0.32 - 0.015 * e,
+                "val_srcc": 0.40 + 0.05 * e - 0.02 * (e == 3),
+                "val_plcc": 0.42 + 0.045 * e,
+                "val_accuracy": 0.7,
+                "val_mae": 0.5,
+                "val_rmse": 0.6,
+                "val_emd": 0.08,
+                "lr": [1e-4 * 0.5**e, 1e-3 * 0.5**e],
+                "img_per_s": 400.0,
+                "time_s": 60.0,
+            }
+        )
     if nan:
         rows[0]["val_loss"] = math.nan
         rows[-1]["val_srcc"] = math.nan
@@ -51,11 +61,16 @@ def norms_frame(n: int = 60, seed: int = 0) -> pd.DataFrame:
     noise = lambda: np.exp(rng.normal(0.0, 0.1, n))  # noqa: E731
     backbone, layers = 0.5 * noise(), [0.6 * noise(), 0.8 * noise(), 1.0 * noise()]
     head = np.sqrt(sum(x**2 for x in layers))
-    return pd.DataFrame({
-        "batch_idx": np.arange(n) * 10, "epoch": np.arange(n) // 20,
-        "overall": np.sqrt(head**2 + backbone**2 + 0.25), "backbone_layer4": backbone,
-        "mlp_head": head, **{f"mlp_layer_{i}": x for i, x in enumerate(layers)},
-    })
+    return pd.DataFrame(
+        {
+            "batch_idx": np.arange(n) * 10,
+            "epoch": np.arange(n) // 20,
+            "overall": np.sqrt(head**2 + backbone**2 + 0.25),
+            "backbone_layer4": backbone,
+            "mlp_head": head,
+            **{f"mlp_layer_{i}": x for i, x in enumerate(layers)},
+        }
+    )
 
 
 @pytest.mark.parametrize("epochs", [1, 5])
@@ -79,8 +94,14 @@ def test_gradient_norm_and_lr_png(tmp_path: Path, n: int) -> None:
     df.loc[0, "backbone_layer4"] = 0.0  # zeros must not break the log scale
     df.loc[df.index[-1], "overall"] = math.nan
     check_png(plot_gradient_norms(df, tmp_path / "grad.png"))
-    lr = pd.DataFrame({"batch_idx": df["batch_idx"], "epoch": df["epoch"],
-                       "lr_group_0": 1e-4 * np.linspace(1, 0, n), "lr_group_1": 1e-3 * np.linspace(1, 0, n)})
+    lr = pd.DataFrame(
+        {
+            "batch_idx": df["batch_idx"],
+            "epoch": df["epoch"],
+            "lr_group_0": 1e-4 * np.linspace(1, 0, n),
+            "lr_group_1": 1e-3 * np.linspace(1, 0, n),
+        }
+    )
     check_png(plot_learning_rates(lr, tmp_path / "lr.png"))
 
 

@@ -16,10 +16,25 @@ from avakit.errors import AvakitError
 from avakit.report.build import build_report, group_stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CORE_PNGS = {"training_curves.png", "learning_rates.png", "gradient_norms.png", "srcc_by_epoch.png",
-             *(f"{split}_{kind}.png" for split in ("val", "test") for kind in (
-                 "scatter", "residuals", "calibration", "error_by_score", "confusion",
-                 "score_distributions", "vote_histograms"))}
+CORE_PNGS = {
+    "training_curves.png",
+    "learning_rates.png",
+    "gradient_norms.png",
+    "srcc_by_epoch.png",
+    *(
+        f"{split}_{kind}.png"
+        for split in ("val", "test")
+        for kind in (
+            "scatter",
+            "residuals",
+            "calibration",
+            "error_by_score",
+            "confusion",
+            "score_distributions",
+            "vote_histograms",
+        )
+    ),
+}
 
 
 def check_png(path: Path) -> None:
@@ -75,8 +90,16 @@ def test_html_references_exist_and_sections_are_ordered(full: tuple[Path, dict])
     assert sum(v.startswith("thumbs/") for v in links) >= 16
     text = report.read_text(encoding="utf-8")
     assert f"<title>avakit report: {run.name}</title>" in text
-    headings = ["Summary", "Training curves", "Telemetry", "Prediction analysis", "SRCC over epochs",
-                "vote distributions", "Per semantic tag", "Best and worst"]
+    headings = [
+        "Summary",
+        "Training curves",
+        "Telemetry",
+        "Prediction analysis",
+        "SRCC over epochs",
+        "vote distributions",
+        "Per semantic tag",
+        "Best and worst",
+    ]
     positions = [text.index(h) for h in headings]
     assert positions == sorted(positions)
 
@@ -161,10 +184,19 @@ def test_bad_names_file_raises(trained_run: Path, tmp_path: Path) -> None:
 
 
 def test_group_stats_counts_each_tag_once_and_skips_none() -> None:
-    df = pd.DataFrame({"image_id": [1, 2, 3, 4, 5], "pred_mean": [5.0, 6.0, 4.0, 5.5, 7.0],
-                       "gt_mean": [5.5, 6.0, 4.5, 5.0, 6.0]})
-    labels = {1: {"tags": [3, 7], "challenge": 101}, 2: {"tags": [3, 0], "challenge": 101},
-              3: {"tags": [7, 7], "challenge": 102}, 4: {"tags": [0, 0], "challenge": 101}}
+    df = pd.DataFrame(
+        {
+            "image_id": [1, 2, 3, 4, 5],
+            "pred_mean": [5.0, 6.0, 4.0, 5.5, 7.0],
+            "gt_mean": [5.5, 6.0, 4.5, 5.0, 6.0],
+        }
+    )
+    labels = {
+        1: {"tags": [3, 7], "challenge": 101},
+        2: {"tags": [3, 0], "challenge": 101},
+        3: {"tags": [7, 7], "challenge": 102},
+        4: {"tags": [0, 0], "challenge": 101},
+    }
     tags = group_stats(df, labels, "tags", {3: "Architecture"}, min_group=2)
     assert tags[["id", "name", "count"]].values.tolist() == [[3, "Architecture", 2], [7, "#7", 2]]
     assert tags.loc[0, "mae"] == pytest.approx(0.25)

@@ -41,8 +41,10 @@ def test_shards_are_plain_webdataset(tiny_ava: SyntheticAva, tmp_path: Path) -> 
     counts = manifest["counts"]
     assert counts == {"rows_read": 40, "samples_written": 40, "rows_skipped": 0}
     assert [s["samples"] for s in manifest["splits"].values()] == [32, 4, 4]
-    votes = {int(line.split()[1]): [int(v) for v in line.split()[2:12]]
-             for line in tiny_ava.ava_txt.read_text().splitlines()}
+    votes = {
+        int(line.split()[1]): [int(v) for v in line.split()[2:12]]
+        for line in tiny_ava.ava_txt.read_text().splitlines()
+    }
     seen = []
     for split, info in manifest["splits"].items():
         urls = [str(out / s["name"]) for s in info["shards"]]
@@ -155,14 +157,16 @@ def test_resume_after_partial_run(shared_ava: SyntheticAva, tmp_path: Path) -> N
     ref = tmp_path / "ref"
     run_shard(shared_ava, ref, short_side=40, shard_size=7)
     out = tmp_path / "out"
-    plan = plan_sharding(shared_ava.ava_txt, shared_ava.images, out,
-                         ShardOptions(short_side=40, shard_size=7))
+    plan = plan_sharding(
+        shared_ava.ava_txt, shared_ava.images, out, ShardOptions(short_side=40, shard_size=7)
+    )
     plan.pending = plan.pending[:3]
     with pytest.raises(AvakitError, match="not completed"):
         write_shards(plan)
     (out / "train-000004.tar.123.tmp").write_bytes(b"half a shard")  # as a killed writer leaves
-    plan = plan_sharding(shared_ava.ava_txt, shared_ava.images, out,
-                         ShardOptions(short_side=40, shard_size=7))
+    plan = plan_sharding(
+        shared_ava.ava_txt, shared_ava.images, out, ShardOptions(short_side=40, shard_size=7)
+    )
     assert len(plan.pending) == len(plan.tasks) - 3
     write_shards(plan)
     assert digests(out) == digests(ref)
@@ -177,12 +181,28 @@ def test_changed_options_refused(shared_ava: SyntheticAva, tmp_path: Path) -> No
 
 def test_resume_after_kill_is_byte_identical(tmp_path: Path) -> None:
     ava = make_synthetic_ava(tmp_path / "ava", n=160, seed=4, long_side=(500, 700))
-    args = [sys.executable, "-m", "avakit", "shard", "--ava-txt", str(ava.ava_txt),
-            "--images", str(ava.images), "--shard-size", "4", "--short-side", "64"]
+    args = [
+        sys.executable,
+        "-m",
+        "avakit",
+        "shard",
+        "--ava-txt",
+        str(ava.ava_txt),
+        "--images",
+        str(ava.images),
+        "--shard-size",
+        "4",
+        "--short-side",
+        "64",
+    ]
     ref, out = tmp_path / "ref", tmp_path / "out"
     subprocess.run([*args, "--out", str(ref), "--workers", "2"], check=True, capture_output=True)
-    proc = subprocess.Popen([*args, "--out", str(out), "--workers", "2"], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*args, "--out", str(out), "--workers", "2"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while len(list(out.glob("*.tar"))) < 2 and time.time() < deadline:
         time.sleep(0.01)

@@ -42,25 +42,54 @@ def test_cli_one_epoch_run_folder(tiny_train: tuple[str, ...], shards: Path, tmp
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     run = next(tmp_path.glob("tiny-*"))
-    for name in ("config.yaml", "training.log", "training_history.json", "results.json", "best_model.pt",
-                 "last.pt", "training_curves.png", "predictions/val_epoch_000.parquet",
-                 "predictions/test.parquet", "telemetry/gradient_norms.csv", "telemetry/learning_rates.csv"):
+    for name in (
+        "config.yaml",
+        "training.log",
+        "training_history.json",
+        "results.json",
+        "best_model.pt",
+        "last.pt",
+        "training_curves.png",
+        "predictions/val_epoch_000.parquet",
+        "predictions/test.parquet",
+        "telemetry/gradient_norms.csv",
+        "telemetry/learning_rates.csv",
+    ):
         assert (run / name).is_file(), name
     history = json.loads((run / "training_history.json").read_text())
-    assert len(history) == 1 and {"train_loss", "val_loss", "val_srcc", "val_plcc", "val_accuracy", "lr",
-                                  "img_per_s"} <= set(history[0])
+    assert len(history) == 1 and {
+        "train_loss",
+        "val_loss",
+        "val_srcc",
+        "val_plcc",
+        "val_accuracy",
+        "lr",
+        "img_per_s",
+    } <= set(history[0])
     results = json.loads((run / "results.json").read_text())
     assert {"val", "test", "epochs", "wall_time_s", "train_img_per_s"} <= set(results)
     assert {"srcc", "plcc", "accuracy", "emd", "mae", "rmse", "n"} <= set(results["test"])
     df = pd.read_parquet(run / "predictions/val_epoch_000.parquet")
-    assert list(df.columns) == ["image_id", "pred_mean", "gt_mean", *[f"pred_dist_{k}" for k in range(1, 11)],
-                                *[f"gt_dist_{k}" for k in range(1, 11)]]
+    assert list(df.columns) == [
+        "image_id",
+        "pred_mean",
+        "gt_mean",
+        *[f"pred_dist_{k}" for k in range(1, 11)],
+        *[f"gt_dist_{k}" for k in range(1, 11)],
+    ]
     manifest = json.loads((shards / "manifest.json").read_text())
     assert len(df) == manifest["splits"]["val"]["samples"] and df["image_id"].is_unique
     assert df[[f"pred_dist_{k}" for k in range(1, 11)]].sum(axis=1).round(5).eq(1).all()
     grads = pd.read_csv(run / "telemetry/gradient_norms.csv")
-    assert list(grads.columns) == ["batch_idx", "epoch", "overall", "backbone_layer4", "mlp_head",
-                                   "mlp_layer_0", "mlp_layer_1"]
+    assert list(grads.columns) == [
+        "batch_idx",
+        "epoch",
+        "overall",
+        "backbone_layer4",
+        "mlp_head",
+        "mlp_layer_0",
+        "mlp_layer_1",
+    ]
     assert (grads["batch_idx"] % 2 == 0).all() and (grads["overall"] > 0).all()
     lrs = pd.read_csv(run / "telemetry/learning_rates.csv")
     assert list(lrs.columns) == ["batch_idx", "epoch", "lr_group_0", "lr_group_1"]
@@ -91,10 +120,17 @@ def test_resume_equals_uninterrupted(tiny_cfg: Callable[..., Config], shards: Pa
     assert ga["batch_idx"].tolist() == gb["batch_idx"].tolist()  # no duplicated or lost rows
 
 
-def test_regression_mode_and_quick_experiment(tiny_cfg: Callable[..., Config],
-        shards: Path, tmp_path: Path) -> None:
-    cfg = tiny_cfg(shards, "model.output_mode=regression", "training.loss_type=mse", "training.max_epochs=1",
-                   "training.scheduler=plateau", "model.freeze=partial")
+def test_regression_mode_and_quick_experiment(
+    tiny_cfg: Callable[..., Config], shards: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_cfg(
+        shards,
+        "model.output_mode=regression",
+        "training.loss_type=mse",
+        "training.max_epochs=1",
+        "training.scheduler=plateau",
+        "model.freeze=partial",
+    )
     run = fit(cfg, output_dir=tmp_path, quick_experiment=0.5)
     df = pd.read_parquet(run / "predictions/val_epoch_000.parquet")
     assert "pred_dist_1" not in df and df["pred_mean"].between(1, 10).all()
@@ -121,13 +157,26 @@ def test_config_errors_exit_2(tmp_path: Path, override: str, message: str) -> No
 
 
 def test_missing_shards_exit_2(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--set", f"data.shards={tmp_path / 'none'}", "--set", "device=cpu",
-                                 "--set", "model.pretrained=false", "--output-dir", str(tmp_path / "o")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--set",
+            f"data.shards={tmp_path / 'none'}",
+            "--set",
+            "device=cpu",
+            "--set",
+            "model.pretrained=false",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 2 and "manifest.json: not found" in result.output
 
 
-def test_nan_loss_stops_with_step(tiny_train: tuple[str, ...],
-        shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_with_step(
+    tiny_train: tuple[str, ...], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from avakit.model import losses
 
     calls = {"n": 0}

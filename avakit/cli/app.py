@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -48,9 +48,16 @@ from avakit.errors import AvakitError
 from avakit.scores import HELD_OUT_SPLITS, SPLITS
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+class _Choice(str, Enum):
+    """A choice option's value: a str that prints as itself (Python 3.10 has no StrEnum)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[_Choice]:
     """A Typer choice from the library's tuple of choices (its members are the strings themselves)."""
-    return StrEnum(name, [(v, v) for v in values])
+    return _Choice(name, [(v, v) for v in values])  # type: ignore[return-value]
 
 
 Device = _choices("Device", DEVICES)
@@ -87,17 +94,25 @@ def shard(
     split: Annotated[ShardSplit, typer.Option(help="random, or official (needs --test-list).")] = "random",
     test_list: Annotated[Path | None, typer.Option(help="Official test ids (generic_test.jpgl).")] = None,
     val_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows for validation.")] = 0.1,
-    test_ratio: Annotated[float, typer.Option(min=0.0, max=1.0,
-                                              help="Share of rows for test (random split).")] = 0.1,
-    seed: Annotated[int, typer.Option(min=0, max=SPLIT_SEED_MAX,
-                                      help="Split seed: the same seed gives the same split.")] = 42,
-    short_side: Annotated[int, typer.Option(min=SHORT_SIDE_RANGE[0], max=SHORT_SIDE_RANGE[1],
-                                            help="Shorter side of stored images, pixels.")] = 256,
-    quality: Annotated[int, typer.Option(min=QUALITY_RANGE[0], max=QUALITY_RANGE[1],
-                                         help="JPEG quality of stored images.")] = 90,
+    test_ratio: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of rows for test (random split).")
+    ] = 0.1,
+    seed: Annotated[
+        int, typer.Option(min=0, max=SPLIT_SEED_MAX, help="Split seed: the same seed gives the same split.")
+    ] = 42,
+    short_side: Annotated[
+        int,
+        typer.Option(
+            min=SHORT_SIDE_RANGE[0], max=SHORT_SIDE_RANGE[1], help="Shorter side of stored images, pixels."
+        ),
+    ] = 256,
+    quality: Annotated[
+        int, typer.Option(min=QUALITY_RANGE[0], max=QUALITY_RANGE[1], help="JPEG quality of stored images.")
+    ] = 90,
     shard_size: Annotated[int, typer.Option(min=1, help="Rows per shard (AVA train: ~200 shards).")] = 1000,
-    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes.",
-                                                show_default="all cores")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes.", show_default="all cores")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N rows (for trials).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
 ) -> None:
@@ -112,8 +127,16 @@ def shard(
     from avakit.dataset.plan import ShardOptions, plan_sharding
     from avakit.dataset.shards import write_shards
 
-    options = ShardOptions(short_side=short_side, quality=quality, shard_size=shard_size, split=split,
-                           val_ratio=val_ratio, test_ratio=test_ratio, seed=seed, limit=limit)
+    options = ShardOptions(
+        short_side=short_side,
+        quality=quality,
+        shard_size=shard_size,
+        split=split,
+        val_ratio=val_ratio,
+        test_ratio=test_ratio,
+        seed=seed,
+        limit=limit,
+    )
     plan = plan_sharding(ava_txt, images, out, options, test_list, strict)
     done = len(plan.tasks) - len(plan.pending)
     if done:
@@ -150,14 +173,22 @@ def inspect(
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML config (configs/*.yaml).")] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a key: --set training.batch_size=32 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: --set training.batch_size=32 (repeatable)."),
+    ] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Parent folder of the run folder.")] = None,
-    quick_experiment: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0,
-        help="Use a fixed fraction of every split, e.g. 0.1 (--resume keeps the run's own).")] = None,
-    resume: Annotated[Path | None, typer.Option(
-        help="Continue an interrupted run folder, on the data it started with.")] = None,
+    quick_experiment: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Use a fixed fraction of every split, e.g. 0.1 (--resume keeps the run's own).",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run folder, on the data it started with.")
+    ] = None,
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
@@ -187,13 +218,16 @@ def train(
 def features(
     config: Annotated[Path | None, typer.Option(help="Training config (backbone, shards).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
-    splits: Annotated[str, typer.Option(callback=_split_list,
-                                        help="Comma-separated splits to extract.")] = "train,val,test",
-    out: Annotated[Path | None, typer.Option(help="Feature cache folder.",
-                                             show_default="data.features, else features")] = None,
+    splits: Annotated[
+        str, typer.Option(callback=_split_list, help="Comma-separated splits to extract.")
+    ] = "train,val,test",
+    out: Annotated[
+        Path | None, typer.Option(help="Feature cache folder.", show_default="data.features, else features")
+    ] = None,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    allow_missing: Annotated[bool, typer.Option(
-        help="Cache what is there when shard files are missing (counted in meta.json).")] = False,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Cache what is there when shard files are missing (counted in meta.json).")
+    ] = False,
 ) -> None:
     """Run the frozen backbone once over the shards and cache its pooled features per split.
 
@@ -214,15 +248,22 @@ def features(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
     split: Annotated[Split, typer.Option(help="test, val or train.")] = "test",
-    shards: Annotated[Path | None, typer.Option(help="Shards folder.",
-                                                show_default="the run's data.shards")] = None,
+    shards: Annotated[
+        Path | None, typer.Option(help="Shards folder.", show_default="the run's data.shards")
+    ] = None,
     checkpoint: Annotated[Checkpoint, typer.Option(help="best (best_model.pt) or last (last.pt).")] = "best",
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: none, flip or five-crop.")] = "none",
-    batch_size: Annotated[int | None, typer.Option(min=1, max=MAX_BATCH, help="Images per forward pass.",
-                                                   show_default="the run's batch size")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=MAX_BATCH, help="Images per forward pass.", show_default="the run's batch size"
+        ),
+    ] = None,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    allow_missing: Annotated[bool, typer.Option(
-        help="Evaluate what is there when shard files are missing (counted in the output).")] = False,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(help="Evaluate what is there when shard files are missing (counted in the output)."),
+    ] = False,
 ) -> None:
     """Score a split with a run's checkpoint: SRCC, PLCC, Acc, EMD, MAE, RMSE and latency.
 
@@ -234,16 +275,27 @@ def evaluate(
     from avakit.training.rundir import eval_outputs
 
     log_to_console()
-    report = evaluate_run(run_dir, split, shards, checkpoint, tta, batch_size, device, RichProgress(),
-                          allow_missing=allow_missing)
+    report = evaluate_run(
+        run_dir,
+        split,
+        shards,
+        checkpoint,
+        tta,
+        batch_size,
+        device,
+        RichProgress(),
+        allow_missing=allow_missing,
+    )
     print_evaluation(report, run_dir.name, eval_outputs(run_dir, split, checkpoint, tta))
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
-    shards: Annotated[Path | None, typer.Option(help="Shards for labels and thumbnails.",
-                                                show_default="the run's data.shards")] = None,
+    shards: Annotated[
+        Path | None,
+        typer.Option(help="Shards for labels and thumbnails.", show_default="the run's data.shards"),
+    ] = None,
     tags: Annotated[Path | None, typer.Option(help="tags.txt, to name semantic tags.")] = None,
     challenges: Annotated[Path | None, typer.Option(help="challenges.txt, to name challenges.")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open report.html in the browser.")] = False,
@@ -321,11 +373,13 @@ def predict(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `avakit train`.")],
     output: Annotated[Path, typer.Option(help="The ONNX file to write (a name ending in .onnx).")] = Path(
-        "model.onnx"),
+        "model.onnx"
+    ),
     int8: Annotated[bool, typer.Option("--int8", help="Also write <stem>.int8.onnx (calibrated).")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or higher.")] = 17,
-    shards: Annotated[Path | None, typer.Option(help="Shards for the checks.",
-                                                show_default="the run's data.shards")] = None,
+    shards: Annotated[
+        Path | None, typer.Option(help="Shards for the checks.", show_default="the run's data.shards")
+    ] = None,
     parity_images: Annotated[int, typer.Option(min=1, help="Val images for the parity check.")] = 256,
     checkpoint: Annotated[Checkpoint, typer.Option(help="best or last.")] = "best",
 ) -> None:

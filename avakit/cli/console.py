@@ -48,8 +48,12 @@ def cpu_count() -> int:
 def progress_bar(description: str, total: int, unit: str = "images"):
     """A Rich progress bar with a rate column; yields an `advance(n)` callable."""
     columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=err_console, transient=False) as bar:
@@ -71,7 +75,10 @@ def print_shard_summary(manifest: dict, out: Path) -> None:
     for split, info in manifest["splits"].items():
         stats = info["label_stats"]
         table.add_row(
-            split, f"{info['samples']:,}", str(len(info["shards"])), f"{info['bytes'] / 1e6:,.1f}",
+            split,
+            f"{info['samples']:,}",
+            str(len(info["shards"])),
+            f"{info['bytes'] / 1e6:,.1f}",
             f"{stats['mean_score_mean']:.2f} ± {stats['mean_score_std']:.2f}" if stats["n"] else "-",
             f"{stats['votes_per_image_mean']:.0f}" if stats["n"] else "-",
         )
@@ -98,12 +105,19 @@ class RichProgress:
 
     def start(self, description: str, total: int | None) -> None:
         """Start a transient bar over `total` items (disabled when stderr is not a terminal)."""
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]} {task.fields[loss]}"), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn()]
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
         # Off when stderr is not a terminal (CI logs, pipes): the log lines say it all there.
-        self.bar = Progress(*columns, console=err_console, transient=True,
-                            disable=not err_console.is_terminal)
+        self.bar = Progress(
+            *columns, console=err_console, transient=True, disable=not err_console.is_terminal
+        )
         self.bar.start()
         self.task_id = self.bar.add_task(description, total=total, rate="", loss="")
         self.loss = None
@@ -115,8 +129,11 @@ class RichProgress:
             self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
         self.bar.advance(self.task_id, n)
         speed = self.bar.tasks[self.task_id].speed
-        self.bar.update(self.task_id, rate=f"{speed:,.0f} img/s" if speed else "",
-                        loss=f"loss {self.loss:.4f}" if self.loss is not None else "")
+        self.bar.update(
+            self.task_id,
+            rate=f"{speed:,.0f} img/s" if speed else "",
+            loss=f"loss {self.loss:.4f}" if self.loss is not None else "",
+        )
 
     def stop(self) -> None:
         """Stop and drop the current bar, if there is one."""
@@ -168,8 +185,14 @@ def log_to_console() -> None:
 
     logger = logging.getLogger("avakit")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        handler = RichHandler(console=err_console, show_path=False, show_level=False, show_time=False,
-                              markup=False, highlighter=None)
+        handler = RichHandler(
+            console=err_console,
+            show_path=False,
+            show_level=False,
+            show_time=False,
+            markup=False,
+            highlighter=None,
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -203,7 +226,7 @@ INTERRUPTED = {
     "export": "the ONNX file(s) may be missing or not parity-checked; run the same command again",
     "inspect": "inspect writes nothing; run it again to check the shards",
     "demo": "the synthetic data and finished shards are kept and reused by the same command; its "
-            "training then starts a new run",
+    "training then starts a new run",
 }
 
 
@@ -219,14 +242,17 @@ def print_lost(split: str, counts: dict) -> None:
     lost = ", ".join(f"{reason} {n:,}" for reason, n in counts["lost"].items())
     of = f" of {counts['samples_expected']:,}" if counts["samples_expected"] is not None else ""
     seen = counts["samples_seen"]
-    err_console.print(f"[yellow]{split}:[/yellow] {seen:,}{of} samples used; not used: {lost}",
-                      highlight=False)
+    err_console.print(
+        f"[yellow]{split}:[/yellow] {seen:,}{of} samples used; not used: {lost}", highlight=False
+    )
 
 
 def print_features(meta: dict) -> None:
     """The features table: images cached per split, losses, where and how fast (extract_features' result)."""
-    table = Table(title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
-                        f"{meta['feature_dim']}-d + {len(meta['iqa_names'])} IQA")
+    table = Table(
+        title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
+        f"{meta['feature_dim']}-d + {len(meta['iqa_names'])} IQA"
+    )
     table.add_column("split")
     table.add_column("images", justify="right")
     for split, count in meta["splits"].items():
@@ -235,8 +261,9 @@ def print_features(meta: dict) -> None:
     for split, counts in meta.get("counts", {}).items():
         if counts["lost"]:
             print_lost(split, counts)
-    console.print(escape(f"cache: {meta['cache']}  ({meta['images_per_s']:,.0f} images/s this run)"),
-                  highlight=False)
+    console.print(
+        escape(f"cache: {meta['cache']}  ({meta['images_per_s']:,.0f} images/s this run)"), highlight=False
+    )
 
 
 def print_predictions(predictions: list) -> None:
@@ -245,8 +272,12 @@ def print_predictions(predictions: list) -> None:
     for col in ("image", "mean score", "std", "error"):
         table.add_column(col, justify="left" if col in ("image", "error") else "right")
     for p in predictions:
-        table.add_row(escape(p.path), f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
-                      f"{p.std:.3f}" if p.std is not None else "-", escape(p.error or ""))
+        table.add_row(
+            escape(p.path),
+            f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
+            f"{p.std:.3f}" if p.std is not None else "-",
+            escape(p.error or ""),
+        )
     console.print(table)
 
 
@@ -254,8 +285,9 @@ def print_unscored(predictions: list) -> int:
     """One red line per image that could not be scored; returns how many."""
     failed = [p for p in predictions if p.error]
     for p in failed:
-        err_console.print(f"[red]could not score[/red] {escape(f'{p.path}: {p.error}')}", highlight=False,
-                          soft_wrap=True)
+        err_console.print(
+            f"[red]could not score[/red] {escape(f'{p.path}: {p.error}')}", highlight=False, soft_wrap=True
+        )
     return len(failed)
 
 
@@ -275,8 +307,10 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
     expected = report["samples_expected"]
     table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
-    table.add_row(f"latency ({report['device']}, batch {report['batch_size']})",
-                  f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s")
+    table.add_row(
+        f"latency ({report['device']}, batch {report['batch_size']})",
+        f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s",
+    )
     console.print(table)
     if report["lost"]:
         print_lost(split, report)
@@ -291,8 +325,12 @@ def print_export(result: dict) -> None:
         table.add_column(col, justify="left" if col == "file" else "right")
     for precision, against in (("fp32", "torch"), ("int8", "FP32")):
         if result[precision] is not None:
-            table.add_row(escape(f"{result[precision]} (vs {against})"), f"{sizes[precision]:.1f}",
-                          f"{p[precision + '_max_abs_diff']:.2e}", f"{p[precision + '_srcc']:.6f}")
+            table.add_row(
+                escape(f"{result[precision]} (vs {against})"),
+                f"{sizes[precision]:.1f}",
+                f"{p[precision + '_max_abs_diff']:.2e}",
+                f"{p[precision + '_srcc']:.6f}",
+            )
     console.print(table)
     for note in result["notes"]:
         console.print(escape(f"note: {note}"), highlight=False)
@@ -325,8 +363,9 @@ class ErrorGroup(TyperGroup):
             if not is_disk_full(e):
                 raise
             where = f" while writing {e.filename}" if e.filename else ""
-            err_console.print(f"[red]error:[/red] no space left on device{where}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/red] no space left on device{where}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
         except KeyboardInterrupt as e:
             err_console.print(interrupted_line(ctx.invoked_subcommand, e), highlight=False, soft_wrap=True)

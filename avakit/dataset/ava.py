@@ -107,8 +107,9 @@ def parse_ava_txt(
         n_read += 1
         item = _parse_row(line)
         if isinstance(item, AvaRow) and item.image_id in seen:
-            item = Skipped(line.number, item.image_id, "duplicate",
-                           f"image id already on line {seen[item.image_id]}")
+            item = Skipped(
+                line.number, item.image_id, "duplicate", f"image id already on line {seen[item.image_id]}"
+            )
         if isinstance(item, Skipped):
             if strict:
                 raise AvakitError(f"{path}:{line.number}: {item.reason}: {item.detail}")
@@ -127,14 +128,19 @@ def _parse_row(line: Line) -> AvaRow | Skipped:
         return Skipped(line.number, None, "malformed line", line.problem)
     fields = split_fields(line.text)
     if len(fields) != N_COLUMNS:
-        return Skipped(line.number, _guess_id(fields), "malformed line",
-                       f"{len(fields)} columns, expected {N_COLUMNS}")
+        return Skipped(
+            line.number, _guess_id(fields), "malformed line", f"{len(fields)} columns, expected {N_COLUMNS}"
+        )
     try:
         values = parse_uints(fields, MAXIMA)
     except FieldError as e:
         column = (e.index or 0) + 1
-        return Skipped(line.number, _guess_id(fields), "malformed line",
-                       f"column {column} ({COLUMN_NAMES[column - 1]}): {e}")
+        return Skipped(
+            line.number,
+            _guess_id(fields),
+            "malformed line",
+            f"column {column} ({COLUMN_NAMES[column - 1]}): {e}",
+        )
     votes = tuple(values[2:_TAGS])
     if sum(votes) == 0:
         return Skipped(line.number, values[1], "malformed line", "all vote counts are zero")
@@ -256,9 +262,7 @@ def _check_ratio(name: str, value: float) -> None:
         raise AvakitError(f"{name} must be in [0, 1), got {value}")
 
 
-def random_split(
-    ids: list[int], val_ratio: float, test_ratio: float, seed: int
-) -> dict[str, list[int]]:
+def random_split(ids: list[int], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list[int]]:
     """Seeded random split of image ids into train/val/test; each list sorted.
 
     The ids are sorted before shuffling, so the split depends only on the set of ids and the seed.
@@ -271,15 +275,13 @@ def random_split(
     n_test = round(len(order) * test_ratio)
     n_val = round(len(order) * val_ratio)
     return {
-        "train": sorted(order[n_test + n_val:]),
-        "val": sorted(order[n_test:n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+        "val": sorted(order[n_test : n_test + n_val]),
         "test": sorted(order[:n_test]),
     }
 
 
-def official_split(
-    ids: list[int], test_ids: list[int], val_ratio: float, seed: int
-) -> dict[str, list[int]]:
+def official_split(ids: list[int], test_ids: list[int], val_ratio: float, seed: int) -> dict[str, list[int]]:
     """The official protocol: test = listed ids present in AVA.txt; val = seeded share of the rest."""
     listed = set(test_ids)
     test = sorted(i for i in ids if i in listed)

@@ -42,8 +42,16 @@ Image.init()
 # Every raster format Pillow reads, except EPS: decoding it runs Ghostscript, an external program.
 FORMATS = tuple(sorted(f for f in Image.ID if f != "EPS"))
 # What Pillow's decoders raise on a corrupt, crafted or unsupported file.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
-                  NotImplementedError)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    NotImplementedError,
+)
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # single band, more than 8 bits
 _STRIP_PIXELS = 1 << 18  # 16/32-bit images are scaled to 8 bits this many pixels at a time
 
@@ -83,7 +91,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     out = np.empty((h, w), np.uint8)
     step = max(1, _STRIP_PIXELS // max(1, w))
     for y in range(0, h, step):
-        out[y:y + step] = _scale_strip(np.asarray(im.crop((0, y, w, min(h, y + step)))), top)
+        out[y : y + step] = _scale_strip(np.asarray(im.crop((0, y, w, min(h, y + step)))), top)
     return Image.fromarray(out)
 
 
@@ -135,8 +143,11 @@ def check_shape(width: int, height: int, short_side: int | None = None) -> None:
         return
     w, h = _target_size(width, height, short_side)
     if w * h > MAX_PIXELS or max(w, h) > JPEG_MAX_SIDE:
-        raise ImageSkip("too large", f"{width}x{height} px would be resized to {w}x{h} px, above "
-                                     f"{MAX_PIXELS} px or {JPEG_MAX_SIDE} px a side")
+        raise ImageSkip(
+            "too large",
+            f"{width}x{height} px would be resized to {w}x{h} px, above "
+            f"{MAX_PIXELS} px or {JPEG_MAX_SIDE} px a side",
+        )
 
 
 def decoded_bytes(im: Image.Image) -> int:
@@ -198,8 +209,11 @@ def load_rgb(source: Path | bytes, short_side: int | None = None) -> Image.Image
                 # Draft picks the largest DCT scaling that keeps both sides >= the request.
                 im.draft("RGB", _target_size(*im.size, short_side))
             if decoded_bytes(im) > MAX_DECODED_BYTES:
-                raise ImageSkip("too large", f"{im.size[0]}x{im.size[1]} px in mode {im.mode} decode to "
-                                             f"{decoded_bytes(im)} bytes, above {MAX_DECODED_BYTES}")
+                raise ImageSkip(
+                    "too large",
+                    f"{im.size[0]}x{im.size[1]} px in mode {im.mode} decode to "
+                    f"{decoded_bytes(im)} bytes, above {MAX_DECODED_BYTES}",
+                )
             im.load()
             with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
                 ImageOps.exif_transpose(im, in_place=True)
@@ -222,8 +236,9 @@ SUFFIX_LIST = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
 
 def _int_in(value: object, bounds: tuple[int, int], key: str, where: str) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]):
-        raise AvakitError(f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, "
-                          f"got {repr(value)[:60]}")
+        raise AvakitError(
+            f"{where}: {key} must be an integer in {bounds[0]}..{bounds[1]}, got {repr(value)[:60]}"
+        )
     return value
 
 

@@ -93,8 +93,9 @@ def _check_structure(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict):
         raise AvakitError(f"{path}: expected a JSON object, got {_show(manifest)}")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise c.fail("format_version",
-                     f"unsupported {manifest.get('format_version')!r} (expected {FORMAT_VERSION})")
+        raise c.fail(
+            "format_version", f"unsupported {manifest.get('format_version')!r} (expected {FORMAT_VERSION})"
+        )
     counts = c.mapping(manifest, "", "counts")
     for name in ("rows_read", "samples_written", "rows_skipped"):
         c.count(counts, "counts", name)
@@ -137,8 +138,12 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
     stats = c.mapping(info, key, "label_stats")
     if c.count(stats, f"{key}.label_stats", "n"):
         for name in ("mean_score_mean", "mean_score_std", "votes_per_image_mean"):
-            c.typed(c.get(stats, f"{key}.label_stats", name), (int, float), "a number",
-                    f"{key}.label_stats.{name}")
+            c.typed(
+                c.get(stats, f"{key}.label_stats", name),
+                (int, float),
+                "a number",
+                f"{key}.label_stats.{name}",
+            )
 
 
 def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
@@ -160,8 +165,9 @@ def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
                 members = sorted(k for k in sample if not k.startswith("__"))
                 problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
             elif decode:
-                problems += [f"{path.name}: sample {shown}: {reason}"
-                             for reason in _sample_problems(key, sample)]
+                problems += [
+                    f"{path.name}: sample {shown}: {reason}" for reason in _sample_problems(key, sample)
+                ]
     except (tarfile.TarError, EOFError, ValueError, OSError) as e:
         problems.append(f"{path.name}: unreadable tar after {n} samples: {str(e).splitlines()[0][:200]}")
     return n, problems
@@ -173,8 +179,13 @@ def _sample_problems(key: str, sample: dict[str, bytes]) -> list[str]:
     try:
         decode_image(sample["jpg"])
     except (RuntimeError, ValueError):
-        kind = "PNG" if sample["jpg"].startswith(b"\x89PNG") else "not a JPEG" if \
-            not sample["jpg"].startswith(b"\xff\xd8") else "damaged JPEG"
+        kind = (
+            "PNG"
+            if sample["jpg"].startswith(b"\x89PNG")
+            else "not a JPEG"
+            if not sample["jpg"].startswith(b"\xff\xd8")
+            else "damaged JPEG"
+        )
         reasons.append(f"{Reason.IMAGE.text} ({kind})")
     reason, _ = parse_label(key, sample["json"])
     if reason:
@@ -210,8 +221,10 @@ def verify_shards(
     by_reason = dict(Counter(s["reason"] for s in skipped))
     stated = {reason: n for reason, n in manifest["skipped_by_reason"].items() if n}
     if len(skipped) != counts["rows_skipped"] or by_reason != stated:
-        problems.append(f"skipped: {len(skipped)} rows listed {dict(sorted(by_reason.items()))}, counts say "
-                        f"{counts['rows_skipped']} {stated}")
+        problems.append(
+            f"skipped: {len(skipped)} rows listed {dict(sorted(by_reason.items()))}, counts say "
+            f"{counts['rows_skipped']} {stated}"
+        )
     for stray in sorted(p.name for p in shards_dir.glob("*.tar") if p.name not in listed):
         shown = stray if stray.isprintable() else repr(stray)
         problems.append(f"{shown}: tar file not listed in the manifest")

@@ -118,10 +118,19 @@ def plan_sharding(
     tasks = []
     for split, members in split_ids.items():
         for k, start in enumerate(range(0, len(members), options.shard_size)):
-            chunk = members[start:start + options.shard_size]
+            chunk = members[start : start + options.shard_size]
             tasks.append(ShardTask(split, k, tuple(by_id[i] for i in chunk)))
-    plan = ShardPlan(ava_txt=ava_txt, images=images, out=out, options=options, sources=sources,
-                     rows_read=rows_read, rows=rows, parse_skipped=parse_skipped, tasks=tasks)
+    plan = ShardPlan(
+        ava_txt=ava_txt,
+        images=images,
+        out=out,
+        options=options,
+        sources=sources,
+        rows_read=rows_read,
+        rows=rows,
+        parse_skipped=parse_skipped,
+        tasks=tasks,
+    )
     _prepare_out(plan)
     plan.done = {t.name: r for t in tasks if (r := load_record(out, t)) is not None}
     plan.pending = [t for t in tasks if t.name not in plan.done]
@@ -149,7 +158,9 @@ def _read_test_list(path: Path, ava_ids: set[int], strict: bool) -> tuple[list[i
     """
     ids, skipped = read_id_list(path, strict=strict)
     entry = {
-        "name": path.name, "sha256": file_sha256(path), "ids_listed": len(ids),
+        "name": path.name,
+        "sha256": file_sha256(path),
+        "ids_listed": len(ids),
         "ids_not_in_ava_txt": sum(i not in ava_ids for i in ids),
         "lines_skipped": [{"line": s.line, "reason": s.reason, "detail": s.detail} for s in skipped],
     }
@@ -211,16 +222,28 @@ def load_record(out: Path, task: ShardTask) -> dict | None:
     not hold.
     """
     tar, record = out / task.name, _read_json(record_path(out, task))
-    if not (isinstance(record, dict) and tar.is_file() and isinstance(ids := record.get("image_ids"), list)
-            and isinstance(skipped := record.get("skipped"), list)):
+    if not (
+        isinstance(record, dict)
+        and tar.is_file()
+        and isinstance(ids := record.get("image_ids"), list)
+        and isinstance(skipped := record.get("skipped"), list)
+    ):
         return None
     lines = {r.image_id: r.line for r in task.rows}
     valid = (
-        record.get("name") == task.name and record.get("split") == task.split
-        and record.get("samples") == len(ids) and record.get("bytes") == tar.stat().st_size
-        and all(type(s) is dict and set(s) == {"line", "image_id", "reason", "detail"}
-                and type(s["image_id"]) is int and s["line"] == lines.get(s["image_id"])
-                and type(s["reason"]) is str and type(s["detail"]) is str for s in skipped)
+        record.get("name") == task.name
+        and record.get("split") == task.split
+        and record.get("samples") == len(ids)
+        and record.get("bytes") == tar.stat().st_size
+        and all(
+            type(s) is dict
+            and set(s) == {"line", "image_id", "reason", "detail"}
+            and type(s["image_id"]) is int
+            and s["line"] == lines.get(s["image_id"])
+            and type(s["reason"]) is str
+            and type(s["detail"]) is str
+            for s in skipped
+        )
         and all(type(i) is int for i in ids)
         and sorted(ids + [s["image_id"] for s in skipped]) == sorted(lines)
     )

@@ -27,8 +27,11 @@ from avakit.scores import N_POINTS
 
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
 # decoder that ships with torchvision, so keep using it without a warning per image.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
 
 MAX_MEMBER = 256 << 20  # a tar member larger than this is not a shard sample: the shard is unreadable
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as webdataset does
@@ -83,8 +86,13 @@ REASON_TEXT = {
 
 def _ints(values: Any, n: int, low: int, high: int) -> bool:
     """`values` is a list of `n` ints (not bools) in low..high. On the loader's per-sample path."""
-    return (isinstance(values, list) and len(values) == n and all(type(v) is int for v in values)
-            and low <= min(values) and max(values) <= high)
+    return (
+        isinstance(values, list)
+        and len(values) == n
+        and all(type(v) is int for v in values)
+        and low <= min(values)
+        and max(values) <= high
+    )
 
 
 def check_label(key: str, label: Any) -> Reason:
@@ -208,8 +216,11 @@ class SampleCounts:
 
     def as_dict(self) -> dict:
         """The JSON form used by results.json, eval json, training_history.json and meta.json."""
-        return {"samples_expected": self.expected, "samples_seen": self.seen,
-                "lost": dict(sorted(self.lost.items()))}
+        return {
+            "samples_expected": self.expected,
+            "samples_seen": self.seen,
+            "lost": dict(sorted(self.lost.items())),
+        }
 
     def summary(self) -> str:
         """One line: '58 of 60 samples seen; lost 2: image does not decode as JPEG 2'."""

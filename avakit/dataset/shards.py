@@ -57,7 +57,10 @@ def _tick(n: int, progress: Callable[[int], None] | None) -> None:
 
 
 def write_shard(
-    task: ShardTask, images: Path, out: Path, options: ShardOptions,
+    task: ShardTask,
+    images: Path,
+    out: Path,
+    options: ShardOptions,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Preprocess the task's images into one shard; return its record (also saved to disk).
@@ -78,9 +81,13 @@ def write_shard(
         def finish(fname: str) -> None:
             opened[-1].close()
             record = {
-                "name": task.name, "split": task.split, "samples": len(written),
-                "bytes": tmp.stat().st_size, "sha256": file_sha256(tmp),
-                "image_ids": written, "skipped": [asdict(s) for s in skipped],
+                "name": task.name,
+                "split": task.split,
+                "samples": len(written),
+                "bytes": tmp.stat().st_size,
+                "sha256": file_sha256(tmp),
+                "image_ids": written,
+                "skipped": [asdict(s) for s in skipped],
             }
             write_json_atomic(record_path(out, task), record)
 
@@ -95,15 +102,26 @@ def write_shard(
 
 
 def _write_samples(
-    task: ShardTask, images: Path, options: ShardOptions, opener: Callable, finish: Callable,
-    skipped: list[Skipped], written: list[int], progress: Callable[[int], None] | None,
+    task: ShardTask,
+    images: Path,
+    options: ShardOptions,
+    opener: Callable,
+    finish: Callable,
+    skipped: list[Skipped],
+    written: list[int],
+    progress: Callable[[int], None] | None,
 ) -> None:
     """Feed the task's usable images through one ShardWriter; record the skipped ones."""
     import webdataset as wds  # imports torch: only where shards are written
 
     sink = wds.ShardWriter(
-        f"{task.split}-%06d.tar", maxcount=len(task.rows) + 1, start_shard=task.index,
-        opener=opener, post=finish, verbose=0, mtime=TAR_MTIME,
+        f"{task.split}-%06d.tar",
+        maxcount=len(task.rows) + 1,
+        start_shard=task.index,
+        opener=opener,
+        post=finish,
+        verbose=0,
+        mtime=TAR_MTIME,
     )
     try:
         for n, row in enumerate(task.rows, start=1):
@@ -168,9 +186,7 @@ def _drain(progress_queue: mp.Queue, progress: Callable[[int], None] | None) -> 
             progress(n)
 
 
-def write_shards(
-    plan: ShardPlan, workers: int = 1, progress: Callable[[int], None] | None = None
-) -> dict:
+def write_shards(plan: ShardPlan, workers: int = 1, progress: Callable[[int], None] | None = None) -> dict:
     """Write every pending shard (in `workers` processes), then manifest.json; return the manifest."""
     if workers < 1:
         raise AvakitError(f"workers must be at least 1, got {workers}")
@@ -199,11 +215,16 @@ def check_written(manifest: dict, out: Path) -> None:
         return
     reasons = ", ".join(f"{reason} {n}" for reason, n in manifest["skipped_by_reason"].items())
     first = manifest["skipped"][0] if manifest["skipped"] else None
-    example = (f"; first: line {first['line']} (image {first['image_id']}): {first['reason']}: "
-               f"{first['detail']}" if first else "")
-    raise AvakitError(f"{out}: no sample could be written: {counts['rows_read']} rows read, "
-                      f"{counts['rows_skipped']} skipped ({reasons}){example}; see {out / 'manifest.json'}",
-                      exit_code=1)
+    example = (
+        f"; first: line {first['line']} (image {first['image_id']}): {first['reason']}: {first['detail']}"
+        if first
+        else ""
+    )
+    raise AvakitError(
+        f"{out}: no sample could be written: {counts['rows_read']} rows read, "
+        f"{counts['rows_skipped']} skipped ({reasons}){example}; see {out / 'manifest.json'}",
+        exit_code=1,
+    )
 
 
 def label_stats(votes: np.ndarray) -> dict:
@@ -249,13 +270,15 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
         "created_by": f"avakit {__version__}",
         "sources": plan.sources,
         "preprocessing": {
-            "short_side": opts.pop("short_side"), "quality": opts.pop("quality"),
-            "format": "jpg", "exif_orientation": "applied", "resample": "jpeg-dct-scaling+bilinear",
+            "short_side": opts.pop("short_side"),
+            "quality": opts.pop("quality"),
+            "format": "jpg",
+            "exif_orientation": "applied",
+            "resample": "jpeg-dct-scaling+bilinear",
         },
         "shard_size": opts.pop("shard_size"),
         "split": {"method": opts.pop("split"), **opts},
-        "counts": {"rows_read": plan.rows_read, "samples_written": written,
-                   "rows_skipped": len(skipped)},
+        "counts": {"rows_read": plan.rows_read, "samples_written": written, "rows_skipped": len(skipped)},
         "splits": splits,
         "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
         "skipped": skipped,

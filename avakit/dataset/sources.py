@@ -41,9 +41,11 @@ def has_scheme(value: str) -> bool:
 def require_plain(value: str, key: str, origin: str) -> None:
     """Refuse a path read from `origin` (a checkpoint, config.yaml) that would be opened as a URL."""
     if has_scheme(value):
-        raise AvakitError(f"{key} {value[:200]!r} read from {origin} is not a plain path: a URL or `pipe:` "
-                          f"source runs only when given in this command (pass --shards DIR; with "
-                          f"train --resume, --set {key}=...)")
+        raise AvakitError(
+            f"{key} {value[:200]!r} read from {origin} is not a plain path: a URL or `pipe:` "
+            f"source runs only when given in this command (pass --shards DIR; with "
+            f"train --resume, --set {key}=...)"
+        )
 
 
 def require_plain_shards(shards: str | Path | dict, origin: str, split: str | None = None) -> None:
@@ -102,7 +104,11 @@ class SplitSource:
 
 
 def resolve_split(
-    shards: str | Path | dict, split: str, *, origin: str | None = None, allow_missing: bool = False,
+    shards: str | Path | dict,
+    split: str,
+    *,
+    origin: str | None = None,
+    allow_missing: bool = False,
     incomplete_hint: str = "check the folder with `avakit inspect`",
 ) -> SplitSource:
     """A split's source: a folder with manifest.json, or URL patterns (brace-expanded).
@@ -121,10 +127,20 @@ def resolve_split(
     info = manifest["splits"].get(split)
     if info is None:
         raise AvakitError(f"{folder / MANIFEST}: no split {split!r}")
-    files = tuple(ShardFile(folder / s["name"], s["samples"], s["bytes"], s["sha256"])
-                  for s in info["shards"] if s["samples"] > 0)
-    source = SplitSource(split, (), files, info["samples"], file_sha256(folder / MANIFEST),
-                         manifest.get("preprocessing"), str(folder / MANIFEST))
+    files = tuple(
+        ShardFile(folder / s["name"], s["samples"], s["bytes"], s["sha256"])
+        for s in info["shards"]
+        if s["samples"] > 0
+    )
+    source = SplitSource(
+        split,
+        (),
+        files,
+        info["samples"],
+        file_sha256(folder / MANIFEST),
+        manifest.get("preprocessing"),
+        str(folder / MANIFEST),
+    )
     return _check_files(source, allow_missing, incomplete_hint)
 
 
@@ -162,9 +178,12 @@ def _check_files(source: SplitSource, allow_missing: bool, hint: str) -> SplitSo
         lost = sum(f.samples or 0 for f, _ in problems)
         shown = "; ".join(f"{f.name}: {reason.text}" for f, reason in problems[:3])
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise AvakitError(f"{source.where}: split {source.split!r} is incomplete, {lost} of its "
-                          f"{source.samples} samples are in shards that cannot be read ({shown}{more}); "
-                          f"{hint}", exit_code=1)
+        raise AvakitError(
+            f"{source.where}: split {source.split!r} is incomplete, {lost} of its "
+            f"{source.samples} samples are in shards that cannot be read ({shown}{more}); "
+            f"{hint}",
+            exit_code=1,
+        )
     marked = dict(problems)
     files = tuple(replace(f, lost=marked[f]) if f in marked else f for f in source.files)
     return replace(source, files=files)

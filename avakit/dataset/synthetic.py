@@ -21,10 +21,26 @@ from PIL import Image, ImageDraw
 from avakit.fileio import write_bytes_atomic, write_text_atomic
 from avakit.scores import POINTS
 
-TAGS = {1: "Abstract", 2: "Animals", 3: "Architecture", 4: "Landscape", 5: "Macro",
-        6: "Nature", 7: "Portraiture", 8: "Still_Life", 9: "Urban", 10: "Black_and_White"}
-CHALLENGES = {101: "Golden_Hour", 102: "Minimalism", 103: "Reflections", 104: "Red",
-              105: "Shadows", 106: "Free_Study"}
+TAGS = {
+    1: "Abstract",
+    2: "Animals",
+    3: "Architecture",
+    4: "Landscape",
+    5: "Macro",
+    6: "Nature",
+    7: "Portraiture",
+    8: "Still_Life",
+    9: "Urban",
+    10: "Black_and_White",
+}
+CHALLENGES = {
+    101: "Golden_Hour",
+    102: "Minimalism",
+    103: "Reflections",
+    104: "Red",
+    105: "Shadows",
+    106: "Free_Study",
+}
 ASPECTS = (4 / 3, 3 / 2, 1.0, 2 / 3, 3 / 4, 16 / 9)
 
 
@@ -65,7 +81,8 @@ def synthetic_image(q: float, rng: np.random.Generator, size: tuple[int, int]) -
     # files compress like photos (~100 KB at 800x534) rather than like white noise.
     coarse = rng.normal(0.0, 3.0 + 20.0 * (1 - q), size=(max(1, h // 4), max(1, w // 4), 3))
     coarse_im = Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8)).resize(
-        (w, h), Image.Resampling.BILINEAR)
+        (w, h), Image.Resampling.BILINEAR
+    )
     arr = np.asarray(im, dtype=np.float32) + np.asarray(coarse_im, dtype=np.float32) - 128.0
     arr += rng.normal(0.0, 2.0, size=arr.shape).astype(np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

@@ -80,8 +80,10 @@ def check_opset(opset: int) -> None:
     """AvakitError naming the supported range unless OPSET_MIN <= opset <= opset_max()."""
     high = opset_max()
     if not OPSET_MIN <= opset <= high:
-        raise AvakitError(f"opset {opset} is not supported: use {OPSET_MIN} to {high} (torch's exporter "
-                          f"writes up to {high}; the graph and INT8 quantisation need at least {OPSET_MIN})")
+        raise AvakitError(
+            f"opset {opset} is not supported: use {OPSET_MIN} to {high} (torch's exporter "
+            f"writes up to {high}; the graph and INT8 quantisation need at least {OPSET_MIN})"
+        )
 
 
 def check_output(output: Path) -> Path:
@@ -91,8 +93,10 @@ def check_output(output: Path) -> Path:
     from replacing a checkpoint, a config or anything else that is not a model file.
     """
     if output.suffix.lower() != ".onnx":
-        raise AvakitError(f"output {output}: give a file name ending in .onnx, e.g. "
-                          f"{output.with_name((output.stem or 'model') + '.onnx')}")
+        raise AvakitError(
+            f"output {output}: give a file name ending in .onnx, e.g. "
+            f"{output.with_name((output.stem or 'model') + '.onnx')}"
+        )
     if output.is_dir():
         raise AvakitError(f"output {output}: is a folder; give a file name, e.g. {output / 'model.onnx'}")
     return output
@@ -111,8 +115,9 @@ class ExportModel(nn.Module):
         return out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(SCORE_MIN, SCORE_MAX)
 
 
-def val_images(shards: str | dict, spec: PreprocessSpec, n: int, split: str = "val",
-               origin: str | None = None) -> np.ndarray:
+def val_images(
+    shards: str | dict, spec: PreprocessSpec, n: int, split: str = "val", origin: str | None = None
+) -> np.ndarray:
     """The first n samples of a split of a shard source (folder or URL patterns), model-ready.
 
     `origin`: the file `shards` was read from (the checkpoint); its paths must then be plain.
@@ -131,8 +136,14 @@ def val_images(shards: str | dict, spec: PreprocessSpec, n: int, split: str = "v
     return np.stack(arrays)
 
 
-def _inputs(cfg: Any, spec: PreprocessSpec, shards: Path | None, photos: Sequence[Path] | None,
-            n: int, ckpt_path: Path | None = None) -> tuple[np.ndarray | None, str]:
+def _inputs(
+    cfg: Any,
+    spec: PreprocessSpec,
+    shards: Path | None,
+    photos: Sequence[Path] | None,
+    n: int,
+    ckpt_path: Path | None = None,
+) -> tuple[np.ndarray | None, str]:
     """(parity/calibration inputs, where they came from); (None, why) when there are none."""
     if photos:
         arrays = []
@@ -186,18 +197,28 @@ def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict
     """Provenance and preprocessing of a checkpoint, as stored in the ONNX file."""
     cfg, shard = ckpt["config"], ckpt.get("preprocessing") or {}
     val_srcc, test_srcc, finished = _provenance(ckpt, ckpt_path)
-    trained = finished or datetime.fromtimestamp(
-        ckpt_path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    trained = finished or datetime.fromtimestamp(ckpt_path.stat().st_mtime, timezone.utc).isoformat(
+        timespec="seconds"
+    )
     t = cfg["transform"]
-    return {"avakit_version": __version__, "output_mode": cfg["model"]["output_mode"],
-            "backbone": cfg["model"]["backbone"], "input_size": t["crop_size"],
-            "resize_size": t["resize_size"], "normalize_mean": list(t["normalize_mean"]),
-            "normalize_std": list(t["normalize_std"]), "short_side": shard.get("short_side"),
-            "quality": shard.get("quality"), "trained_at": trained,
-            "manifest_sha256": ckpt.get("manifest_sha256"),
-            "val_srcc": val_srcc, "test_srcc": test_srcc, "checkpoint": ckpt_path.name,
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "precision": precision}
+    return {
+        "avakit_version": __version__,
+        "output_mode": cfg["model"]["output_mode"],
+        "backbone": cfg["model"]["backbone"],
+        "input_size": t["crop_size"],
+        "resize_size": t["resize_size"],
+        "normalize_mean": list(t["normalize_mean"]),
+        "normalize_std": list(t["normalize_std"]),
+        "short_side": shard.get("short_side"),
+        "quality": shard.get("quality"),
+        "trained_at": trained,
+        "manifest_sha256": ckpt.get("manifest_sha256"),
+        "val_srcc": val_srcc,
+        "test_srcc": test_srcc,
+        "checkpoint": ckpt_path.name,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "precision": precision,
+    }
 
 
 def write_metadata(path: Path, metadata: dict[str, Any] | None, model: Any = None) -> None:
@@ -215,8 +236,9 @@ def write_metadata(path: Path, metadata: dict[str, Any] | None, model: Any = Non
         onnx.save(model, f)
 
 
-def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17,
-                metadata: dict[str, Any] | None = None) -> None:
+def export_fp32(
+    model: nn.Module, output: Path, crop: int, opset: int = 17, metadata: dict[str, Any] | None = None
+) -> None:
     """torch.onnx.export (TorchScript exporter) with a dynamic batch dimension, one inline file.
 
     The graph is exported in memory and written once, with `metadata`, through fileio.
@@ -228,9 +250,17 @@ def export_fp32(model: nn.Module, output: Path, crop: int, opset: int = 17,
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the legacy exporter warns that it is legacy
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["scores"], do_constant_folding=True,
-                          dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}})
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["scores"],
+            do_constant_folding=True,
+            dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}},
+        )
     write_metadata(output, metadata, onnx.load_from_string(buf.getvalue()))
 
 
@@ -256,13 +286,17 @@ def backbone_nodes(model: Any) -> list[str]:
     """
     names = [n.name for n in model.graph.node if n.name.startswith(BACKBONE_SCOPE)]
     if not names:
-        raise AvakitError(f"no node in the exporter's {BACKBONE_SCOPE} scope: nothing to quantise to INT8 "
-                          "(the exporter's node naming changed?)", exit_code=1)
+        raise AvakitError(
+            f"no node in the exporter's {BACKBONE_SCOPE} scope: nothing to quantise to INT8 "
+            "(the exporter's node naming changed?)",
+            exit_code=1,
+        )
     return names
 
 
-def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None,
-                  metadata: dict[str, Any] | None = None) -> str:
+def quantize_int8(
+    fp32: Path, output: Path, calibration: np.ndarray | None, metadata: dict[str, Any] | None = None
+) -> str:
     """Static QDQ INT8 (U8S8, per-channel) of the backbone calibrated on `calibration`, else dynamic.
 
     Returns the method. Only `backbone_nodes` are quantised. `output` is written once, with
@@ -274,13 +308,16 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None,
     class Reader(ortq.CalibrationDataReader):
         def __init__(self, arrays: np.ndarray) -> None:
             step = CALIBRATION_BATCH
-            self.batches = iter([{"input": arrays[i:i + step]} for i in range(0, len(arrays), step)])
+            self.batches = iter([{"input": arrays[i : i + step]} for i in range(0, len(arrays), step)])
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    with write_errors(output), tempfile.TemporaryDirectory(dir=output.parent) as tmp, \
-            _quiet_onnxruntime_quantization():
+    with (
+        write_errors(output),
+        tempfile.TemporaryDirectory(dir=output.parent) as tmp,
+        _quiet_onnxruntime_quantization(),
+    ):
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         # ONNX shape inference + graph optimisation; onnxruntime's symbolic shape inference is for
         # transformers and fails on the IQA branch's reductions at opset >= 18 (same graph without it)
@@ -288,16 +325,31 @@ def quantize_int8(fp32: Path, output: Path, calibration: np.ndarray | None,
         nodes = backbone_nodes(onnx.load(str(pre)))
         if calibration is None:
             # ConvInteger (dynamic conv) only has uint8 x uint8 kernels on CPU
-            ortq.quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=ortq.QuantType.QUInt8,
-                                  nodes_to_quantize=nodes)
+            ortq.quantize_dynamic(
+                str(pre),
+                str(out),
+                per_channel=True,
+                weight_type=ortq.QuantType.QUInt8,
+                nodes_to_quantize=nodes,
+            )
             method = "dynamic (uint8 weights, per-channel), backbone only"
         else:
-            ortq.quantize_static(str(pre), str(out), Reader(calibration), quant_format=ortq.QuantFormat.QDQ,
-                                 per_channel=True, activation_type=ortq.QuantType.QUInt8,
-                                 weight_type=ortq.QuantType.QInt8, nodes_to_quantize=nodes)
+            ortq.quantize_static(
+                str(pre),
+                str(out),
+                Reader(calibration),
+                quant_format=ortq.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=ortq.QuantType.QUInt8,
+                weight_type=ortq.QuantType.QInt8,
+                nodes_to_quantize=nodes,
+            )
             method = f"static QDQ U8S8 per-channel, backbone only, MinMax on {len(calibration)} images"
-        write_metadata(output, {**metadata, "quantization": method} if metadata is not None else None,
-                       onnx.load(str(out)))
+        write_metadata(
+            output,
+            {**metadata, "quantization": method} if metadata is not None else None,
+            onnx.load(str(out)),
+        )
     return method
 
 
@@ -309,7 +361,7 @@ def mean_scores(outputs: np.ndarray, output_mode: str) -> np.ndarray:
 
 def _run(fn: Any, inputs: np.ndarray) -> np.ndarray:
     """`fn` over `inputs` in batches of BATCH, concatenated."""
-    return np.concatenate([np.asarray(fn(inputs[i:i + BATCH])) for i in range(0, len(inputs), BATCH)])
+    return np.concatenate([np.asarray(fn(inputs[i : i + BATCH])) for i in range(0, len(inputs), BATCH)])
 
 
 def _compare(name: str, got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -324,8 +376,14 @@ def _size_mb(path: Path | None) -> float | None:
 
 
 def export_onnx(
-    run_dir: Path, output: Path, int8: bool = False, opset: int = 17, shards: Path | None = None,
-    parity_images: int = 256, checkpoint: str = "best", images: Sequence[Path] | None = None,
+    run_dir: Path,
+    output: Path,
+    int8: bool = False,
+    opset: int = 17,
+    shards: Path | None = None,
+    parity_images: int = 256,
+    checkpoint: str = "best",
+    images: Sequence[Path] | None = None,
     calibration_images: int = 256,
 ) -> dict:
     """Export a run's checkpoint to `output` (and `<stem>.int8.onnx` with `int8`), then check both.
@@ -353,16 +411,18 @@ def export_onnx(
         raise AvakitError(f"output {output}: cannot create its folder ({e.strerror or e})") from None
     metadata = build_metadata(ckpt, ckpt_path)
     # inputs first: a refused source (a URL read from the checkpoint) leaves no unchecked .onnx
-    inputs, origin = _inputs(cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0),
-                             ckpt_path)
+    inputs, origin = _inputs(
+        cfg, spec, shards, images, max(parity_images, calibration_images if int8 else 0), ckpt_path
+    )
     export_fp32(wrapped, output, spec.crop_size, opset, metadata)
 
     notes: list[str] = []
     calibration = inputs[:calibration_images] if inputs is not None else None
     if inputs is None:  # random inputs: as many as asked, up to RANDOM_INPUTS_MAX (memory)
         n_random = min(parity_images, RANDOM_INPUTS_MAX)
-        inputs = np.random.default_rng(0).standard_normal((n_random, 3, spec.crop_size, spec.crop_size),
-                                                          dtype=np.float32)
+        inputs = np.random.default_rng(0).standard_normal(
+            (n_random, 3, spec.crop_size, spec.crop_size), dtype=np.float32
+        )
         origin = f"{origin}; checked on {n_random} random inputs"
         notes.append(origin + ("; INT8 falls back to dynamic quantisation" if int8 else ""))
         log.warning("note: %s", notes[-1])
@@ -371,12 +431,20 @@ def export_onnx(
         ref = mean_scores(_run(lambda b: wrapped(torch.from_numpy(b)).numpy(), check), mode)
     fp32_scores = mean_scores(_run(OnnxScorer(output), check), mode)
     fp32_diff, fp32_srcc = _compare("ONNX FP32 vs torch", fp32_scores, ref)
-    parity = {"n": len(check), "inputs": origin, "fp32_max_abs_diff": fp32_diff, "fp32_srcc": fp32_srcc,
-              "int8_max_abs_diff": None, "int8_srcc": None}
+    parity = {
+        "n": len(check),
+        "inputs": origin,
+        "fp32_max_abs_diff": fp32_diff,
+        "fp32_srcc": fp32_srcc,
+        "int8_max_abs_diff": None,
+        "int8_srcc": None,
+    }
     if not fp32_diff <= FP32_MAX_ABS_DIFF:
-        raise AvakitError(f"{output}: ONNX FP32 mean scores differ from torch by up to {fp32_diff:.3g} "
-                          f"(allowed {FP32_MAX_ABS_DIFF:g}) on {len(check)} inputs; file left for inspection",
-                          exit_code=1)
+        raise AvakitError(
+            f"{output}: ONNX FP32 mean scores differ from torch by up to {fp32_diff:.3g} "
+            f"(allowed {FP32_MAX_ABS_DIFF:g}) on {len(check)} inputs; file left for inspection",
+            exit_code=1,
+        )
 
     int8_path = output.with_name(f"{output.stem}.int8.onnx") if int8 else None
     if int8_path is not None:
@@ -387,8 +455,17 @@ def export_onnx(
         if len(check) < 3:
             notes.append(f"INT8 ranking not checked: {len(check)} parity inputs (need 3)")
         elif not int8_srcc >= INT8_MIN_SRCC:
-            raise AvakitError(f"{int8_path}: INT8 ranks {len(check)} images differently from FP32 "
-                              f"(SRCC {int8_srcc:.4f} < {INT8_MIN_SRCC}; max |diff| {int8_diff:.3g}); "
-                              f"file left for inspection", exit_code=1)
-    return {"fp32": output, "int8": int8_path, "parity": parity, "metadata": metadata,
-            "sizes_mb": {"fp32": _size_mb(output), "int8": _size_mb(int8_path)}, "notes": notes}
+            raise AvakitError(
+                f"{int8_path}: INT8 ranks {len(check)} images differently from FP32 "
+                f"(SRCC {int8_srcc:.4f} < {INT8_MIN_SRCC}; max |diff| {int8_diff:.3g}); "
+                f"file left for inspection",
+                exit_code=1,
+            )
+    return {
+        "fp32": output,
+        "int8": int8_path,
+        "parity": parity,
+        "metadata": metadata,
+        "sizes_mb": {"fp32": _size_mb(output), "int8": _size_mb(int8_path)},
+        "notes": notes,
+    }

@@ -23,14 +23,35 @@ from avakit.inference.scorer import Scorer
 from avakit.scores import N_POINTS
 
 # What export writes; the first six are required to score (see PreprocessSpec).
-REQUIRED_KEYS = ("avakit_version", "output_mode", "input_size", "resize_size", "normalize_mean",
-                 "normalize_std")
-STRING_KEYS = frozenset({"avakit_version", "output_mode", "backbone", "trained_at", "manifest_sha256",
-                         "precision", "checkpoint", "exported_at", "quantization"})
+REQUIRED_KEYS = (
+    "avakit_version",
+    "output_mode",
+    "input_size",
+    "resize_size",
+    "normalize_mean",
+    "normalize_std",
+)
+STRING_KEYS = frozenset(
+    {
+        "avakit_version",
+        "output_mode",
+        "backbone",
+        "trained_at",
+        "manifest_sha256",
+        "precision",
+        "checkpoint",
+        "exported_at",
+        "quantization",
+    }
+)
 OUTPUT_MODES = ("distribution", "regression")
 # TransformConfig field -> the metadata key holding it (checked with the config's own rules)
-_TRANSFORM_KEYS = {"resize_size": "resize_size", "crop_size": "input_size",
-                   "normalize_mean": "normalize_mean", "normalize_std": "normalize_std"}
+_TRANSFORM_KEYS = {
+    "resize_size": "resize_size",
+    "crop_size": "input_size",
+    "normalize_mean": "normalize_mean",
+    "normalize_std": "normalize_std",
+}
 
 
 def encode_metadata(values: dict[str, Any]) -> dict[str, str]:
@@ -66,6 +87,7 @@ def _session(path: Path, threads: int | None) -> Any:
     """An onnxruntime CPU session with all graph optimisations; AvakitError for a bad file."""
     require("scoring an ONNX model (predict --onnx)", ("onnxruntime",))
     import onnxruntime as ort
+
     if not path.is_file():
         raise AvakitError(f"{path}: ONNX model not found")
     options = ort.SessionOptions()
@@ -92,16 +114,23 @@ def _spec_from_metadata(path: Path, meta: dict[str, Any]) -> tuple[PreprocessSpe
         raise AvakitError(f"{path}: avakit metadata lacks {', '.join(missing)}")
     mode = meta["output_mode"]
     if mode not in OUTPUT_MODES:
-        raise AvakitError(f"{path}: metadata output_mode {mode[:60]!r} is not one of "
-                          f"{', '.join(OUTPUT_MODES)}")
+        raise AvakitError(
+            f"{path}: metadata output_mode {mode[:60]!r} is not one of {', '.join(OUTPUT_MODES)}"
+        )
     try:
-        transform = TransformConfig(**{field: check_value(TransformConfig, field, meta[key], key)
-                                       for field, key in _TRANSFORM_KEYS.items()})
+        transform = TransformConfig(
+            **{
+                field: check_value(TransformConfig, field, meta[key], key)
+                for field, key in _TRANSFORM_KEYS.items()
+            }
+        )
     except AvakitError as e:
         raise AvakitError(f"{path}: metadata {e}") from None
     if transform.crop_size > transform.resize_size:
-        raise AvakitError(f"{path}: metadata input_size {transform.crop_size} must be <= resize_size "
-                          f"({transform.resize_size})")
+        raise AvakitError(
+            f"{path}: metadata input_size {transform.crop_size} must be <= resize_size "
+            f"({transform.resize_size})"
+        )
     shard = check_preprocessing({k: meta.get(k) for k in ("short_side", "quality")}, f"{path}: metadata", "")
     return PreprocessSpec.from_config(transform, shard), mode
 
@@ -110,20 +139,26 @@ def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str) -> N
     """The graph's static input/output dims agree with the metadata (else one line at load)."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
-        raise AvakitError(f"{path}: not an avakit model ({len(inputs)} inputs, {len(outputs)} outputs; "
-                          "expected 1 each)")
+        raise AvakitError(
+            f"{path}: not an avakit model ({len(inputs)} inputs, {len(outputs)} outputs; expected 1 each)"
+        )
     shape = list(inputs[0].shape)
     want = [None, 3, spec.crop_size, spec.crop_size]
-    if len(shape) != 4 or any(isinstance(g, int) and w is not None and g != w
-                              for g, w in zip(shape, want, strict=True)):
-        raise AvakitError(f"{path}: metadata input_size {spec.crop_size} does not match the model's input "
-                          f"shape {shape} (expected [batch, 3, {spec.crop_size}, {spec.crop_size}])")
+    if len(shape) != 4 or any(
+        isinstance(g, int) and w is not None and g != w for g, w in zip(shape, want, strict=True)
+    ):
+        raise AvakitError(
+            f"{path}: metadata input_size {spec.crop_size} does not match the model's input "
+            f"shape {shape} (expected [batch, 3, {spec.crop_size}, {spec.crop_size}])"
+        )
     out = list(outputs[0].shape)
     rank, last = (2, N_POINTS) if mode == "distribution" else (1, None)
     if len(out) != rank or (last is not None and isinstance(out[-1], int) and out[-1] != last):
         expected = f"[batch, {N_POINTS}]" if mode == "distribution" else "[batch]"
-        raise AvakitError(f"{path}: metadata output_mode {mode} does not match the model's output shape "
-                          f"{out} (expected {expected})")
+        raise AvakitError(
+            f"{path}: metadata output_mode {mode} does not match the model's output shape "
+            f"{out} (expected {expected})"
+        )
 
 
 def _open(path: Path, threads: int | None) -> tuple[Any, dict[str, Any], PreprocessSpec, str]:

@@ -59,12 +59,14 @@ class TorchScorer(Scorer):
         return out.cpu().numpy()
 
 
-def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: Path | None = None,
-                device: str = "auto") -> Scorer:
+def load_scorer(
+    run: Path | None = None, checkpoint: Path | None = None, onnx: Path | None = None, device: str = "auto"
+) -> Scorer:
     """Exactly one of a run folder (its best_model.pt), a checkpoint file or an ONNX file."""
     if sum(x is not None for x in (run, checkpoint, onnx)) != 1:
         raise AvakitError(
-            "give exactly one of run (a run folder), checkpoint (a file) or onnx (an .onnx file)")
+            "give exactly one of run (a run folder), checkpoint (a file) or onnx (an .onnx file)"
+        )
     if onnx is not None:
         from avakit.inference.onnx_runtime import OnnxScorer
 
@@ -78,7 +80,9 @@ def load_scorer(run: Path | None = None, checkpoint: Path | None = None, onnx: P
 
 
 def score_images(
-    scorer: Scorer, paths: Sequence[Path], batch_size: int = 16,
+    scorer: Scorer,
+    paths: Sequence[Path],
+    batch_size: int = 16,
     advance: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
     """Score files in batches; an unreadable file gets a row with its error, the rest go on."""
@@ -144,8 +148,13 @@ class PredictJob:
 
 
 def plan_prediction(
-    inputs: Iterable[Path], run: Path | None = None, checkpoint: Path | None = None, onnx: Path | None = None,
-    fmt: str = "table", output: Path | None = None, device: str = "auto",
+    inputs: Iterable[Path],
+    run: Path | None = None,
+    checkpoint: Path | None = None,
+    onnx: Path | None = None,
+    fmt: str = "table",
+    output: Path | None = None,
+    device: str = "auto",
 ) -> PredictJob:
     """Check format and output (before any scoring: a bad output must not lose the results),
     walk `inputs` for images and load the one model given (run, checkpoint or onnx)."""

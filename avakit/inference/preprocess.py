@@ -36,8 +36,14 @@ class PreprocessSpec:
     def from_config(cls, transform: TransformConfig, preprocessing: dict) -> PreprocessSpec:
         """From a validated transform config and a `check_preprocessing` result."""
         mean, std = transform.normalize_mean, transform.normalize_std
-        return cls(transform.resize_size, transform.crop_size, (mean[0], mean[1], mean[2]),
-                   (std[0], std[1], std[2]), preprocessing["short_side"], preprocessing["quality"])
+        return cls(
+            transform.resize_size,
+            transform.crop_size,
+            (mean[0], mean[1], mean[2]),
+            (std[0], std[1], std[2]),
+            preprocessing["short_side"],
+            preprocessing["quality"],
+        )
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, where: str = "checkpoint") -> PreprocessSpec:
@@ -72,8 +78,11 @@ def find_images(inputs: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, st
         else:
             problems.append((item, "no such file or folder"))
     if not paths:
-        raise AvakitError("nothing to score: " + "; ".join(f"{p}: {why}" for p, why in problems)
-                          if problems else "nothing to score: give image files or folders")
+        raise AvakitError(
+            "nothing to score: " + "; ".join(f"{p}: {why}" for p, why in problems)
+            if problems
+            else "nothing to score: give image files or folders"
+        )
     return paths, problems
 
 

@@ -31,8 +31,13 @@ class Prediction:
     def row(self) -> dict:
         """The output row: path, mean_score, std, the dist_ columns (empty without a distribution), error."""
         dist = self.dist or [None] * N_POINTS
-        return {"path": self.path, "mean_score": self.mean_score, "std": self.std,
-                **dict(zip(DIST_FIELDS, dist, strict=True)), "error": self.error}
+        return {
+            "path": self.path,
+            "mean_score": self.mean_score,
+            "std": self.std,
+            **dict(zip(DIST_FIELDS, dist, strict=True)),
+            "error": self.error,
+        }
 
 
 class Scorer(Protocol):

@@ -29,8 +29,10 @@ def iqa_features(rgb: torch.Tensor) -> torch.Tensor:
     lap = nn.functional.conv2d(luma.unsqueeze(1), kernel)
     sharpness = torch.log1p(lap.var(dim=(1, 2, 3)))
     rg, yb = r - g, 0.5 * (r + g) - b
-    colourfulness = (torch.sqrt(rg.var(dim=(1, 2)) + yb.var(dim=(1, 2)))
-                     + 0.3 * torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)) / 255.0
+    colourfulness = (
+        torch.sqrt(rg.var(dim=(1, 2)) + yb.var(dim=(1, 2)))
+        + 0.3 * torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)
+    ) / 255.0
     high, low = x.amax(dim=1), x.amin(dim=1)
     saturation = ((high - low) / high.clamp_min(1.0)).mean(dim=(1, 2))
     return torch.stack([brightness, contrast, sharpness, colourfulness, saturation], dim=1)

@@ -152,4 +152,3 @@ def distribution_mean(p: Tensor) -> Tensor:
 
     The torch counterpart of avakit.scores.mean_score(normalise=False), for every torch caller."""
     return (p * _scores_like(p)).sum(dim=-1)
-

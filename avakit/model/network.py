@@ -108,9 +108,7 @@ class MLPHead(nn.Module):
         if any(int(h) <= 0 for h in hidden_dims):
             raise AvakitError(f"MLP hidden dims must be positive, got {list(hidden_dims)}")
         dims = [in_dim, *(int(h) for h in hidden_dims), out_dim]
-        self.layers = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
-        )
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout)
 
@@ -304,9 +302,7 @@ def param_groups(
     for name, module, group_lr in (("backbone", model.backbone, lr), ("head", model.head, head_lr)):
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
-            groups.append(
-                {"name": name, "params": params, "lr": group_lr, "weight_decay": weight_decay}
-            )
+            groups.append({"name": name, "params": params, "lr": group_lr, "weight_decay": weight_decay})
     return groups
 
 
@@ -319,8 +315,14 @@ def model_from_config(cfg: Any, *, load_weights: bool = True) -> AestheticModel:
     m, f = cfg.model, cfg.features
     iqa = (cfg.transform.normalize_mean, cfg.transform.normalize_std) if f.iqa else None
     return build_model(
-        m.backbone, pretrained=m.pretrained and load_weights,
-        weights_path=m.weights_path if load_weights else None, mlp_hidden_dims=m.mlp_hidden_dims,
-        dropout=m.dropout, activation=m.activation, output_mode=m.output_mode,
-        freeze="full" if cfg.data.features else m.freeze, feature_layer=f.layer, iqa_normalize=iqa,
+        m.backbone,
+        pretrained=m.pretrained and load_weights,
+        weights_path=m.weights_path if load_weights else None,
+        mlp_hidden_dims=m.mlp_hidden_dims,
+        dropout=m.dropout,
+        activation=m.activation,
+        output_mode=m.output_mode,
+        freeze="full" if cfg.data.features else m.freeze,
+        feature_layer=f.layer,
+        iqa_normalize=iqa,
     )

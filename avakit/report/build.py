@@ -75,8 +75,9 @@ def _telemetry(run_dir: Path, notes: list[str]) -> tuple[pd.DataFrame | None, pd
             notes.append(f"{e}: its plot is skipped")
             df = None
         if df is not None and df.attrs.get("dropped"):
-            notes.append(f"{TELEMETRY_DIR}/{name}: {df.attrs['dropped']} malformed row(s) "
-                         "left out of its plot")
+            notes.append(
+                f"{TELEMETRY_DIR}/{name}: {df.attrs['dropped']} malformed row(s) left out of its plot"
+            )
         frames.append(df)
     return frames[0], frames[1]
 
@@ -106,7 +107,8 @@ def _resolve_shards(run_dir: Path, shards: Path | None, cfg: Any, notes: list[st
 def _extremes(df: pd.DataFrame, n: int = GALLERY_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The n best- and n worst-predicted rows by |pred - real| (worst first in the second)."""
     ordered = df.assign(_err=(df["pred_mean"] - df["gt_mean"]).abs()).sort_values(
-        ["_err", "image_id"], kind="stable")
+        ["_err", "image_id"], kind="stable"
+    )
     return ordered.head(n), ordered.tail(n).iloc[::-1]
 
 
@@ -120,22 +122,37 @@ def _attach_shards(splits: list[SplitData], shards_dir: Path, out: Path, notes: 
         sp.thumbs = write_thumbs(jpgs, out, sp.key)
         missing = int((~sp.df["image_id"].isin(sp.labels)).sum())
         if missing:
-            notes.append(f"{missing} of {len(sp.df)} {sp.key} images are not in the {sp.key} shards "
-                             f"of {shards_dir}: left out of the tag/challenge statistics and galleries")
+            notes.append(
+                f"{missing} of {len(sp.df)} {sp.key} images are not in the {sp.key} shards "
+                f"of {shards_dir}: left out of the tag/challenge statistics and galleries"
+            )
 
 
-def _group_tables(splits: list[SplitData], names: dict[str, dict[int, str]],
-                  min_group: int) -> list[html.GroupTable]:
+def _group_tables(
+    splits: list[SplitData], names: dict[str, dict[int, str]], min_group: int
+) -> list[html.GroupTable]:
     """The group stats of each split with labels and each group kind, with how many images have one."""
-    return [html.GroupTable(split=sp, what=what, part=part,
-                            stats=group_stats(sp.df, sp.labels, kind, names[kind], min_group),
-                            tagged=sum(bool(group_ids(sp.labels.get(int(i)), kind))
-                                       for i in sp.df["image_id"]))
-            for sp in splits if sp.labels for kind, what, part in GROUP_KINDS]
+    return [
+        html.GroupTable(
+            split=sp,
+            what=what,
+            part=part,
+            stats=group_stats(sp.df, sp.labels, kind, names[kind], min_group),
+            tagged=sum(bool(group_ids(sp.labels.get(int(i)), kind)) for i in sp.df["image_id"]),
+        )
+        for sp in splits
+        if sp.labels
+        for kind, what, part in GROUP_KINDS
+    ]
 
 
-def _shard_sections(c: html.Collector, splits: list[SplitData], shards_dir: Path | None,
-                    names: dict[str, dict[int, str]], min_group: int) -> tuple[str, str]:
+def _shard_sections(
+    c: html.Collector,
+    splits: list[SplitData],
+    shards_dir: Path | None,
+    names: dict[str, dict[int, str]],
+    min_group: int,
+) -> tuple[str, str]:
     """HTML of the per-tag/challenge section and of the galleries (notes without shards)."""
     if shards_dir is None:
         text = "no readable shards: {} skipped (pass the shards folder)"
@@ -168,13 +185,20 @@ def _clean_out(out: Path) -> None:
 def _summary_rows(splits: list[SplitData], evaluations: list[tuple[str, str, dict]]) -> list[tuple]:
     """(split, model, metrics or None): train's val and test, then each evaluate result."""
     by_key = {sp.key: sp for sp in splits}
-    rows: list[tuple] = [(k, by_key[k].model, by_key[k].metrics) if k in by_key
-                         else (k, CHECKPOINT_FILES["best"], None) for k in HELD_OUT_SPLITS]
+    rows: list[tuple] = [
+        (k, by_key[k].model, by_key[k].metrics) if k in by_key else (k, CHECKPOINT_FILES["best"], None)
+        for k in HELD_OUT_SPLITS
+    ]
     return rows + evaluations
 
 
-def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = None,
-                 challenges: Path | None = None, min_group: int = 5) -> dict:
+def build_report(
+    run_dir: Path,
+    shards: Path | None = None,
+    tags: Path | None = None,
+    challenges: Path | None = None,
+    min_group: int = 5,
+) -> dict:
     """Write `run_dir/report/` (PNGs, thumbs/, report.html) from a run folder; returns a summary.
 
     `shards` defaults to the run config's data.shards when that is a folder; `tags` and
@@ -189,8 +213,10 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
         raise AvakitError(f"{run_dir}: run folder not found")
     if min_group < 1:
         raise AvakitError(f"min_group must be at least 1, got {min_group}")
-    names = {"tags": parse_id_names(tags) if tags else {},
-             "challenge": parse_id_names(challenges) if challenges else {}}
+    names = {
+        "tags": parse_id_names(tags) if tags else {},
+        "challenge": parse_id_names(challenges) if challenges else {},
+    }
     history = load_history(run_dir)
     c = html.Collector(run_dir / REPORT_DIR)
     results, best = best_epoch(run_dir, history, c.notes)
@@ -203,24 +229,44 @@ def build_report(run_dir: Path, shards: Path | None = None, tags: Path | None = 
     frozen, why = frozen_parts(cfg)
     warnings = gradient_warnings(grad_df, frozen)
     starts = epoch_start_steps(history)
-    sections = [("training", "Training curves", html.training_section(c, history, lr_df, starts)),
-                ("telemetry", "Telemetry: gradient norms",
-                 html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts)),
-                ("predictions", "Prediction analysis", html.predictions_section(c, splits)),
-                ("epochs", "SRCC over epochs", html.epochs_section(c, epoch_points(run_dir, c.notes), best)),
-                ("votes", "Predicted vs real vote distributions", html.votes_section(c, splits))]
+    sections = [
+        ("training", "Training curves", html.training_section(c, history, lr_df, starts)),
+        (
+            "telemetry",
+            "Telemetry: gradient norms",
+            html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts),
+        ),
+        ("predictions", "Prediction analysis", html.predictions_section(c, splits)),
+        ("epochs", "SRCC over epochs", html.epochs_section(c, epoch_points(run_dir, c.notes), best)),
+        ("votes", "Predicted vs real vote distributions", html.votes_section(c, splits)),
+    ]
     groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
-    sections += [("groups", "Per semantic tag and per challenge", groups_html),
-                 ("galleries", "Best and worst predicted images", gallery_html)]
+    sections += [
+        ("groups", "Per semantic tag and per challenge", groups_html),
+        ("galleries", "Best and worst predicted images", gallery_html),
+    ]
     summary_html = html.summary_table(best, _summary_rows(splits, evaluations)) + html.notes_list(c.notes)
     entries = [("summary", "Summary"), *((a, h) for a, h, _ in sections)]
-    body = html.contents(entries) + html.section("Summary", summary_html, anchor="summary") + "".join(
-        html.section(h, b, anchor=a) for a, h, b in sections)
-    subtitle = (f"Run folder {run_dir.resolve()} · {len(history)} epoch(s) · "
-                f"finished {results.get('finished_at', 'n/a')}")
+    body = (
+        html.contents(entries)
+        + html.section("Summary", summary_html, anchor="summary")
+        + "".join(html.section(h, b, anchor=a) for a, h, b in sections)
+    )
+    subtitle = (
+        f"Run folder {run_dir.resolve()} · {len(history)} epoch(s) · "
+        f"finished {results.get('finished_at', 'n/a')}"
+    )
     report = c.out / REPORT_FILE
     write_text_atomic(report, html.page(f"avakit report: {run_dir.name}", subtitle, body))
     found = {sp.key: sp.metrics for sp in splits}
-    return {"report": report, "pngs": list(c.pngs), "best_epoch": best, "val": found.get("val"),
-            "test": found.get("test"), "models": {sp.key: sp.model for sp in splits},
-            "evaluations": evaluations, "warnings": warnings, "notes": list(c.notes)}
+    return {
+        "report": report,
+        "pngs": list(c.pngs),
+        "best_epoch": best,
+        "val": found.get("val"),
+        "test": found.get("test"),
+        "models": {sp.key: sp.model for sp in splits},
+        "evaluations": evaluations,
+        "warnings": warnings,
+        "notes": list(c.notes),
+    }

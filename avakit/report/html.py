@@ -95,12 +95,14 @@ def paragraph(text: str) -> str:
 def figure(src: str, key: str, alt: str) -> str:
     """An <img> (path relative to the report folder) with the caption for plot kind `key`."""
     caption = CAPTIONS.get(key, "")
-    return (f'<figure><img src="{esc(src)}" alt="{esc(alt)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>\n")
+    return (
+        f'<figure><img src="{esc(src)}" alt="{esc(alt)}"><figcaption>{esc(caption)}</figcaption></figure>\n'
+    )
 
 
 def table(header: list[str], rows: Iterable[list[object]], first_is_name: bool = True) -> str:
     """A plain table; the first column left-aligned when `first_is_name`."""
+
     def cell(tag: str, i: int, value: object) -> str:
         cls = ' class="name"' if first_is_name and i == 0 else ""
         return f"<{tag}{cls}>{esc(value)}</{tag}>"
@@ -118,12 +120,14 @@ def summary_table(best_epoch: int | None, rows: Sequence[tuple[str, str, dict | 
         if found is None:
             cells.append([name, model, "no predictions", *("n/a" for _ in SUMMARY_METRICS)])
         else:
-            cells.append([name, model, found.get("n", "n/a"),
-                          *(fmt(found.get(m), 4) for m in SUMMARY_METRICS)])
+            cells.append(
+                [name, model, found.get("n", "n/a"), *(fmt(found.get(m), 4) for m in SUMMARY_METRICS)]
+            )
     best = "n/a" if best_epoch is None else str(best_epoch)
-    return (paragraph(f"Best epoch (highest val SRCC): {best}. The analysis below is of train's own "
-                      "predictions; rows marked 'evaluate' come from `avakit evaluate` (eval/*.json).")
-            + table(header, cells))
+    return paragraph(
+        f"Best epoch (highest val SRCC): {best}. The analysis below is of train's own "
+        "predictions; rows marked 'evaluate' come from `avakit evaluate` (eval/*.json)."
+    ) + table(header, cells)
 
 
 def notes_list(notes: list[str]) -> str:
@@ -138,8 +142,10 @@ def group_table(stats: pd.DataFrame, what: str, max_rows: int = 60) -> str:
     """Per-group table (name, id, count, mae, srcc, mean real, mean predicted), sorted by count."""
     header = [what, "id", "images", "MAE", "SRCC", "mean real", "mean predicted"]
     cols = ["name", "id", "count", "mae", "srcc", "mean_real", "mean_pred"]
-    rows = [[name, gid, n, fmt(mae), fmt(srcc), fmt(real, 2), fmt(pred, 2)]
-            for name, gid, n, mae, srcc, real, pred in stats.head(max_rows)[cols].itertuples(index=False)]
+    rows = [
+        [name, gid, n, fmt(mae), fmt(srcc), fmt(real, 2), fmt(pred, 2)]
+        for name, gid, n, mae, srcc, real, pred in stats.head(max_rows)[cols].itertuples(index=False)
+    ]
     more = paragraph(f"{len(stats) - max_rows} smaller groups not shown.") if len(stats) > max_rows else ""
     return table(header, rows) + more
 
@@ -148,10 +154,15 @@ def gallery(items: list[tuple[str | None, int, float, float]]) -> str:
     """Thumbnails (relative path or None when unavailable) captioned with id, real and predicted."""
     cells = []
     for src, image_id, real, pred in items:
-        img = (f'<img src="{esc(src)}" alt="image {esc(image_id)}">' if src
-               else '<div class="missing">no thumbnail</div>')
-        cells.append(f'<div class="thumb">{img}id {esc(image_id)}<br>real {real:.2f} · '
-                     f"predicted {pred:.2f}<br>error {pred - real:+.2f}</div>")
+        img = (
+            f'<img src="{esc(src)}" alt="image {esc(image_id)}">'
+            if src
+            else '<div class="missing">no thumbnail</div>'
+        )
+        cells.append(
+            f'<div class="thumb">{img}id {esc(image_id)}<br>real {real:.2f} · '
+            f"predicted {pred:.2f}<br>error {pred - real:+.2f}</div>"
+        )
     return '<div class="gallery">\n' + "\n".join(cells) + "\n</div>\n"
 
 
@@ -169,9 +180,11 @@ def contents(entries: list[tuple[str, str]]) -> str:
 
 def page(title: str, subtitle: str, body: str) -> str:
     """The whole document."""
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            f"<h1>{esc(title)}</h1>\n<p>{esc(subtitle)}</p>\n{body}</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{esc(title)}</h1>\n<p>{esc(subtitle)}</p>\n{body}</body>\n</html>\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -212,27 +225,38 @@ class Collector:
         return note(text)
 
 
-def training_section(c: Collector, history: list[dict], lr_df: pd.DataFrame | None,
-                     epoch_starts: Sequence[int] | None = None) -> str:
+def training_section(
+    c: Collector, history: list[dict], lr_df: pd.DataFrame | None, epoch_starts: Sequence[int] | None = None
+) -> str:
     """Per-epoch training curves and, from telemetry, the learning rate per step."""
     body = c.figure("training_curves.png", "training_curves", plot_training_curves, history)
     if len(history) <= 1:
-        body += c.note(f"training_history.json has {len(history)} epoch(s): the curves are "
-                       f"{'single points' if history else 'empty'}")
+        body += c.note(
+            f"training_history.json has {len(history)} epoch(s): the curves are "
+            f"{'single points' if history else 'empty'}"
+        )
     if lr_df is None:
-        return body + c.note("no usable telemetry/learning_rates.csv: the per-step learning-rate plot "
-                             "is skipped")
+        return body + c.note(
+            "no usable telemetry/learning_rates.csv: the per-step learning-rate plot is skipped"
+        )
     return body + c.figure("learning_rates.png", "learning_rates", plot_learning_rates, lr_df, epoch_starts)
 
 
-def telemetry_section(c: Collector, grad_df: pd.DataFrame | None, warnings: list[str],
-                      frozen: Frozen = Frozen(), epoch_starts: Sequence[int] | None = None) -> str:
+def telemetry_section(
+    c: Collector,
+    grad_df: pd.DataFrame | None,
+    warnings: list[str],
+    frozen: Frozen = Frozen(),
+    epoch_starts: Sequence[int] | None = None,
+) -> str:
     """Gradient norms per part (log scale), the warning signs found in them, what is frozen on purpose."""
     if grad_df is None:
-        return c.note("no usable telemetry/gradient_norms.csv (telemetry disabled?): "
-                      "gradient-norm plot skipped")
-    body = c.figure("gradient_norms.png", "gradient_norms", plot_gradient_norms, grad_df, frozen.parts,
-                    epoch_starts)
+        return c.note(
+            "no usable telemetry/gradient_norms.csv (telemetry disabled?): gradient-norm plot skipped"
+        )
+    body = c.figure(
+        "gradient_norms.png", "gradient_norms", plot_gradient_norms, grad_df, frozen.parts, epoch_starts
+    )
     if frozen.why:
         body += note(f"{', '.join(frozen.parts)}: {frozen.why}; a zero gradient norm there is expected.")
     if not warnings:
@@ -244,8 +268,10 @@ def predictions_section(c: Collector, splits: list[SplitData]) -> str:
     """The six prediction-analysis plots of each split."""
     body = ""
     for sp in splits:
-        figs = "".join(c.figure(f"{sp.key}_{key}.png", key, fn, sp.df, sp.label)
-                       for key, fn in prediction_plots.PREDICTION_PLOTS.items())
+        figs = "".join(
+            c.figure(f"{sp.key}_{key}.png", key, fn, sp.df, sp.label)
+            for key, fn in prediction_plots.PREDICTION_PLOTS.items()
+        )
         body += section(f"{sp.label} ({len(sp.df)} images)", figs, level=3)
     return body
 
@@ -254,8 +280,9 @@ def epochs_section(c: Collector, points: pd.DataFrame, best_epoch: int | None) -
     """SRCC/PLCC per epoch from the per-epoch prediction files."""
     if points.empty:
         return c.note("no predictions/val_epoch_NNN.parquet (save_val_predictions off?): plot skipped")
-    body = c.figure("srcc_by_epoch.png", "srcc_by_epoch", prediction_plots.plot_srcc_by_epoch, points,
-                    best_epoch)
+    body = c.figure(
+        "srcc_by_epoch.png", "srcc_by_epoch", prediction_plots.plot_srcc_by_epoch, points, best_epoch
+    )
     if len(points) == 1:
         body += c.note("only one per-epoch predictions file: SRCC over epochs is a single point")
     return body
@@ -266,8 +293,16 @@ def votes_section(c: Collector, splits: list[SplitData]) -> str:
     with_votes = [sp for sp in splits if PRED_DIST[0] in sp.df.columns]
     if not with_votes:
         return c.note("regression mode (no pred_dist columns): vote-histogram grid skipped")
-    return "".join(c.figure(f"{sp.key}_vote_histograms.png", "vote_histograms",
-                            prediction_plots.plot_vote_histograms, sp.df, sp.label) for sp in with_votes)
+    return "".join(
+        c.figure(
+            f"{sp.key}_vote_histograms.png",
+            "vote_histograms",
+            prediction_plots.plot_vote_histograms,
+            sp.df,
+            sp.label,
+        )
+        for sp in with_votes
+    )
 
 
 def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> str:
@@ -276,15 +311,23 @@ def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> st
     for g in groups:
         sp = g.split
         if g.tagged == 0:
-            inner = c.note(f"{sp.label}: the data has no {g.what}s "
-                           f"(every image's {g.what} id is 0 or absent)")
+            inner = c.note(
+                f"{sp.label}: the data has no {g.what}s (every image's {g.what} id is 0 or absent)"
+            )
         elif g.stats.empty:
-            inner = c.note(f"{sp.label}: no {g.what} with at least {min_group} images "
-                           f"({g.tagged} of {len(sp.df)} images have one)")
+            inner = c.note(
+                f"{sp.label}: no {g.what} with at least {min_group} images "
+                f"({g.tagged} of {len(sp.df)} images have one)"
+            )
         else:
             inner = group_table(g.stats, g.what) + c.figure(
-                f"{sp.key}_{g.part}_mae.png", "group_mae", prediction_plots.plot_group_mae, g.stats,
-                f"MAE per {g.what} ({sp.label})", sp.metrics.get("mae", float("nan")))
+                f"{sp.key}_{g.part}_mae.png",
+                "group_mae",
+                prediction_plots.plot_group_mae,
+                g.stats,
+                f"MAE per {g.what} ({sp.label})",
+                sp.metrics.get("mae", float("nan")),
+            )
         body += section(f"Per {g.what} ({sp.label})", inner, level=3)
     return body
 
@@ -294,7 +337,9 @@ def gallery_section(splits: list[SplitData], extremes: Callable) -> str:
     body = ""
     for sp in splits:
         for title, rows in zip(("Best predicted", "Worst predicted"), extremes(sp.df), strict=True):
-            items = [(sp.thumbs.get(int(i)), int(i), float(g), float(p))
-                     for i, g, p in rows[["image_id", "gt_mean", "pred_mean"]].itertuples(index=False)]
+            items = [
+                (sp.thumbs.get(int(i)), int(i), float(g), float(p))
+                for i, g, p in rows[["image_id", "gt_mean", "pred_mean"]].itertuples(index=False)
+            ]
             body += section(f"{title} ({sp.label}), by |predicted - real|", gallery(items), level=3)
     return body

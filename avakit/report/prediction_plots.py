@@ -59,8 +59,15 @@ def plot_scatter(df: pd.DataFrame, path: Path, label: str) -> Path:
     lo = math.floor(min(pred.min(), gt.min()) * 2) / 2 - 0.25
     hi = math.ceil(max(pred.max(), gt.max()) * 2) / 2 + 0.25
     alpha = 0.8 if len(df) <= 500 else max(0.08, 0.8 * math.sqrt(500 / len(df)))
-    ax.scatter(gt, pred, s=14 if len(df) <= 2000 else 4, alpha=alpha, color=REAL, edgecolors="none",
-               label=f"images (n={len(df)})")
+    ax.scatter(
+        gt,
+        pred,
+        s=14 if len(df) <= 2000 else 4,
+        alpha=alpha,
+        color=REAL,
+        edgecolors="none",
+        label=f"images (n={len(df)})",
+    )
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="identity (perfect)")
     if lo < THRESHOLD < hi:
         ax.axvline(THRESHOLD, color="0.6", linewidth=0.7, linestyle=":")
@@ -68,8 +75,10 @@ def plot_scatter(df: pd.DataFrame, path: Path, label: str) -> Path:
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
-    title = (f"Predicted vs real ({label})\nSRCC {fmt(metrics.srcc(pred, gt))} · "
-             f"PLCC {fmt(metrics.plcc(pred, gt))}")
+    title = (
+        f"Predicted vs real ({label})\nSRCC {fmt(metrics.srcc(pred, gt))} · "
+        f"PLCC {fmt(metrics.plcc(pred, gt))}"
+    )
     _style(ax, title, f"real {SCORE_LABEL}", f"predicted {SCORE_LABEL}")
     return _save(fig, path)
 
@@ -83,11 +92,15 @@ def plot_residuals(df: pd.DataFrame, path: Path, label: str) -> Path:
     bins = int(np.clip(math.sqrt(len(resid)) * 1.5, 10, 60))
     ax.hist(resid, bins=bins, color=REAL, alpha=0.8, edgecolor="white", label="images")
     ax.axvline(0.0, color="black", linewidth=1.2, label="zero error")
-    ax.axvline(float(resid.mean()), color="tab:red", linestyle="--", linewidth=1.2,
-               label=f"mean bias {resid.mean():+.3f}")
+    ax.axvline(
+        float(resid.mean()),
+        color="tab:red",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"mean bias {resid.mean():+.3f}",
+    )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    title = (f"Residuals ({label})\nMAE {fmt(metrics.mae(pred, gt))} · "
-             f"RMSE {fmt(metrics.rmse(pred, gt))}")
+    title = f"Residuals ({label})\nMAE {fmt(metrics.mae(pred, gt))} · RMSE {fmt(metrics.rmse(pred, gt))}"
     _style(ax, title, "residual = predicted - real (score points)", "number of images")
     return _save(fig, path)
 
@@ -98,20 +111,34 @@ def plot_calibration(df: pd.DataFrame, path: Path, label: str) -> Path:
     idx, names = score_bins(gt)
     fig = Figure(figsize=(7.2, 6), layout="constrained")
     ax = fig.subplots()
-    rows = [(gt[idx == b].mean(), pred[idx == b].mean(), pred[idx == b].std(), int((idx == b).sum()))
-            for b in _used_bins(idx) if (idx == b).any()]
+    rows = [
+        (gt[idx == b].mean(), pred[idx == b].mean(), pred[idx == b].std(), int((idx == b).sum()))
+        for b in _used_bins(idx)
+        if (idx == b).any()
+    ]
     x, y, err, counts = (np.array(c) for c in zip(*rows, strict=True))
     lo, hi = min(x.min(), (y - err).min()) - 0.4, max(x.max(), (y + err).max()) + 0.4
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="identity (calibrated)")
     ax.errorbar(x, y, yerr=err, color=PRED, marker="o", capsize=3, label="mean prediction ± std per bin")
     for xi, yi, n in zip(x, y, counts, strict=True):
-        ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(8, -3), fontsize="small",
-                    va="top", bbox=_LABEL_BOX)
+        ax.annotate(
+            f"n={n}",
+            (xi, yi),
+            textcoords="offset points",
+            xytext=(8, -3),
+            fontsize="small",
+            va="top",
+            bbox=_LABEL_BOX,
+        )
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
-    _style(ax, f"Calibration ({label})\nimages binned by real score, bins of width 1",
-           f"real {SCORE_LABEL}, average within bin", f"predicted {SCORE_LABEL}, average within bin")
+    _style(
+        ax,
+        f"Calibration ({label})\nimages binned by real score, bins of width 1",
+        f"real {SCORE_LABEL}, average within bin",
+        f"predicted {SCORE_LABEL}, average within bin",
+    )
     return _save(fig, path)
 
 
@@ -124,14 +151,30 @@ def plot_error_by_score(df: pd.DataFrame, path: Path, label: str) -> Path:
     counts = [int((idx == b).sum()) for b in used]
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
-    ax.axhline(metrics.mae(pred, gt), color="tab:red", linestyle="--", linewidth=1, zorder=1,
-               label=f"all images MAE {fmt(metrics.mae(pred, gt))}")
-    bars = ax.bar([f"{names[b]}\nn={n}" for b, n in zip(used, counts, strict=True)], maes, color=REAL,
-                  alpha=0.85, label="MAE in bin", zorder=2)
+    ax.axhline(
+        metrics.mae(pred, gt),
+        color="tab:red",
+        linestyle="--",
+        linewidth=1,
+        zorder=1,
+        label=f"all images MAE {fmt(metrics.mae(pred, gt))}",
+    )
+    bars = ax.bar(
+        [f"{names[b]}\nn={n}" for b, n in zip(used, counts, strict=True)],
+        maes,
+        color=REAL,
+        alpha=0.85,
+        label="MAE in bin",
+        zorder=2,
+    )
     ax.bar_label(bars, fmt="%.3f", padding=2, fontsize="small", zorder=3, bbox=_LABEL_BOX)
     ax.set_ylim(0, max(maes) * 1.35 + 1e-6)
-    _style(ax, f"Error by real score ({label})", f"real {SCORE_LABEL}, bin and number of images",
-           "MAE (score points)")
+    _style(
+        ax,
+        f"Error by real score ({label})",
+        f"real {SCORE_LABEL}, bin and number of images",
+        "MAE (score points)",
+    )
     return _save(fig, path)
 
 
@@ -139,22 +182,35 @@ def plot_confusion(df: pd.DataFrame, path: Path, label: str) -> Path:
     """2x2 confusion matrix of real > THRESHOLD vs predicted > THRESHOLD, counts and percentages annotated."""
     pred, gt = _arrays(df)
     real_hi, pred_hi = gt > THRESHOLD, pred > THRESHOLD
-    mat = np.array([[np.sum(~real_hi & ~pred_hi), np.sum(~real_hi & pred_hi)],
-                    [np.sum(real_hi & ~pred_hi), np.sum(real_hi & pred_hi)]])
+    mat = np.array(
+        [
+            [np.sum(~real_hi & ~pred_hi), np.sum(~real_hi & pred_hi)],
+            [np.sum(real_hi & ~pred_hi), np.sum(real_hi & pred_hi)],
+        ]
+    )
     fig = Figure(figsize=(6.6, 5.4), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(int(mat.max()), 1))
     for (r, c), n in np.ndenumerate(mat):
         color = "white" if n > 0.6 * mat.max() else "black"
-        ax.text(c, r, f"{n}\n({100 * n / max(len(df), 1):.1f}%)", ha="center", va="center",
-                color=color, fontsize="large")
+        ax.text(
+            c,
+            r,
+            f"{n}\n({100 * n / max(len(df), 1):.1f}%)",
+            ha="center",
+            va="center",
+            color=color,
+            fontsize="large",
+        )
     t = f"{THRESHOLD:g}"
     ax.set_xticks([0, 1], [f"predicted ≤ {t} (low)", f"predicted > {t} (high)"])
     ax.set_yticks([0, 1], [f"real ≤ {t}\n(low)", f"real > {t}\n(high)"])
     fig.colorbar(im, ax=ax, label="number of images", shrink=0.8)
-    ax.set_title(f"Binary classification at mean score {t} ({label})\n"
-                 f"Acc {fmt(metrics.accuracy(pred, gt))} · majority baseline "
-                 f"{fmt(metrics.majority_baseline(gt))}")
+    ax.set_title(
+        f"Binary classification at mean score {t} ({label})\n"
+        f"Acc {fmt(metrics.accuracy(pred, gt))} · majority baseline "
+        f"{fmt(metrics.majority_baseline(gt))}"
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("real class")
     return _save(fig, path)
@@ -168,8 +224,13 @@ def plot_score_distributions(df: pd.DataFrame, path: Path, label: str) -> Path:
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     for values, name, color in ((gt, "real", REAL), (pred, "predicted", PRED)):
-        ax.hist(values, bins=bins, color=color, alpha=0.45,
-                label=f"{name} (mean {values.mean():.2f}, std {values.std():.2f})")
+        ax.hist(
+            values,
+            bins=bins,
+            color=color,
+            alpha=0.45,
+            label=f"{name} (mean {values.mean():.2f}, std {values.std():.2f})",
+        )
         ax.hist(values, bins=bins, color=color, histtype="step", linewidth=1.2)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _style(ax, f"Distribution of mean scores ({label})", SCORE_LABEL, "number of images")
@@ -194,13 +255,22 @@ def plot_srcc_by_epoch(points: pd.DataFrame, path: Path, best_epoch: int | None)
         _placeholder(ax, "no per-epoch prediction files")
     else:
         ax.plot(points["epoch"], points["srcc"], marker="o", label="val SRCC (Spearman)")
-        ax.plot(points["epoch"], points["plcc"], marker="s", markersize=4, alpha=0.8,
-                label="val PLCC (Pearson)")
+        ax.plot(
+            points["epoch"], points["plcc"], marker="s", markersize=4, alpha=0.8, label="val PLCC (Pearson)"
+        )
         best = points[points["epoch"] == best_epoch]
         if not best.empty:
-            ax.plot(best["epoch"], best["srcc"], linestyle="none", marker="*", markersize=15, color="gold",
-                    markeredgecolor="black", zorder=5,
-                    label=f"best epoch {best_epoch} (SRCC {fmt(best['srcc'].iloc[0], 4)})")
+            ax.plot(
+                best["epoch"],
+                best["srcc"],
+                linestyle="none",
+                marker="*",
+                markersize=15,
+                color="gold",
+                markeredgecolor="black",
+                zorder=5,
+                label=f"best epoch {best_epoch} (SRCC {fmt(best['srcc'].iloc[0], 4)})",
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.margins(y=0.25 if len(points) > 1 else 0.6)
         if len(points) == 1:
@@ -225,8 +295,10 @@ def _vote_axes(ax: Axes, row: pd.Series) -> None:
     ax.bar(POINTS - 0.2, real, width=0.4, color=REAL, label="real votes")
     ax.bar(POINTS + 0.2, pred, width=0.4, color=PRED, label="predicted")
     ax.set_xticks(INT_POINTS)
-    ax.set_title(f"id {int(row['image_id'])}: real {row['gt_mean']:.2f}, predicted {row['pred_mean']:.2f}",
-                 fontsize="medium")
+    ax.set_title(
+        f"id {int(row['image_id'])}: real {row['gt_mean']:.2f}, predicted {row['pred_mean']:.2f}",
+        fontsize="medium",
+    )
     ax.grid(True, axis="y", alpha=0.35)
 
 
@@ -252,17 +324,25 @@ def plot_vote_histograms(df: pd.DataFrame, path: Path, label: str, k: int = 6) -
     return _save(fig, path)
 
 
-def plot_group_mae(table: pd.DataFrame, path: Path, title: str, overall_mae: float,
-                   max_groups: int = 25) -> Path:
+def plot_group_mae(
+    table: pd.DataFrame, path: Path, title: str, overall_mae: float, max_groups: int = 25
+) -> Path:
     """Horizontal MAE bars per group (columns name, count, mae), in table order, largest first."""
     shown = table.head(max_groups)
     fig = Figure(figsize=(10, 1.6 + 0.34 * max(len(shown), 6)), layout="constrained")
     ax = fig.subplots()
     labels = [f"{name} (n={n})" for name, n in zip(shown["name"], shown["count"], strict=True)]
-    ax.axvline(overall_mae, color="tab:red", linestyle="--", linewidth=1, zorder=1,
-               label=f"all images MAE {fmt(overall_mae)}")
-    bars = ax.barh(labels[::-1], shown["mae"].to_numpy()[::-1], color=REAL, alpha=0.85, zorder=2,
-                   label="MAE in group")
+    ax.axvline(
+        overall_mae,
+        color="tab:red",
+        linestyle="--",
+        linewidth=1,
+        zorder=1,
+        label=f"all images MAE {fmt(overall_mae)}",
+    )
+    bars = ax.barh(
+        labels[::-1], shown["mae"].to_numpy()[::-1], color=REAL, alpha=0.85, zorder=2, label="MAE in group"
+    )
     ax.bar_label(bars, fmt="%.3f", padding=2, fontsize="small", zorder=3, bbox=_LABEL_BOX)
     ax.margins(y=0.02)
     ax.set_xlim(0, max(float(shown["mae"].max()), overall_mae) * 1.18 + 1e-6)

@@ -77,25 +77,39 @@ def write_thumbs(jpgs: dict[int, bytes], out: Path, prefix: str) -> dict[int, st
 def group_ids(label: dict | None, kind: str) -> set[int]:
     """The non-zero tag (kind 'tags') or challenge ids of one shard label."""
     ids = (label or {}).get(kind, [])
-    return {g for g in (ids if isinstance(ids, list) else [ids])
-            if isinstance(g, int) and not isinstance(g, bool) and g}
+    return {
+        g
+        for g in (ids if isinstance(ids, list) else [ids])
+        if isinstance(g, int) and not isinstance(g, bool) and g
+    }
 
 
-def group_stats(df: pd.DataFrame, labels: dict[int, dict], kind: str, names: dict[int, str],
-                min_group: int) -> pd.DataFrame:
+def group_stats(
+    df: pd.DataFrame, labels: dict[int, dict], kind: str, names: dict[int, str], min_group: int
+) -> pd.DataFrame:
     """Per tag (kind 'tags') or challenge: id, name, count, mae, srcc, mean_real, mean_pred.
 
     Id 0 (none) is excluded, an image counts once in each of its groups, groups with fewer than
     `min_group` images are dropped; sorted by count (largest first), then id.
     """
     table = df[["image_id", "pred_mean", "gt_mean"]].itertuples(index=False)
-    rows = [(gid, pred, gt) for image_id, pred, gt in table
-            for gid in group_ids(labels.get(int(image_id)), kind)]
+    rows = [
+        (gid, pred, gt) for image_id, pred, gt in table for gid in group_ids(labels.get(int(image_id)), kind)
+    ]
     frame = pd.DataFrame(rows, columns=["id", "pred", "gt"])
-    out = [{"id": int(gid), "name": names.get(int(gid), f"#{gid}"), "count": len(g),
-            "mae": metrics.mae(g["pred"], g["gt"]), "srcc": metrics.srcc(g["pred"], g["gt"]),
-            "mean_real": float(g["gt"].mean()), "mean_pred": float(g["pred"].mean())}
-           for gid, g in frame.groupby("id") if len(g) >= min_group]
+    out = [
+        {
+            "id": int(gid),
+            "name": names.get(int(gid), f"#{gid}"),
+            "count": len(g),
+            "mae": metrics.mae(g["pred"], g["gt"]),
+            "srcc": metrics.srcc(g["pred"], g["gt"]),
+            "mean_real": float(g["gt"].mean()),
+            "mean_pred": float(g["pred"].mean()),
+        }
+        for gid, g in frame.groupby("id")
+        if len(g) >= min_group
+    ]
     cols = ["id", "name", "count", "mae", "srcc", "mean_real", "mean_pred"]
     stats = pd.DataFrame(out, columns=cols)
     return stats.sort_values(["count", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)

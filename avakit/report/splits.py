@@ -43,8 +43,11 @@ def best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[di
     if isinstance(best, int) and not isinstance(best, bool) and best >= 0:
         return results, best
     notes.append(f"{path.name} has no best epoch (run not finished?): taken from training_history.json")
-    scored = [(h["val_srcc"], int(h.get("epoch", i))) for i, h in enumerate(history)
-              if isinstance(h.get("val_srcc"), (int, float)) and math.isfinite(h["val_srcc"])]
+    scored = [
+        (h["val_srcc"], int(h.get("epoch", i)))
+        for i, h in enumerate(history)
+        if isinstance(h.get("val_srcc"), (int, float)) and math.isfinite(h["val_srcc"])
+    ]
     return results, max(scored, key=lambda t: t[0])[1] if scored else None
 
 
@@ -64,17 +67,21 @@ def load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[Split
     if (pred_dir / "test.parquet").exists():
         sources.append(("test", pred_dir / "test.parquet"))
     else:
-        notes.append("no predictions/test.parquet (no test split, or the run did not finish): "
-                     "test sections skipped")
+        notes.append(
+            "no predictions/test.parquet (no test split, or the run did not finish): test sections skipped"
+        )
     if not sources:
-        raise AvakitError(f"{pred_dir}: no predictions found (expected val_epoch_NNN.parquet, "
-                          "val.parquet or test.parquet)")
+        raise AvakitError(
+            f"{pred_dir}: no predictions found (expected val_epoch_NNN.parquet, val.parquet or test.parquet)"
+        )
     splits = []
     for key, path in sources:
         df, dropped = read_predictions(path)
         if dropped:
-            notes.append(f"{path.name}: {dropped} row(s) with a NaN or infinite mean score left out "
-                         f"({len(df)} analysed)")
+            notes.append(
+                f"{path.name}: {dropped} row(s) with a NaN or infinite mean score left out "
+                f"({len(df)} analysed)"
+            )
         if df.empty:
             notes.append(f"{path.name} has no rows: {key} sections skipped")
             continue
@@ -97,8 +104,11 @@ def read_evaluations(run_dir: Path, notes: list[str]) -> list[tuple[str, str, di
         except AvakitError as e:
             notes.append(f"{e}: left out of the summary")
             continue
-        if not (isinstance(data, dict) and isinstance(data.get("metrics"), dict)
-                and all(isinstance(data.get(k), str) for k in ("split", "checkpoint", "tta"))):
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("metrics"), dict)
+            and all(isinstance(data.get(k), str) for k in ("split", "checkpoint", "tta"))
+        ):
             notes.append(f"{path}: not an `avakit evaluate` result: left out of the summary")
             continue
         epoch = data.get("epoch") if _number(data.get("epoch")) else None
@@ -123,6 +133,11 @@ def epoch_points(run_dir: Path, notes: list[str]) -> pd.DataFrame:
         except AvakitError as e:
             notes.append(f"{e}: left out of SRCC over epochs")
             continue
-        rows.append({"epoch": int(suffix), "srcc": metrics.srcc(df["pred_mean"], df["gt_mean"]),
-                     "plcc": metrics.plcc(df["pred_mean"], df["gt_mean"])})
+        rows.append(
+            {
+                "epoch": int(suffix),
+                "srcc": metrics.srcc(df["pred_mean"], df["gt_mean"]),
+                "plcc": metrics.plcc(df["pred_mean"], df["gt_mean"]),
+            }
+        )
     return pd.DataFrame(rows, columns=["epoch", "srcc", "plcc"])

@@ -91,8 +91,10 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
         raise AvakitError(f"{where}: model_state_dict must be a mapping, got {type(state).__name__}")
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
-            raise AvakitError(f"{where}: model_state_dict must map names to dense tensors "
-                              f"(got {type(name).__name__} {str(name)[:60]!r}: {type(value).__name__})")
+            raise AvakitError(
+                f"{where}: model_state_dict must map names to dense tensors "
+                f"(got {type(name).__name__} {str(name)[:60]!r}: {type(value).__name__})"
+            )
     if weights:
         check_weights(cfg, state, where)
     epoch = ckpt.get("epoch")
@@ -100,8 +102,10 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
         raise AvakitError(f"{where}: epoch must be a non-negative integer or null, got {str(epoch)[:60]!r}")
     for key, kind in (("metrics", dict), ("manifest_sha256", str), ("avakit_version", str)):
         if ckpt.get(key) is not None and not isinstance(ckpt[key], kind):
-            raise AvakitError(f"{where}: {key} must be a {'mapping' if kind is dict else 'string'} or null, "
-                              f"got {type(ckpt[key]).__name__}")
+            raise AvakitError(
+                f"{where}: {key} must be a {'mapping' if kind is dict else 'string'} or null, "
+                f"got {type(ckpt[key]).__name__}"
+            )
     preprocessing = check_preprocessing(ckpt.get("preprocessing"), where)
     return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing}
 
@@ -130,11 +134,14 @@ def check_state(state: Any, expected: dict, where: str, key: str = "model_state_
     for name, want in expected.items():
         got = state[name]
         if got.dtype != want.dtype or got.shape != want.shape:
-            raise AvakitError(f"{where}: {key}.{name}: {got.dtype} {list(got.shape)} does not fit "
-                              f"its config's model ({want.dtype} {list(want.shape)})")
+            raise AvakitError(
+                f"{where}: {key}.{name}: {got.dtype} {list(got.shape)} does not fit "
+                f"its config's model ({want.dtype} {list(want.shape)})"
+            )
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise AvakitError(f"{where}: {key}.{name}: holds NaN or infinite values "
-                              "(every score would be NaN)", exit_code=1)
+            raise AvakitError(
+                f"{where}: {key}.{name}: holds NaN or infinite values (every score would be NaN)", exit_code=1
+            )
 
 
 def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, Config]:
@@ -194,10 +201,12 @@ def with_absolute_paths(cfg: Config) -> Config:
     if isinstance(shards, str):
         shards = _absolute(shards)
     else:
-        shards = {k: _absolute(v) if isinstance(v, str) else [_absolute(x) for x in v]
-                  for k, v in shards.items()}
-    data = replace(cfg.data, shards=shards,
-                               features=_absolute(cfg.data.features) if cfg.data.features else None)
+        shards = {
+            k: _absolute(v) if isinstance(v, str) else [_absolute(x) for x in v] for k, v in shards.items()
+        }
+    data = replace(
+        cfg.data, shards=shards, features=_absolute(cfg.data.features) if cfg.data.features else None
+    )
     weights = _absolute(cfg.model.weights_path) if cfg.model.weights_path else None
     return replace(cfg, data=data, model=replace(cfg.model, weights_path=weights))
 
@@ -217,8 +226,11 @@ def data_paths(cfg: Config) -> list[tuple[str, str]]:
     if isinstance(shards, str):
         found = [("data.shards", shards)]
     else:
-        found = [(f"data.shards.{split}", v) for split, values in shards.items()
-                 for v in ([values] if isinstance(values, str) else values)]
+        found = [
+            (f"data.shards.{split}", v)
+            for split, values in shards.items()
+            for v in ([values] if isinstance(values, str) else values)
+        ]
     found += [("data.features", cfg.data.features), ("model.weights_path", cfg.model.weights_path)]
     return [(k, v) for k, v in found if v]
 

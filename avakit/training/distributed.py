@@ -52,8 +52,9 @@ def init_distributed(device_preference: str) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo(), pick_device(device_preference)
-    ddp = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                    int(os.environ.get("LOCAL_RANK", "0")))
+    ddp = DistInfo(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    )
     device = pick_device(device_preference, ddp.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -207,8 +207,10 @@ def _check_grad_norm(ctx: StepContext, norm: float, step: int, epoch: int) -> No
         ctx.skipped_steps += 1  # the scaler skips this step and lowers its scale: normal in fp16
         if ctx.skipped_steps < FP16_MAX_SKIPPED_STEPS:
             return
-        raise NonFiniteError(f"gradient norm is {norm} at epoch {epoch}, optimizer step {step} "
-                             f"({ctx.skipped_steps} fp16 steps in a row skipped for inf/NaN gradients)")
+        raise NonFiniteError(
+            f"gradient norm is {norm} at epoch {epoch}, optimizer step {step} "
+            f"({ctx.skipped_steps} fp16 steps in a row skipped for inf/NaN gradients)"
+        )
     raise NonFiniteError(f"gradient norm is {norm} at epoch {epoch}, optimizer step {step}")
 
 
@@ -268,13 +270,14 @@ def train_one_epoch(
         sync = (micro + 1) % ctx.grad_accum_steps == 0
         single = _batchnorm_eval(ctx.model) if len(x) == 1 else contextlib.nullcontext()
         no_sync = getattr(ctx.model, "no_sync", None)
-        with (no_sync() if no_sync is not None and not sync else contextlib.nullcontext()):
+        with no_sync() if no_sync is not None and not sync else contextlib.nullcontext():
             with autocast(ctx.device, ctx.amp), single:
                 out = ctx.model(x)
             loss = ctx.loss_fn(out.float(), targets(votes, ctx.output_mode))
             if not math.isfinite(loss_value := loss.item()):
-                raise NonFiniteError(f"loss is {loss_value} at epoch {epoch}, "
-                                     f"optimizer step {stats.last_step}")
+                raise NonFiniteError(
+                    f"loss is {loss_value} at epoch {epoch}, optimizer step {stats.last_step}"
+                )
             scaled = loss / ctx.grad_accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
         micro += 1
@@ -285,9 +288,14 @@ def train_one_epoch(
             stats.last_step += 1
             stats.steps += 1
             if ctx.log_interval and stats.last_step % ctx.log_interval == 0:
-                log.info("epoch %03d step %d  loss %.4f (epoch mean %.4f)  %.0f img/s", epoch,
-                         stats.last_step, loss_value, total / stats.samples,
-                         stats.samples / (time.perf_counter() - start))
+                log.info(
+                    "epoch %03d step %d  loss %.4f (epoch mean %.4f)  %.0f img/s",
+                    epoch,
+                    stats.last_step,
+                    loss_value,
+                    total / stats.samples,
+                    stats.samples / (time.perf_counter() - start),
+                )
         if advance is not None:
             advance(len(x), loss_value)
     if micro % ctx.grad_accum_steps and ctx.max_steps is None:  # leftover micro-batches
@@ -301,7 +309,10 @@ def train_one_epoch(
 
 @torch.no_grad()
 def eval_one_epoch(
-    model: nn.Module, loader, ctx: StepContext, advance: Callable[[int], None] | None = None,
+    model: nn.Module,
+    loader,
+    ctx: StepContext,
+    advance: Callable[[int], None] | None = None,
     warmup: bool = False,
 ) -> dict:
     """Run the model over a loader.
@@ -337,9 +348,16 @@ def eval_one_epoch(
         if advance is not None:
             advance(len(x))
     cat = (lambda xs: torch.cat(xs).numpy()) if ids else (lambda xs: np.zeros((0,)))
-    return {"ids": cat(ids), "outputs": cat(outputs), "votes": cat(votes_all), "loss_sum": loss_sum,
-            "n": int(sum(len(i) for i in ids)), "corrupt": corrupt, "seconds": time.perf_counter() - start,
-            "model_seconds": model_s}
+    return {
+        "ids": cat(ids),
+        "outputs": cat(outputs),
+        "votes": cat(votes_all),
+        "loss_sum": loss_sum,
+        "n": int(sum(len(i) for i in ids)),
+        "corrupt": corrupt,
+        "seconds": time.perf_counter() - start,
+        "model_seconds": model_s,
+    }
 
 
 def check_val_finite(val: dict, epoch: int, step: int) -> None:
@@ -367,7 +385,9 @@ def merge_results(parts: list[dict]) -> dict:
         "ids": ids[order],
         "outputs": np.concatenate([p["outputs"] for p in nonempty])[order],
         "votes": np.concatenate([p["votes"] for p in nonempty])[order],
-        "loss_sum": sum(p["loss_sum"] for p in parts), "n": int(len(ids)),
-        "corrupt": sum(p["corrupt"] for p in parts), "seconds": max(p["seconds"] for p in parts),
+        "loss_sum": sum(p["loss_sum"] for p in parts),
+        "n": int(len(ids)),
+        "corrupt": sum(p["corrupt"] for p in parts),
+        "seconds": max(p["seconds"] for p in parts),
         "model_seconds": max(p["model_seconds"] for p in parts),
     }

@@ -28,8 +28,14 @@ from avakit.training.rundir import eval_outputs
 
 
 def evaluate_run(
-    run_dir: Path, split: str = "test", shards: Path | None = None, checkpoint: str = "best",
-    tta: str = "none", batch_size: int | None = None, device: str = "auto", progress=None,
+    run_dir: Path,
+    split: str = "test",
+    shards: Path | None = None,
+    checkpoint: str = "best",
+    tta: str = "none",
+    batch_size: int | None = None,
+    device: str = "auto",
+    progress=None,
     allow_missing: bool = False,
 ) -> dict:
     """Evaluate `run_dir`'s best or last checkpoint on `split`; returns what eval/{...}.json holds.
@@ -47,18 +53,28 @@ def evaluate_run(
     ckpt_path = run_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
-    source = resolve_split(str(shards) if shards is not None else cfg.data.shards, split,
-                           origin=None if shards is not None else str(ckpt_path), allow_missing=allow_missing,
-                           incomplete_hint="pass --allow-missing to evaluate the rest")
+    source = resolve_split(
+        str(shards) if shards is not None else cfg.data.shards,
+        split,
+        origin=None if shards is not None else str(ckpt_path),
+        allow_missing=allow_missing,
+        incomplete_hint="pass --allow-missing to evaluate the rest",
+    )
     if not source.has_data:
         raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
     dev = pick_device(device)
     amp = resolve_amp(cfg.training.amp, dev)  # as train evaluates on this device, so the numbers agree
     model, normalize = place_model(model, cfg, dev)
-    ctx = StepContext(model=model, normalize=normalize,
-                      optimizer=None, loss_fn=get_loss(cfg.training.loss_type).fn,  # type: ignore[arg-type]
-                      output_mode=cfg.model.output_mode, device=dev, amp=amp,
-                      channels_last=cfg.training.channels_last)
+    ctx = StepContext(
+        model=model,
+        normalize=normalize,
+        optimizer=None,
+        loss_fn=get_loss(cfg.training.loss_type).fn,  # type: ignore[arg-type]
+        output_mode=cfg.model.output_mode,
+        device=dev,
+        amp=amp,
+        channels_last=cfg.training.channels_last,
+    )
     batch = batch_size or cfg.training.batch_size
     loader = eval_loader(source, cfg, batch_size=batch, tta=tta, pin_memory=dev.type == "cuda")  # checks tta
     out = eval_outputs(run_dir, split, checkpoint, tta)
@@ -72,14 +88,24 @@ def evaluate_run(
     found = frame_metrics(df)
     found.update(
         majority_baseline=metrics.majority_baseline(df["gt_mean"]),
-        loss=result["loss_sum"] / result["n"], corrupt=counts.corrupt,
+        loss=result["loss_sum"] / result["n"],
+        corrupt=counts.corrupt,
         latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],
         model_img_per_s=result["n"] / result["model_seconds"] if result["model_seconds"] else 0.0,
         end_to_end_img_per_s=result["n"] / result["seconds"] if result["seconds"] else 0.0,
     )
-    report = {"split": split, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "tta": tta,
-              "batch_size": batch, "device": str(dev), "amp": amp, "shards": str(shards or cfg.data.shards),
-              **counts.as_dict(), "metrics": found}
+    report = {
+        "split": split,
+        "checkpoint": ckpt_path.name,
+        "epoch": ckpt.get("epoch"),
+        "tta": tta,
+        "batch_size": batch,
+        "device": str(dev),
+        "amp": amp,
+        "shards": str(shards or cfg.data.shards),
+        **counts.as_dict(),
+        "metrics": found,
+    }
     report["predictions"] = out.parquet.relative_to(run_dir).as_posix()
     try:
         out.json.parent.mkdir(exist_ok=True)
@@ -94,4 +120,3 @@ def _jsonable(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value)}")
-

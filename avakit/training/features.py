@@ -81,13 +81,24 @@ class FeatureSource:
 def fingerprint(cfg: Config) -> dict:
     """What decides the cached numbers: backbone, weights, layer, eval transform, shards."""
     m, t = cfg.model, cfg.transform
-    weights = (f"file:{file_sha256(Path(m.weights_path))}" if m.weights_path else
-               "torchvision-default" if m.pretrained else f"random-init-seed-{cfg.seed}")
+    weights = (
+        f"file:{file_sha256(Path(m.weights_path))}"
+        if m.weights_path
+        else "torchvision-default"
+        if m.pretrained
+        else f"random-init-seed-{cfg.seed}"
+    )
     manifest = Path(str(cfg.data.shards)) / "manifest.json" if isinstance(cfg.data.shards, str) else None
-    return {"backbone": m.backbone, "layer": cfg.features.layer, "weights": weights,
-            "resize_size": t.resize_size, "crop_size": t.crop_size,
-            "normalize_mean": list(t.normalize_mean), "normalize_std": list(t.normalize_std),
-            "manifest_sha256": file_sha256(manifest) if manifest and manifest.is_file() else None}
+    return {
+        "backbone": m.backbone,
+        "layer": cfg.features.layer,
+        "weights": weights,
+        "resize_size": t.resize_size,
+        "crop_size": t.crop_size,
+        "normalize_mean": list(t.normalize_mean),
+        "normalize_std": list(t.normalize_std),
+        "manifest_sha256": file_sha256(manifest) if manifest and manifest.is_file() else None,
+    }
 
 
 def _read_meta(out: Path) -> dict | None:
@@ -98,8 +109,10 @@ def _read_meta(out: Path) -> dict | None:
     meta = read_json(path)
     bad = _meta_problem(meta)
     if bad:
-        raise AvakitError(f"{path}: {bad}; not a feature cache written by `avakit features` "
-                          "(delete the folder or use another --out)")
+        raise AvakitError(
+            f"{path}: {bad}; not a feature cache written by `avakit features` "
+            "(delete the folder or use another --out)"
+        )
     check_preprocessing(meta.get("preprocessing"), str(path))
     return meta
 
@@ -131,8 +144,10 @@ def check_cache(cache: Path, cfg: Config) -> dict:
         if key == "manifest_sha256" and value is None:
             continue  # no manifest to compare with (URL sources)
         if meta["fingerprint"].get(key) != value:
-            raise AvakitError(f"{cache}: stale feature cache: {key} is {meta['fingerprint'].get(key)!r}, "
-                              f"the config needs {value!r}; re-run `avakit features` into a new folder")
+            raise AvakitError(
+                f"{cache}: stale feature cache: {key} is {meta['fingerprint'].get(key)!r}, "
+                f"the config needs {value!r}; re-run `avakit features` into a new folder"
+            )
     return meta
 
 
@@ -153,8 +168,12 @@ def _extract_split(model, normalize, loader, device, amp: str, progress) -> tupl
             if progress is not None:
                 progress.advance(len(images))
     if not ids:
-        return (np.zeros((0, model.spec.feature_dim), np.float16), np.zeros((0, 5)), np.zeros((0, N_POINTS)),
-                [])
+        return (
+            np.zeros((0, model.spec.feature_dim), np.float16),
+            np.zeros((0, 5)),
+            np.zeros((0, N_POINTS)),
+            [],
+        )
     return np.concatenate(feats), np.concatenate(iqa), np.concatenate(votes), np.concatenate(ids)
 
 
@@ -171,8 +190,14 @@ def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
         np.save(f, feats)
 
 
-def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | None = None,
-                     device: str = "auto", progress=None, allow_missing: bool = False) -> dict:
+def extract_features(
+    cfg: Config,
+    splits: tuple[str, ...] = SPLITS,
+    out: Path | None = None,
+    device: str = "auto",
+    progress=None,
+    allow_missing: bool = False,
+) -> dict:
     """Write the feature cache for `splits` into `out`; returns meta.json's contents plus `cache`
     (the folder) and `images_per_s` (images of `splits` in the cache per second of this call).
 
@@ -189,9 +214,15 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | 
     meta = _read_meta(out)
     if meta is not None and meta["fingerprint"] != wanted:
         raise AvakitError(f"{out}: holds features made with other settings; use another folder or delete it")
-    sources = {split: resolve_split(cfg.data.shards, split, allow_missing=allow_missing,
-                                    incomplete_hint="pass --allow-missing to cache the rest")
-               for split in splits}  # bad paths fail first
+    sources = {
+        split: resolve_split(
+            cfg.data.shards,
+            split,
+            allow_missing=allow_missing,
+            incomplete_hint="pass --allow-missing to cache the rest",
+        )
+        for split in splits
+    }  # bad paths fail first
     make_folder(out)
     clear_stale_tmp(out)  # left by a run that was killed or stopped by a full disk
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
@@ -201,9 +232,15 @@ def extract_features(cfg: Config, splits: tuple[str, ...] = SPLITS, out: Path | 
     if meta is None:
         with atomic_write(out / "backbone.pt") as f:
             torch.save(model.backbone.state_dict(), f)
-        meta = {"format_version": 1, "created_by": f"avakit {__version__}", "fingerprint": wanted,
-                "feature_dim": model.spec.feature_dim, "iqa_names": list(IQA_NAMES), "splits": {},
-                "preprocessing": None}
+        meta = {
+            "format_version": 1,
+            "created_by": f"avakit {__version__}",
+            "fingerprint": wanted,
+            "feature_dim": model.spec.feature_dim,
+            "iqa_names": list(IQA_NAMES),
+            "splits": {},
+            "preprocessing": None,
+        }
     for split in splits:
         if split in meta["splits"] and (out / f"{split}.features.npy").is_file():
             continue  # finished in an earlier run
@@ -238,18 +275,30 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
     if len(index) != n:
         raise AvakitError(f"{index_path}: {len(index)} rows, meta.json promises {n}; {redo}")
     if feats.dtype != np.float16 or feats.shape != (n, width):
-        raise AvakitError(f"{feats_path}: {feats.dtype} {list(feats.shape)}, "
-                          f"expected float16 [{n}, {width}]; "
-                          f"{redo}")
+        raise AvakitError(
+            f"{feats_path}: {feats.dtype} {list(feats.shape)}, expected float16 [{n}, {width}]; {redo}"
+        )
     votes = index[VOTE_COLS].to_numpy(np.float32)
     iqa = index[list(IQA_NAMES)].to_numpy(np.float32)
-    if not (np.isfinite(feats).all() and np.isfinite(iqa).all() and np.isfinite(votes).all()
-            and (votes >= 0).all() and (votes.sum(axis=1) > 0).all()):
-        raise AvakitError(f"{cache}: {split} features, IQA values or votes are not finite, non-negative "
-                          f"counts; {redo}")
-    return FeatureSource(split=split, ids=index["image_id"].to_numpy(np.int64), features=feats, votes=votes,
-                         iqa=iqa, manifest_sha256=meta["fingerprint"].get("manifest_sha256"),
-                         preprocessing=meta.get("preprocessing"))
+    if not (
+        np.isfinite(feats).all()
+        and np.isfinite(iqa).all()
+        and np.isfinite(votes).all()
+        and (votes >= 0).all()
+        and (votes.sum(axis=1) > 0).all()
+    ):
+        raise AvakitError(
+            f"{cache}: {split} features, IQA values or votes are not finite, non-negative counts; {redo}"
+        )
+    return FeatureSource(
+        split=split,
+        ids=index["image_id"].to_numpy(np.int64),
+        features=feats,
+        votes=votes,
+        iqa=iqa,
+        manifest_sha256=meta["fingerprint"].get("manifest_sha256"),
+        preprocessing=meta.get("preprocessing"),
+    )
 
 
 def _read_cache_file(path: Path, read, redo: str):
@@ -261,8 +310,10 @@ def _read_cache_file(path: Path, read, redo: str):
     try:
         return read()
     except (OSError, ValueError, EOFError, KeyError, pyarrow.ArrowException) as e:
-        raise AvakitError(f"{path}: unreadable feature cache file ({e.__class__.__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); {redo}") from None
+        raise AvakitError(
+            f"{path}: unreadable feature cache file ({e.__class__.__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''}); {redo}"
+        ) from None
 
 
 def _load_backbone(core: torch.nn.Module, path: Path) -> None:
@@ -306,8 +357,9 @@ def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, Featu
     meta = check_cache(cache, cfg)
     if "train" not in meta["splits"] or "val" not in meta["splits"]:
         raise AvakitError(f"{cache}: head-only training needs cached train and val features")
-    sources = {s: load_feature_split(cache, s, meta, core.spec.feature_dim)
-               for s in SPLITS if s in meta["splits"]}
+    sources = {
+        s: load_feature_split(cache, s, meta, core.spec.feature_dim) for s in SPLITS if s in meta["splits"]
+    }
     _load_backbone(core, cache / "backbone.pt")
     if core.iqa is not None:
         train_iqa = torch.tensor(sources["train"].iqa)
@@ -316,15 +368,30 @@ def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, Featu
     return sources, HeadOnly(core)
 
 
-def feature_loader(source: FeatureSource, core: torch.nn.Module, *, batch_size: int, train: bool, seed: int,
-                   epoch: int, fraction: float = 1.0) -> CountingLoader:
+def feature_loader(
+    source: FeatureSource,
+    core: torch.nn.Module,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    fraction: float = 1.0,
+) -> CountingLoader:
     """Batches (head input float32, votes, ids, valid) from a cached split; shuffled per epoch, counted."""
     batches = _feature_batches(source, core, batch_size, train, seed, epoch, fraction)
     return CountingLoader(batches, source, source.samples if fraction >= 1.0 else None)
 
 
-def _feature_batches(source: FeatureSource, core: torch.nn.Module, batch_size: int, train: bool, seed: int,
-                     epoch: int, fraction: float):
+def _feature_batches(
+    source: FeatureSource,
+    core: torch.nn.Module,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    fraction: float,
+):
     from avakit.training.loader import keep_sample
 
     order = np.arange(source.samples)
@@ -333,10 +400,14 @@ def _feature_batches(source: FeatureSource, core: torch.nn.Module, batch_size: i
     if train:
         order = np.random.default_rng(seed * 10_007 + epoch).permutation(order)
     for start in range(0, len(order), batch_size):
-        idx = np.sort(order[start:start + batch_size]) if not train else order[start:start + batch_size]
+        idx = np.sort(order[start : start + batch_size]) if not train else order[start : start + batch_size]
         x = torch.from_numpy(source.features[idx].astype(np.float32))
         if core.iqa is not None:
             with torch.no_grad():
                 x = torch.cat([x, core.iqa.standardise(torch.from_numpy(source.iqa[idx]))], dim=1)
-        yield (x, torch.from_numpy(source.votes[idx]), torch.from_numpy(source.ids[idx]),
-               torch.ones(len(idx), dtype=torch.bool))
+        yield (
+            x,
+            torch.from_numpy(source.votes[idx]),
+            torch.from_numpy(source.ids[idx]),
+            torch.ones(len(idx), dtype=torch.bool),
+        )

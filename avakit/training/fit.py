@@ -88,23 +88,39 @@ def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
 
 
 def _checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
-    payload = {"model_state_dict": tr.core.state_dict(), "config": config_to_dict(tr.cfg),
-               "epoch": epoch, "metrics": val, "avakit_version": __version__,
-               "manifest_sha256": tr.sources["train"].manifest_sha256,
-               "preprocessing": tr.sources["train"].preprocessing}
+    payload = {
+        "model_state_dict": tr.core.state_dict(),
+        "config": config_to_dict(tr.cfg),
+        "epoch": epoch,
+        "metrics": val,
+        "avakit_version": __version__,
+        "manifest_sha256": tr.sources["train"].manifest_sha256,
+        "preprocessing": tr.sources["train"].preprocessing,
+    }
     if full:
         s = tr.state
         payload.update(
-            optimizer=tr.ctx.optimizer.state_dict(), scheduler=tr.scheduler.state_dict(),
-            scaler=tr.ctx.scaler.state_dict() if tr.ctx.scaler else None, rng=rng_state(),
+            optimizer=tr.ctx.optimizer.state_dict(),
+            scheduler=tr.scheduler.state_dict(),
+            scaler=tr.ctx.scaler.state_dict() if tr.ctx.scaler else None,
+            rng=rng_state(),
             data=_data_definition(tr),
-            state={"epoch": s.epoch, "step": s.step, "best_srcc": s.best_srcc, "best_epoch": s.best_epoch,
-                   "bad_epochs": s.bad_epochs, "elapsed_s": s.elapsed_s, "history": s.history})
+            state={
+                "epoch": s.epoch,
+                "step": s.step,
+                "best_srcc": s.best_srcc,
+                "best_epoch": s.best_epoch,
+                "bad_epochs": s.bad_epochs,
+                "elapsed_s": s.elapsed_s,
+                "history": s.history,
+            },
+        )
     return payload
 
 
-def _epoch_record(epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int,
-                  counts: SampleCounts) -> dict:
+def _epoch_record(
+    epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int, counts: SampleCounts
+) -> dict:
     """One training_history.json entry: losses, val metrics, LRs, speed and the samples accounted for.
 
     samples_expected = samples_seen + sum(lost) for the train pass (reasons: corrupt samples and
@@ -114,8 +130,15 @@ def _epoch_record(epoch: int, stats: EpochStats, val: dict, lrs: list[float], wo
     for key in ("srcc", "plcc", "accuracy", "mae", "rmse", "emd", "std_srcc", *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
-    record.update(lr=lrs, img_per_s=stats.img_per_s * world, time_s=stats.seconds, corrupt=counts.corrupt,
-                  missing=counts.n_lost - counts.corrupt, steps=stats.steps, **counts.as_dict())
+    record.update(
+        lr=lrs,
+        img_per_s=stats.img_per_s * world,
+        time_s=stats.seconds,
+        corrupt=counts.corrupt,
+        missing=counts.n_lost - counts.corrupt,
+        steps=stats.steps,
+        **counts.as_dict(),
+    )
     return record
 
 
@@ -139,11 +162,18 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     s.epoch, s.step = epoch + 1, stats.last_step
     patience = cfg.training.early_stop_patience
     stop = bool(patience) and s.bad_epochs >= patience
-    log.info("epoch %03d  train_loss %.4f  val_loss %.4f  SRCC %.4f  PLCC %.4f  Acc %.4f  lr %s  "
-             "%.0f img/s%s",
-             epoch, stats.loss, val["loss"], srcc, val.get("plcc", float("nan")),
-             val.get("accuracy", float("nan")), "/".join(f"{lr:.2e}" for lr in lrs),
-             stats.img_per_s * tr.ddp.world_size, "  *best*" if improved else "")
+    log.info(
+        "epoch %03d  train_loss %.4f  val_loss %.4f  SRCC %.4f  PLCC %.4f  Acc %.4f  lr %s  %.0f img/s%s",
+        epoch,
+        stats.loss,
+        val["loss"],
+        srcc,
+        val.get("plcc", float("nan")),
+        val.get("accuracy", float("nan")),
+        "/".join(f"{lr:.2e}" for lr in lrs),
+        stats.img_per_s * tr.ddp.world_size,
+        "  *best*" if improved else "",
+    )
     if not tr.ddp.is_main:
         return stop
     if cfg.save_val_predictions and df is not None:
@@ -198,10 +228,16 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
     gather_objects(None, tr.ddp)  # wait until rank 0 has written the last checkpoint
     if best_path.is_file():
         tr.core.load_state_dict(load_checkpoint(best_path)["model_state_dict"])
-    results = {"avakit_version": __version__, "best_epoch": s.best_epoch, "epochs": len(s.history),
-               "steps": s.step, "world_size": tr.ddp.world_size, "device": str(tr.device),
-               "quick_experiment": tr.fraction,
-               "checkpoint": best_path.name if best_path.is_file() else None}  # None: no epoch improved
+    results = {
+        "avakit_version": __version__,
+        "best_epoch": s.best_epoch,
+        "epochs": len(s.history),
+        "steps": s.step,
+        "world_size": tr.ddp.world_size,
+        "device": str(tr.device),
+        "quick_experiment": tr.fraction,
+        "checkpoint": best_path.name if best_path.is_file() else None,
+    }  # None: no epoch improved
     for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
@@ -210,22 +246,33 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
                 write_parquet_atomic(tr.run_dir / "predictions" / f"{split}.parquet", df)
     elapsed = s.elapsed_s + time.perf_counter() - started
     train_rates = [h["img_per_s"] for h in s.history if h["img_per_s"]]
-    results.update(wall_time_s=round(elapsed, 2),
-                   train_img_per_s=round(float(np.mean(train_rates)), 2) if train_rates else 0.0,
-                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results.update(
+        wall_time_s=round(elapsed, 2),
+        train_img_per_s=round(float(np.mean(train_rates)), 2) if train_rates else 0.0,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     if tr.ddp.is_main:
         write_json_atomic(tr.run_dir / "results.json", results)
         plot_training_curves(s.history, tr.run_dir / "training_curves.png")
     if "test" in results:
-        log.info("test (best epoch %d): SRCC %.4f  PLCC %.4f  Acc %.4f  n=%d", s.best_epoch,
-                 results["test"].get("srcc", float("nan")), results["test"].get("plcc", float("nan")),
-                 results["test"].get("accuracy", float("nan")), results["test"]["n"])
+        log.info(
+            "test (best epoch %d): SRCC %.4f  PLCC %.4f  Acc %.4f  n=%d",
+            s.best_epoch,
+            results["test"].get("srcc", float("nan")),
+            results["test"].get("plcc", float("nan")),
+            results["test"].get("accuracy", float("nan")),
+            results["test"]["n"],
+        )
     return results
 
 
 def fit(
-    cfg: Config, output_dir: Path | None = None, quick_experiment: float | None = None,
-    resume: Path | None = None, progress: Progress | None = None, stop_after_epochs: int | None = None,
+    cfg: Config,
+    output_dir: Path | None = None,
+    quick_experiment: float | None = None,
+    resume: Path | None = None,
+    progress: Progress | None = None,
+    stop_after_epochs: int | None = None,
 ) -> Path:
     """Train per `cfg` and write the run folder; returns its path.
 
@@ -262,8 +309,9 @@ def fit(
         shutdown(ddp)
 
 
-def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after_epochs: int | None,
-           restarted: bool) -> None:
+def _train(
+    tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after_epochs: int | None, restarted: bool
+) -> None:
     """Log, restore last.pt, run the epochs with telemetry; evaluate and write results at the end."""
     from avakit.training.telemetry import Telemetry
 
@@ -272,18 +320,28 @@ def _train(tr: Trainer, ckpt: dict | None, progress: Progress | None, stop_after
     if ckpt is not None:
         log.info("resuming %s at epoch %d (step %d)", run_dir, tr.state.epoch, tr.state.step)
     else:
-        log.info("run %s%s: %s on %s, %s", run_dir, " (again from epoch 0: no last.pt)" if restarted else "",
-                 cfg.model.backbone, tr.device,
-                 f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown")
-    telemetry = Telemetry(run_dir, tr.model, tr.ctx.optimizer,
-                          enabled=cfg.telemetry.enabled and tr.ddp.is_main,
-                          collect_every_n=cfg.telemetry.collect_every_n,
-                          resume_step=tr.state.step if ckpt is not None else None)
+        log.info(
+            "run %s%s: %s on %s, %s",
+            run_dir,
+            " (again from epoch 0: no last.pt)" if restarted else "",
+            cfg.model.backbone,
+            tr.device,
+            f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown",
+        )
+    telemetry = Telemetry(
+        run_dir,
+        tr.model,
+        tr.ctx.optimizer,
+        enabled=cfg.telemetry.enabled and tr.ddp.is_main,
+        collect_every_n=cfg.telemetry.collect_every_n,
+        resume_step=tr.state.step if ckpt is not None else None,
+    )
     tr.ctx.telemetry = telemetry
     with telemetry:
         _epochs(tr, progress, stop_after_epochs)
     if tr.state.epoch >= cfg.training.max_epochs or tr.state.bad_epochs >= (
-            cfg.training.early_stop_patience or math.inf):
+        cfg.training.early_stop_patience or math.inf
+    ):
         _finish(tr, progress, time.perf_counter())
 
 
@@ -296,8 +354,11 @@ def _stopped(tr: Trainer | None, error: NonFiniteError) -> NonFiniteError:
     if tr is None:
         return error
     last = tr.run_dir / "last.pt"
-    kept = f"the last good checkpoint ({last}) is kept" if last.is_file() else \
-        f"before the first checkpoint (run folder {tr.run_dir})"
+    kept = (
+        f"the last good checkpoint ({last}) is kept"
+        if last.is_file()
+        else f"before the first checkpoint (run folder {tr.run_dir})"
+    )
     message = f"{error}; stopped, {kept}"
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for handler in log.handlers:  # the file only: the CLI prints the error line itself
@@ -314,15 +375,27 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
         if stop_after_epochs is not None and s.epoch - first >= stop_after_epochs:
             return
         epoch, started = s.epoch, time.perf_counter()
-        total = tr.steps_per_epoch * cfg.training.batch_size * cfg.training.grad_accum_steps \
-            if tr.steps_per_epoch else None
+        total = (
+            tr.steps_per_epoch * cfg.training.batch_size * cfg.training.grad_accum_steps
+            if tr.steps_per_epoch
+            else None
+        )
         with progress.task(f"epoch {epoch}", total) if progress else contextlib.nullcontext():
-            stats = train_one_epoch(tr.ctx, split_loader(tr, "train", True, epoch), epoch, s.step,
-                                    advance=progress.advance if progress else None)
+            stats = train_one_epoch(
+                tr.ctx,
+                split_loader(tr, "train", True, epoch),
+                epoch,
+                s.step,
+                advance=progress.advance if progress else None,
+            )
         val, df = run_evaluation(tr, tr.eval_model, "val", progress)
         check_val_finite(val, epoch, stats.last_step)  # before last.pt or best_model.pt is written
         s.elapsed_s += time.perf_counter() - started
         if _end_of_epoch(tr, epoch, stats, val, df):
-            log.info("early stopping: no better val SRCC for %d epochs (best %.4f at epoch %d)",
-                     s.bad_epochs, s.best_srcc, s.best_epoch)
+            log.info(
+                "early stopping: no better val SRCC for %d epochs (best %.4f at epoch %d)",
+                s.bad_epochs,
+                s.best_srcc,
+                s.best_epoch,
+            )
             return

@@ -99,8 +99,9 @@ class ShardStream:
     spawn/forkserver (macOS, Python >= 3.14) as well as fork.
     """
 
-    def __init__(self, entries: list[tuple[int, str | ShardFile]], seed: int, shuffle: bool,
-                 infinite: bool) -> None:
+    def __init__(
+        self, entries: list[tuple[int, str | ShardFile]], seed: int, shuffle: bool, infinite: bool
+    ) -> None:
         self.entries, self.seed, self.shuffle, self.infinite = list(entries), seed, shuffle, infinite
 
     def __call__(self) -> Iterator[dict]:
@@ -159,8 +160,9 @@ def read_file(entry: ShardFile, index: int) -> Iterator[dict]:
     except OSError:
         reason = Reason.SHARD_UNREADABLE
     if entry.samples is not None and seen < entry.samples:
-        yield from _placeholders(reason or Reason.SHARD_UNREADABLE, entry.samples - seen, index, entry.name,
-                                 start=seen)
+        yield from _placeholders(
+            reason or Reason.SHARD_UNREADABLE, entry.samples - seen, index, entry.name, start=seen
+        )
     elif entry.samples is None and reason:
         yield from _placeholders(reason, 1, index, entry.name)  # no manifest: one failure event
     if entry.sha256 is not None and digest is not None and digest != entry.sha256:
@@ -231,8 +233,16 @@ def collate(samples: list[tuple]) -> Batch:
 
 
 def make_pipeline(
-    entries: list, decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
-    shuffle_buffer: int = 1000, fraction: float = 1.0, infinite: bool = False,
+    entries: list,
+    decoder: SampleDecoder,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int = 1000,
+    fraction: float = 1.0,
+    infinite: bool = False,
 ) -> wds.DataPipeline:
     """The webdataset pipeline of one epoch over `entries` (this rank's share of SplitSource.entries).
 
@@ -241,13 +251,17 @@ def make_pipeline(
     """
     pairs = [e if isinstance(e, tuple) else (i, e) for i, e in enumerate(entries)]
     epoch_seed = seed * 10_007 + epoch
-    stages: list = [ShardStream(pairs, epoch_seed, shuffle=train, infinite=infinite), wds.split_by_worker,
-                    read_shards]
+    stages: list = [
+        ShardStream(pairs, epoch_seed, shuffle=train, infinite=infinite),
+        wds.split_by_worker,
+        read_shards,
+    ]
     if fraction < 1.0:
         stages.append(wds.select(functools.partial(_in_subset, fraction=fraction)))
     if train and shuffle_buffer > 1:
-        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
-                                  rng=random.Random(epoch_seed)))
+        stages.append(
+            wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(epoch_seed))
+        )
     stages += [wds.map(decoder), wds.batched(batch_size, collation_fn=collate, partial=True)]
     return wds.DataPipeline(*stages)
 
@@ -284,16 +298,28 @@ class CountingLoader:
                 entry = entries[index]
                 name = entry if isinstance(entry, str) else entry.name
             if reason == Reason.SHA256_MISMATCH:
-                raise AvakitError(f"{entries[index].path}: sha256 differs from {self.source.where}: not the "
-                                  "shard the manifest lists (check the folder with `avakit inspect`)",
-                                  exit_code=1)
+                raise AvakitError(
+                    f"{entries[index].path}: sha256 differs from {self.source.where}: not the "
+                    "shard the manifest lists (check the folder with `avakit inspect`)",
+                    exit_code=1,
+                )
             self.counts.add(reason, shard=name)
 
 
 def make_loader(
-    source: SplitSource, decoder: SampleDecoder, *, batch_size: int, train: bool, seed: int, epoch: int,
-    num_workers: int = 0, shuffle_buffer: int = 1000, fraction: float = 1.0, rank: int = 0,
-    world_size: int = 1, pin_memory: bool = False,
+    source: SplitSource,
+    decoder: SampleDecoder,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    shuffle_buffer: int = 1000,
+    fraction: float = 1.0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
 ) -> CountingLoader:
     """A counting DataLoader over this rank's shards of `source` for one epoch.
 
@@ -308,16 +334,31 @@ def make_loader(
     entries = entries[rank::world_size]
     infinite = train and world_size > 1
     if infinite and not entries:
-        raise AvakitError(f"{source.split}: fewer shards ({len(source.entries)}) than processes "
-                          f"({world_size})")
+        raise AvakitError(
+            f"{source.split}: fewer shards ({len(source.entries)}) than processes ({world_size})"
+        )
     workers = min(num_workers, len(entries)) if entries else 0
-    pipeline = make_pipeline(entries, decoder, batch_size=batch_size, train=train, seed=seed + 1000 * rank,
-                             epoch=epoch, shuffle_buffer=shuffle_buffer, fraction=fraction,
-                             infinite=infinite)
+    pipeline = make_pipeline(
+        entries,
+        decoder,
+        batch_size=batch_size,
+        train=train,
+        seed=seed + 1000 * rank,
+        epoch=epoch,
+        shuffle_buffer=shuffle_buffer,
+        fraction=fraction,
+        infinite=infinite,
+    )
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
-    loader = DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        generator=generator, persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     promised = [e.samples for _, e in entries if isinstance(e, ShardFile)]
     known = not source.urls and None not in promised and fraction >= 1.0 and not infinite
     return CountingLoader(loader, source, sum(promised) if known else None)  # type: ignore[arg-type]
@@ -341,8 +382,16 @@ def iter_samples(source: SplitSource) -> Iterator[dict]:
 
 
 def eval_loader(
-    source: SplitSource, cfg: Config, *, batch_size: int, pin_memory: bool, tta: str = "none", epoch: int = 0,
-    fraction: float = 1.0, rank: int = 0, world_size: int = 1,
+    source: SplitSource,
+    cfg: Config,
+    *,
+    batch_size: int,
+    pin_memory: bool,
+    tta: str = "none",
+    epoch: int = 0,
+    fraction: float = 1.0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> CountingLoader:
     """An evaluation pass over `source`: the config's eval preset (with `tta`), in order, counted.
 
@@ -350,6 +399,16 @@ def eval_loader(
     AvakitError for an unknown `tta`.
     """
     decoder = SampleDecoder(EvalPreset(cfg.transform, tta), cfg.transform.crop_size)
-    return make_loader(source, decoder, batch_size=batch_size, train=False, seed=cfg.seed, epoch=epoch,
-                       num_workers=cfg.data.num_workers, fraction=fraction, rank=rank, world_size=world_size,
-                       pin_memory=pin_memory)
+    return make_loader(
+        source,
+        decoder,
+        batch_size=batch_size,
+        train=False,
+        seed=cfg.seed,
+        epoch=epoch,
+        num_workers=cfg.data.num_workers,
+        fraction=fraction,
+        rank=rank,
+        world_size=world_size,
+        pin_memory=pin_memory,
+    )

@@ -54,8 +54,12 @@ def stored_definition(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any] | N
     data = ckpt.get("data")
     if data is None:
         return None
-    if not isinstance(data, dict) or not _valid_fraction(data.get("quick_experiment")) \
-            or not isinstance(data.get("features"), bool) or not isinstance(data.get("splits"), dict):
+    if (
+        not isinstance(data, dict)
+        or not _valid_fraction(data.get("quick_experiment"))
+        or not isinstance(data.get("features"), bool)
+        or not isinstance(data.get("splits"), dict)
+    ):
         raise AvakitError(f"{path}: key 'data' is not a data definition written by avakit train")
     return data
 
@@ -66,10 +70,13 @@ def run_fraction(stored: Mapping[str, Any] | None, flag: float | None, path: Pat
         return 1.0 if flag is None else flag
     fraction = float(stored["quick_experiment"])
     if flag is not None and flag != fraction:
-        started = "the full data (no quick_experiment)" if fraction == 1.0 else \
-            f"quick_experiment {fraction!r}"
-        raise AvakitError(f"quick_experiment {flag!r}: {path} was trained with {started}; "
-                          "resume without quick_experiment (a resumed run sees the same data)")
+        started = (
+            "the full data (no quick_experiment)" if fraction == 1.0 else f"quick_experiment {fraction!r}"
+        )
+        raise AvakitError(
+            f"quick_experiment {flag!r}: {path} was trained with {started}; "
+            "resume without quick_experiment (a resumed run sees the same data)"
+        )
     return fraction
 
 
@@ -82,8 +89,12 @@ def _describe(entry: Mapping[str, Any] | None) -> str:
     return f"{len(urls)} URL(s) {urls[0]!r}..." if urls else "no URLs"
 
 
-def check_same_data(stored: Mapping[str, Any] | None, current: Mapping[str, Any], path: Path,
-                    legacy_manifest: str | None = None) -> None:
+def check_same_data(
+    stored: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    path: Path,
+    legacy_manifest: str | None = None,
+) -> None:
     """AvakitError naming the first difference between last.pt's data and what the config now gives.
 
     `legacy_manifest`: the train manifest sha256 a checkpoint without a data definition holds.
@@ -91,19 +102,25 @@ def check_same_data(stored: Mapping[str, Any] | None, current: Mapping[str, Any]
     if stored is None:
         now = current["splits"]["train"]["manifest_sha256"]
         if legacy_manifest and now and legacy_manifest != now:
-            raise AvakitError(f"data.shards: {path} was trained on manifest sha256 {legacy_manifest[:12]}, "
-                              f"the config now gives {now[:12]}; a resumed run must see the same data")
+            raise AvakitError(
+                f"data.shards: {path} was trained on manifest sha256 {legacy_manifest[:12]}, "
+                f"the config now gives {now[:12]}; a resumed run must see the same data"
+            )
         return
     if stored["features"] != current["features"]:
         was = "a feature cache (data.features)" if stored["features"] else "shards (no data.features)"
-        raise AvakitError(f"data.features: {path} was trained on {was}; a resumed run must read the same "
-                          "data (drop the --set)")
+        raise AvakitError(
+            f"data.features: {path} was trained on {was}; a resumed run must read the same "
+            "data (drop the --set)"
+        )
     for split in sorted(set(stored["splits"]) | set(current["splits"])):
         before, now = stored["splits"].get(split), current["splits"].get(split)
         if before != now:
             key = "data.features" if current["features"] else "data.shards"
-            raise AvakitError(f"{key}: {path} was trained with {split} data of {_describe(before)}, the "
-                              f"config now gives {_describe(now)}; a resumed run must see the same data")
+            raise AvakitError(
+                f"{key}: {path} was trained with {split} data of {_describe(before)}, the "
+                f"config now gives {_describe(now)}; a resumed run must see the same data"
+            )
 
 
 RESUME_KEYS = ("optimizer", "scheduler", "state", "rng")  # what last.pt adds to a best_model.pt
@@ -136,15 +153,20 @@ def check_resume_state(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
             raise AvakitError(f"{path}: state.{key}: expected an integer >= {low}, got {str(value)[:60]!r}")
     best, elapsed = state["best_srcc"], state["elapsed_s"]
     if not isinstance(best, float) or not (-1.0 <= best <= 1.0 or best == -math.inf):
-        raise AvakitError(f"{path}: state.best_srcc: expected an SRCC in -1..1 (or -inf), "
-                          f"got {str(best)[:60]!r}")
+        raise AvakitError(
+            f"{path}: state.best_srcc: expected an SRCC in -1..1 (or -inf), got {str(best)[:60]!r}"
+        )
     if not isinstance(elapsed, int | float) or isinstance(elapsed, bool) or not 0 <= elapsed < math.inf:
         raise AvakitError(f"{path}: state.elapsed_s: expected seconds >= 0, got {str(elapsed)[:60]!r}")
     history = state["history"]
-    if not isinstance(history, list) or len(history) != state["epoch"] \
-            or not all(isinstance(h, dict) for h in history):
-        raise AvakitError(f"{path}: state.history: expected one record (a mapping) per epoch done "
-                          f"({state['epoch']})")
+    if (
+        not isinstance(history, list)
+        or len(history) != state["epoch"]
+        or not all(isinstance(h, dict) for h in history)
+    ):
+        raise AvakitError(
+            f"{path}: state.history: expected one record (a mapping) per epoch done ({state['epoch']})"
+        )
     return dict(state)
 
 
@@ -155,5 +177,7 @@ def interrupted_message(run_dir: Path, fraction: float | None) -> str:
         return f"interrupted: run folder {run_dir} kept; resume with: {command}"
     if fraction is not None and fraction < 1.0:  # nothing stores the fraction before last.pt
         command += f" --quick-experiment {fraction!r}"
-    return (f"interrupted before the first checkpoint: run folder {run_dir} kept; "
-            f"start it again from epoch 0 with: {command}")
+    return (
+        f"interrupted before the first checkpoint: run folder {run_dir} kept; "
+        f"start it again from epoch 0 with: {command}"
+    )

@@ -97,6 +97,7 @@ _METRIC_KEYS = frozenset({"train_loss", "val_loss", *(f"val_{k}" for k in METRIC
 
 def _check_record(path: Path, i: int, record: dict) -> None:
     """AvakitError naming the record and key when a field the report reads has the wrong type."""
+
     def bad(key: str, want: str) -> AvakitError:
         shown = repr(record[key])
         shown = shown if len(shown) <= 40 else shown[:37] + "..."

@@ -211,5 +211,3 @@ class Telemetry:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-

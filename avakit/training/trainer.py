@@ -110,8 +110,9 @@ def build_trainer(
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     else:
-        optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9, nesterov=True,
-                                    weight_decay=t.weight_decay)
+        optimizer = torch.optim.SGD(
+            groups, lr=t.learning_rate, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
+        )
     if cfg.data.features:
         if ddp.enabled:
             raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
@@ -124,38 +125,65 @@ def build_trainer(
         model = eval_model = core
     steps = _steps_per_epoch(cfg, sources["train"], fraction, ddp.world_size)
     unit = steps or 1
-    schedule = WarmupSchedule(t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit,
-                              max(1, t.early_stop_patience // 2))
+    schedule = WarmupSchedule(
+        t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit, max(1, t.early_stop_patience // 2)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None)
+            core, device_ids=[device.index] if device.type == "cuda" else None
+        )
     amp = resolve_amp(t.amp, device)
     ctx = StepContext(
-        model=model, normalize=normalize,
-        optimizer=optimizer, loss_fn=get_loss(t.loss_type).fn, output_mode=m.output_mode, device=device,
-        amp=amp, channels_last=t.channels_last, grad_clip=t.grad_clip,
+        model=model,
+        normalize=normalize,
+        optimizer=optimizer,
+        loss_fn=get_loss(t.loss_type).fn,
+        output_mode=m.output_mode,
+        device=device,
+        amp=amp,
+        channels_last=t.channels_last,
+        grad_clip=t.grad_clip,
         grad_accum_steps=t.grad_accum_steps,
         scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
-        scheduler=scheduler if steps else None, max_steps=steps if ddp.enabled else None,
+        scheduler=scheduler if steps else None,
+        max_steps=steps if ddp.enabled else None,
         log_interval=cfg.log_interval,
     )
-    return Trainer(cfg=cfg, run_dir=run_dir, ddp=ddp, device=device, model=model, core=core,
-                   eval_model=eval_model, ctx=ctx, scheduler=scheduler, schedule=schedule, sources=sources,
-                   steps_per_epoch=steps, fraction=fraction, state=RunState())
+    return Trainer(
+        cfg=cfg,
+        run_dir=run_dir,
+        ddp=ddp,
+        device=device,
+        model=model,
+        core=core,
+        eval_model=eval_model,
+        ctx=ctx,
+        scheduler=scheduler,
+        schedule=schedule,
+        sources=sources,
+        steps_per_epoch=steps,
+        fraction=fraction,
+        state=RunState(),
+    )
 
 
 def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
     """Every split's source, checked complete (all shard files, right sizes) before training starts."""
     hint = "training reads every shard: restore the folder (or re-run `avakit shard`)"
-    sources = {s: resolve_split(cfg.data.shards, s, incomplete_hint=hint) for s in SPLITS
-               if isinstance(cfg.data.shards, str) or s in cfg.data.shards}
+    sources = {
+        s: resolve_split(cfg.data.shards, s, incomplete_hint=hint)
+        for s in SPLITS
+        if isinstance(cfg.data.shards, str) or s in cfg.data.shards
+    }
     if "train" not in sources or "val" not in sources:
         raise AvakitError("data.shards: training needs a train and a val split")
     for split in ("train", "val"):  # an empty val split would train with NaN metrics and no best model
         if not sources[split].has_data or sources[split].samples == 0:
-            raise AvakitError(f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
-                              "training needs both train and val samples")
+            raise AvakitError(
+                f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
+                "training needs both train and val samples"
+            )
     if ddp.enabled and sources["train"].samples is None:
         raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
     return sources
@@ -167,20 +195,41 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     if cfg.data.features:
         from avakit.training.features import feature_loader
 
-        loader = feature_loader(tr.sources[split], tr.core, batch_size=cfg.training.batch_size, train=train,
-                                seed=cfg.seed, epoch=epoch, fraction=tr.fraction)
+        loader = feature_loader(
+            tr.sources[split],
+            tr.core,
+            batch_size=cfg.training.batch_size,
+            train=train,
+            seed=cfg.seed,
+            epoch=epoch,
+            fraction=tr.fraction,
+        )
     elif train:
         loader = make_loader(
-            tr.sources[split], SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size),
+            tr.sources[split],
+            SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size),
             batch_size=cfg.training.batch_size,
-            train=True, seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
-            shuffle_buffer=cfg.data.shuffle_buffer, fraction=tr.fraction, rank=tr.ddp.rank,
-            world_size=tr.ddp.world_size, pin_memory=tr.device.type == "cuda",
+            train=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            fraction=tr.fraction,
+            rank=tr.ddp.rank,
+            world_size=tr.ddp.world_size,
+            pin_memory=tr.device.type == "cuda",
         )
     else:
-        loader = eval_loader(tr.sources[split], cfg, batch_size=cfg.training.batch_size, epoch=epoch,
-                             fraction=tr.fraction, rank=tr.ddp.rank, world_size=tr.ddp.world_size,
-                             pin_memory=tr.device.type == "cuda")
+        loader = eval_loader(
+            tr.sources[split],
+            cfg,
+            batch_size=cfg.training.batch_size,
+            epoch=epoch,
+            fraction=tr.fraction,
+            rank=tr.ddp.rank,
+            world_size=tr.ddp.world_size,
+            pin_memory=tr.device.type == "cuda",
+        )
     tr.loaders[split] = loader
     return loader
 
@@ -216,11 +265,17 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
 def _same_shape(stored: object, fresh: object) -> bool:
     """`stored` has the structure of `fresh`: the same keys, lengths and value types, recursively."""
     if isinstance(fresh, dict):
-        return isinstance(stored, dict) and set(stored) == set(fresh) and all(
-            _same_shape(stored[k], v) for k, v in fresh.items())
+        return (
+            isinstance(stored, dict)
+            and set(stored) == set(fresh)
+            and all(_same_shape(stored[k], v) for k, v in fresh.items())
+        )
     if isinstance(fresh, list | tuple):
-        return isinstance(stored, list | tuple) and len(stored) == len(fresh) and all(
-            map(_same_shape, stored, fresh))
+        return (
+            isinstance(stored, list | tuple)
+            and len(stored) == len(fresh)
+            and all(map(_same_shape, stored, fresh))
+        )
     if isinstance(fresh, float) and type(stored) is int:
         return True
     return type(stored) is type(fresh)
@@ -230,15 +285,26 @@ def _check_optimizer(stored: dict, optimizer: torch.optim.Optimizer, path: Path)
     """last.pt's optimizer state fits this run's optimizer: groups, settings and per-parameter tensors."""
     fresh = optimizer.state_dict()
     groups = stored.get("param_groups")
-    if set(stored) != set(fresh) or not _same_shape(groups, fresh["param_groups"]) \
-            or not isinstance(stored["state"], dict):
+    if (
+        set(stored) != set(fresh)
+        or not _same_shape(groups, fresh["param_groups"])
+        or not isinstance(stored["state"], dict)
+    ):
         raise AvakitError(f"{path}: optimizer: does not fit this run's optimizer (groups or settings differ)")
-    params = {i: p for group, ids in zip(optimizer.param_groups, (g["params"] for g in groups), strict=True)
-              for i, p in zip(ids, group["params"], strict=True)}
+    params = {
+        i: p
+        for group, ids in zip(optimizer.param_groups, (g["params"] for g in groups), strict=True)
+        for i, p in zip(ids, group["params"], strict=True)
+    }
     for pid, entry in stored["state"].items():
-        if pid not in params or not isinstance(entry, dict) or not all(
+        if (
+            pid not in params
+            or not isinstance(entry, dict)
+            or not all(
                 isinstance(t, torch.Tensor) and (name == "step" or t.shape == params[pid].shape)
-                for name, t in entry.items()):
+                for name, t in entry.items()
+            )
+        ):
             raise AvakitError(f"{path}: optimizer.state.{str(pid)[:20]}: does not fit this run's parameters")
 
 
@@ -248,5 +314,7 @@ def _part(path: Path, key: str) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
-        raise AvakitError(f"{path}: {key}: does not fit this run ({e.__class__.__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise AvakitError(
+            f"{path}: {key}: does not fit this run ({e.__class__.__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None

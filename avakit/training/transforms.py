@@ -41,8 +41,11 @@ class TrainPreset(nn.Module):
         aug, jitter = cfg.augmentation, cfg.augmentation.color_jitter
         self.resize_size, self.crop_size = cfg.resize_size, cfg.crop_size
         self.random_crop, self.flip = aug.random_crop, aug.horizontal_flip
-        self.jitter = (v2.ColorJitter(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
-                       if any((jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)) else None)
+        self.jitter = (
+            v2.ColorJitter(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+            if any((jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue))
+            else None
+        )
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Resize, crop (random or center), maybe flip and colour-jitter one uint8 image."""
@@ -52,7 +55,7 @@ class TrainPreset(nn.Module):
             top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
         else:
             top, left = _center(h, c), _center(w, c)
-        img = img[..., top:top + c, left:left + c]
+        img = img[..., top : top + c, left : left + c]
         if self.flip and float(torch.rand(())) < 0.5:
             img = img.flip(-1)
         return self.jitter(img) if self.jitter is not None else img
@@ -84,7 +87,7 @@ class EvalPreset(nn.Module):
             return torch.stack(list(F.five_crop(img, [c, c])))
         (h, w) = img.shape[-2:]
         top, left = _center(h, c), _center(w, c)
-        out = img[..., top:top + c, left:left + c]
+        out = img[..., top : top + c, left : left + c]
         return torch.stack([out, out.flip(-1)]) if self.tta == "flip" else out
 
 
@@ -94,8 +97,7 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0),
-                             persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0), persistent=False)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """The batch as float, minus the mean, times 1/std (scaled for 0..255 input)."""
