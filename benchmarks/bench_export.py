@@ -27,10 +27,11 @@ from bench_predict import make_run  # the same random-init run folder (benchmark
 from benchlog import Check, command_line, load, save
 
 from avakit.dataset.synthetic import make_synthetic_ava
-from avakit.inference.export import export_onnx, mean_scores, quantize_int8, write_metadata
-from avakit.inference.onnx_runtime import OnnxScorer, read_metadata
+from avakit.inference.export import export_onnx, mean_scores
+from avakit.inference.onnx_runtime import OnnxScorer, read_metadata, write_metadata
 from avakit.inference.predict import load_scorer
 from avakit.inference.preprocess import prepare
+from avakit.inference.quantize import quantize_int8
 from avakit.inference.scorer import Scorer
 from avakit.metrics import srcc
 

@@ -22,13 +22,14 @@ from benchlog import command_line, load, save
 from avakit.config import load_config
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
+from avakit.dataset.sources import resolve_split
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
 from avakit.training.engine import StepContext, train_one_epoch
 from avakit.training.features import extract_features
 from avakit.training.fit import fit
-from avakit.training.loader import SampleDecoder, make_loader, resolve_split
+from avakit.training.loader import SampleDecoder, make_loader
 from avakit.training.transforms import Normalize, TrainPreset
 
 

@@ -50,8 +50,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from avakit.config import Config, load_config
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
+from avakit.dataset.sources import SplitSource, resolve_split
 from avakit.dataset.synthetic import make_synthetic_ava
-from avakit.training.loader import SampleDecoder, SplitSource, make_loader, resolve_split
+from avakit.training.loader import SampleDecoder, make_loader
 from avakit.training.transforms import Normalize, TrainPreset
 
 BATCH = 32

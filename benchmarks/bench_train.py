@@ -45,10 +45,11 @@ from benchlog import Check, command_line, load, save
 from avakit.config import Config, load_config
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
+from avakit.dataset.sources import resolve_split
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.training.distributed import DistInfo
 from avakit.training.engine import EpochStats, train_one_epoch
-from avakit.training.loader import Batch, SampleDecoder, make_loader, resolve_split
+from avakit.training.loader import Batch, SampleDecoder, make_loader
 from avakit.training.trainer import Trainer, build_trainer
 from avakit.training.transforms import TrainPreset
 

@@ -49,10 +49,11 @@ def test_typer_rejects_bad_values_in_one_line(tmp_path: Path, args: list[str], f
 
 
 def test_choices_are_the_library_definitions() -> None:
-    from avakit.cli import app as cli
+    from avakit import scores
+    from avakit.cli import options as cli
 
     assert [m.value for m in cli.Device] == list(config.DEVICES)
-    assert [m.value for m in cli.Split] == list(config.SPLITS)
+    assert [m.value for m in cli.Split] == list(scores.SPLITS)
     assert [m.value for m in cli.Tta] == list(config.TTA_MODES)
     assert [m.value for m in cli.Checkpoint] == list(config.CHECKPOINTS)
     assert [m.value for m in cli.Format] == list(config.PREDICT_FORMATS)

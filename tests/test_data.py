@@ -14,9 +14,10 @@ from PIL import Image
 from avakit.config import TransformConfig
 from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
+from avakit.dataset.sources import resolve_split
 from avakit.dataset.synthetic import make_synthetic_ava
 from avakit.errors import AvakitError
-from avakit.training.loader import SampleDecoder, keep_sample, make_loader, resolve_split
+from avakit.training.loader import SampleDecoder, keep_sample, make_loader
 from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 CFG = TransformConfig(resize_size=40, crop_size=32)

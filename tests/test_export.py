@@ -25,10 +25,11 @@ import pytest
 import torch
 
 from avakit.errors import AvakitError
-from avakit.inference.export import INT8_MIN_SRCC, export_onnx, quantize_int8, val_images
+from avakit.inference.export import INT8_MIN_SRCC, export_onnx, val_images
 from avakit.inference.onnx_runtime import OnnxScorer, read_metadata
 from avakit.inference.predict import load_scorer, score_images
 from avakit.inference.preprocess import PreprocessSpec
+from avakit.inference.quantize import quantize_int8
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 

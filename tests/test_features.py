@@ -20,8 +20,9 @@ from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.metrics import srcc
 from avakit.model.iqa import IQA_NAMES, iqa_features
-from avakit.training.features import check_cache, extract_features, load_feature_split
+from avakit.training.features import check_cache, extract_features
 from avakit.training.fit import fit
+from avakit.training.head_only import load_feature_split
 from avakit.training.rundir import eval_outputs
 
 runner = CliRunner()

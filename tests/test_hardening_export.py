@@ -25,7 +25,6 @@ from avakit.cli.app import app
 from avakit.config import load_config
 from avakit.errors import AvakitError
 from avakit.inference.export import (
-    BACKBONE_SCOPE,
     INT8_MIN_SRCC,
     OPSET_MIN,
     export_onnx,
@@ -33,6 +32,7 @@ from avakit.inference.export import (
     val_images,
 )
 from avakit.inference.onnx_runtime import OnnxScorer
+from avakit.inference.quantize import BACKBONE_SCOPE
 from avakit.plots import _step_axis, gradient_warnings
 from avakit.report import html as H
 from avakit.report.build import _group_tables, build_report, frozen_parts

@@ -15,12 +15,12 @@ from avakit.dataset.manifest import shard_files, verify_shards
 from avakit.dataset.plan import ShardOptions, ShardPlan, plan_sharding
 from avakit.dataset.samples import read_shard, tar_samples
 from avakit.dataset.shards import write_shards
-from avakit.dataset.sources import SplitSource, resolve_split
+from avakit.dataset.sources import DataSource, SplitSource, resolve_split
 from avakit.dataset.synthetic import SyntheticAva
 from avakit.errors import AvakitError
 from avakit.training.engine import StepContext, TelemetryHook, place_model
-from avakit.training.features import FeatureSource
-from avakit.training.loader import CountingLoader, DataSource, eval_loader
+from avakit.training.head_only import FeatureSource
+from avakit.training.loader import CountingLoader, eval_loader
 from avakit.training.telemetry import Telemetry
 from avakit.training.trainer import RunState, Trainer
 from avakit.training.transforms import Normalize

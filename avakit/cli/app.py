@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -33,48 +32,15 @@ from avakit.cli.console import (
     progress_bar,
     say,
 )
+from avakit.cli.options import Checkpoint, Device, Format, ShardSplit, Split, Tta, split_list
 from avakit.config import (
-    CHECKPOINTS,
-    DEVICES,
     MAX_BATCH,
-    PREDICT_FORMATS,
     QUALITY_RANGE,
-    SHARD_SPLITS,
     SHORT_SIDE_RANGE,
     SPLIT_SEED_MAX,
-    TTA_MODES,
 )
 from avakit.errors import AvakitError
-from avakit.scores import HELD_OUT_SPLITS, SPLITS
-
-
-class _Choice(str, Enum):
-    """A choice option's value: a str that prints as itself (Python 3.10 has no StrEnum)."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-
-def _choices(name: str, values: tuple[str, ...]) -> type[_Choice]:
-    """A Typer choice from the library's tuple of choices (its members are the strings themselves)."""
-    return _Choice(name, [(v, v) for v in values])  # type: ignore[return-value]
-
-
-Device = _choices("Device", DEVICES)
-Split = _choices("Split", SPLITS)
-ShardSplit = _choices("ShardSplit", SHARD_SPLITS)
-Checkpoint = _choices("Checkpoint", CHECKPOINTS)
-Tta = _choices("Tta", TTA_MODES)
-Format = _choices("Format", PREDICT_FORMATS)
-
-
-def _split_list(value: str) -> tuple[str, ...]:
-    """`--splits train,val` as a tuple; a name that is not a split is Typer's usage error."""
-    wanted = tuple(s.strip() for s in value.split(",") if s.strip())
-    if not wanted or any(s not in SPLITS for s in wanted):
-        raise typer.BadParameter(f"must list train, val and/or test, got {value!r}")
-    return wanted
-
+from avakit.scores import HELD_OUT_SPLITS
 
 app = typer.Typer(
     cls=ErrorGroup,
@@ -219,7 +185,7 @@ def features(
     config: Annotated[Path | None, typer.Option(help="Training config (backbone, shards).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
     splits: Annotated[
-        str, typer.Option(callback=_split_list, help="Comma-separated splits to extract.")
+        str, typer.Option(callback=split_list, help="Comma-separated splits to extract.")
     ] = "train,val,test",
     out: Annotated[
         Path | None, typer.Option(help="Feature cache folder.", show_default="data.features, else features")

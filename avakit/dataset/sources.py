@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import braceexpand
 
@@ -187,3 +188,45 @@ def _check_files(source: SplitSource, allow_missing: bool, hint: str) -> SplitSo
     marked = dict(problems)
     files = tuple(replace(f, lost=marked[f]) if f in marked else f for f in source.files)
     return replace(source, files=files)
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """What training reads of a split's source: shards (`SplitSource`) or a feature cache (`FeatureSource`).
+
+    `CountingLoader` names shards through `entries` and `where` when a shard is lost; the trainer
+    sizes epochs with `samples`; last.pt's data definition (training.resume) stores
+    `manifest_sha256`, `samples` and, without a manifest, `urls`.
+    """
+
+    @property
+    def split(self) -> str:
+        """The split's name."""
+
+    @property
+    def samples(self) -> int | None:
+        """The number of samples the source holds, or None when unknown."""
+
+    @property
+    def has_data(self) -> bool:
+        """True when there is anything to read."""
+
+    @property
+    def entries(self) -> tuple[str | ShardFile, ...]:
+        """The shards to read, in order: URLs and local files (none for a feature cache)."""
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The user-written shard URLs (stored in last.pt when there is no manifest)."""
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        """The sha256 of the split's manifest, or None without one."""
+
+    @property
+    def preprocessing(self) -> dict | None:
+        """The manifest's short_side and quality, when known."""
+
+    @property
+    def where(self) -> str:
+        """The manifest path or data.shards key that messages name."""

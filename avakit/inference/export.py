@@ -31,9 +31,8 @@ import contextlib
 import io
 import logging
 import math
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,9 @@ from avakit import __version__
 from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.extras import require
-from avakit.fileio import atomic_write, write_errors
-from avakit.inference.onnx_runtime import OnnxScorer, encode_metadata
+from avakit.inference.onnx_runtime import OnnxScorer, write_metadata
 from avakit.inference.preprocess import PreprocessSpec, prepare, prepare_image
+from avakit.inference.quantize import quantize_int8
 from avakit.metrics import srcc
 from avakit.scores import SCORE_MAX, SCORE_MIN, mean_score
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
@@ -60,11 +59,8 @@ log = logging.getLogger("avakit.inference.export")
 FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, mean score
 INT8_MIN_SRCC = 0.99  # rank agreement of INT8 with FP32 mean scores
 BATCH = 32
-CALIBRATION_BATCH = 8  # the calibration session outputs every tensor: resnet50 at 32 peaks at 8 GB, at 8 3 GB
 RANDOM_INPUTS_MAX = 256  # parity inputs drawn at random when no val image can be read
 OPSET_MIN = 13  # per-channel QuantizeLinear (INT8); Softmax over one axis as the graph uses it
-# The TorchScript exporter's scope of the backbone: ExportModel.model -> AestheticModel.backbone
-BACKBONE_SCOPE = "/model/backbone/"
 
 
 def opset_max() -> int:
@@ -122,7 +118,8 @@ def val_images(
 
     `origin`: the file `shards` was read from (the checkpoint); its paths must then be plain.
     """
-    from avakit.training.loader import iter_samples, resolve_split
+    from avakit.dataset.sources import resolve_split
+    from avakit.training.loader import iter_samples
 
     source = resolve_split(shards, split, origin=origin)
     arrays: list[np.ndarray] = []
@@ -221,21 +218,6 @@ def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict
     }
 
 
-def write_metadata(path: Path, metadata: dict[str, Any] | None, model: Any = None) -> None:
-    """Write an ONNX model to `path` atomically (one inline file) with `metadata` as its metadata_props.
-
-    `model` is an onnx ModelProto (default: the file at `path`); `metadata` None keeps its props.
-    """
-    import onnx
-
-    model = onnx.load(str(path)) if model is None else model
-    if metadata is not None:
-        del model.metadata_props[:]
-        onnx.helper.set_model_props(model, encode_metadata(metadata))
-    with atomic_write(path) as f:
-        onnx.save(model, f)
-
-
 def export_fp32(
     model: nn.Module, output: Path, crop: int, opset: int = 17, metadata: dict[str, Any] | None = None
 ) -> None:
@@ -262,95 +244,6 @@ def export_fp32(
             dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}},
         )
     write_metadata(output, metadata, onnx.load_from_string(buf.getvalue()))
-
-
-@contextlib.contextmanager
-def _quiet_onnxruntime_quantization() -> Iterator[None]:
-    """onnxruntime.quantization logs through the root logger (adding a handler): keep it quiet."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
-def backbone_nodes(model: Any) -> list[str]:
-    """Names of the nodes INT8 may quantise: those in the exporter's backbone scope.
-
-    Everything else (the IQA branch, the concatenation, the MLP head, softmax / clamp) stays
-    FP32, so the output is not rounded to 8 bits. A node that onnxruntime's pre-processing
-    renamed (a fusion) drops out of the scope and stays FP32 too: the safe direction.
-    """
-    names = [n.name for n in model.graph.node if n.name.startswith(BACKBONE_SCOPE)]
-    if not names:
-        raise AvakitError(
-            f"no node in the exporter's {BACKBONE_SCOPE} scope: nothing to quantise to INT8 "
-            "(the exporter's node naming changed?)",
-            exit_code=1,
-        )
-    return names
-
-
-def quantize_int8(
-    fp32: Path, output: Path, calibration: np.ndarray | None, metadata: dict[str, Any] | None = None
-) -> str:
-    """Static QDQ INT8 (U8S8, per-channel) of the backbone calibrated on `calibration`, else dynamic.
-
-    Returns the method. Only `backbone_nodes` are quantised. `output` is written once, with
-    `metadata` plus the method as "quantization" (if given).
-    """
-    import onnx
-    import onnxruntime.quantization as ortq
-
-    class Reader(ortq.CalibrationDataReader):
-        def __init__(self, arrays: np.ndarray) -> None:
-            step = CALIBRATION_BATCH
-            self.batches = iter([{"input": arrays[i : i + step]} for i in range(0, len(arrays), step)])
-
-        def get_next(self) -> dict | None:
-            return next(self.batches, None)
-
-    with (
-        write_errors(output),
-        tempfile.TemporaryDirectory(dir=output.parent) as tmp,
-        _quiet_onnxruntime_quantization(),
-    ):
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        # ONNX shape inference + graph optimisation; onnxruntime's symbolic shape inference is for
-        # transformers and fails on the IQA branch's reductions at opset >= 18 (same graph without it)
-        ortq.quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        nodes = backbone_nodes(onnx.load(str(pre)))
-        if calibration is None:
-            # ConvInteger (dynamic conv) only has uint8 x uint8 kernels on CPU
-            ortq.quantize_dynamic(
-                str(pre),
-                str(out),
-                per_channel=True,
-                weight_type=ortq.QuantType.QUInt8,
-                nodes_to_quantize=nodes,
-            )
-            method = "dynamic (uint8 weights, per-channel), backbone only"
-        else:
-            ortq.quantize_static(
-                str(pre),
-                str(out),
-                Reader(calibration),
-                quant_format=ortq.QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=ortq.QuantType.QUInt8,
-                weight_type=ortq.QuantType.QInt8,
-                nodes_to_quantize=nodes,
-            )
-            method = f"static QDQ U8S8 per-channel, backbone only, MinMax on {len(calibration)} images"
-        write_metadata(
-            output,
-            {**metadata, "quantization": method} if metadata is not None else None,
-            onnx.load(str(out)),
-        )
-    return method
 
 
 def mean_scores(outputs: np.ndarray, output_mode: str) -> np.ndarray:
@@ -419,11 +312,8 @@ def export_onnx(
     notes: list[str] = []
     calibration = inputs[:calibration_images] if inputs is not None else None
     if inputs is None:  # random inputs: as many as asked, up to RANDOM_INPUTS_MAX (memory)
-        n_random = min(parity_images, RANDOM_INPUTS_MAX)
-        inputs = np.random.default_rng(0).standard_normal(
-            (n_random, 3, spec.crop_size, spec.crop_size), dtype=np.float32
-        )
-        origin = f"{origin}; checked on {n_random} random inputs"
+        inputs = _random_inputs(parity_images, spec.crop_size)
+        origin = f"{origin}; checked on {len(inputs)} random inputs"
         notes.append(origin + ("; INT8 falls back to dynamic quantisation" if int8 else ""))
         log.warning("note: %s", notes[-1])
     check = inputs[:parity_images]
@@ -448,19 +338,8 @@ def export_onnx(
 
     int8_path = output.with_name(f"{output.stem}.int8.onnx") if int8 else None
     if int8_path is not None:
-        method = quantize_int8(output, int8_path, calibration, {**metadata, "precision": "int8"})
-        got = mean_scores(_run(OnnxScorer(int8_path), check), mode)
-        int8_diff, int8_srcc = _compare("ONNX INT8 vs ONNX FP32", got, fp32_scores)
-        parity.update(int8_max_abs_diff=int8_diff, int8_srcc=int8_srcc, int8_method=method)
-        if len(check) < 3:
-            notes.append(f"INT8 ranking not checked: {len(check)} parity inputs (need 3)")
-        elif not int8_srcc >= INT8_MIN_SRCC:
-            raise AvakitError(
-                f"{int8_path}: INT8 ranks {len(check)} images differently from FP32 "
-                f"(SRCC {int8_srcc:.4f} < {INT8_MIN_SRCC}; max |diff| {int8_diff:.3g}); "
-                f"file left for inspection",
-                exit_code=1,
-            )
+        int8_meta = {**metadata, "precision": "int8"}
+        parity.update(_check_int8(output, int8_path, calibration, int8_meta, check, fp32_scores, mode, notes))
     return {
         "fp32": output,
         "int8": int8_path,
@@ -469,3 +348,39 @@ def export_onnx(
         "sizes_mb": {"fp32": _size_mb(output), "int8": _size_mb(int8_path)},
         "notes": notes,
     }
+
+
+def _check_int8(
+    fp32: Path,
+    int8_path: Path,
+    calibration: np.ndarray | None,
+    metadata: dict[str, Any],
+    check: np.ndarray,
+    fp32_scores: np.ndarray,
+    mode: str,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Quantise `fp32` to `int8_path` and check it ranks `check` like FP32: the parity fields.
+
+    Raises AvakitError (exit 1, file left for inspection) when SRCC < INT8_MIN_SRCC; with fewer
+    than 3 inputs the ranking cannot be checked and a note says so.
+    """
+    method = quantize_int8(fp32, int8_path, calibration, metadata)
+    got = mean_scores(_run(OnnxScorer(int8_path), check), mode)
+    int8_diff, int8_srcc = _compare("ONNX INT8 vs ONNX FP32", got, fp32_scores)
+    if len(check) < 3:
+        notes.append(f"INT8 ranking not checked: {len(check)} parity inputs (need 3)")
+    elif not int8_srcc >= INT8_MIN_SRCC:
+        raise AvakitError(
+            f"{int8_path}: INT8 ranks {len(check)} images differently from FP32 "
+            f"(SRCC {int8_srcc:.4f} < {INT8_MIN_SRCC}; max |diff| {int8_diff:.3g}); "
+            f"file left for inspection",
+            exit_code=1,
+        )
+    return {"int8_max_abs_diff": int8_diff, "int8_srcc": int8_srcc, "int8_method": method}
+
+
+def _random_inputs(n: int, crop: int) -> np.ndarray:
+    """`n` (at most RANDOM_INPUTS_MAX, for memory) seeded random model inputs [n, 3, crop, crop]."""
+    shape = (min(n, RANDOM_INPUTS_MAX), 3, crop, crop)
+    return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)

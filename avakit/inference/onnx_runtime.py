@@ -18,6 +18,7 @@ from avakit.config import TransformConfig, check_value
 from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.extras import require
+from avakit.fileio import atomic_write
 from avakit.inference.preprocess import PreprocessSpec
 from avakit.inference.scorer import Scorer
 from avakit.scores import N_POINTS
@@ -192,3 +193,18 @@ class OnnxScorer(Scorer):
         """Run the session on a float32 batch [B, 3, c, c]; returns its `scores` output."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+def write_metadata(path: Path, metadata: dict[str, Any] | None, model: Any = None) -> None:
+    """Write an ONNX model to `path` atomically (one inline file) with `metadata` as its metadata_props.
+
+    `model` is an onnx ModelProto (default: the file at `path`); `metadata` None keeps its props.
+    """
+    import onnx
+
+    model = onnx.load(str(path)) if model is None else model
+    if metadata is not None:
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, encode_metadata(metadata))
+    with atomic_write(path) as f:
+        onnx.save(model, f)

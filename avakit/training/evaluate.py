@@ -12,9 +12,11 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from avakit import metrics
 from avakit.config import TrainingConfig, check_value
+from avakit.dataset.sources import resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.model.losses import get_loss
@@ -23,7 +25,7 @@ from avakit.scores import SPLITS
 from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from avakit.training.distributed import pick_device
 from avakit.training.engine import StepContext, eval_one_epoch, place_model, resolve_amp
-from avakit.training.loader import eval_loader, resolve_split
+from avakit.training.loader import eval_loader
 from avakit.training.rundir import eval_outputs
 
 
@@ -85,15 +87,7 @@ def evaluate_run(
     if not result["n"]:
         raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)
     df = predictions_frame(result, cfg.model.output_mode)
-    found = frame_metrics(df)
-    found.update(
-        majority_baseline=metrics.majority_baseline(df["gt_mean"]),
-        loss=result["loss_sum"] / result["n"],
-        corrupt=counts.corrupt,
-        latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],
-        model_img_per_s=result["n"] / result["model_seconds"] if result["model_seconds"] else 0.0,
-        end_to_end_img_per_s=result["n"] / result["seconds"] if result["seconds"] else 0.0,
-    )
+    found = _split_metrics(df, result, counts.corrupt)
     report = {
         "split": split,
         "checkpoint": ckpt_path.name,
@@ -114,6 +108,20 @@ def evaluate_run(
     write_parquet_atomic(out.parquet, df)
     write_json_atomic(out.json, report, default=_jsonable)
     return report
+
+
+def _split_metrics(df: pd.DataFrame, result: dict, corrupt: int) -> dict:
+    """The literature's metrics of a predictions table plus loss, corrupt samples and speed."""
+    found = frame_metrics(df)
+    found.update(
+        majority_baseline=metrics.majority_baseline(df["gt_mean"]),
+        loss=result["loss_sum"] / result["n"],
+        corrupt=corrupt,
+        latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],
+        model_img_per_s=result["n"] / result["model_seconds"] if result["model_seconds"] else 0.0,
+        end_to_end_img_per_s=result["n"] / result["seconds"] if result["seconds"] else 0.0,
+    )
+    return found
 
 
 def _jsonable(value: object) -> object:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from avakit import __version__
-from avakit.config import Config, config_to_dict, save_config
+from avakit.config import Config, save_config
 from avakit.dataset.samples import SampleCounts
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
@@ -28,7 +28,6 @@ from avakit.training.checkpoint import (
     load_checkpoint,
     make_folder,
     new_run_dir,
-    rng_state,
     save_checkpoint,
     with_absolute_paths,
 )
@@ -43,12 +42,19 @@ from avakit.training.engine import (
 )
 from avakit.training.resume import (
     check_same_data,
-    data_definition,
     interrupted_message,
     run_fraction,
     stored_definition,
 )
-from avakit.training.trainer import Progress, Trainer, build_trainer, restore, split_loader
+from avakit.training.trainer import (
+    Progress,
+    Trainer,
+    build_trainer,
+    checkpoint_payload,
+    restore,
+    run_data_definition,
+    split_loader,
+)
 
 log = logging.getLogger("avakit.training.fit")
 
@@ -85,37 +91,6 @@ def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
     counts = first.merged(*rest)
     (log.warning if counts.lost else log.info)("%s: %s", what, counts.summary())
     return counts
-
-
-def _checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
-    payload = {
-        "model_state_dict": tr.core.state_dict(),
-        "config": config_to_dict(tr.cfg),
-        "epoch": epoch,
-        "metrics": val,
-        "avakit_version": __version__,
-        "manifest_sha256": tr.sources["train"].manifest_sha256,
-        "preprocessing": tr.sources["train"].preprocessing,
-    }
-    if full:
-        s = tr.state
-        payload.update(
-            optimizer=tr.ctx.optimizer.state_dict(),
-            scheduler=tr.scheduler.state_dict(),
-            scaler=tr.ctx.scaler.state_dict() if tr.ctx.scaler else None,
-            rng=rng_state(),
-            data=_data_definition(tr),
-            state={
-                "epoch": s.epoch,
-                "step": s.step,
-                "best_srcc": s.best_srcc,
-                "best_epoch": s.best_epoch,
-                "bad_epochs": s.bad_epochs,
-                "elapsed_s": s.elapsed_s,
-                "history": s.history,
-            },
-        )
-    return payload
 
 
 def _epoch_record(
@@ -179,10 +154,10 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     if cfg.save_val_predictions and df is not None:
         write_parquet_atomic(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", df)
     if improved:
-        save_checkpoint(tr.run_dir / "best_model.pt", _checkpoint_payload(tr, epoch, val, full=False))
+        save_checkpoint(tr.run_dir / "best_model.pt", checkpoint_payload(tr, epoch, val, full=False))
     last = stop or epoch + 1 >= cfg.training.max_epochs
     if (epoch + 1) % cfg.training.checkpoint_every == 0 or last:
-        save_checkpoint(tr.run_dir / "last.pt", _checkpoint_payload(tr, epoch, val, full=True))
+        save_checkpoint(tr.run_dir / "last.pt", checkpoint_payload(tr, epoch, val, full=True))
     write_json_atomic(tr.run_dir / "training_history.json", s.history)
     return stop
 
@@ -294,7 +269,7 @@ def fit(
         fraction = run_fraction(stored, quick_experiment, run_dir / "last.pt")
         tr = build_trainer(cfg, run_dir, fraction, ddp, device)
         if ckpt is not None:  # before anything in the run folder changes
-            check_same_data(stored, _data_definition(tr), run_dir / "last.pt", ckpt.get("manifest_sha256"))
+            check_same_data(stored, run_data_definition(tr), run_dir / "last.pt", ckpt.get("manifest_sha256"))
             restore(tr, ckpt, run_dir / "last.pt")
         _write_run_dir(cfg, run_dir, ddp)
         _train(tr, ckpt, progress, stop_after_epochs, restarted=resume is not None and ckpt is None)
@@ -343,10 +318,6 @@ def _train(
         cfg.training.early_stop_patience or math.inf
     ):
         _finish(tr, progress, time.perf_counter())
-
-
-def _data_definition(tr: Trainer) -> dict:
-    return data_definition(tr.sources, tr.fraction, tr.cfg.data.features is not None)
 
 
 def _stopped(tr: Trainer | None, error: NonFiniteError) -> NonFiniteError:

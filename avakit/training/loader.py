@@ -27,7 +27,7 @@ import random
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import webdataset as wds
@@ -36,55 +36,13 @@ from webdataset.tariterators import tarfile_samples
 
 from avakit.config import Config
 from avakit.dataset.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
-from avakit.dataset.sources import ShardFile, SplitSource, resolve_split  # noqa: F401 - re-exported
+from avakit.dataset.sources import DataSource, ShardFile, SplitSource
 from avakit.errors import AvakitError
 from avakit.scores import N_POINTS
 from avakit.training.transforms import EvalPreset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
 DRAIN_CHUNK = 1 << 20  # bytes per read when hashing what the tar reader left
-
-
-@runtime_checkable
-class DataSource(Protocol):
-    """What training reads of a split's source: shards (`SplitSource`) or a feature cache (`FeatureSource`).
-
-    `CountingLoader` names shards through `entries` and `where` when a shard is lost; the trainer
-    sizes epochs with `samples`; last.pt's data definition (training.resume) stores
-    `manifest_sha256`, `samples` and, without a manifest, `urls`.
-    """
-
-    @property
-    def split(self) -> str:
-        """The split's name."""
-
-    @property
-    def samples(self) -> int | None:
-        """The number of samples the source holds, or None when unknown."""
-
-    @property
-    def has_data(self) -> bool:
-        """True when there is anything to read."""
-
-    @property
-    def entries(self) -> tuple[str | ShardFile, ...]:
-        """The shards to read, in order: URLs and local files (none for a feature cache)."""
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        """The user-written shard URLs (stored in last.pt when there is no manifest)."""
-
-    @property
-    def manifest_sha256(self) -> str | None:
-        """The sha256 of the split's manifest, or None without one."""
-
-    @property
-    def preprocessing(self) -> dict | None:
-        """The manifest's short_side and quality, when known."""
-
-    @property
-    def where(self) -> str:
-        """The manifest path or data.shards key that messages name."""
 
 
 def keep_sample(key: str, fraction: float) -> bool:

@@ -15,24 +15,18 @@ from typing import Protocol
 
 import torch
 
-from avakit.config import Config
+from avakit import __version__
+from avakit.config import Config, config_to_dict
+from avakit.dataset.sources import DataSource, SplitSource, resolve_split
 from avakit.errors import AvakitError
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
 from avakit.scores import SPLITS
-from avakit.training.checkpoint import check_weights, seed_everything, set_rng_state
+from avakit.training.checkpoint import check_weights, rng_state, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
 from avakit.training.engine import StepContext, WarmupSchedule, place_model, resolve_amp
-from avakit.training.loader import (
-    CountingLoader,
-    DataSource,
-    SampleDecoder,
-    SplitSource,
-    eval_loader,
-    make_loader,
-    resolve_split,
-)
-from avakit.training.resume import check_resume_state
+from avakit.training.loader import CountingLoader, SampleDecoder, eval_loader, make_loader
+from avakit.training.resume import check_resume_state, data_definition
 from avakit.training.transforms import TrainPreset
 
 
@@ -116,7 +110,7 @@ def build_trainer(
     if cfg.data.features:
         if ddp.enabled:
             raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
-        from avakit.training.features import head_only_setup
+        from avakit.training.head_only import head_only_setup
 
         sources, model = head_only_setup(cfg, core)
         eval_model, normalize = model, torch.nn.Identity()
@@ -193,7 +187,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     """The split's counting loader for one pass, kept in tr.loaders: its counts are read after the pass."""
     cfg = tr.cfg
     if cfg.data.features:
-        from avakit.training.features import feature_loader
+        from avakit.training.head_only import feature_loader
 
         loader = feature_loader(
             tr.sources[split],
@@ -318,3 +312,40 @@ def _part(path: Path, key: str) -> Iterator[None]:
             f"{path}: {key}: does not fit this run ({e.__class__.__name__}: "
             f"{str(e).splitlines()[0][:120] if str(e) else ''})"
         ) from None
+
+
+def checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
+    """best_model.pt's content (model, config, epoch, metrics); `full` adds what `restore` reads."""
+    payload = {
+        "model_state_dict": tr.core.state_dict(),
+        "config": config_to_dict(tr.cfg),
+        "epoch": epoch,
+        "metrics": val,
+        "avakit_version": __version__,
+        "manifest_sha256": tr.sources["train"].manifest_sha256,
+        "preprocessing": tr.sources["train"].preprocessing,
+    }
+    if full:
+        s = tr.state
+        payload.update(
+            optimizer=tr.ctx.optimizer.state_dict(),
+            scheduler=tr.scheduler.state_dict(),
+            scaler=tr.ctx.scaler.state_dict() if tr.ctx.scaler else None,
+            rng=rng_state(),
+            data=run_data_definition(tr),
+            state={
+                "epoch": s.epoch,
+                "step": s.step,
+                "best_srcc": s.best_srcc,
+                "best_epoch": s.best_epoch,
+                "bad_epochs": s.bad_epochs,
+                "elapsed_s": s.elapsed_s,
+                "history": s.history,
+            },
+        )
+    return payload
+
+
+def run_data_definition(tr: Trainer) -> dict:
+    """The data this run trains on, as last.pt stores it (training.resume.data_definition)."""
+    return data_definition(tr.sources, tr.fraction, tr.cfg.data.features is not None)
