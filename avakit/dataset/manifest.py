@@ -1,9 +1,9 @@
-"""manifest.json: building it from finished shards, reading it, and checking shards against it.
+"""manifest.json: reading it whole and valid, and checking shards against it (`avakit inspect`).
 
 The manifest is the shard folder's table of contents: format version, source checksums,
 preprocessing settings, split method and seed, per split the shard names, sample counts,
 bytes and sha256, label statistics, and every skipped row with its reason. Its counts
-reconcile: rows read = samples written + rows skipped.
+reconcile: rows read = samples written + rows skipped. `dataset.shards.build_manifest` writes it.
 """
 
 from __future__ import annotations
