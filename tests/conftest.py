@@ -2,7 +2,8 @@
 
 Tests get their data and settings from these fixtures (never `from conftest import ...`):
 `tiny_train` (the small training overrides), `tiny_config` (a Config from them plus extra
-overrides), `shared_shards` (read-only shards built once per session), `trained_run`.
+overrides), `tiny_cfg` (the same on a shards folder), `shared_shards` (read-only shards built
+once per session), `trained_run`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def tiny_config(tiny_train: tuple[str, ...]) -> Callable[..., Config]:
         return load_config(None, [*tiny_train, *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
+    """Factory: `tiny_cfg(shards, *overrides)` is the tiny training config reading `shards`."""
+    return lambda shards, *extra: tiny_config(f"data.shards={shards}", *extra)
 
 
 @pytest.fixture(scope="session")

@@ -33,12 +33,6 @@ def shards(shared_shards: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
-    """`tiny_cfg(shards, *extra)`: the tiny training config on `shards`."""
-    return lambda shards, *extra: tiny_config(f"data.shards={shards}", *extra)
-
-
-@pytest.fixture
 def cli_train(tiny_train: tuple[str, ...]) -> Callable[..., object]:
     """`cli_train(shards, out, *extra, flags=())`: `avakit train` of the tiny config through the CLI."""
 

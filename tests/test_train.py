@@ -29,12 +29,6 @@ def shards(shared_shards: Path) -> Path:
     return shared_shards
 
 
-@pytest.fixture
-def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
-    """`tiny_cfg(shards, *extra)`: the tiny training config on `shards`."""
-    return lambda shards, *extra: tiny_config(f"data.shards={shards}", *extra)
-
-
 def test_cli_one_epoch_run_folder(tiny_train: tuple[str, ...], shards: Path, tmp_path: Path) -> None:
     args = ["train", "--output-dir", str(tmp_path)]
     for item in [*tiny_train, f"data.shards={shards}", "training.max_epochs=1", "name=tiny"]:
