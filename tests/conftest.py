@@ -2,8 +2,8 @@
 
 Tests get their data and settings from these fixtures (never `from conftest import ...`):
 `tiny_train` (the small training overrides), `tiny_config` (a Config from them plus extra
-overrides), `tiny_cfg` (the same on a shards folder), `shared_shards` (read-only shards built
-once per session), `trained_run`.
+overrides), `tiny_cfg` (the same on a shards folder), `shard_args` (a small `shard` argv),
+`shared_shards` (read-only shards built once per session), `trained_run`.
 """
 
 from __future__ import annotations
@@ -69,6 +69,21 @@ def tiny_config(tiny_train: tuple[str, ...]) -> Callable[..., Config]:
 def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
     """Factory: `tiny_cfg(shards, *overrides)` is the tiny training config reading `shards`."""
     return lambda shards, *extra: tiny_config(f"data.shards={shards}", *extra)
+
+
+@pytest.fixture(scope="session")
+def shard_args() -> Callable[..., list[str]]:
+    """Factory: `shard_args(ava, out, *extra, images=None)` is the argv of a small `avakit shard` run.
+
+    32 px short side, 10 rows per shard, one worker; `extra` options follow (a later option wins).
+    """
+
+    def make(ava: SyntheticAva, out: Path, *extra: str, images: Path | None = None) -> list[str]:
+        common = ["--short-side", "32", "--shard-size", "10", "--workers", "1"]
+        paths = ["--ava-txt", str(ava.ava_txt), "--images", str(images or ava.images), "--out", str(out)]
+        return ["shard", *paths, *common, *extra]
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,27 +20,10 @@ from avakit.errors import AvakitError
 runner = CliRunner()
 
 
-def shard_args(ava: SyntheticAva, out: Path, *extra: str) -> list[str]:
-    return [
-        "shard",
-        "--ava-txt",
-        str(ava.ava_txt),
-        "--images",
-        str(ava.images),
-        "--out",
-        str(out),
-        "--short-side",
-        "32",
-        "--shard-size",
-        "10",
-        "--workers",
-        "1",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticAva, Path]:
+def made(
+    shard_args: Callable[..., list[str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SyntheticAva, Path]:
     root = tmp_path_factory.mktemp("atk")
     ava = make_synthetic_ava(root / "ava", n=24, seed=7, long_side=(40, 80))
     result = runner.invoke(app, shard_args(ava, root / "shards"))
@@ -55,7 +39,9 @@ def one_error_line(result) -> str:  # noqa: ANN001 - click's Result
 
 
 @pytest.mark.parametrize("stamp", [b"{not json", b"\xff\xfe\x00", None])
-def test_unreadable_options_stamp_is_one_line(made, tmp_path: Path, stamp: bytes | None) -> None:
+def test_unreadable_options_stamp_is_one_line(
+    shard_args: Callable[..., list[str]], made, tmp_path: Path, stamp: bytes | None
+) -> None:
     ava, shards = made
     out = tmp_path / "out"
     shutil.copytree(shards, out)
@@ -70,7 +56,9 @@ def test_unreadable_options_stamp_is_one_line(made, tmp_path: Path, stamp: bytes
     assert "options.json" in one_error_line(result)
 
 
-def test_progress_folder_that_is_a_file_is_one_line(made, tmp_path: Path) -> None:
+def test_progress_folder_that_is_a_file_is_one_line(
+    shard_args: Callable[..., list[str]], made, tmp_path: Path
+) -> None:
     ava, _ = made
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".progress").write_text("x")
@@ -79,7 +67,7 @@ def test_progress_folder_that_is_a_file_is_one_line(made, tmp_path: Path) -> Non
     assert ".progress" in one_error_line(result)
 
 
-def test_out_below_a_file_is_one_line(made, tmp_path: Path) -> None:
+def test_out_below_a_file_is_one_line(shard_args: Callable[..., list[str]], made, tmp_path: Path) -> None:
     ava, _ = made
     (tmp_path / "file").write_text("x")
     result = runner.invoke(app, shard_args(ava, tmp_path / "file" / "sub"))
@@ -88,7 +76,9 @@ def test_out_below_a_file_is_one_line(made, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip byte", "record list", "record binary", "record foreign id"])
-def test_rerun_redoes_a_shard_whose_record_does_not_hold(made, tmp_path: Path, damage: str) -> None:
+def test_rerun_redoes_a_shard_whose_record_does_not_hold(
+    shard_args: Callable[..., list[str]], made, tmp_path: Path, damage: str
+) -> None:
     """A finished shard whose tar or record was damaged is written again, byte-identical."""
     ava, shards = made
     out = tmp_path / "out"
@@ -211,7 +201,9 @@ def test_demo_out_named_like_a_pipe_stays_a_folder(tmp_path: Path, monkeypatch) 
     assert not marker.exists()
 
 
-def test_markup_in_paths_and_manifest_text_is_printed_literally(made, tmp_path: Path) -> None:
+def test_markup_in_paths_and_manifest_text_is_printed_literally(
+    shard_args: Callable[..., list[str]], made, tmp_path: Path
+) -> None:
     """`--out 'a[/b]'` (a folder `b]` in `a[`) and a crafted reason key print as text, no traceback."""
     ava, shards = made
     out = tmp_path / "a[/b]"
@@ -226,7 +218,9 @@ def test_markup_in_paths_and_manifest_text_is_printed_literally(made, tmp_path: 
     assert "[/i]odd" in result.output
 
 
-def test_bad_workers_is_refused_before_any_work(made, tmp_path: Path) -> None:
+def test_bad_workers_is_refused_before_any_work(
+    shard_args: Callable[..., list[str]], made, tmp_path: Path
+) -> None:
     ava, _ = made
     result = runner.invoke(app, shard_args(ava, tmp_path / "out", "--workers", "0"))
     assert result.exit_code == 2
@@ -234,7 +228,9 @@ def test_bad_workers_is_refused_before_any_work(made, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["bogus entries", "entry dropped", "reason count", "samples_written"])
-def test_inspect_reconciles_the_skipped_list_with_the_counts(tmp_path: Path, change: str) -> None:
+def test_inspect_reconciles_the_skipped_list_with_the_counts(
+    shard_args: Callable[..., list[str]], tmp_path: Path, change: str
+) -> None:
     """The skipped list, skipped_by_reason and the counts must agree; a crafted manifest is caught."""
     from avakit.dataset.synthetic import make_synthetic_ava
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +16,8 @@ from avakit.dataset.synthetic import SyntheticAva
 runner = CliRunner()
 
 
-def shard_args(ava: SyntheticAva, out: Path, *extra: str) -> list[str]:
-    return [
-        "shard",
-        "--ava-txt",
-        str(ava.ava_txt),
-        "--images",
-        str(ava.images),
-        "--out",
-        str(out),
-        "--short-side",
-        "32",
-        "--shard-size",
-        "10",
-        "--workers",
-        "1",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sharded(shard_args: Callable[..., list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     from avakit.dataset.synthetic import make_synthetic_ava
 
     root = tmp_path_factory.mktemp("cli")
@@ -110,7 +92,13 @@ def test_inspect_decode_finds_bad_label(sharded: Path, tmp_path: Path) -> None:
         (["--workers", "0"], "Invalid value for '--workers'"),
     ],
 )
-def test_bad_options_exit_2(tiny_ava: SyntheticAva, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_options_exit_2(
+    shard_args: Callable[..., list[str]],
+    tiny_ava: SyntheticAva,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+) -> None:
     result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s", *args))
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
@@ -147,7 +135,9 @@ def test_bad_paths_exit_2(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "manifest.json: not found" in result.output
 
 
-def test_strict_stops_at_malformed_line(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
+def test_strict_stops_at_malformed_line(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
     with tiny_ava.ava_txt.open("a") as f:
         f.write("41 5 1 2\n")
     result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s", "--strict"))
@@ -157,7 +147,9 @@ def test_strict_stops_at_malformed_line(tiny_ava: SyntheticAva, tmp_path: Path) 
     assert "malformed line" in result.output
 
 
-def test_official_split_cli(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
+def test_official_split_cli(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
     out = tmp_path / "s"
     result = runner.invoke(
         app, shard_args(tiny_ava, out, "--split", "official", "--test-list", str(tiny_ava.test_list))

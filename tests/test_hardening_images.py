@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +30,6 @@ runner = CliRunner()
 LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"
 
 
-def shard_cli(ava: SyntheticAva, out: Path, *extra: str, images: Path | None = None) -> list[str]:
-    return [
-        "shard",
-        "--ava-txt",
-        str(ava.ava_txt),
-        "--images",
-        str(images or ava.images),
-        "--out",
-        str(out),
-        "--short-side",
-        "32",
-        "--shard-size",
-        "10",
-        "--workers",
-        "1",
-        *extra,
-    ]
-
-
 def png_bytes(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
@@ -65,12 +47,14 @@ def test_reasons_name_the_new_skips() -> None:
     assert {"bad aspect ratio", "unreadable"} <= set(REASONS)
 
 
-def test_strip_image_is_skipped_by_shard_and_rerun_works(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
+def test_strip_image_is_skipped_by_shard_and_rerun_works(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
     ids = tiny_ava.image_ids
     strip_image().save(tiny_ava.images / f"{ids[0]}.jpg", format="PNG")
     Image.new("RGB", (400, 21), "red").save(tiny_ava.images / f"{ids[1]}.jpg")  # 1:19: a panorama, kept
     for _ in range(2):  # the crash happened on every rerun
-        result = runner.invoke(app, shard_cli(tiny_ava, tmp_path / "s"))
+        result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s"))
         assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     skipped = {s["image_id"]: s for s in manifest["skipped"]}
@@ -320,9 +304,11 @@ def test_image_list_and_names_bad_ids(tmp_path: Path, field: str, detail: str) -
         read_id_names(names, strict=True)
 
 
-def test_no_valid_row_shows_first_reasons(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
+def test_no_valid_row_shows_first_reasons(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
     tiny_ava.ava_txt.write_text("1 2 3 4 5 6 7 8 9\n1 ٣ 0 1 5 17 38 36 15 6 5 1 1 22 1396\n\n" + "x\n" * 4)
-    result = runner.invoke(app, shard_cli(tiny_ava, tmp_path / "s"))
+    result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s"))
     assert result.exit_code == 2 and "Traceback" not in result.output
     out = " ".join(result.output.split())
     assert "no valid rows among 6 read" in out
@@ -338,19 +324,23 @@ def test_no_valid_row_shows_first_reasons(tiny_ava: SyntheticAva, tmp_path: Path
 # ---- point 14: empty inputs, --test-list, --seed ----
 
 
-def test_shard_refuses_an_empty_images_folder(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
+def test_shard_refuses_an_empty_images_folder(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = runner.invoke(app, shard_cli(tiny_ava, tmp_path / "s", images=empty))
+    result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s", images=empty))
     assert result.exit_code == 2 and "images folder holds no files" in result.output
     assert not (tmp_path / "s").exists()  # refused before any work
 
 
-def test_shard_exits_1_when_no_sample_is_written(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
+def test_shard_exits_1_when_no_sample_is_written(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
     folder = tmp_path / "other"
     folder.mkdir()
     (folder / "readme.txt").write_text("no photos here\n")
-    result = runner.invoke(app, shard_cli(tiny_ava, tmp_path / "s", images=folder))
+    result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s", images=folder))
     assert result.exit_code == 1, result.output
     out = " ".join(result.output.split())
     assert "no sample could be written: 40 rows read, 40 skipped (missing 40)" in out
@@ -373,8 +363,10 @@ def test_predict_with_nothing_to_score_is_one_line(tmp_path: Path) -> None:
     assert paths == [tmp_path / "a.jpg"] and problems[0][0] == empty  # reported as that input's row
 
 
-def test_test_list_needs_split_official(tiny_ava: SyntheticAva, tmp_path: Path) -> None:
-    result = runner.invoke(app, shard_cli(tiny_ava, tmp_path / "s", "--test-list", str(tiny_ava.test_list)))
+def test_test_list_needs_split_official(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s", "--test-list", str(tiny_ava.test_list)))
     assert result.exit_code == 2 and "test_list is only used with split 'official'" in result.output
 
 
@@ -410,7 +402,9 @@ def test_official_split_counts_ids_absent_from_ava_txt(tiny_ava: SyntheticAva, t
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**64)])
-def test_seed_outside_64_bits_is_one_line(tiny_ava: SyntheticAva, tmp_path: Path, seed: str) -> None:
-    result = runner.invoke(app, shard_cli(tiny_ava, tmp_path / "s", "--seed", seed))
+def test_seed_outside_64_bits_is_one_line(
+    shard_args: Callable[..., list[str]], tiny_ava: SyntheticAva, tmp_path: Path, seed: str
+) -> None:
+    result = runner.invoke(app, shard_args(tiny_ava, tmp_path / "s", "--seed", seed))
     assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
     assert "Traceback" not in result.output
