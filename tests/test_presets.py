@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +114,7 @@ def test_spaq_mos_csv_and_bom(tmp_path):
 
 def test_spaq_first_csv_with_the_columns(tmp_path):
     write(tmp_path / "a_other.csv", "name,score\nx.jpg,1\n")
+    (tmp_path / "a_binary.csv").write_bytes(b"\xff\xfe\x00\n")  # not the table: passed over
     write(tmp_path / "b_scores.csv", "image_name,MOS\n00003.jpg,12\n")
     write(tmp_path / "c_more.csv", "image_name,MOS\n00004.jpg,13\n")
     pf = preset_frame("spaq", tmp_path)
@@ -224,6 +227,18 @@ def test_tid2013_bad_inputs(tmp_path):
     write(tmp_path / "mos_with_names.txt", "5.51429 i01_01_1.bmp\n" + "x" * 5000 + "\n")
     with pytest.raises(AvakitError, match="line 2: line longer than"):
         preset_frame("tid2013", tmp_path)
+
+
+def test_read_preset_passes_the_frame_to_table_from_frame(tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("avakit.dataset.labels")
+    fake.table_from_frame = lambda df, source, **kw: calls.append((df, source, kw)) or "table"
+    monkeypatch.setitem(sys.modules, "avakit.dataset.labels", fake)
+    write(tmp_path / "dmos.csv", "dist_img,ref_img,dmos,var\na.png,r.png,3.5,0.04\n")
+    assert read_preset("kadid10k", tmp_path, strict=True) == "table"
+    [(df, source, kw)] = calls
+    assert source == "kadid10k" and df["image"].tolist() == ["a.png"]
+    assert kw == {"scale": (1.0, 5.0), "lower_is_better": False, "strict": True, "lines": [2]}
 
 
 def test_read_preset_makes_a_label_table(tmp_path):

@@ -188,7 +188,10 @@ def _spaq_table(root: Path) -> Path:
         return root / "mos.csv"
     candidates = sorted(root.glob("*.csv"))
     for path in candidates:
-        header = _csv_header(path) or []
+        try:
+            header = _csv_header(path) or []
+        except AvakitError:
+            continue  # an unreadable .csv that is not the MOS table
         if all(_pick(header, names) for names in columns.values()):
             return path
     found = ", ".join(p.name for p in candidates) or "no .csv file"
