@@ -252,5 +252,22 @@ def test_read_preset_makes_a_label_table(tmp_path):
     ]
     assert [(s.line, s.image) for s in table.skipped] == [(2, "i01_01_2.bmp")]
     assert table.source == "tid2013"
-    with pytest.raises(AvakitError, match="line 2"):
+    with pytest.raises(AvakitError, match=r"(line |:)2\b.*bad mos"):
         read_preset("tid2013", tmp_path, strict=True)
+
+
+def test_read_preset_votes_floats_and_a_bad_variance(tmp_path):
+    pytest.importorskip("avakit.dataset.labels")
+    koniq(tmp_path / "k", ['"a.jpg",0,1,45,63,5,114,3.8,0.6,77.4', '"b.jpg",1,2,"x",0,0,3,2.0,0.5,20.1'])
+    table = read_preset("koniq10k", tmp_path / "k")
+    assert table.kind == "votes" and table.k == 5 and table.scale == (1.0, 5.0)
+    assert [(r.line, r.image, r.votes) for r in table.rows] == [(2, "a.jpg", (0, 1, 45, 63, 5))]
+    assert [s.line for s in table.skipped] == [3]
+    livec(tmp_path / "l", [f"{i}.bmp" for i in range(9)], mos=[50.0] * 8 + [float("nan")])
+    table = read_preset("livec", tmp_path / "l")
+    assert [(r.line, r.image, r.mos, r.std) for r in table.rows] == [(8, "7.bmp", 50.0, 8.0)]
+    assert [s.line for s in table.skipped] == [9]
+    write(tmp_path / "d" / "dmos.csv", "dist_img,ref_img,dmos,var\na.png,r.png,3.5,0.04\nb.png,r.png,3,abc\n")
+    table = read_preset("kadid10k", tmp_path / "d")
+    assert [(r.image, r.mos, r.std, r.group) for r in table.rows] == [("a.png", 3.5, 0.2, "r.png")]
+    assert [s.line for s in table.skipped] == [3] and table.higher_is_better
