@@ -20,7 +20,7 @@ from avakit.model.iqa import IQA_NAMES
 from avakit.scores import SPLITS
 from avakit.training.checkpoint import check_state, read_torch_file
 from avakit.training.features import VOTE_COLS, check_cache
-from avakit.training.loader import CountingLoader
+from avakit.training.loader import CountingLoader, keep_sample
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,8 +196,6 @@ def _feature_batches(
     epoch: int,
     fraction: float,
 ):
-    from avakit.training.loader import keep_sample
-
     order = np.arange(source.samples)
     if fraction < 1.0:
         order = np.array([i for i in order if keep_sample(str(source.ids[i]), fraction)], dtype=np.int64)

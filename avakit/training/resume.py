@@ -13,28 +13,13 @@ import math
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from avakit.dataset.sources import DataSource
 from avakit.errors import AvakitError
 
 
-class Source(Protocol):
-    """What a split source (shards or a feature cache) tells about its data."""
-
-    @property
-    def samples(self) -> int | None:
-        """The number of samples the source holds, or None when unknown."""
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        """The user-written shard URLs (stored when there is no manifest)."""
-
-    @property
-    def manifest_sha256(self) -> str | None:
-        """The sha256 of the split's manifest, or None without one."""
-
-
-def data_definition(sources: Mapping[str, Source], fraction: float, features: bool) -> dict[str, Any]:
+def data_definition(sources: Mapping[str, DataSource], fraction: float, features: bool) -> dict[str, Any]:
     """The data definition of a run (weights_only-safe: str, int, float, bool, None, lists, dicts)."""
     splits: dict[str, dict] = {}
     for name, source in sources.items():
