@@ -22,6 +22,8 @@ from matplotlib.ticker import MaxNLocator
 from avakit.fileio import atomic_write
 
 DPI = 120
+# the star that marks the best epoch, in train's curves and the report's SRCC-over-epochs plot
+BEST_MARKER = dict(linestyle="none", marker="*", color="gold", markeredgecolor="black", zorder=5)
 NEAR_ZERO = 1e-7
 HEAD_BACKBONE_RATIO = 100.0
 SPIKE_FACTOR, SPIKE_WINDOW = 10.0, 20
@@ -109,12 +111,8 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
             ax_corr.plot(
                 epochs[best],
                 cols["val_srcc"][best],
-                linestyle="none",
-                marker="*",
                 markersize=14,
-                color="gold",
-                markeredgecolor="black",
-                zorder=5,
+                **BEST_MARKER,
                 label=f"best SRCC {cols['val_srcc'][best]:.4f} (epoch {epochs[best]})",
             )
         series = [_positive(lr[:, g]) for g in range(lr.shape[1])]

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from avakit import metrics
-from avakit.plots import _placeholder, _save, _style
+from avakit.plots import BEST_MARKER, _placeholder, _save, _style
 from avakit.scores import INT_POINTS, N_POINTS, POINTS, SCORE_MAX, SCORE_MIN, THRESHOLD
 
 SCALE = f"{SCORE_MIN:g}-{SCORE_MAX:g}"  # "1-10"
@@ -263,12 +263,8 @@ def plot_srcc_by_epoch(points: pd.DataFrame, path: Path, best_epoch: int | None)
             ax.plot(
                 best["epoch"],
                 best["srcc"],
-                linestyle="none",
-                marker="*",
                 markersize=15,
-                color="gold",
-                markeredgecolor="black",
-                zorder=5,
+                **BEST_MARKER,
                 label=f"best epoch {best_epoch} (SRCC {fmt(best['srcc'].iloc[0], 4)})",
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
