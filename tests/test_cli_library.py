@@ -62,7 +62,7 @@ def test_choices_are_the_library_definitions() -> None:
 
 
 def test_library_errors_name_parameters_not_flags(tmp_path: Path) -> None:
-    from avakit.dataset.plan import ShardOptions, _validate_options
+    from avakit.dataset.plan import ShardOptions, validate_options
     from avakit.inference.predict import check_output
 
     with pytest.raises(AvakitError, match=r"^format must be table, json or csv, got 'xml'$"):
@@ -70,7 +70,7 @@ def test_library_errors_name_parameters_not_flags(tmp_path: Path) -> None:
     with pytest.raises(AvakitError, match=r"^output .*: is a folder; give a file name"):
         check_output("json", tmp_path)
     with pytest.raises(AvakitError, match=r"^quality must be in 1\.\.100, got 0$"):
-        _validate_options(ShardOptions(quality=0), None)
+        validate_options(ShardOptions(quality=0), None)
 
 
 class _Scorer:

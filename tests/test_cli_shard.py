@@ -79,7 +79,7 @@ def test_inspect_decode_finds_bad_label(sharded: Path, tmp_path: Path) -> None:
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert runner.invoke(app, ["inspect", str(copy)]).exit_code == 0  # metadata all agree
     result = runner.invoke(app, ["inspect", str(copy), "--decode"])
-    assert result.exit_code == 1 and "votes are not 10 integers" in result.output
+    assert result.exit_code == 1 and "votes are not K integers" in result.output
 
 
 @pytest.mark.parametrize(

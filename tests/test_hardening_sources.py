@@ -306,7 +306,7 @@ def jpeg_bytes(fmt: str = "JPEG") -> bytes:
 
 
 GOOD = {"index": 1, "votes": [0, 0, 1, 2, 3, 2, 1, 0, 0, 0], "tags": [0, 0], "challenge": 1}
-VOTES = "votes are not 10 integers in 0..10^9 with a positive sum"
+VOTES = "votes are not K integers (K of the manifest's scale) in 0..10^9 with a positive sum"
 BAD_LABELS = [  # (json member, reason)
     (b"{not json", "label is not valid JSON"),
     (b"[1, 2]", "label is not a JSON object"),
@@ -318,8 +318,8 @@ BAD_LABELS = [  # (json member, reason)
     ({**GOOD, "votes": [10**40] + [1] * 9}, VOTES),
     ({**GOOD, "votes": [True] * 10}, VOTES),
     ({**GOOD, "votes": [1.5] * 10}, VOTES),
-    ({**GOOD, "image_id": "../../x"}, "image_id is not the sample key as an integer below 2^63"),
-    ({**GOOD, "image_id": 999}, "image_id is not the sample key as an integer below 2^63"),
+    ({**GOOD, "image_id": "../../x"}, "image_id is not an integer below 2^63 (AVA: the sample key)"),
+    ({**GOOD, "image_id": 999}, "image_id is not an integer below 2^63 (AVA: the sample key)"),
     ({**GOOD, "tags": "none"}, "tags are not 2 integers"),
     (b'{"votes": [' + b"1" * 5000 + b"]}", "label is not valid JSON"),
 ]

@@ -69,7 +69,11 @@ def progress_bar(description: str, total: int, unit: str = "images"):
 
 def print_shard_summary(manifest: dict, out: Path) -> None:
     """Print a manifest's per-split table, its row counts and its skipped rows by reason."""
-    table = Table(title=escape(f"shards in {out}"))  # a path or a manifest's text is not markup
+    from avakit.dataset.manifest import manifest_scale
+
+    scale = manifest_scale(manifest)
+    title = f"shards in {out}: {scale.score_name}" + (f", {scale.k}-point votes" if scale.k else "")
+    table = Table(title=escape(title))  # a path or a manifest's text is not markup
     for col in ("split", "samples", "shards", "MB", "mean score", "votes/image"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split, info in manifest["splits"].items():
@@ -80,7 +84,7 @@ def print_shard_summary(manifest: dict, out: Path) -> None:
             str(len(info["shards"])),
             f"{info['bytes'] / 1e6:,.1f}",
             f"{stats['mean_score_mean']:.2f} ± {stats['mean_score_std']:.2f}" if stats["n"] else "-",
-            f"{stats['votes_per_image_mean']:.0f}" if stats["n"] else "-",
+            f"{stats['votes_per_image_mean']:.0f}" if "votes_per_image_mean" in stats else "-",
         )
     console.print(table)
     counts = manifest["counts"]

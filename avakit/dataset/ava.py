@@ -38,6 +38,25 @@ class AvaRow:
         """Mean rating, sum(k * count_k) / sum(count_k)."""
         return float(mean_score(self.votes))
 
+    @property
+    def key(self) -> str:
+        """The sample's key in the shards: the image id."""
+        return str(self.image_id)
+
+    @property
+    def file(self) -> str:
+        """The image file relative to the images folder."""
+        return f"{self.image_id}.jpg"
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        """The label's numbers: the 10 vote counts."""
+        return self.votes
+
+    def skip_detail(self, detail: str) -> str:
+        """A skipped image's detail (the image id names its file already)."""
+        return detail
+
     def label(self) -> dict:
         """The sample's `json` member as written into the shards."""
         return {

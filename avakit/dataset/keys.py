@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 from avakit.dataset.ava import _check_ratio
 from avakit.errors import AvakitError
+from avakit.scores import SPLITS
 
-SPLITS = ("train", "val", "test")
 MAX_KEY_LENGTH = 200
 FALLBACK_KEY = "img"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from avakit.dataset import label_cells as cells
 from avakit.errors import AvakitError
+from avakit.scores import MAX_K, MIN_K
 from avakit.textlines import show
 
 if TYPE_CHECKING:
     import pandas as pd
 
-LABEL_KINDS = ("votes", "mos")
 REASONS = (
     "malformed row",
     "missing image name",
@@ -50,7 +50,6 @@ SUFFIXES = (".csv", ".parquet")
 MAX_FILE_BYTES = 2 * 1024**3  # a table of 10M rows with a few columns is well below 2 GB
 MAX_ROWS = 10_000_000
 MAX_LINE_BYTES = 1 << 20  # one CSV line; a row with 101 vote counts and a long path is ~10 KB
-MIN_K, MAX_K = 2, 101  # 101 points: a 0..100 slider recorded as vote counts
 _VOTES = re.compile(r"votes_([0-9]+)")
 _SHOWN_SKIPS = 3  # reasons quoted in the "no valid rows" message
 

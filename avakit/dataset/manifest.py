@@ -19,10 +19,17 @@ from typing import Any
 from avakit.dataset.samples import Reason, decode_image, parse_label, read_shard
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
-from avakit.scores import SPLITS
+from avakit.scores import AVA, SPLITS, Scale
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `labels` block (a Scale); 1 (no `labels`): AVA's 1..10 votes
+READABLE_VERSIONS = (1, 2)  # shards written by the previous version still train and evaluate
 MANIFEST = "manifest.json"
+
+
+def manifest_scale(manifest: dict) -> Scale:
+    """What the labels of a loaded (validated) manifest mean; AVA's scale for a version-1 manifest."""
+    labels = manifest.get("labels")
+    return AVA if labels is None else Scale.from_dict(labels, "labels")
 
 
 def load_manifest(shards_dir: Path) -> dict:
@@ -92,10 +99,14 @@ def _check_structure(manifest: Any, path: Path) -> None:
     c = _Checker(path)
     if not isinstance(manifest, dict):
         raise AvakitError(f"{path}: expected a JSON object, got {_show(manifest)}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise c.fail(
-            "format_version", f"unsupported {manifest.get('format_version')!r} (expected {FORMAT_VERSION})"
-        )
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS or type(version) is not int:
+        raise c.fail("format_version", f"unsupported {version!r} (expected one of {READABLE_VERSIONS})")
+    if version >= 2 or "labels" in manifest:
+        try:
+            Scale.from_dict(manifest.get("labels"), "labels")
+        except ValueError as e:
+            raise AvakitError(f"{path}: {e}") from None
     counts = c.mapping(manifest, "", "counts")
     for name in ("rows_read", "samples_written", "rows_skipped"):
         c.count(counts, "counts", name)
@@ -110,10 +121,11 @@ def _check_structure(manifest: Any, path: Path) -> None:
     for split, info in c.mapping(manifest, "", "splits").items():
         if split not in SPLITS:
             raise c.fail(f"splits.{split}", "unknown split (expected train, val or test)")
-        _check_split(c, c.typed(info, dict, "a mapping", f"splits.{split}"), f"splits.{split}", names)
+        info = c.typed(info, dict, "a mapping", f"splits.{split}")
+        _check_split(c, info, f"splits.{split}", names, manifest_scale(manifest).kind)
 
 
-def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
+def _check_split(c: _Checker, info: dict, key: str, names: set[str], kind: str) -> None:
     """One split: counts, its shard entries (bare unique names, sha256) and label statistics."""
     samples = c.count(info, key, "samples")
     c.count(info, key, "bytes")
@@ -137,7 +149,11 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
         raise c.fail(f"{key}.samples", f"{samples} differs from the sum of its shards' samples ({total})")
     stats = c.mapping(info, key, "label_stats")
     if c.count(stats, f"{key}.label_stats", "n"):
-        for name in ("mean_score_mean", "mean_score_std", "votes_per_image_mean"):
+        for name in (
+            "mean_score_mean",
+            "mean_score_std",
+            *(("votes_per_image_mean",) if kind == "votes" else ()),
+        ):
             c.typed(
                 c.get(stats, f"{key}.label_stats", name),
                 (int, float),
@@ -146,7 +162,7 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str]) -> None:
             )
 
 
-def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
+def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list[str]]:
     """(number of samples, problems) of one tar; with `decode`, every image and label checked.
 
     Reads the tar as the loader does (samples.read_shard over samples.tar_samples: the same
@@ -166,14 +182,15 @@ def _read_shard(path: Path, decode: bool) -> tuple[int, list[str]]:
                 problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
             elif decode:
                 problems += [
-                    f"{path.name}: sample {shown}: {reason}" for reason in _sample_problems(key, sample)
+                    f"{path.name}: sample {shown}: {reason}"
+                    for reason in _sample_problems(key, sample, scale)
                 ]
     except (tarfile.TarError, EOFError, ValueError, OSError) as e:
         problems.append(f"{path.name}: unreadable tar after {n} samples: {str(e).splitlines()[0][:200]}")
     return n, problems
 
 
-def _sample_problems(key: str, sample: dict[str, bytes]) -> list[str]:
+def _sample_problems(key: str, sample: dict[str, bytes], scale: Scale) -> list[str]:
     """The reasons the loader would count this sample as corrupt (empty when it is usable)."""
     reasons = []
     try:
@@ -187,7 +204,7 @@ def _sample_problems(key: str, sample: dict[str, bytes]) -> list[str]:
             else "damaged JPEG"
         )
         reasons.append(f"{Reason.IMAGE.text} ({kind})")
-    reason, _ = parse_label(key, sample["json"])
+    reason, _ = parse_label(key, sample["json"], scale)
     if reason:
         reasons.append(reason.text)
     return reasons
@@ -205,10 +222,11 @@ def verify_shards(
     manifest = load_manifest(shards_dir)
     problems: list[str] = []
     listed = set()
+    scale = manifest_scale(manifest)
     for info in manifest["splits"].values():
         for shard in info["shards"]:
             listed.add(shard["name"])
-            problems += _check_shard(shards_dir / shard["name"], shard, decode)
+            problems += _check_shard(shards_dir / shard["name"], shard, decode, scale)
             if progress is not None:
                 progress(1)
     counts = manifest["counts"]
@@ -231,14 +249,14 @@ def verify_shards(
     return manifest, problems
 
 
-def _check_shard(path: Path, shard: dict, decode: bool) -> list[str]:
+def _check_shard(path: Path, shard: dict, decode: bool, scale: Scale) -> list[str]:
     if not path.is_file():
         return [f"{path.name}: missing"]
     if path.stat().st_size != shard["bytes"]:
         return [f"{path.name}: {path.stat().st_size} bytes, manifest says {shard['bytes']}"]
     if file_sha256(path) != shard["sha256"]:
         return [f"{path.name}: sha256 differs from the manifest"]
-    n, problems = _read_shard(path, decode)
+    n, problems = _read_shard(path, decode, scale)
     if n != shard["samples"]:
         problems.append(f"{path.name}: {n} samples, manifest says {shard['samples']}")
     return problems

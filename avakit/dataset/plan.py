@@ -12,12 +12,32 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from avakit import fileio
 from avakit.config import QUALITY_RANGE, SHARD_SPLITS, SHORT_SIDE_RANGE, SPLIT_SEED_MAX
-from avakit.dataset.ava import AvaRow, Skipped, official_split, parse_ava_txt, random_split, read_id_list
+from avakit.dataset.ava import Skipped, official_split, parse_ava_txt, random_split, read_id_list
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, file_sha256, write_json_atomic
+from avakit.scores import AVA, Scale
+
+
+class Row(Protocol):
+    """What a shard task writes per image: an AVA.txt row or a labels-table sample."""
+
+    @property
+    def line(self) -> int: ...  # noqa: D102 (the line of its source file)
+    @property
+    def image_id(self) -> int: ...  # noqa: D102 (its integer id: AVA's id, a table's line)
+    @property
+    def key(self) -> str: ...  # noqa: D102 (its webdataset key)
+    @property
+    def file(self) -> str: ...  # noqa: D102 (its image, relative to the images folder)
+    @property
+    def values(self) -> tuple: ...  # noqa: D102 (its label's numbers: K votes or (mos,))
+    def skip_detail(self, detail: str) -> str: ...  # noqa: D102 (a skip's detail naming the image)
+    def label(self) -> dict: ...  # noqa: D102 (its json member)
+
 
 PROGRESS_DIR = ".progress"
 
@@ -41,11 +61,11 @@ class ShardOptions:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to write: its split, number and rows (sorted by image id)."""
+    """One shard to write: its split, number and rows (AVA: sorted by image id; tables: by key)."""
 
     split: str
     index: int
-    rows: tuple[AvaRow, ...]
+    rows: tuple[Row, ...]
 
     @property
     def name(self) -> str:
@@ -57,15 +77,14 @@ class ShardTask:
 class ShardPlan:
     """What `shard` will do: the parsed input, all shard tasks and those still to write."""
 
-    ava_txt: Path
     images: Path
     out: Path
     options: ShardOptions
     sources: dict
     rows_read: int
-    rows: list[AvaRow]
     parse_skipped: list[Skipped]
     tasks: list[ShardTask]
+    scale: Scale = AVA  # what the labels mean (manifest.json's `labels`)
     pending: list[ShardTask] = field(default_factory=list)
     done: dict[str, dict] = field(default_factory=dict)  # shard name -> record of a finished shard
 
@@ -75,7 +94,8 @@ class ShardPlan:
         return sum(len(t.rows) for t in self.pending)
 
 
-def _validate_options(opt: ShardOptions, test_list: Path | None) -> None:
+def validate_options(opt: ShardOptions, test_list: Path | None) -> None:
+    """AvakitError naming the first option out of range or inconsistent with `test_list`."""
     for key, (low, high) in (("short_side", SHORT_SIDE_RANGE), ("quality", QUALITY_RANGE)):
         if not low <= getattr(opt, key) <= high:
             raise AvakitError(f"{key} must be in {low}..{high}, got {getattr(opt, key)}")
@@ -103,8 +123,8 @@ def plan_sharding(
 ) -> ShardPlan:
     """Parse the inputs, split them, and find which shards under `out` are still to be written."""
     ava_txt, images, out = Path(ava_txt), Path(images), Path(out)
-    _validate_options(options, test_list)
-    _check_images_folder(images)
+    validate_options(options, test_list)
+    check_images_folder(images)
     rows, parse_skipped, rows_read = parse_ava_txt(ava_txt, strict=strict, limit=options.limit)
     ids = [r.image_id for r in rows]
     sources = {"ava_txt": {"name": ava_txt.name, "sha256": file_sha256(ava_txt)}}
@@ -115,21 +135,34 @@ def plan_sharding(
     else:
         split_ids = random_split(ids, options.val_ratio, options.test_ratio, options.seed)
     by_id = {r.image_id: r for r in rows}
+    split_rows = {split: [by_id[i] for i in members] for split, members in split_ids.items()}
+    return build_plan(images, out, options, sources, rows_read, split_rows, parse_skipped, AVA)
+
+
+def build_plan(
+    images: Path,
+    out: Path,
+    options: ShardOptions,
+    sources: dict,
+    rows_read: int,
+    split_rows: dict[str, list[Row]],
+    parse_skipped: list[Skipped],
+    scale: Scale,
+) -> ShardPlan:
+    """Cut each split's (sorted) rows into shard tasks and find those still to be written."""
     tasks = []
-    for split, members in split_ids.items():
+    for split, members in split_rows.items():
         for k, start in enumerate(range(0, len(members), options.shard_size)):
-            chunk = members[start : start + options.shard_size]
-            tasks.append(ShardTask(split, k, tuple(by_id[i] for i in chunk)))
+            tasks.append(ShardTask(split, k, tuple(members[start : start + options.shard_size])))
     plan = ShardPlan(
-        ava_txt=ava_txt,
         images=images,
         out=out,
         options=options,
         sources=sources,
         rows_read=rows_read,
-        rows=rows,
         parse_skipped=parse_skipped,
         tasks=tasks,
+        scale=scale,
     )
     _prepare_out(plan)
     plan.done = {t.name: r for t in tasks if (r := load_record(out, t)) is not None}
@@ -137,7 +170,7 @@ def plan_sharding(
     return plan
 
 
-def _check_images_folder(images: Path) -> None:
+def check_images_folder(images: Path) -> None:
     """Refuse a missing images folder, or one without a single file, before any work."""
     if not images.is_dir():
         raise AvakitError(f"{images}: images folder not found")
@@ -147,7 +180,7 @@ def _check_images_folder(images: Path) -> None:
     except OSError as e:
         raise AvakitError(f"{images}: cannot read the images folder: {e.strerror or e}") from None
     if empty:
-        raise AvakitError(f"{images}: images folder holds no files (expected {{image id}}.jpg)")
+        raise AvakitError(f"{images}: images folder holds no files")
 
 
 def _read_test_list(path: Path, ava_ids: set[int], strict: bool) -> tuple[list[int], dict]:

@@ -12,6 +12,7 @@ Torch-free at import (the JPEG decoder is imported on first use), so `inspect` s
 from __future__ import annotations
 
 import json
+import math
 import re
 import tarfile
 import warnings
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from avakit.dataset.ava import MAX_ID, MAX_VOTES  # the bounds AVA.txt's columns are read with
-from avakit.scores import N_POINTS
+from avakit.scores import AVA, Scale
 
 # torchvision 0.29 deprecates its JPEG decoder in favour of TorchCodec; it is still the fastest
 # decoder that ships with torchvision, so keep using it without a warning per image.
@@ -49,6 +50,9 @@ class Reason(IntEnum):
     TAGS = 6
     CHALLENGE = 7
     MEMBERS = 8
+    MOS = 9
+    KIND = 10
+    KEY = 11
     SHARD_MISSING = 20
     SHARD_SIZE = 21
     SHARD_UNREADABLE = 22
@@ -71,11 +75,14 @@ REASON_TEXT = {
     Reason.IMAGE: "image does not decode as JPEG",
     Reason.JSON: "label is not valid JSON",
     Reason.NOT_OBJECT: "label is not a JSON object",
-    Reason.VOTES: f"votes are not {N_POINTS} integers in 0..10^9 with a positive sum",
-    Reason.IMAGE_ID: "image_id is not the sample key as an integer below 2^63",
+    Reason.VOTES: "votes are not K integers (K of the manifest's scale) in 0..10^9 with a positive sum",
+    Reason.IMAGE_ID: "image_id is not an integer below 2^63 (AVA: the sample key)",
     Reason.TAGS: "tags are not 2 integers",
     Reason.CHALLENGE: "challenge is not an integer",
     Reason.MEMBERS: "sample lacks its jpg or json member",
+    Reason.MOS: "mos is not a finite number on the manifest's scale",
+    Reason.KIND: "label kind differs from the manifest's (votes or mos)",
+    Reason.KEY: "key is not the sample key",
     Reason.SHARD_MISSING: "shard file missing",
     Reason.SHARD_SIZE: "shard size differs from the manifest",
     Reason.SHARD_UNREADABLE: "shard unreadable (truncated or not a tar)",
@@ -95,12 +102,20 @@ def _ints(values: Any, n: int, low: int, high: int) -> bool:
     )
 
 
-def check_label(key: str, label: Any) -> Reason:
-    """Reason.OK if a decoded json member is a valid AVA label for sample `key`, else why not."""
+def check_label(key: str, label: Any, scale: Scale = AVA) -> Reason:
+    """Reason.OK if a decoded json member is a valid label of sample `key` on `scale`, else why not.
+
+    Two layouts: a labels table's (`kind`, `key`, `image_id` and `votes` or `mos`) and AVA.txt's
+    (`image_id` = the key, 10 `votes`, `tags`, `challenge`: written as before scales existed).
+    """
     if not isinstance(label, dict):
         return Reason.NOT_OBJECT
+    if "kind" in label:
+        return _check_table_label(key, label, scale)
+    if scale.kind != "votes":
+        return Reason.KIND
     votes = label.get("votes")
-    if not (_ints(votes, N_POINTS, 0, MAX_VOTES) and sum(votes) > 0):
+    if not (_ints(votes, scale.width, 0, MAX_VOTES) and sum(votes) > 0):
         return Reason.VOTES
     image_id = label.get("image_id")
     if not (type(image_id) is int and 0 <= image_id <= MAX_ID and str(image_id) == key and key.isascii()):
@@ -112,13 +127,38 @@ def check_label(key: str, label: Any) -> Reason:
     return Reason.OK
 
 
-def parse_label(key: str, raw: bytes) -> tuple[Reason, dict | None]:
-    """(Reason.OK, label) for a valid json member, else (reason, None)."""
+def _check_table_label(key: str, label: dict, scale: Scale) -> Reason:
+    """A labels table's sample: its kind, label value, key and integer id (the table's line)."""
+    if label["kind"] != scale.kind:
+        return Reason.KIND
+    if scale.kind == "votes":
+        votes = label.get("votes")
+        if not (_ints(votes, scale.width, 0, MAX_VOTES) and sum(votes) > 0):
+            return Reason.VOTES
+    else:
+        mos = label.get("mos")
+        if not (type(mos) in (int, float) and math.isfinite(mos) and scale.lo <= mos <= scale.hi):
+            return Reason.MOS
+    if label.get("key") != key:
+        return Reason.KEY
+    image_id = label.get("image_id")
+    if not (type(image_id) is int and 0 <= image_id <= MAX_ID):
+        return Reason.IMAGE_ID
+    return Reason.OK
+
+
+def label_values(label: dict) -> list[float]:
+    """The numbers a valid label gives the loader: its K vote counts, or [mos]."""
+    return label["votes"] if "votes" in label else [label["mos"]]
+
+
+def parse_label(key: str, raw: bytes, scale: Scale = AVA) -> tuple[Reason, dict | None]:
+    """(Reason.OK, label) for a valid json member on `scale`, else (reason, None)."""
     try:
         label = json.loads(raw)
     except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5000-digit number, deep nesting
         return Reason.JSON, None
-    reason = check_label(key, label)
+    reason = check_label(key, label, scale)
     return reason, (label if reason == Reason.OK else None)
 
 

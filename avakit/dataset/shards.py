@@ -33,7 +33,7 @@ from avakit.dataset.manifest import FORMAT_VERSION, MANIFEST
 from avakit.dataset.plan import ShardOptions, ShardPlan, ShardTask, load_record, record_path
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_path, file_sha256, write_json_atomic
-from avakit.scores import N_POINTS, SPLITS, THRESHOLD, mean_score
+from avakit.scores import AVA, SPLITS, Scale
 
 TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards
 
@@ -126,14 +126,14 @@ def _write_samples(
     try:
         for n, row in enumerate(task.rows, start=1):
             try:
-                im = load_rgb(images / f"{row.image_id}.jpg", short_side=options.short_side)
+                im = load_rgb(images / row.file, short_side=options.short_side)
                 sample = {
-                    "__key__": str(row.image_id),
+                    "__key__": row.key,
                     "jpg": encode_jpeg(im, options.quality),
                     "json": json.dumps(row.label()).encode(),
                 }
             except ImageSkip as e:
-                skipped.append(Skipped(row.line, row.image_id, e.reason, e.detail))
+                skipped.append(Skipped(row.line, row.image_id, e.reason, row.skip_detail(e.detail)))
             else:
                 sink.write(sample)
                 written.append(row.image_id)
@@ -227,29 +227,36 @@ def check_written(manifest: dict, out: Path) -> None:
     )
 
 
-def label_stats(votes: np.ndarray) -> dict:
-    """Statistics of a split's labels: mean score mean/std, votes per image, share above 5."""
-    if len(votes) == 0:
+def label_stats(values: np.ndarray, scale: Scale = AVA) -> dict:
+    """Statistics of a split's labels [N, K votes or 1 MOS]: mean score mean/std/min/max, share
+    good (with a threshold), votes per image (votes)."""
+    if len(values) == 0:
         return {"n": 0}
-    votes = np.asarray(votes, dtype=np.float64)
-    counts = votes.sum(axis=1)
-    means = mean_score(votes)
-    return {
-        "n": int(len(votes)),
+    values = np.asarray(values, dtype=np.float64)
+    means = scale.mean(values) if scale.kind == "votes" else values[:, 0]
+    stats = {
+        "n": int(len(values)),
         "mean_score_mean": round(float(means.mean()), 4),
         "mean_score_std": round(float(means.std()), 4),
         "mean_score_min": round(float(means.min()), 4),
         "mean_score_max": round(float(means.max()), 4),
-        "share_above_5": round(float((means > THRESHOLD).mean()), 4),
-        "votes_per_image_mean": round(float(counts.mean()), 2),
-        "votes_per_image_min": int(counts.min()),
-        "votes_per_image_max": int(counts.max()),
     }
+    if scale.threshold is not None:
+        stats[f"share_above_{scale.threshold:g}"] = round(float(scale.good(means, scale.threshold).mean()), 4)
+    if scale.kind == "votes":
+        counts = values.sum(axis=1)
+        stats.update(
+            votes_per_image_mean=round(float(counts.mean()), 2),
+            votes_per_image_min=int(counts.min()),
+            votes_per_image_max=int(counts.max()),
+        )
+    return stats
 
 
 def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
     """The manifest of a finished run: plan (inputs, options) + per-shard records."""
-    votes_by_id = {r.image_id: r.votes for r in plan.rows}
+    values_by_id = {r.image_id: r.values for t in plan.tasks for r in t.rows}
+    width = plan.scale.width
     skipped = [asdict(s) for s in plan.parse_skipped]
     splits: dict[str, dict] = {}
     for split in SPLITS:
@@ -259,7 +266,10 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
             "samples": len(ids),
             "bytes": sum(r["bytes"] for r in mine),
             "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in mine],
-            "label_stats": label_stats(np.array([votes_by_id[i] for i in ids]).reshape(-1, N_POINTS)),
+            "label_stats": label_stats(
+                np.array([values_by_id[i] for i in ids], dtype=np.float64).reshape(-1, width),
+                plan.scale,
+            ),
         }
         skipped += [s for r in mine for s in r["skipped"]]
     skipped.sort(key=lambda s: s["line"])
@@ -269,6 +279,7 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
         "format_version": FORMAT_VERSION,
         "created_by": f"avakit {__version__}",
         "sources": plan.sources,
+        "labels": plan.scale.as_dict(),
         "preprocessing": {
             "short_side": opts.pop("short_side"),
             "quality": opts.pop("quality"),

@@ -24,10 +24,11 @@ from typing import Protocol, runtime_checkable
 
 import braceexpand
 
-from avakit.dataset.manifest import MANIFEST, load_manifest
+from avakit.dataset.manifest import MANIFEST, load_manifest, manifest_scale
 from avakit.dataset.samples import Reason
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
+from avakit.scores import AVA, Scale
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # what urllib (and so webdataset's gopen) call a scheme
 
@@ -87,6 +88,7 @@ class SplitSource:
     manifest_sha256: str | None = None
     preprocessing: dict | None = None  # the manifest's short_side / quality, when known
     where: str = ""  # the manifest path or the data.shards key, for messages
+    scale: Scale = AVA  # what the labels mean: the manifest's, AVA's without one
 
     @property
     def entries(self) -> tuple[str | ShardFile, ...]:
@@ -141,6 +143,7 @@ def resolve_split(
         file_sha256(folder / MANIFEST),
         manifest.get("preprocessing"),
         str(folder / MANIFEST),
+        manifest_scale(manifest),
     )
     return _check_files(source, allow_missing, incomplete_hint)
 
@@ -230,3 +233,7 @@ class DataSource(Protocol):
     @property
     def where(self) -> str:
         """The manifest path or data.shards key that messages name."""
+
+    @property
+    def scale(self) -> Scale:
+        """What the labels mean (votes over K points or a MOS, range, direction)."""

@@ -17,7 +17,7 @@ import torch
 from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.model.iqa import IQA_NAMES
-from avakit.scores import SPLITS
+from avakit.scores import AVA, SPLITS, Scale
 from avakit.training.checkpoint import check_state, read_torch_file
 from avakit.training.features import VOTE_COLS, check_cache
 from avakit.training.loader import CountingLoader, keep_sample
@@ -34,6 +34,7 @@ class FeatureSource:
     iqa: np.ndarray  # float32 [N, 5]
     manifest_sha256: str | None
     preprocessing: dict | None
+    scale: Scale = AVA  # feature caches hold AVA-layout votes (10 counts per image)
 
     @property
     def samples(self) -> int:

@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader, default_collate
 from webdataset.tariterators import tarfile_samples
 
 from avakit.config import Config
-from avakit.dataset.samples import Reason, SampleCounts, decode_image, parse_label, tar_samples
+from avakit.dataset.samples import Reason, SampleCounts, decode_image, label_values, parse_label, tar_samples
 from avakit.dataset.sources import DataSource, ShardFile, SplitSource
 from avakit.errors import AvakitError
-from avakit.scores import N_POINTS
+from avakit.scores import AVA, Scale
 from avakit.training.transforms import EvalPreset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
@@ -157,10 +157,15 @@ def _in_subset(sample: dict, fraction: float) -> bool:
 
 
 class SampleDecoder:
-    """Raw webdataset sample -> (uint8 crop, votes, image id, reason code). Picklable for workers."""
+    """Raw webdataset sample -> (uint8 crop, label, image id, reason code). Picklable for workers.
 
-    def __init__(self, preset: Callable[[torch.Tensor], torch.Tensor], crop_size: int) -> None:
-        self.preset = preset
+    The label is the sample's K vote counts, or its MOS as a 1-vector ([mos]), as `scale` says.
+    """
+
+    def __init__(
+        self, preset: Callable[[torch.Tensor], torch.Tensor], crop_size: int, scale: Scale = AVA
+    ) -> None:
+        self.preset, self.scale = preset, scale
         views = getattr(preset, "views", 1)  # test-time augmentation views per image
         self.blank_shape = (3, crop_size, crop_size) if views == 1 else (views, 3, crop_size, crop_size)
 
@@ -168,13 +173,13 @@ class SampleDecoder:
         """Decode one raw sample; a lost or bad one gives a blank crop, zero votes and its reason code."""
         code = sample.get("__code__")
         if code is not None:
-            return self._blank(), torch.zeros(N_POINTS), sample["__index__"], code
+            return self._blank(), self._none(), sample["__index__"], code
         if "json" not in sample or "jpg" not in sample:
-            return self._blank(), torch.zeros(N_POINTS), -1, int(Reason.MEMBERS)
-        reason, label = parse_label(sample["__key__"], sample["json"])
+            return self._blank(), self._none(), -1, int(Reason.MEMBERS)
+        reason, label = parse_label(sample["__key__"], sample["json"], self.scale)
         if label is None:
-            return self._blank(), torch.zeros(N_POINTS), -1, int(reason)
-        votes, image_id = torch.tensor(label["votes"], dtype=torch.float32), label["image_id"]
+            return self._blank(), self._none(), -1, int(reason)
+        votes, image_id = torch.tensor(label_values(label), dtype=torch.float32), label["image_id"]
         try:
             image = self.preset(decode_image(sample["jpg"]))
         except (RuntimeError, ValueError):
@@ -183,6 +188,9 @@ class SampleDecoder:
 
     def _blank(self) -> torch.Tensor:
         return torch.zeros(self.blank_shape, dtype=torch.uint8)
+
+    def _none(self) -> torch.Tensor:
+        return torch.zeros(self.scale.width)
 
 
 def collate(samples: list[tuple]) -> Batch:
@@ -356,7 +364,7 @@ def eval_loader(
     The one eval loader of training's val/test passes, `evaluate` and `features`. Raises
     AvakitError for an unknown `tta`.
     """
-    decoder = SampleDecoder(EvalPreset(cfg.transform, tta), cfg.transform.crop_size)
+    decoder = SampleDecoder(EvalPreset(cfg.transform, tta), cfg.transform.crop_size, source.scale)
     return make_loader(
         source,
         decoder,

@@ -201,7 +201,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     elif train:
         loader = make_loader(
             tr.sources[split],
-            SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size),
+            SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size, tr.sources[split].scale),
             batch_size=cfg.training.batch_size,
             train=True,
             seed=cfg.seed,

@@ -1,0 +1,141 @@
+"""What `avakit shard --labels TABLE` / `--preset NAME ROOT` will write: keyed rows, their split.
+
+A labels table (dataset.labels) or a preset's release files (dataset.presets) become
+`TableSample`s: a webdataset-safe string key per image (dataset.keys), the label as its json
+member, and a split from the table's `split` column or else a hash of the key (or its group), so
+editing the table never moves another image between splits. The shard tasks, resume records
+and manifest are those of AVA.txt (dataset.plan, dataset.shards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from avakit.dataset.ava import Skipped
+from avakit.dataset.keys import hash_split, unique_keys
+from avakit.dataset.labels import LabelRow, LabelTable
+from avakit.dataset.plan import ShardOptions, ShardPlan, build_plan, check_images_folder, validate_options
+from avakit.errors import AvakitError
+from avakit.fileio import file_sha256
+from avakit.scores import Scale
+
+
+@dataclass(frozen=True)
+class TableSample:
+    """One labels-table row on its way into a shard: the row, its key and what its label means."""
+
+    row: LabelRow
+    key: str  # webdataset-safe: no dots (dataset.keys.sample_key)
+    scale: Scale
+
+    @property
+    def line(self) -> int:
+        """The row's line in the table (presets: in the release file)."""
+        return self.row.line
+
+    @property
+    def image_id(self) -> int:
+        """The sample's integer id in batches and prediction tables: the row's line number."""
+        return self.row.line
+
+    @property
+    def file(self) -> str:
+        """The image path relative to the images folder, as the table writes it."""
+        return self.row.image
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """The label's numbers: K vote counts, or (mos,)."""
+        return self.row.votes if self.row.votes is not None else (self.row.mos,)  # type: ignore[return-value]
+
+    def skip_detail(self, detail: str) -> str:
+        """A skipped image's detail, naming its file (the id alone is only a line number)."""
+        return f"{self.file}: {detail}"
+
+    def label(self) -> dict:
+        """The sample's `json` member: key, file name, id, kind, value, scale, direction, group."""
+        row = self.row
+        label: dict = {"key": self.key, "image": row.image, "image_id": row.line, "kind": self.scale.kind}
+        label.update({"votes": list(row.votes)} if row.votes is not None else {"mos": row.mos})
+        label.update(scale=[self.scale.lo, self.scale.hi], higher_is_better=self.scale.higher_is_better)
+        label["group"] = row.group
+        for name in ("std", "n", "weight"):
+            if getattr(row, name) is not None:
+                label[name] = getattr(row, name)
+        return label
+
+
+def table_scale(table: LabelTable) -> Scale:
+    """The Scale a table declares: its kind, K, range and direction; no default threshold."""
+    lo, hi = table.scale
+    return Scale(table.kind, lo, hi, table.k, table.higher_is_better, None)
+
+
+def _limited(table: LabelTable, limit: int | None) -> tuple[list[LabelRow], list[Skipped], int]:
+    """The rows and skips among the first `limit` rows read (all without a limit), and their count."""
+    entries = sorted(
+        [(r.line, r) for r in table.rows] + [(s.line, s) for s in table.skipped], key=lambda e: e[0]
+    )
+    if limit is not None:
+        entries = entries[:limit]
+    rows = [e for _, e in entries if isinstance(e, LabelRow)]
+    skips = [
+        Skipped(e.line, None, e.reason, f"{e.image}: {e.detail}" if e.image else e.detail)
+        for _, e in entries
+        if not isinstance(e, LabelRow)
+    ]
+    read = table.rows_read if limit is None else len(entries)
+    return rows, skips, read
+
+
+def split_table(rows: list[LabelRow], scale: Scale, options: ShardOptions) -> dict[str, list[TableSample]]:
+    """Each split's samples, sorted by key: a `split` column wins, the rest by hash of group or key."""
+    keys = unique_keys([r.image for r in rows])
+    samples = {key: TableSample(r, key, scale) for key, r in zip(keys, rows, strict=True)}
+    fixed = {key: r.split for key, r in zip(keys, rows, strict=True) if r.split}
+    groups = {key: r.group for key, r in zip(keys, rows, strict=True) if r.group}
+    assigned = hash_split(keys, options.val_ratio, options.test_ratio, options.seed, groups, fixed)
+    out: dict[str, list[TableSample]] = {"train": [], "val": [], "test": []}
+    for key in sorted(keys):
+        out[assigned[key]].append(samples[key])
+    return out
+
+
+def plan_table_sharding(
+    table: LabelTable,
+    images: Path,
+    out: Path,
+    options: ShardOptions,
+    sources: dict,
+) -> ShardPlan:
+    """Split a validated labels table and find which shards under `out` are still to be written.
+
+    `sources` names the files the table came from (with checksums) for the manifest and for
+    resume's check that a rerun reads the same inputs.
+    """
+    if options.split == "official":
+        raise AvakitError(
+            "--split official is AVA's test list; for a labels table put the official test images in "
+            "its `split` column (it wins over the hashed split)"
+        )
+    validate_options(options, None)
+    images, out = Path(images), Path(out)
+    check_images_folder(images)
+    rows, skips, rows_read = _limited(table, options.limit)
+    if not rows:
+        raise AvakitError(f"{table.source}: no valid label row among the first {options.limit} rows")
+    scale = table_scale(table)
+    split = split_table(rows, scale, options)
+    sources = {**sources, "split_by": "split column, then hash of group or key"}
+    return build_plan(images, out, options, sources, rows_read, split, skips, scale)
+
+
+def table_sources(path: Path) -> dict:
+    """The manifest's `sources` entry for a labels table file."""
+    return {"labels_table": {"name": Path(path).name, "sha256": file_sha256(path)}}
+
+
+def preset_sources(name: str, files: list[Path]) -> dict:
+    """The manifest's `sources` entry for a preset's release files."""
+    return {"preset": name, "files": [{"name": f.name, "sha256": file_sha256(f)} for f in files]}
