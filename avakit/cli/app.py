@@ -30,14 +30,11 @@ from avakit.cli.console import (
     print_shard_summary,
     print_unscored,
     progress_bar,
-    say,
 )
-from avakit.cli.options import Checkpoint, Device, Format, ShardSplit, Split, Tta, split_list
+from avakit.cli.options import Checkpoint, Device, Format, Split, Tta, split_list
+from avakit.cli.shard import shard
 from avakit.config import (
     MAX_BATCH,
-    QUALITY_RANGE,
-    SHORT_SIDE_RANGE,
-    SPLIT_SEED_MAX,
 )
 from avakit.errors import AvakitError
 from avakit.scores import HELD_OUT_SPLITS
@@ -52,65 +49,7 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def shard(
-    ava_txt: Annotated[Path, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")],
-    images: Annotated[Path, typer.Option(help="Folder of {image id}.jpg files.")],
-    out: Annotated[Path, typer.Option(help="Output folder for shards + manifest.json.")] = Path("shards"),
-    split: Annotated[ShardSplit, typer.Option(help="random, or official (needs --test-list).")] = "random",
-    test_list: Annotated[Path | None, typer.Option(help="Official test ids (generic_test.jpgl).")] = None,
-    val_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows for validation.")] = 0.1,
-    test_ratio: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of rows for test (random split).")
-    ] = 0.1,
-    seed: Annotated[
-        int, typer.Option(min=0, max=SPLIT_SEED_MAX, help="Split seed: the same seed gives the same split.")
-    ] = 42,
-    short_side: Annotated[
-        int,
-        typer.Option(
-            min=SHORT_SIDE_RANGE[0], max=SHORT_SIDE_RANGE[1], help="Shorter side of stored images, pixels."
-        ),
-    ] = 256,
-    quality: Annotated[
-        int, typer.Option(min=QUALITY_RANGE[0], max=QUALITY_RANGE[1], help="JPEG quality of stored images.")
-    ] = 90,
-    shard_size: Annotated[int, typer.Option(min=1, help="Rows per shard (AVA train: ~200 shards).")] = 1000,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes.", show_default="all cores")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N rows (for trials).")] = None,
-    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line.")] = False,
-) -> None:
-    """Preprocess AVA.txt + images into WebDataset shards and manifest.json.
-
-    Each image is decoded (JPEG DCT scaling), EXIF-rotated, converted to RGB, resized so its
-    shorter side is --short-side and re-encoded. Unusable rows are skipped and listed in the
-    manifest with their reason. Interrupted? Run the same command again: it resumes.
-
-    Example: avakit shard --ava-txt AVA/AVA.txt --images AVA/images --out shards/
-    """
-    from avakit.dataset.plan import ShardOptions, plan_sharding
-    from avakit.dataset.shards import write_shards
-
-    options = ShardOptions(
-        short_side=short_side,
-        quality=quality,
-        shard_size=shard_size,
-        split=split,
-        val_ratio=val_ratio,
-        test_ratio=test_ratio,
-        seed=seed,
-        limit=limit,
-    )
-    plan = plan_sharding(ava_txt, images, out, options, test_list, strict)
-    done = len(plan.tasks) - len(plan.pending)
-    if done:
-        console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")
-    with progress_bar("sharding", plan.pending_images) as advance:
-        manifest = write_shards(plan, cpu_count() if workers is None else workers, advance)
-    print_shard_summary(manifest, out)
-    say(f"manifest: {out / 'manifest.json'}")
+app.command()(shard)
 
 
 @app.command()

@@ -46,3 +46,12 @@ def split_list(value: str) -> tuple[str, ...]:
     if not wanted or any(s not in SPLITS for s in wanted):
         raise typer.BadParameter(f"must list train, val and/or test, got {value!r}")
     return wanted
+
+
+def _presets() -> tuple[str, ...]:
+    from avakit.dataset.presets import PRESETS
+
+    return tuple(sorted(PRESETS))
+
+
+Preset = _choices("Preset", _presets())

@@ -72,9 +72,13 @@ def preset_frame(name: str, root: Path) -> PresetFrame:
 
 def read_preset(name: str, root: Path, strict: bool = False) -> LabelTable:
     """Preset `name` under `root` as a labels table (bad rows skipped, or with `strict` an error)."""
+    return preset_table(preset_frame(name, root), name, strict)
+
+
+def preset_table(pf: PresetFrame, name: str, strict: bool = False) -> LabelTable:
+    """A preset's frame validated as a labels table (bad rows skipped, or with `strict` an error)."""
     from avakit.dataset.labels import table_from_frame
 
-    pf = preset_frame(name, root)
     return table_from_frame(
         pf.frame, name, scale=pf.scale, lower_is_better=pf.lower_is_better, strict=strict, lines=pf.lines
     )

@@ -1,5 +1,8 @@
 """A synthetic AVA-like dataset whose mean scores are learnable from the pixels.
 
+`make_synthetic_table` writes the same kind of photos with a labels table (K-point votes or a
+MOS on any scale) for `avakit shard --labels`.
+
 It writes what the AVA release has, in the real formats: AVA.txt (15 integer columns),
 tags.txt, challenges.txt, an official-style test list (`generic_test.jpgl`, which like the
 real one also names ids absent from AVA.txt) and `images/{id}.jpg` of varied sizes and
@@ -148,3 +151,71 @@ def make_synthetic_ava(
     test_list = root / "generic_test.jpgl"
     write_text_atomic(test_list, "".join(f"{i}\n" for i in listed + absent))
     return SyntheticAva(root, ava_txt, images, tags_txt, challenges_txt, test_list, tuple(ids))
+
+
+@dataclass(frozen=True)
+class SyntheticTable:
+    """A synthetic labels table: `labels.csv` beside `images/` (mixed .jpg/.JPG/.png/.bmp names)."""
+
+    root: Path
+    labels: Path
+    images: Path
+    qualities: dict[str, float]  # image path as written in the table -> hidden quality q
+
+
+_TABLE_SUFFIXES = (".jpg", ".JPG", ".png", ".bmp")
+
+
+def make_synthetic_table(
+    root: Path,
+    n: int = 200,
+    seed: int = 0,
+    *,
+    kind: str = "votes",
+    k: int = 7,
+    scale: tuple[float, float] = (0.0, 100.0),
+    lower_is_better: bool = False,
+    groups: int = 0,
+    long_side: tuple[int, int] = (200, 320),
+) -> SyntheticTable:
+    """Write n images in mixed formats + `labels.csv` under `root`: the `labels --labels` format.
+
+    kind "votes": `votes_1..votes_K` counts (20-60 raters) centred on 1 + (K-1) q; kind "mos":
+    `mos` (+ `std`, `n`) on `scale`, high for good pictures unless `lower_is_better` (DMOS).
+    `groups` > 0 adds a `group` column (content ids, e.g. a reference image per group).
+    """
+    root = Path(root)
+    images = root / "images"
+    (images / "sub dir").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lo, hi = scale
+    head = (
+        ["image", *(f"votes_{i}" for i in range(1, k + 1))]
+        if kind == "votes"
+        else ["image", "mos", "std", "n"]
+    )
+    lines = [",".join(head + (["group"] if groups else []))]
+    qualities = {}
+    for i in range(n):
+        q = float(rng.beta(2.0, 2.0))
+        folder = "sub dir/" if i % 5 == 0 else ""
+        name = f"{folder}photo.{i:04d}{_TABLE_SUFFIXES[i % len(_TABLE_SUFFIXES)]}"
+        im = synthetic_image(q, rng, _size(rng, long_side))
+        buf = io.BytesIO()
+        fmt = {".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP"}[name[name.rfind(".") :].lower()]
+        im.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+        write_bytes_atomic(images / name, buf.getvalue())
+        qualities[name] = q
+        if kind == "votes":
+            centre = 1 + (k - 1) * q + rng.normal(0.0, 0.3)
+            p = np.exp(-0.5 * ((np.arange(1, k + 1) - centre) / max(0.8, k / 6)) ** 2)
+            cells = [str(v) for v in rng.multinomial(int(rng.integers(20, 61)), p / p.sum())]
+        else:
+            good = q if not lower_is_better else 1 - q
+            mos = float(np.clip(lo + (hi - lo) * (0.1 + 0.8 * good + rng.normal(0.0, 0.03)), lo, hi))
+            cells = [f"{mos:.4f}", f"{(hi - lo) * 0.08:.4f}", str(int(rng.integers(15, 40)))]
+        group = [f"ref{i % groups:03d}"] if groups else []
+        lines.append(",".join([f'"{name}"' if "," in name else name, *cells, *group]))
+    labels = root / "labels.csv"
+    write_text_atomic(labels, "\n".join(lines) + "\n")
+    return SyntheticTable(root, labels, images, qualities)

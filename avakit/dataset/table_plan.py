@@ -139,3 +139,68 @@ def table_sources(path: Path) -> dict:
 def preset_sources(name: str, files: list[Path]) -> dict:
     """The manifest's `sources` entry for a preset's release files."""
     return {"preset": name, "files": [{"name": f.name, "sha256": file_sha256(f)} for f in files]}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelInput:
+    """Which labels `shard` reads: exactly one of AVA.txt, a labels table or a preset."""
+
+    ava_txt: Path | None = None
+    labels: Path | None = None
+    preset: tuple[str, Path] | None = None  # (name, the release's root folder)
+    scale: str | None = None  # "LO:HI" (labels tables; presets know theirs)
+    lower_is_better: bool = False
+
+
+def plan_inputs(
+    labels: LabelInput,
+    images: Path | None,
+    out: Path,
+    options: ShardOptions,
+    test_list: Path | None = None,
+    strict: bool = False,
+) -> ShardPlan:
+    """The shard plan of whichever input `labels` names; AvakitError for none, two, or a misfit flag."""
+    from avakit.dataset.labels import parse_scale, read_label_table
+    from avakit.dataset.plan import plan_sharding
+    from avakit.dataset.presets import preset_frame, preset_table
+
+    given = [
+        name
+        for name, v in (
+            ("--ava-txt", labels.ava_txt),
+            ("--labels", labels.labels),
+            ("--preset", labels.preset),
+        )
+        if v
+    ]
+    if len(given) != 1:
+        raise AvakitError(
+            "give exactly one of --ava-txt, --labels or --preset"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+    if labels.ava_txt is None and test_list is not None:
+        raise AvakitError(
+            "--test-list is AVA's official test list; a labels table marks its test images in a "
+            "`split` column"
+        )
+    if labels.labels is None and (labels.scale is not None or labels.lower_is_better):
+        raise AvakitError(
+            "--scale and --lower-is-better describe a --labels table (AVA.txt and presets know their scale)"
+        )
+    if labels.ava_txt is not None:
+        if images is None:
+            raise AvakitError("--ava-txt needs --images, the folder of {image id}.jpg files")
+        return plan_sharding(labels.ava_txt, images, out, options, test_list, strict)
+    if labels.labels is not None:
+        if images is None:
+            raise AvakitError("--labels needs --images, the folder the table's `image` paths are relative to")
+        scale = parse_scale(labels.scale) if labels.scale is not None else None
+        table = read_label_table(
+            labels.labels, scale=scale, lower_is_better=labels.lower_is_better, strict=strict
+        )
+        return plan_table_sharding(table, images, out, options, table_sources(labels.labels))
+    name, root = labels.preset  # type: ignore[misc]
+    frame = preset_frame(name, root)
+    table = preset_table(frame, name, strict)
+    return plan_table_sharding(table, images or frame.images, out, options, preset_sources(name, frame.files))
