@@ -1,7 +1,7 @@
 """Evaluation metrics for aesthetic-score models, in plain numpy/scipy (no torch import).
 
-Functions accept array-likes and return Python floats (except the per-row `dist_mean`,
-`dist_std` and `clamp_scores`, which return arrays). Correlations over constant input are
+Functions accept array-likes and return Python floats (except the per-row `dist_std`, which
+returns an array). Correlations over constant input are
 undefined and come back as NaN without a warning.
 """
 
@@ -14,8 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from avakit import scores
-from avakit.scores import SCORE_MAX, SCORE_MIN, THRESHOLD
+from avakit.scores import THRESHOLD
 
 METRIC_NAMES: dict[str, str] = {
     "srcc": "SRCC",
@@ -66,21 +65,27 @@ def plcc(pred: ArrayLike, gt: ArrayLike) -> float:
     return _correlation(stats.pearsonr, pred, gt)
 
 
-def accuracy(pred_mean: ArrayLike, gt_mean: ArrayLike, threshold: float = THRESHOLD) -> float:
-    """Binary accuracy, "high quality" meaning a score strictly above `threshold`."""
+def accuracy(
+    pred_mean: ArrayLike, gt_mean: ArrayLike, threshold: float = THRESHOLD, higher_is_better: bool = True
+) -> float:
+    """Binary accuracy, "good" meaning a score strictly beyond `threshold` in the better direction."""
     a, b = _pair(pred_mean, gt_mean)
     if a.size == 0:
         return math.nan
+    if not higher_is_better:
+        a, b, threshold = -a, -b, -threshold
     return float(np.mean((a > threshold) == (b > threshold)))
 
 
-def majority_baseline(gt_mean: ArrayLike, threshold: float = THRESHOLD) -> float:
+def majority_baseline(
+    gt_mean: ArrayLike, threshold: float = THRESHOLD, higher_is_better: bool = True
+) -> float:
     """Accuracy of always predicting the more frequent of the two classes."""
     b = np.asarray(gt_mean, dtype=np.float64).reshape(-1)
     if b.size == 0:
         return math.nan
-    high = float(np.mean(b > threshold))
-    return max(high, 1.0 - high)
+    good = float(np.mean(b > threshold if higher_is_better else b < threshold))
+    return max(good, 1.0 - good)
 
 
 def emd(pred_dist: ArrayLike, gt_dist: ArrayLike, r: float = 2) -> float:
@@ -112,19 +117,15 @@ def rmse(pred: ArrayLike, gt: ArrayLike) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2))) if a.size else math.nan
 
 
-def dist_mean(dist: ArrayLike) -> np.ndarray:
-    """Mean score sum_k k * p_k of each row of `dist` [N, N_POINTS] (probabilities); shape [N]."""
-    return scores.mean_score(_dists(dist), normalise=False)
-
-
 def dist_std(dist: ArrayLike) -> np.ndarray:
-    """Standard deviation of the score under each row of `dist` [N, N_POINTS]; shape [N]."""
-    return scores.score_std(_dists(dist), normalise=False)
+    """Standard deviation of the point index 1..K under each row of `dist` [N, K]; shape [N].
 
-
-def clamp_scores(x: ArrayLike) -> np.ndarray:
-    """Clip predicted mean scores to the rating range [SCORE_MIN, SCORE_MAX] (for regression outputs)."""
-    return np.clip(np.asarray(x, dtype=np.float64), SCORE_MIN, SCORE_MAX)
+    Proportional to the std on any evenly spaced scale, so its rank correlations are the same.
+    """
+    d = _dists(dist)
+    k = np.arange(1, d.shape[1] + 1, dtype=np.float64)
+    mean = d @ k
+    return np.sqrt(np.clip(np.sum(d * (k - mean[:, None]) ** 2, axis=1), 0.0, None))
 
 
 def compute_metrics(
@@ -132,8 +133,11 @@ def compute_metrics(
     gt_mean: ArrayLike,
     pred_dist: ArrayLike | None = None,
     gt_dist: ArrayLike | None = None,
+    threshold: float | None = THRESHOLD,
+    higher_is_better: bool = True,
 ) -> dict:
-    """All metrics for one evaluation: srcc, plcc, accuracy, mae, rmse and n.
+    """All metrics for one evaluation: srcc, plcc, mae, rmse and n; with a `threshold`, also
+    accuracy and its majority-class baseline (None: the data has no "good" cut, no accuracy).
 
     With both `pred_dist` and `gt_dist` [N, K], also `emd` and `std_srcc` (SRCC between the
     predicted and real score standard deviations).
@@ -142,11 +146,14 @@ def compute_metrics(
     out: dict = {
         "srcc": srcc(a, b),
         "plcc": plcc(a, b),
-        "accuracy": accuracy(a, b),
         "mae": mae(a, b),
         "rmse": rmse(a, b),
         "n": int(a.size),
     }
+    if threshold is not None:
+        out["accuracy"] = accuracy(a, b, threshold, higher_is_better)
+        out["majority_baseline"] = majority_baseline(b, threshold, higher_is_better)
+        out["threshold"] = float(threshold)
     if pred_dist is not None and gt_dist is not None:
         p, t = _dists(pred_dist), _dists(gt_dist)
         if p.shape[0] != a.size:

@@ -1,7 +1,8 @@
 """The predictions table of the run-folder contract, and the metrics computed from it.
 
-Columns: image_id, pred_mean, gt_mean, pred_dist_1..10 (distribution mode only), gt_dist_1..10.
-numpy/pandas only, so `report` and other light commands do not import torch.
+Columns: image_id (AVA: the image id; a labels table: the row's line), pred_mean and gt_mean in
+the scale's own units, pred_dist_1..K (distribution mode only) and gt_dist_1..K (vote labels
+only). numpy/pandas only, so `report` and other light commands do not import torch.
 """
 
 from __future__ import annotations
@@ -10,34 +11,59 @@ import numpy as np
 import pandas as pd
 
 from avakit import metrics
-from avakit.scores import mean_score, point_names
+from avakit.scores import AVA, Scale
 
-PRED_DIST, GT_DIST = point_names("pred_dist_"), point_names("gt_dist_")
+PRED_DIST, GT_DIST = AVA.point_names("pred_dist_"), AVA.point_names("gt_dist_")  # AVA's columns
 
 
-def predictions_frame(result: dict, output_mode: str) -> pd.DataFrame:
-    """image_id, pred_mean, gt_mean, [pred_dist_1..10], gt_dist_1..10 (the run-folder contract)."""
-    gt_dist = result["votes"] / result["votes"].sum(axis=1, keepdims=True)
-    frame = {"image_id": result["ids"].astype(np.int64)}
+def predictions_frame(result: dict, output_mode: str, scale: Scale = AVA) -> pd.DataFrame:
+    """image_id, pred_mean, gt_mean, [pred_dist_1..K], [gt_dist_1..K] (the run-folder contract).
+
+    `result` holds eval_one_epoch's ids, outputs (probabilities, or scores in the scale's units)
+    and labels (`votes`: K counts, or one MOS per row).
+    """
+    labels = np.asarray(result["votes"], dtype=np.float64)
+    frame: dict = {"image_id": result["ids"].astype(np.int64)}
     if output_mode == "distribution":
-        frame["pred_mean"] = mean_score(result["outputs"], normalise=False)
+        frame["pred_mean"] = scale.mean(result["outputs"], normalise=False)
     else:
-        frame["pred_mean"] = metrics.clamp_scores(result["outputs"].reshape(-1))
-    frame["gt_mean"] = mean_score(gt_dist, normalise=False)
-    if output_mode == "distribution":
-        frame.update({col: result["outputs"][:, i] for i, col in enumerate(PRED_DIST)})
-    frame.update({col: gt_dist[:, i] for i, col in enumerate(GT_DIST)})
+        frame["pred_mean"] = scale.clamp(result["outputs"].reshape(-1))
+    if scale.kind == "votes":
+        gt_dist = labels / labels.sum(axis=1, keepdims=True)
+        frame["gt_mean"] = scale.mean(gt_dist, normalise=False)
+        if output_mode == "distribution":
+            frame.update(
+                {col: result["outputs"][:, i] for i, col in enumerate(scale.point_names("pred_dist_"))}
+            )
+        frame.update({col: gt_dist[:, i] for i, col in enumerate(scale.point_names("gt_dist_"))})
+    else:
+        frame["gt_mean"] = labels[:, 0]
     return pd.DataFrame(frame)
 
 
-def frame_metrics(df: pd.DataFrame) -> dict:
-    """The literature's metrics from a predictions table (EMD/std SRCC when it has distributions)."""
+def dist_columns(df: pd.DataFrame, prefix: str) -> list[str]:
+    """The table's `prefix`1..K columns (K from the table itself), empty when it has none."""
+    cols = []
+    while f"{prefix}{len(cols) + 1}" in df.columns:
+        cols.append(f"{prefix}{len(cols) + 1}")
+    return cols
+
+
+def frame_metrics(df: pd.DataFrame, scale: Scale = AVA, threshold: float | None = None) -> dict:
+    """The literature's metrics from a predictions table (EMD/std SRCC when it has distributions).
+
+    Accuracy (with its majority-class baseline) at `threshold`, else at the scale's default
+    threshold (AVA: 5; none for other data: then no accuracy).
+    """
     if df.empty:
         return {"n": 0}
-    has_dist = PRED_DIST[0] in df
+    pred_cols, gt_cols = dist_columns(df, "pred_dist_"), dist_columns(df, "gt_dist_")
+    has_dist = bool(pred_cols) and len(pred_cols) == len(gt_cols)
     return metrics.compute_metrics(
         df["pred_mean"].to_numpy(),
         df["gt_mean"].to_numpy(),
-        df[PRED_DIST].to_numpy() if has_dist else None,
-        df[GT_DIST].to_numpy() if has_dist else None,
+        df[pred_cols].to_numpy() if has_dist else None,
+        df[gt_cols].to_numpy() if has_dist else None,
+        threshold=threshold if threshold is not None else scale.threshold,
+        higher_is_better=scale.higher_is_better,
     )

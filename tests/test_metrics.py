@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from avakit import metrics
+from avakit.scores import AVA, Scale
 
 
 def test_srcc_perfect_and_reversed() -> None:
@@ -85,23 +86,42 @@ def test_dist_mean_std() -> None:
     d = np.zeros((2, 10))
     d[0, [4, 9]] = 0.5  # ratings 5 and 10
     d[1, 2] = 1.0  # all on rating 3
-    np.testing.assert_allclose(metrics.dist_mean(d), [7.5, 3.0])
+    np.testing.assert_allclose(AVA.mean(d, normalise=False), [7.5, 3.0])
     np.testing.assert_allclose(metrics.dist_std(d), [2.5, 0.0])
 
 
+def test_dist_std_is_proportional_on_any_evenly_spaced_scale() -> None:
+    d = np.random.default_rng(0).dirichlet(np.ones(5), size=30)
+    koniq = Scale("votes", 1.0, 5.0, 5, True, None)
+    slider = Scale("votes", 0.0, 100.0, 5, True, None)
+    np.testing.assert_allclose(metrics.dist_std(d), koniq.std(d, normalise=False))
+    np.testing.assert_allclose(25.0 * metrics.dist_std(d), slider.std(d, normalise=False))
+
+
 def test_clamp_scores() -> None:
-    np.testing.assert_array_equal(metrics.clamp_scores([0.2, 5.5, 11.0]), [1.0, 5.5, 10.0])
+    np.testing.assert_array_equal(AVA.clamp([0.2, 5.5, 11.0]), [1.0, 5.5, 10.0])
+    np.testing.assert_array_equal(Scale("mos", 0.0, 100.0, None).clamp([-3, 50, 140]), [0.0, 50.0, 100.0])
+
+
+def test_accuracy_and_baseline_follow_the_direction() -> None:
+    dmos = [1.0, 2.0, 8.0, 9.0]
+    pred = [1.5, 7.0, 8.5, 2.0]
+    # lower is better: "good" means below the threshold; pred gets rows 0 and 2 right
+    assert metrics.accuracy(pred, dmos, 5.0, higher_is_better=False) == pytest.approx(0.5)
+    assert metrics.majority_baseline([1.0, 2.0, 3.0, 9.0], 5.0, higher_is_better=False) == pytest.approx(0.75)
+    found = metrics.compute_metrics(pred, dmos, threshold=None)
+    assert "accuracy" not in found and "majority_baseline" not in found
 
 
 def test_compute_metrics_keys_and_values() -> None:
     rng = np.random.default_rng(1)
     gt_dist = rng.dirichlet(np.ones(10), size=20)
     pred_dist = rng.dirichlet(np.ones(10), size=20)
-    gt_mean = metrics.dist_mean(gt_dist)
-    pred_mean = metrics.dist_mean(pred_dist)
+    gt_mean = AVA.mean(gt_dist, normalise=False)
+    pred_mean = AVA.mean(pred_dist, normalise=False)
 
     basic = metrics.compute_metrics(pred_mean, gt_mean)
-    assert set(basic) == {"srcc", "plcc", "accuracy", "mae", "rmse", "n"}
+    assert set(basic) == {"srcc", "plcc", "accuracy", "majority_baseline", "threshold", "mae", "rmse", "n"}
     assert basic["n"] == 20
     assert basic["srcc"] == pytest.approx(stats.spearmanr(pred_mean, gt_mean)[0])
 
@@ -118,7 +138,15 @@ def test_compute_metrics_keys_and_values() -> None:
 def test_metric_names_cover_metrics() -> None:
     assert metrics.METRIC_NAMES["srcc"] == "SRCC"
     assert metrics.METRIC_NAMES["std_srcc"] == "SRCC(std)"
-    expected = {"srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc"}
+    expected = {
+        "srcc",
+        "plcc",
+        "accuracy",
+        "emd",
+        "mae",
+        "rmse",
+        "std_srcc",
+    }
     assert set(metrics.METRIC_NAMES) == expected
 
 

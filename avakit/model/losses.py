@@ -2,10 +2,10 @@
 
 Two output modes:
 
-* ``distribution``: the model outputs raw logits of shape [B, K] (K = scores.N_POINTS, 10 for AVA)
-  and the target is the vote histogram normalised to sum 1 (see `votes_to_distribution`).
-* ``regression``: the model outputs the predicted mean score, shape [B] or [B, 1], and the
-  target is the real mean score in [SCORE_MIN, SCORE_MAX] = [1, 10], shape [B].
+* ``distribution``: the model outputs raw logits of shape [B, K] (K points of the vote scale,
+  10 for AVA) and the target is the vote histogram normalised to sum 1 (`votes_to_distribution`).
+* ``regression``: the model outputs one number per image, shape [B] or [B, 1]; the target is
+  the mean over the scale's points (votes) or the MOS normalised to 0..1 (training.engine.targets).
 
 Every loss returns a scalar: the mean over the batch. `LOSSES` maps the CLI names to a
 `LossSpec` holding the function and its output mode.
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avakit.errors import AvakitError
-from avakit.scores import INT_POINTS
+from avakit.scores import AVA, Scale
 
 OutputMode = Literal["distribution", "regression"]
 
@@ -142,13 +142,29 @@ def votes_to_distribution(votes: Tensor) -> Tensor:
     return dist / total
 
 
-def _scores_like(p: Tensor) -> Tensor:
-    """The ratings (avakit.scores.POINTS) as a tensor of p's dtype and device."""
-    return torch.tensor(INT_POINTS, dtype=p.dtype, device=p.device)
+def distribution_mean(p: Tensor, points: Tensor | None = None) -> Tensor:
+    """Mean value sum_k point_k * p_k of each row of p [B, K] (probabilities); shape [B].
+
+    `points` default to AVA's ratings 1..10. The torch counterpart of `Scale.mean(normalise=False)`.
+    """
+    if points is None:
+        points = torch.tensor(AVA.points, dtype=p.dtype, device=p.device)
+    return (p * points).sum(dim=-1)
 
 
-def distribution_mean(p: Tensor) -> Tensor:
-    """Mean score sum_k k * p_k of each row of p [B, N_POINTS] (probabilities); shape [B].
+def loss_targets(labels: Tensor, scale: Scale, output_mode: str) -> Tensor:
+    """What the loss compares outputs with: votes normalised to sum 1 (distribution), their mean
+    over the scale's points (regression on votes), or the MOS normalised to 0..1 (MOS)."""
+    if scale.kind == "mos":
+        return (labels[:, 0] - scale.lo) / (scale.hi - scale.lo)
+    probs = votes_to_distribution(labels)
+    if output_mode == "distribution":
+        return probs
+    return distribution_mean(probs, torch.tensor(scale.points, dtype=probs.dtype, device=probs.device))
 
-    The torch counterpart of avakit.scores.mean_score(normalise=False), for every torch caller."""
-    return (p * _scores_like(p)).sum(dim=-1)
+
+def native_outputs(out: Tensor, scale: Scale, output_mode: str) -> Tensor:
+    """Outputs in the scale's own units: probabilities stay, a MOS model's 0..1 becomes lo..hi."""
+    if output_mode == "regression" and scale.normalised_regression:
+        return scale.lo + out * (scale.hi - scale.lo)
+    return out

@@ -19,10 +19,10 @@ import torchvision.models as tvm
 from torch import nn
 
 from avakit.errors import AvakitError
-from avakit.scores import FREEZE_MODES, N_POINTS
+from avakit.scores import AVA, FREEZE_MODES, N_POINTS, Scale
 
 # Registries; their keys are the choice lists in avakit.scores (tests/test_scores.py checks both ways).
-OUTPUT_MODES: dict[str, int] = {"distribution": N_POINTS, "regression": 1}  # mode -> output width
+OUTPUT_MODES: dict[str, int] = {"distribution": N_POINTS, "regression": 1}  # mode -> AVA's output width
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -242,9 +242,11 @@ def build_model(
     freeze: str = "none",
     feature_layer: str = "final",
     iqa_normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    n_points: int = N_POINTS,
 ) -> AestheticModel:
     """Build an `AestheticModel` from a registered backbone name.
 
+    `n_points`: the output width in distribution mode (K points of the vote scale; AVA: 10).
     `weights_path` (a local torchvision state dict) takes precedence over `pretrained`
     (torchvision's weights API, which downloads when not cached). `feature_layer="layer3"`
     (ResNets) pools the third stage instead of the last. `iqa_normalize` = (mean, std) of the
@@ -278,7 +280,7 @@ def build_model(
         from avakit.model.iqa import IQA_NAMES, IQAFeatures
 
         iqa = IQAFeatures(*iqa_normalize)
-    out_dim = OUTPUT_MODES[output_mode]
+    out_dim = n_points if output_mode == "distribution" else OUTPUT_MODES[output_mode]
     in_dim = spec.feature_dim + (len(IQA_NAMES) if iqa is not None else 0)
     head = MLPHead(in_dim, mlp_hidden_dims, out_dim, dropout, activation)
     return AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
@@ -306,13 +308,16 @@ def param_groups(
     return groups
 
 
-def model_from_config(cfg: Any, *, load_weights: bool = True) -> AestheticModel:
-    """The model a `Config` describes (its model, features and transform sections).
+def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True) -> AestheticModel:
+    """The model a `Config` describes (its model, features and transform sections) for labels on `scale`.
 
+    A MOS has no distribution to predict: distribution mode on MOS labels is an AvakitError
+    that names the settings to change.
     `load_weights=False` skips pretrained / weights_path loading (the weights come from a
     checkpoint). Head-only runs (`data.features` set) freeze the whole backbone.
     """
     m, f = cfg.model, cfg.features
+    check_output_mode(m.output_mode, cfg.training.loss_type, scale)
     iqa = (cfg.transform.normalize_mean, cfg.transform.normalize_std) if f.iqa else None
     return build_model(
         m.backbone,
@@ -325,4 +330,15 @@ def model_from_config(cfg: Any, *, load_weights: bool = True) -> AestheticModel:
         freeze="full" if cfg.data.features else m.freeze,
         feature_layer=f.layer,
         iqa_normalize=iqa,
+        n_points=scale.width,
     )
+
+
+def check_output_mode(output_mode: str, loss_type: str, scale: Scale) -> None:
+    """AvakitError when the model's output cannot represent labels on `scale` (a MOS as a distribution)."""
+    if scale.kind == "mos" and output_mode == "distribution":
+        raise AvakitError(
+            f"the data's labels are a MOS ({scale.text}), not vote histograms: train a regression, "
+            "--set model.output_mode=regression --set training.loss_type=mse (or l1); "
+            f"model.output_mode is {output_mode!r}, training.loss_type {loss_type!r}"
+        )

@@ -22,6 +22,7 @@ from avakit.config import CHECKPOINTS, MAX_SEED, Config, config_from_dict, confi
 from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
+from avakit.scores import AVA, Scale
 
 
 def rng_state() -> dict:
@@ -86,6 +87,7 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
     if missing:
         raise AvakitError(f"{where}: not an avakit checkpoint (no {'/'.join(missing)})")
     cfg = config_from_dict(ckpt["config"], where)
+    scale = _labels(ckpt, where)
     state = ckpt["model_state_dict"]
     if not isinstance(state, dict):
         raise AvakitError(f"{where}: model_state_dict must be a mapping, got {type(state).__name__}")
@@ -96,7 +98,7 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
                 f"(got {type(name).__name__} {str(name)[:60]!r}: {type(value).__name__})"
             )
     if weights:
-        check_weights(cfg, state, where)
+        check_weights(cfg, state, where, scale)
     epoch = ckpt.get("epoch")
     if epoch is not None and (type(epoch) is not int or epoch < 0):
         raise AvakitError(f"{where}: epoch must be a non-negative integer or null, got {str(epoch)[:60]!r}")
@@ -107,16 +109,31 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
                 f"got {type(ckpt[key]).__name__}"
             )
     preprocessing = check_preprocessing(ckpt.get("preprocessing"), where)
-    return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing}
+    return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing, "labels": scale.as_dict()}
 
 
-def check_weights(cfg: Config, state: dict, where: str) -> Any:
+def _labels(ckpt: dict, where: str) -> Scale:
+    """The checkpoint's label scale (`labels`), validated; AVA's for checkpoints written before scales."""
+    if ckpt.get("labels") is None:
+        return AVA
+    try:
+        return Scale.from_dict(ckpt["labels"], "labels")
+    except ValueError as e:
+        raise AvakitError(f"{where}: {e}") from None
+
+
+def checkpoint_scale(ckpt: dict) -> Scale:
+    """What a checked checkpoint's scores mean (its `labels`): scale, K, direction, threshold."""
+    return _labels(ckpt, "checkpoint")
+
+
+def check_weights(cfg: Config, state: dict, where: str, scale: Scale = AVA) -> Any:
     """The config's model on the meta device (no memory, no init), with `state`'s names, shapes
     and dtypes checked against it, and its float weights finite; the weights are not changed."""
     from avakit.model.network import model_from_config
 
     with torch.device("meta"):
-        model = model_from_config(cfg, load_weights=False)
+        model = model_from_config(cfg, scale=scale, load_weights=False)
     check_state(state, model.state_dict(), where)
     return model
 
@@ -152,7 +169,7 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[Any, C
     """
     ckpt = check_checkpoint(ckpt, where, weights=False)
     cfg = config_from_dict(ckpt["config"])
-    model = check_weights(cfg, ckpt["model_state_dict"], where)
+    model = check_weights(cfg, ckpt["model_state_dict"], where, checkpoint_scale(ckpt))
     model.load_state_dict(_unshared(ckpt["model_state_dict"]), assign=True)  # checked: cannot fail
     return model.eval(), cfg
 

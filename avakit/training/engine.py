@@ -22,7 +22,8 @@ from torch import nn
 
 from avakit.config import Config
 from avakit.errors import AvakitError
-from avakit.model.losses import distribution_mean, votes_to_distribution
+from avakit.model.losses import loss_targets, native_outputs
+from avakit.scores import AVA, Scale
 from avakit.training.transforms import Normalize
 
 log = logging.getLogger("avakit.training.fit")
@@ -92,6 +93,7 @@ class StepContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     output_mode: str
     device: torch.device
+    scale: Scale = AVA  # what the labels mean: K-point votes or a MOS, and its range
     amp: str = "off"
     channels_last: bool = False
     grad_clip: float | None = None
@@ -166,8 +168,10 @@ def prepare_batch(batch: tuple, ctx: StepContext) -> tuple[torch.Tensor, torch.T
 
 
 def predict_batch(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    """Model outputs as probabilities [B, N_POINTS] (distribution) or mean scores [B] (regression).
+    """Model outputs as probabilities [B, K] (distribution) or raw regression outputs [B].
 
+    Raw: a MOS model's outputs are normalised to the scale ((mos - lo) / (hi - lo));
+    `model.losses.native_outputs` brings them to the scale's own units.
     With views ([B, V, 3, H, W]) the outputs are averaged over the V views.
     """
     views = x.shape[1] if x.dim() == 5 else 1
@@ -180,12 +184,6 @@ def predict_batch(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.
     out = out.float()
     out = out.softmax(dim=1) if ctx.output_mode == "distribution" else out.reshape(-1)
     return out.unflatten(0, (-1, views)).mean(dim=1) if views > 1 else out
-
-
-def targets(votes: torch.Tensor, output_mode: str) -> torch.Tensor:
-    """Distribution mode: votes normalised to sum 1; regression: the mean score."""
-    probs = votes_to_distribution(votes)
-    return probs if output_mode == "distribution" else distribution_mean(probs)
 
 
 def _grad_norm(ctx: StepContext) -> float:
@@ -273,7 +271,7 @@ def train_one_epoch(
         with no_sync() if no_sync is not None and not sync else contextlib.nullcontext():
             with autocast(ctx.device, ctx.amp), single:
                 out = ctx.model(x)
-            loss = ctx.loss_fn(out.float(), targets(votes, ctx.output_mode))
+            loss = ctx.loss_fn(out.float(), loss_targets(votes, ctx.scale, ctx.output_mode))
             if not math.isfinite(loss_value := loss.item()):
                 raise NonFiniteError(
                     f"loss is {loss_value} at epoch {epoch}, optimizer step {stats.last_step}"
@@ -318,7 +316,8 @@ def eval_one_epoch(
     """Run the model over a loader.
 
     Returns {'ids', 'outputs', 'votes', 'loss_sum', 'n', 'corrupt', 'seconds', 'model_seconds'}:
-    `outputs` are probabilities [N, N_POINTS] in distribution mode, raw mean scores [N] in regression;
+    `outputs` are probabilities [N, K] in distribution mode, scores [N] in the scale's units in
+    regression (not clamped); `votes` the labels [N, K votes or 1 MOS];
     `model_seconds` times the forward passes alone (device-synchronised), for latency figures;
     `warmup` runs the first batch once untimed first (kernel selection, allocator, caches).
     """
@@ -341,8 +340,8 @@ def eval_one_epoch(
         model_s += time.perf_counter() - t0
         # the loss takes logits: log-probabilities are logits of the same softmax
         logits = out.clamp_min(1e-12).log() if ctx.output_mode == "distribution" else out
-        loss_sum += ctx.loss_fn(logits, targets(votes, ctx.output_mode)).item() * len(x)
-        outputs.append(out.cpu())
+        loss_sum += ctx.loss_fn(logits, loss_targets(votes, ctx.scale, ctx.output_mode)).item() * len(x)
+        outputs.append(native_outputs(out, ctx.scale, ctx.output_mode).cpu())
         votes_all.append(votes.cpu())
         ids.append(batch_ids)
         if advance is not None:

@@ -14,15 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avakit import metrics
-from avakit.config import TrainingConfig, check_value
-from avakit.dataset.sources import resolve_split
+from avakit.config import Config, TrainingConfig, check_value
+from avakit.dataset.sources import SplitSource, resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.model.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
-from avakit.scores import SPLITS
-from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from avakit.scores import SPLITS, Scale
+from avakit.training.checkpoint import (
+    checkpoint_scale,
+    load_checkpoint,
+    model_from_checkpoint,
+    run_checkpoint,
+)
 from avakit.training.distributed import pick_device
 from avakit.training.engine import StepContext, eval_one_epoch, place_model, resolve_amp
 from avakit.training.loader import eval_loader
@@ -55,15 +59,8 @@ def evaluate_run(
     ckpt_path = run_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
-    source = resolve_split(
-        str(shards) if shards is not None else cfg.data.shards,
-        split,
-        origin=None if shards is not None else str(ckpt_path),
-        allow_missing=allow_missing,
-        incomplete_hint="pass --allow-missing to evaluate the rest",
-    )
-    if not source.has_data:
-        raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
+    scale = checkpoint_scale(ckpt)
+    source = _eval_source(shards, cfg, split, ckpt_path, allow_missing, scale)
     dev = pick_device(device)
     amp = resolve_amp(cfg.training.amp, dev)  # as train evaluates on this device, so the numbers agree
     model, normalize = place_model(model, cfg, dev)
@@ -74,6 +71,7 @@ def evaluate_run(
         loss_fn=get_loss(cfg.training.loss_type).fn,  # type: ignore[arg-type]
         output_mode=cfg.model.output_mode,
         device=dev,
+        scale=scale,
         amp=amp,
         channels_last=cfg.training.channels_last,
     )
@@ -86,8 +84,8 @@ def evaluate_run(
     counts = loader.counts
     if not result["n"]:
         raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)
-    df = predictions_frame(result, cfg.model.output_mode)
-    found = _split_metrics(df, result, counts.corrupt)
+    df = predictions_frame(result, cfg.model.output_mode, scale)
+    found = _split_metrics(df, result, counts.corrupt, scale)
     report = {
         "split": split,
         "checkpoint": ckpt_path.name,
@@ -97,6 +95,7 @@ def evaluate_run(
         "device": str(dev),
         "amp": amp,
         "shards": str(shards or cfg.data.shards),
+        "labels": scale.as_dict(),
         **counts.as_dict(),
         "metrics": found,
     }
@@ -110,11 +109,42 @@ def evaluate_run(
     return report
 
 
-def _split_metrics(df: pd.DataFrame, result: dict, corrupt: int) -> dict:
+def _eval_source(
+    shards: Path | None, cfg: Config, split: str, ckpt_path: Path, allow_missing: bool, scale: Scale
+) -> SplitSource:
+    """The split to evaluate: --shards, else the checkpoint's (plain paths only); labels on `scale`."""
+    source = resolve_split(
+        str(shards) if shards is not None else cfg.data.shards,
+        split,
+        origin=None if shards is not None else str(ckpt_path),
+        allow_missing=allow_missing,
+        incomplete_hint="pass --allow-missing to evaluate the rest",
+    )
+    if not source.has_data:
+        raise AvakitError(f"split {split!r} has no samples in {shards or cfg.data.shards}")
+    check_same_labels(scale, source.scale, source.where or str(shards))
+    return source
+
+
+def check_same_labels(model: Scale, data: Scale, where: str) -> None:
+    """AvakitError when a model trained on one label scale meets data on another."""
+    if (model.kind, model.k, model.lo, model.hi, model.higher_is_better) != (
+        data.kind,
+        data.k,
+        data.lo,
+        data.hi,
+        data.higher_is_better,
+    ):
+        raise AvakitError(
+            f"{where}: these shards hold {data.score_name} labels, the model was trained on "
+            f"{model.score_name}: evaluate it on shards of its own dataset"
+        )
+
+
+def _split_metrics(df: pd.DataFrame, result: dict, corrupt: int, scale: Scale) -> dict:
     """The literature's metrics of a predictions table plus loss, corrupt samples and speed."""
-    found = frame_metrics(df)
+    found = frame_metrics(df, scale)
     found.update(
-        majority_baseline=metrics.majority_baseline(df["gt_mean"]),
         loss=result["loss_sum"] / result["n"],
         corrupt=corrupt,
         latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],

@@ -77,8 +77,8 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
         result = eval_one_epoch(model, loader, tr.ctx, advance=progress.advance if progress else None)
     merged = merge_results(gather_objects(result, tr.ddp))
     counts = _pass_counts(tr, split, f"{split} evaluation")
-    df = predictions_frame(merged, tr.cfg.model.output_mode) if merged["n"] else None
-    found = frame_metrics(df) if df is not None else {"n": 0}
+    df = predictions_frame(merged, tr.cfg.model.output_mode, tr.scale) if merged["n"] else None
+    found = frame_metrics(df, tr.scale) if df is not None else {"n": 0}
     found["loss"] = merged["loss_sum"] / merged["n"] if merged["n"] else float("nan")
     found["img_per_s"] = merged["n"] / merged["seconds"] if merged["seconds"] else 0.0
     found.update(counts.as_dict())
@@ -212,6 +212,7 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         "device": str(tr.device),
         "quick_experiment": tr.fraction,
         "checkpoint": best_path.name if best_path.is_file() else None,
+        "labels": tr.scale.as_dict(),
     }  # None: no epoch improved
     for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:

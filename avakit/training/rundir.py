@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from avakit.errors import AvakitError
 from avakit.metrics import METRIC_NAMES
-from avakit.scores import SCORE_MAX, SCORE_MIN, point_names
+from avakit.scores import AVA, Scale
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,10 +147,8 @@ def epoch_start_steps(history: list[dict]) -> list[int] | None:
 
 
 # the predictions-table contract (avakit.predictions): the columns every reader needs, the
-# two optional groups of ten (all or none), and the range a mean score lies in
+# two optional groups of K (all or none; votes only), and the scale a mean score lies on
 PREDICTION_COLUMNS = ("image_id", "pred_mean", "gt_mean")
-DIST_GROUPS = (tuple(point_names("pred_dist_")), tuple(point_names("gt_dist_")))
-SCORE_RANGE = (SCORE_MIN, SCORE_MAX)
 
 
 def _bad_row(path: Path, df: Any, mask: Any, column: str, want: str) -> AvakitError:
@@ -170,11 +168,12 @@ def _check_numeric(path: Path, df: Any, columns: Sequence[str]) -> None:
             raise AvakitError(f"{path}: column {col!r} must hold numbers, has {dtype} values")
 
 
-def read_predictions(path: Path) -> tuple[Any, int]:
+def read_predictions(path: Path, scale: Scale = AVA) -> tuple[Any, int]:
     """A predictions parquet checked against the run-folder contract: (frame, rows dropped).
 
-    image_id an integer, pred_mean and gt_mean numbers in 1..10, each dist group (pred_dist_1..10,
-    gt_dist_1..10) all there or absent and within 0..1, gt_dist there when pred_dist is. A row
+    image_id an integer, pred_mean and gt_mean numbers on `scale` (the run's labels; AVA: 1..10),
+    each dist group (pred_dist_1..K, gt_dist_1..K; votes only) all there or absent and within
+    0..1, gt_dist there when pred_dist is. A row
     whose pred_mean or gt_mean is NaN or infinite is dropped and counted (a failed forward pass);
     every other violation is one AvakitError naming the file, column and row. Extra columns are
     left alone.
@@ -193,14 +192,17 @@ def read_predictions(path: Path) -> tuple[Any, int]:
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
         raise AvakitError(f"{path}: missing column(s) {', '.join(missing)}")
-    for group in DIST_GROUPS:
+    groups = (tuple(scale.point_names("pred_dist_")), tuple(scale.point_names("gt_dist_")))
+    for group in groups:
         absent = [c for c in group if c not in df.columns]
         if 0 < len(absent) < len(group):
-            raise AvakitError(f"{path}: has {group[0]} but lacks {', '.join(absent)} (all ten or none)")
-    pred_dist, gt_dist = DIST_GROUPS
-    if pred_dist[0] in df.columns and gt_dist[0] not in df.columns:
-        raise AvakitError(f"{path}: has pred_dist_1..10 but no gt_dist_1..10 (the real votes)")
-    dists = [c for group in DIST_GROUPS for c in group if c in df.columns]
+            raise AvakitError(
+                f"{path}: has {group[0]} but lacks {', '.join(absent)} (all {len(group)} or none)"
+            )
+    k = scale.width
+    if groups[0] and groups[0][0] in df.columns and groups[1][0] not in df.columns:
+        raise AvakitError(f"{path}: has pred_dist_1..{k} but no gt_dist_1..{k} (the real votes)")
+    dists = [c for group in groups for c in group if c in df.columns]
     _check_numeric(path, df, [*PREDICTION_COLUMNS, *dists])
     ids = df["image_id"]
     bad_id = ~np.isfinite(ids.astype("float64")) | (ids != ids.round())
@@ -210,7 +212,7 @@ def read_predictions(path: Path) -> tuple[Any, int]:
     finite = np.isfinite(df["pred_mean"].astype("float64")) & np.isfinite(df["gt_mean"].astype("float64"))
     dropped = int((~finite).sum())
     df = df[finite].reset_index(drop=True)
-    low, high = SCORE_RANGE
+    low, high = scale.lo, scale.hi
     for col in ("pred_mean", "gt_mean"):
         outside = (df[col] < low - 1e-6) | (df[col] > high + 1e-6)
         if outside.any():

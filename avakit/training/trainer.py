@@ -21,7 +21,7 @@ from avakit.dataset.sources import DataSource, SplitSource, resolve_split
 from avakit.errors import AvakitError
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
-from avakit.scores import SPLITS
+from avakit.scores import AVA, SPLITS, Scale
 from avakit.training.checkpoint import check_weights, rng_state, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
 from avakit.training.engine import StepContext, WarmupSchedule, place_model, resolve_amp
@@ -77,6 +77,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: WarmupSchedule
     sources: dict[str, DataSource]  # SplitSources, or FeatureSources for head-only training
+    scale: Scale  # what the labels mean: every split's manifest says the same
     steps_per_epoch: int | None
     fraction: float
     state: RunState
@@ -98,8 +99,9 @@ def build_trainer(
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
     shard_sources = None if cfg.data.features else _shard_sources(cfg, ddp)  # bad paths fail first
+    scale = data_scale(shard_sources) if shard_sources else AVA
     seed_everything(cfg.seed)
-    core, normalize = place_model(model_from_config(cfg), cfg, device)
+    core, normalize = place_model(model_from_config(cfg, scale=scale), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -135,6 +137,7 @@ def build_trainer(
         loss_fn=get_loss(t.loss_type).fn,
         output_mode=m.output_mode,
         device=device,
+        scale=scale,
         amp=amp,
         channels_last=t.channels_last,
         grad_clip=t.grad_clip,
@@ -156,10 +159,24 @@ def build_trainer(
         scheduler=scheduler,
         schedule=schedule,
         sources=sources,
+        scale=scale,
         steps_per_epoch=steps,
         fraction=fraction,
         state=RunState(),
     )
+
+
+def data_scale(sources: dict[str, SplitSource]) -> Scale:
+    """The one label scale of every split's manifest; AvakitError when the splits disagree."""
+    scales = {split: src.scale for split, src in sources.items()}
+    first = next(iter(scales.values()))
+    for split, scale in scales.items():
+        if scale != first:
+            raise AvakitError(
+                f"{sources[split].where}: the {split} split's labels ({scale.score_name}) differ from "
+                f"the other splits' ({first.score_name}); train on shards of one dataset"
+            )
+    return first
 
 
 def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
@@ -234,7 +251,9 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     Each part is checked as it loads: a crafted or foreign last.pt is one line naming the key.
     """
     state = check_resume_state(ckpt, path)
-    check_weights(tr.cfg, ckpt["model_state_dict"], f"{path} (with this run's config)")  # a --set model.*
+    check_weights(
+        tr.cfg, ckpt["model_state_dict"], f"{path} (with this run's config)", tr.scale
+    )  # a --set model.*
     tr.core.load_state_dict(ckpt["model_state_dict"])
     with _part(path, "optimizer"):
         _check_optimizer(ckpt["optimizer"], tr.ctx.optimizer, path)
@@ -324,6 +343,7 @@ def checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
         "avakit_version": __version__,
         "manifest_sha256": tr.sources["train"].manifest_sha256,
         "preprocessing": tr.sources["train"].preprocessing,
+        "labels": tr.scale.as_dict(),
     }
     if full:
         s = tr.state
