@@ -154,6 +154,15 @@ class FeaturesConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How held-out predictions are judged."""
+
+    # binary accuracy's cut: a photo is "good" strictly beyond it in the better direction;
+    # null = the data's default (AVA.txt: 5; a labels table or preset: none, no accuracy)
+    threshold: float | None = None
+
+
+@dataclass
 class Config:
     """The whole training config; see configs/*.yaml for every key explained."""
 
@@ -169,6 +178,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _check_cross_fields(cfg: Config, p: str = "") -> None:

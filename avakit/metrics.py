@@ -161,3 +161,45 @@ def compute_metrics(
         out["emd"] = emd(p, t)
         out["std_srcc"] = srcc(dist_std(p), dist_std(t))
     return out
+
+
+def confidence_intervals(
+    pred: ArrayLike, gt: ArrayLike, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """Percentile bootstrap intervals of SRCC and PLCC: {"srcc_ci": [lo, hi], "plcc_ci": [lo, hi]}.
+
+    `n_boot` resamples of the (pred, gt) pairs with replacement, seeded, so a rerun gives the
+    same interval. NaN bounds when fewer than 3 pairs (or constant input) leave it undefined.
+    """
+    a, b = _pair(pred, gt)
+    nan = [math.nan, math.nan]
+    if a.size < 3:
+        return {"srcc_ci": nan, "plcc_ci": nan}
+    rng = np.random.default_rng(seed)
+    tail = 100.0 * (1.0 - level) / 2.0
+    out = {}
+    for name, fn in (("srcc", _rank_rows), ("plcc", lambda x: x)):
+        values = []
+        for start in range(0, n_boot, 100):  # chunks bound the memory: 100 x N floats at a time
+            idx = rng.integers(0, a.size, size=(min(100, n_boot - start), a.size))
+            values.append(_row_pearson(fn(a[idx]), fn(b[idx])))
+        v = np.concatenate(values)
+        v = v[np.isfinite(v)]
+        out[f"{name}_ci"] = (
+            [float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))] if v.size else nan
+        )
+    return out
+
+
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    """Average ranks along each row (ties share their mean rank), as Spearman's correlation uses."""
+    return stats.rankdata(x, axis=1)
+
+
+def _row_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair; NaN for a constant row."""
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    denom = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (x * y).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.nan)
