@@ -237,3 +237,16 @@ class DataSource(Protocol):
     @property
     def scale(self) -> Scale:
         """What the labels mean (votes over K points or a MOS, range, direction)."""
+
+
+def common_scale(sources: dict[str, SplitSource]) -> Scale:
+    """The one label scale of every split's manifest; AvakitError when the splits disagree."""
+    scales = {split: src.scale for split, src in sources.items()}
+    first = next(iter(scales.values()), AVA)
+    for split, scale in scales.items():
+        if scale != first:
+            raise AvakitError(
+                f"{sources[split].where}: the {split} split's labels ({scale.score_name}) differ from "
+                f"the other splits' ({first.score_name}); use shards of one dataset"
+            )
+    return first

@@ -7,7 +7,8 @@ split):
   backbone.pt            the backbone weights used (so a head trained on the cache composes
                          into a full model that scores raw photos)
   {split}.features.npy   float16 [N, D] pooled CNN features
-  {split}.index.parquet  image_id, votes_1..10, mean_score, and the 5 IQA features (float32)
+  {split}.index.parquet  image_id, the labels (votes_1..K, or mos), mean_score, and the 5 IQA
+                         features (float32); meta.json's `labels` says what they mean
 A cache whose fingerprint differs from the config asking for it is refused as stale.
 """
 
@@ -25,19 +26,32 @@ import torch
 from avakit import __version__
 from avakit.config import Config
 from avakit.dataset.images import check_preprocessing
-from avakit.dataset.sources import resolve_split
+from avakit.dataset.sources import common_scale, resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json_atomic, write_parquet_atomic
 from avakit.model.iqa import IQA_NAMES, iqa_features
 from avakit.model.network import model_from_config
-from avakit.scores import N_POINTS, SPLITS, mean_score, point_names
+from avakit.scores import AVA, SPLITS, Scale
 from avakit.training.checkpoint import make_folder
 from avakit.training.distributed import pick_device
 from avakit.training.engine import autocast, place_model, resolve_amp
 from avakit.training.loader import eval_loader
 from avakit.training.rundir import read_json
 
-VOTE_COLS = point_names("votes_")
+
+def label_columns(scale: Scale) -> list[str]:
+    """The index's label columns on `scale`: votes_1..votes_K, or mos."""
+    return scale.point_names("votes_") if scale.kind == "votes" else ["mos"]
+
+
+def cache_scale(meta: dict, where: str) -> Scale:
+    """What a cache's labels mean (meta.json `labels`, validated); AVA for caches written before it."""
+    if meta.get("labels") is None:
+        return AVA
+    try:
+        return Scale.from_dict(meta["labels"], "labels")
+    except ValueError as e:
+        raise AvakitError(f"{where}: {e}") from None
 
 
 def fingerprint(cfg: Config) -> dict:
@@ -76,6 +90,7 @@ def _read_meta(out: Path) -> dict | None:
             "(delete the folder or use another --out)"
         )
     check_preprocessing(meta.get("preprocessing"), str(path))
+    cache_scale(meta, str(path))
     return meta
 
 
@@ -113,7 +128,7 @@ def check_cache(cache: Path, cfg: Config) -> dict:
     return meta
 
 
-def _extract_split(model, normalize, loader, device, amp: str, progress) -> tuple:
+def _extract_split(model, normalize, loader, device, amp: str, progress, width: int) -> tuple:
     feats, iqa, votes, ids = [], [], [], []
     with torch.no_grad():
         for images, batch_votes, batch_ids, valid in loader:
@@ -133,18 +148,19 @@ def _extract_split(model, normalize, loader, device, amp: str, progress) -> tupl
         return (
             np.zeros((0, model.spec.feature_dim), np.float16),
             np.zeros((0, 5)),
-            np.zeros((0, N_POINTS)),
+            np.zeros((0, width)),
             [],
         )
     return np.concatenate(feats), np.concatenate(iqa), np.concatenate(votes), np.concatenate(ids)
 
 
-def _write_split(out: Path, split: str, feats, iqa, votes, ids) -> None:
+def _write_split(out: Path, split: str, scale: Scale, feats, iqa, votes, ids) -> None:
     """{split}.index.parquet, then {split}.features.npy, each atomic (the .npy marks a finished split)."""
     index = pd.DataFrame({"image_id": np.asarray(ids, np.int64)})
-    for k, col in enumerate(VOTE_COLS):
+    for k, col in enumerate(label_columns(scale)):
         index[col] = votes[:, k].astype(np.float32) if len(votes) else np.zeros(0, np.float32)
-    index["mean_score"] = mean_score(votes) if len(votes) else []
+    means = (scale.mean(votes) if scale.kind == "votes" else votes[:, 0]) if len(votes) else []
+    index["mean_score"] = means
     for k, name in enumerate(IQA_NAMES):
         index[name] = iqa[:, k].astype(np.float32) if len(iqa) else np.zeros(0, np.float32)
     write_parquet_atomic(out / f"{split}.index.parquet", index)
@@ -185,11 +201,14 @@ def extract_features(
         )
         for split in splits
     }  # bad paths fail first
+    scale = common_scale(sources)
+    if meta is not None and cache_scale(meta, str(out)) != scale:
+        raise AvakitError(f"{out}: holds features of other labels; use another folder or delete it")
     make_folder(out)
     clear_stale_tmp(out)  # left by a run that was killed or stopped by a full disk
     torch.manual_seed(cfg.seed)  # a random-init backbone is the same for the same seed
     dev = pick_device(device)
-    model, normalize = place_model(model_from_config(cfg).eval(), cfg, dev)
+    model, normalize = place_model(model_from_config(cfg, scale=scale).eval(), cfg, dev)
     amp = resolve_amp(cfg.training.amp, dev)
     if meta is None:
         with atomic_write(out / "backbone.pt") as f:
@@ -202,6 +221,7 @@ def extract_features(
             "iqa_names": list(IQA_NAMES),
             "splits": {},
             "preprocessing": None,
+            "labels": scale.as_dict(),
         }
     for split in splits:
         if split in meta["splits"] and (out / f"{split}.features.npy").is_file():
@@ -210,8 +230,8 @@ def extract_features(
         meta["preprocessing"] = meta["preprocessing"] or source.preprocessing
         loader = eval_loader(source, cfg, batch_size=cfg.features.batch_size, pin_memory=dev.type == "cuda")
         with progress.task(f"features {split}", source.samples) if progress else contextlib.nullcontext():
-            arrays = _extract_split(model, normalize, loader, dev, amp, progress)
-        _write_split(out, split, *arrays)
+            arrays = _extract_split(model, normalize, loader, dev, amp, progress, scale.width)
+        _write_split(out, split, scale, *arrays)
         meta["splits"][split] = len(arrays[3])
         meta.setdefault("counts", {})[split] = loader.counts.as_dict()
         write_json_atomic(out / "meta.json", meta)

@@ -19,7 +19,7 @@ from avakit.errors import AvakitError
 from avakit.model.iqa import IQA_NAMES
 from avakit.scores import AVA, SPLITS, Scale
 from avakit.training.checkpoint import check_state, read_torch_file
-from avakit.training.features import VOTE_COLS, check_cache
+from avakit.training.features import cache_scale, check_cache, label_columns
 from avakit.training.loader import CountingLoader, keep_sample
 
 
@@ -30,11 +30,11 @@ class FeatureSource:
     split: str
     ids: np.ndarray  # int64 [N]
     features: np.ndarray  # float16 [N, D]
-    votes: np.ndarray  # float32 [N, 10]
+    votes: np.ndarray  # float32 [N, K] vote counts, or [N, 1] MOS
     iqa: np.ndarray  # float32 [N, 5]
     manifest_sha256: str | None
     preprocessing: dict | None
-    scale: Scale = AVA  # feature caches hold AVA-layout votes (10 counts per image)
+    scale: Scale = AVA  # what the labels mean (meta.json `labels`; AVA for older caches)
 
     @property
     def samples(self) -> int:
@@ -73,7 +73,8 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
         raise AvakitError(f"{cache}: no cached features for split {split!r} (run `avakit features`)")
     index_path, feats_path = cache / f"{split}.index.parquet", cache / f"{split}.features.npy"
     redo = "re-run `avakit features` into a new folder"
-    columns = ["image_id", *VOTE_COLS, *IQA_NAMES]
+    scale = cache_scale(meta, str(cache / "meta.json"))
+    columns = ["image_id", *label_columns(scale), *IQA_NAMES]
     index = _read_cache_file(index_path, lambda: pd.read_parquet(index_path, columns=columns), redo)
     feats = _read_cache_file(feats_path, lambda: np.load(feats_path, allow_pickle=False), redo)
     n, width = meta["splits"][split], feature_dim or meta["feature_dim"]
@@ -83,17 +84,16 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
         raise AvakitError(
             f"{feats_path}: {feats.dtype} {list(feats.shape)}, expected float16 [{n}, {width}]; {redo}"
         )
-    votes = index[VOTE_COLS].to_numpy(np.float32)
+    votes = index[label_columns(scale)].to_numpy(np.float32)
     iqa = index[list(IQA_NAMES)].to_numpy(np.float32)
-    if not (
-        np.isfinite(feats).all()
-        and np.isfinite(iqa).all()
-        and np.isfinite(votes).all()
-        and (votes >= 0).all()
-        and (votes.sum(axis=1) > 0).all()
-    ):
+    if scale.kind == "votes":
+        labels_ok = (votes >= 0).all() and (votes.sum(axis=1) > 0).all()
+    else:
+        labels_ok = ((votes >= scale.lo) & (votes <= scale.hi)).all()
+    if not (np.isfinite(feats).all() and np.isfinite(iqa).all() and np.isfinite(votes).all() and labels_ok):
         raise AvakitError(
-            f"{cache}: {split} features, IQA values or votes are not finite, non-negative counts; {redo}"
+            f"{cache}: {split} features, IQA values or labels are not finite "
+            f"(votes: non-negative counts; mos: within {scale.text}); {redo}"
         )
     return FeatureSource(
         split=split,
@@ -103,6 +103,7 @@ def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | N
         iqa=iqa,
         manifest_sha256=meta["fingerprint"].get("manifest_sha256"),
         preprocessing=meta.get("preprocessing"),
+        scale=scale,
     )
 
 
@@ -150,6 +151,12 @@ class HeadOnly(torch.nn.Module):
         self.module.train(mode)  # a frozen backbone stays in eval mode
         self.training = mode
         return self
+
+
+def feature_scale(cfg: Config) -> Scale:
+    """What the labels of the cache `cfg.data.features` mean (checked fresh for `cfg` first)."""
+    cache = Path(cfg.data.features)
+    return cache_scale(check_cache(cache, cfg), str(cache / "meta.json"))
 
 
 def head_only_setup(cfg: Config, core: torch.nn.Module) -> tuple[dict[str, FeatureSource], HeadOnly]:

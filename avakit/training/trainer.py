@@ -17,11 +17,11 @@ import torch
 
 from avakit import __version__
 from avakit.config import Config, config_to_dict
-from avakit.dataset.sources import DataSource, SplitSource, resolve_split
+from avakit.dataset.sources import DataSource, SplitSource, common_scale, resolve_split
 from avakit.errors import AvakitError
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
-from avakit.scores import AVA, SPLITS, Scale
+from avakit.scores import SPLITS, Scale
 from avakit.training.checkpoint import check_weights, rng_state, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
 from avakit.training.engine import StepContext, WarmupSchedule, place_model, resolve_amp
@@ -99,7 +99,12 @@ def build_trainer(
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
     shard_sources = None if cfg.data.features else _shard_sources(cfg, ddp)  # bad paths fail first
-    scale = data_scale(shard_sources) if shard_sources else AVA
+    if shard_sources:
+        scale = common_scale(shard_sources)
+    else:
+        from avakit.training.head_only import feature_scale
+
+        scale = feature_scale(cfg)
     seed_everything(cfg.seed)
     core, normalize = place_model(model_from_config(cfg, scale=scale), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
@@ -164,19 +169,6 @@ def build_trainer(
         fraction=fraction,
         state=RunState(),
     )
-
-
-def data_scale(sources: dict[str, SplitSource]) -> Scale:
-    """The one label scale of every split's manifest; AvakitError when the splits disagree."""
-    scales = {split: src.scale for split, src in sources.items()}
-    first = next(iter(scales.values()))
-    for split, scale in scales.items():
-        if scale != first:
-            raise AvakitError(
-                f"{sources[split].where}: the {split} split's labels ({scale.score_name}) differ from "
-                f"the other splits' ({first.score_name}); train on shards of one dataset"
-            )
-    return first
 
 
 def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
