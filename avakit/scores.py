@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from avakit.errors import AvakitError
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_SPLITS: tuple[str, ...] = SPLITS[1:]  # val and test: evaluated, never trained on
 
@@ -148,6 +150,18 @@ class Scale:
                 f"{where}.threshold: expected null or a number in {rng[0]:g}..{rng[1]:g}, got {thr!r}"
             )
         return cls(kind, float(rng[0]), float(rng[1]), k, hib, None if thr is None else float(thr))
+
+
+def stored_scale(doc: dict, where: str) -> Scale:
+    """The Scale a stored document (manifest, checkpoint, cache meta, ONNX metadata) records under
+    `labels`, validated; AVA's when it has none (written before scales existed). AvakitError
+    naming `where` for a bad one."""
+    if doc.get("labels") is None:
+        return AVA
+    try:
+        return Scale.from_dict(doc["labels"], "labels")
+    except ValueError as e:
+        raise AvakitError(f"{where}: {e}") from None
 
 
 def _finite(v: object) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from avakit.dataset.samples import Reason, decode_image, parse_label, read_shard
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
-from avakit.scores import AVA, SPLITS, Scale
+from avakit.scores import AVA, SPLITS, Scale, stored_scale
 
 FORMAT_VERSION = 2  # 2: the `labels` block (a Scale); 1 (no `labels`): AVA's 1..10 votes
 READABLE_VERSIONS = (1, 2)  # shards written by the previous version still train and evaluate
@@ -28,8 +28,7 @@ MANIFEST = "manifest.json"
 
 def manifest_scale(manifest: dict) -> Scale:
     """What the labels of a loaded (validated) manifest mean; AVA's scale for a version-1 manifest."""
-    labels = manifest.get("labels")
-    return AVA if labels is None else Scale.from_dict(labels, "labels")
+    return stored_scale(manifest, MANIFEST)
 
 
 def load_manifest(shards_dir: Path) -> dict:
@@ -102,11 +101,9 @@ def _check_structure(manifest: Any, path: Path) -> None:
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS or type(version) is not int:
         raise c.fail("format_version", f"unsupported {version!r} (expected one of {READABLE_VERSIONS})")
-    if version >= 2 or "labels" in manifest:
-        try:
-            Scale.from_dict(manifest.get("labels"), "labels")
-        except ValueError as e:
-            raise AvakitError(f"{path}: {e}") from None
+    if version >= 2 and manifest.get("labels") is None:
+        raise c.fail("labels", "missing (format 2 records what the labels mean)")
+    stored_scale(manifest, str(path))
     counts = c.mapping(manifest, "", "counts")
     for name in ("rows_read", "samples_written", "rows_skipped"):
         c.count(counts, "counts", name)

@@ -22,7 +22,7 @@ from avakit.config import CHECKPOINTS, MAX_SEED, Config, config_from_dict, confi
 from avakit.dataset.images import check_preprocessing
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write
-from avakit.scores import AVA, Scale
+from avakit.scores import AVA, Scale, stored_scale
 
 
 def rng_state() -> dict:
@@ -87,7 +87,7 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
     if missing:
         raise AvakitError(f"{where}: not an avakit checkpoint (no {'/'.join(missing)})")
     cfg = config_from_dict(ckpt["config"], where)
-    scale = _labels(ckpt, where)
+    scale = stored_scale(ckpt, where)
     state = ckpt["model_state_dict"]
     if not isinstance(state, dict):
         raise AvakitError(f"{where}: model_state_dict must be a mapping, got {type(state).__name__}")
@@ -112,19 +112,9 @@ def check_checkpoint(ckpt: Any, where: str = "checkpoint", weights: bool = True)
     return {**ckpt, "config": config_to_dict(cfg), "preprocessing": preprocessing, "labels": scale.as_dict()}
 
 
-def _labels(ckpt: dict, where: str) -> Scale:
-    """The checkpoint's label scale (`labels`), validated; AVA's for checkpoints written before scales."""
-    if ckpt.get("labels") is None:
-        return AVA
-    try:
-        return Scale.from_dict(ckpt["labels"], "labels")
-    except ValueError as e:
-        raise AvakitError(f"{where}: {e}") from None
-
-
 def checkpoint_scale(ckpt: dict) -> Scale:
     """What a checked checkpoint's scores mean (its `labels`): scale, K, direction, threshold."""
-    return _labels(ckpt, "checkpoint")
+    return stored_scale(ckpt, "checkpoint")
 
 
 def check_weights(cfg: Config, state: dict, where: str, scale: Scale = AVA) -> Any:

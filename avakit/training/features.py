@@ -31,7 +31,7 @@ from avakit.errors import AvakitError
 from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json_atomic, write_parquet_atomic
 from avakit.model.iqa import IQA_NAMES, iqa_features
 from avakit.model.network import model_from_config
-from avakit.scores import AVA, SPLITS, Scale
+from avakit.scores import SPLITS, Scale, stored_scale
 from avakit.training.checkpoint import make_folder
 from avakit.training.distributed import pick_device
 from avakit.training.engine import autocast, place_model, resolve_amp
@@ -46,12 +46,7 @@ def label_columns(scale: Scale) -> list[str]:
 
 def cache_scale(meta: dict, where: str) -> Scale:
     """What a cache's labels mean (meta.json `labels`, validated); AVA for caches written before it."""
-    if meta.get("labels") is None:
-        return AVA
-    try:
-        return Scale.from_dict(meta["labels"], "labels")
-    except ValueError as e:
-        raise AvakitError(f"{where}: {e}") from None
+    return stored_scale(meta, where)
 
 
 def fingerprint(cfg: Config) -> dict:
