@@ -101,6 +101,8 @@ def summary_table(
     (split, model behind them, metrics or None) row; accuracy and its majority baseline only
     when a threshold applies."""
     names = [m for m in SUMMARY_METRICS if m != "accuracy" or rs.threshold is not None]
+    if rs.scale.kind == "mos":
+        names.remove("emd")  # a MOS has no distribution to compare
     if rs.threshold is not None:
         names.insert(names.index("accuracy") + 1, "majority_baseline")
     header = [
