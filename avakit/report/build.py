@@ -128,7 +128,7 @@ def _attach_shards(splits: list[SplitData], shards_dir: Path, out: Path, notes: 
         if missing:
             notes.append(
                 f"{missing} of {len(sp.df)} {sp.key} images are not in the {sp.key} shards "
-                f"of {shards_dir}: left out of the tag/challenge statistics and galleries"
+                f"of {shards_dir}: left out of the per-group statistics and galleries"
             )
 
 
