@@ -1,8 +1,10 @@
 """`avakit report`: PNG plots and one self-contained report.html from a run folder.
 
 Reads only the run folder (training_history.json, results.json, predictions/*.parquet,
-eval/*.json, telemetry/*.csv, config.yaml) and, when readable, the val/test shards for each
-image's tags and challenge and for gallery thumbnails (only the selected images are decoded).
+eval/*.json, telemetry/*.csv, config.yaml; the checkpoint only when results.json has no labels)
+and, when readable, the val/test shards for each image's tags and challenge (AVA) or group (a
+labels table) and for gallery thumbnails (only the selected images are decoded). Every number,
+axis and threshold is in the run's own scale (`avakit.report.scale.RunScale`).
 Retrains nothing. Writes `run_dir/report/`: the PNGs, `thumbs/*.jpg` and `report.html`, which
 references them by relative path and so opens from disk. Missing optional inputs become notes.
 
@@ -26,6 +28,7 @@ from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
 from avakit.plots import gradient_warnings
 from avakit.report import html
+from avakit.report.scale import run_scale
 from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
 from avakit.report.splits import SplitData, best_epoch, epoch_points, load_splits, read_evaluations
 from avakit.scores import HELD_OUT_SPLITS
@@ -43,6 +46,7 @@ REPORT_DIR, REPORT_FILE = "report", "report.html"
 GALLERY_SIZE = 8
 # (key in the shard json, what one group is called, file-name part)
 GROUP_KINDS = (("tags", "semantic tag", "tags"), ("challenge", "challenge", "challenges"))
+TABLE_GROUP_KINDS = (("group", "group", "groups"),)  # a labels table's group column
 
 
 def _run_config(run_dir: Path, notes: list[str]) -> Any:
@@ -124,25 +128,32 @@ def _attach_shards(splits: list[SplitData], shards_dir: Path, out: Path, notes: 
         if missing:
             notes.append(
                 f"{missing} of {len(sp.df)} {sp.key} images are not in the {sp.key} shards "
-                f"of {shards_dir}: left out of the tag/challenge statistics and galleries"
+                f"of {shards_dir}: left out of the per-group statistics and galleries"
             )
+
+
+def _from_table(splits: list[SplitData]) -> bool:
+    """Whether the shards hold a labels table's samples (their json has a "kind"), not AVA's."""
+    return any("kind" in label for sp in splits for label in sp.labels.values())
 
 
 def _group_tables(
     splits: list[SplitData], names: dict[str, dict[int, str]], min_group: int
 ) -> list[html.GroupTable]:
-    """The group stats of each split with labels and each group kind, with how many images have one."""
+    """The group stats of each split with labels and each group kind (AVA: tags and challenges;
+    a labels table: its groups), with how many images have one."""
+    kinds = TABLE_GROUP_KINDS if _from_table(splits) else GROUP_KINDS
     return [
         html.GroupTable(
             split=sp,
             what=what,
             part=part,
-            stats=group_stats(sp.df, sp.labels, kind, names[kind], min_group),
+            stats=group_stats(sp.df, sp.labels, kind, names.get(kind, {}), min_group),
             tagged=sum(bool(group_ids(sp.labels.get(int(i)), kind)) for i in sp.df["image_id"]),
         )
         for sp in splits
         if sp.labels
-        for kind, what, part in GROUP_KINDS
+        for kind, what, part in kinds
     ]
 
 
@@ -152,19 +163,25 @@ def _shard_sections(
     shards_dir: Path | None,
     names: dict[str, dict[int, str]],
     min_group: int,
-) -> tuple[str, str]:
-    """HTML of the per-tag/challenge section and of the galleries (notes without shards)."""
+) -> tuple[str, str, str]:
+    """(heading, HTML) of the per-group section (AVA: per tag and challenge) and the galleries'
+    HTML (notes without shards)."""
+    heading = "Per semantic tag and per challenge"
     if shards_dir is None:
         text = "no readable shards: {} skipped (pass the shards folder)"
-        return c.note(text.format("per-tag and per-challenge statistics")), c.note(text.format("galleries"))
+        groups = c.note(text.format("per-tag, per-challenge and per-group statistics"))
+        return heading, groups, c.note(text.format("galleries"))
     _attach_shards(splits, shards_dir, c.out, c.notes)
-    for kind, what, part in GROUP_KINDS:
-        if not names[kind]:
-            c.notes.append(f"no {part}.txt given: {what}s shown by id")
+    if _from_table(splits):
+        heading = "Per group"
+    else:
+        for kind, what, part in GROUP_KINDS:
+            if not names[kind]:
+                c.notes.append(f"no {part}.txt given: {what}s shown by id")
     groups = html.groups_section(c, _group_tables(splits, names, min_group), min_group)
     if not any(sp.labels for sp in splits):
         groups += c.note(f"no labels read from the shards in {shards_dir}: per-group statistics skipped")
-    return groups, html.gallery_section(splits, _extremes)
+    return heading, groups, html.gallery_section(splits, _extremes)
 
 
 def _clean_out(out: Path) -> None:
@@ -204,9 +221,11 @@ def build_report(
     `shards` defaults to the run config's data.shards when that is a folder; `tags` and
     `challenges` (tags.txt / challenges.txt) name the groups, ids are shown otherwise. Raises
     AvakitError for a folder without training_history.json or predictions, a history with a
-    malformed field, or a bad names file. Summary: report, pngs, best_epoch, val and test
-    metrics (None when absent), models (split -> the model behind them), evaluations
-    ((split, model, metrics) of evaluate's results), gradient warnings and notes.
+    malformed field, a results.json "labels" that is not a scale, or a bad names file. Summary:
+    report, pngs, best_epoch, val and test metrics (None when absent; with srcc_ci and plcc_ci),
+    models (split -> the model behind them), evaluations ((split, model, metrics) of evaluate's
+    results), gradient warnings, notes, labels (the run's Scale as a dict) and threshold (None:
+    no binary accuracy).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -218,12 +237,14 @@ def build_report(
         "challenge": parse_id_names(challenges) if challenges else {},
     }
     history = load_history(run_dir)
-    c = html.Collector(run_dir / REPORT_DIR)
-    results, best = best_epoch(run_dir, history, c.notes)
-    splits = load_splits(run_dir, best, c.notes)
+    notes: list[str] = []
+    results, best = best_epoch(run_dir, history, notes)
+    cfg = _run_config(run_dir, notes)
+    rs = run_scale(run_dir, results, cfg, notes)
+    c = html.Collector(run_dir / REPORT_DIR, notes=notes, rs=rs)
+    splits = load_splits(run_dir, best, c.notes, rs)
     evaluations = read_evaluations(run_dir, c.notes)
     _clean_out(c.out)
-    cfg = _run_config(run_dir, c.notes)
     shards_dir = _resolve_shards(run_dir, shards, cfg, c.notes)
     grad_df, lr_df = _telemetry(run_dir, c.notes)
     frozen, why = frozen_parts(cfg)
@@ -237,27 +258,18 @@ def build_report(
             html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts),
         ),
         ("predictions", "Prediction analysis", html.predictions_section(c, splits)),
-        ("epochs", "SRCC over epochs", html.epochs_section(c, epoch_points(run_dir, c.notes), best)),
+        ("epochs", "SRCC over epochs", html.epochs_section(c, epoch_points(run_dir, c.notes, rs), best)),
         ("votes", "Predicted vs real vote distributions", html.votes_section(c, splits)),
     ]
-    groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
+    groups_heading, groups_html, gallery_html = _shard_sections(c, splits, shards_dir, names, min_group)
     sections += [
-        ("groups", "Per semantic tag and per challenge", groups_html),
+        ("groups", groups_heading, groups_html),
         ("galleries", "Best and worst predicted images", gallery_html),
     ]
-    summary_html = html.summary_table(best, _summary_rows(splits, evaluations)) + html.notes_list(c.notes)
-    entries = [("summary", "Summary"), *((a, h) for a, h, _ in sections)]
-    body = (
-        html.contents(entries)
-        + html.section("Summary", summary_html, anchor="summary")
-        + "".join(html.section(h, b, anchor=a) for a, h, b in sections)
+    summary_html = html.summary_table(best, _summary_rows(splits, evaluations), rs) + html.notes_list(c.notes)
+    report = _write_page(
+        run_dir, c.out, results, len(history), [("summary", "Summary", summary_html), *sections]
     )
-    subtitle = (
-        f"Run folder {run_dir.resolve()} · {len(history)} epoch(s) · "
-        f"finished {results.get('finished_at', 'n/a')}"
-    )
-    report = c.out / REPORT_FILE
-    write_text_atomic(report, html.page(f"avakit report: {run_dir.name}", subtitle, body))
     found = {sp.key: sp.metrics for sp in splits}
     return {
         "report": report,
@@ -269,4 +281,19 @@ def build_report(
         "evaluations": evaluations,
         "warnings": warnings,
         "notes": list(c.notes),
+        "labels": rs.scale.as_dict(),
+        "threshold": rs.threshold,
     }
+
+
+def _write_page(run_dir: Path, out: Path, results: dict, epochs: int, sections: list[tuple]) -> Path:
+    """report.html: the contents, then each (anchor, heading, HTML) section; returns its path."""
+    body = html.contents([(a, h) for a, h, _ in sections]) + "".join(
+        html.section(h, b, anchor=a) for a, h, b in sections
+    )
+    subtitle = (
+        f"Run folder {run_dir.resolve()} · {epochs} epoch(s) · finished {results.get('finished_at', 'n/a')}"
+    )
+    report = out / REPORT_FILE
+    write_text_atomic(report, html.page(f"avakit report: {run_dir.name}", subtitle, body))
+    return report

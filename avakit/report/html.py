@@ -17,44 +17,17 @@ import pandas as pd
 
 from avakit.metrics import METRIC_NAMES
 from avakit.plots import plot_gradient_norms, plot_learning_rates, plot_training_curves
-from avakit.predictions import PRED_DIST
+from avakit.predictions import dist_columns
 from avakit.report import prediction_plots
+from avakit.report.captions import caption
 from avakit.report.prediction_plots import fmt
-from avakit.scores import THRESHOLD
+from avakit.report.scale import AVA_RUN, RunScale
 
 if TYPE_CHECKING:
     from avakit.report.splits import SplitData
 
 SUMMARY_METRICS = ("srcc", "plcc", "accuracy", "emd", "mae", "rmse")
-
-CAPTIONS: dict[str, str] = {
-    "training_curves": "Per epoch: training and validation loss (left), validation SRCC/PLCC with the "
-    "best epoch starred (middle), learning rate of each optimizer param group at the end of the "
-    "epoch (right). A widening gap between train and val loss means overfitting.",
-    "learning_rates": "Learning rate of each param group at every recorded optimizer step (warmup, "
-    "cosine decay or plateau drops show up here).",
-    "gradient_norms": "L2 norm of the gradients per model part at every recorded step, log scale. "
-    "Flat near-zero lines mean a frozen or dead part; spikes or steady growth mean instability.",
-    "scatter": "One dot per image. Dots on the dashed identity line are perfect; a cloud flatter than "
-    "the line means the model compresses scores toward the mean (common on AVA).",
-    "residuals": "Predicted minus real mean score. Centred on zero = unbiased; the width is the "
-    "typical error.",
-    "calibration": "Images grouped by real score (bins of width 1): mean prediction per bin with its "
-    "spread. Points above the identity over-rate that score range, points below under-rate it.",
-    "error_by_score": "Mean absolute error per real-score bin, with the number of images per bin. "
-    "Extreme (rare) scores are usually predicted worst.",
-    "confusion": "The literature's binary task: an image is 'high' when its mean score is above "
-    f"{THRESHOLD:g}. Diagonal cells are correct; percentages are of all images.",
-    "score_distributions": "Histograms of real and predicted mean scores. A narrower predicted "
-    "histogram means the model avoids extreme scores.",
-    "srcc_by_epoch": "SRCC/PLCC recomputed from each saved predictions/val_epoch_NNN.parquet "
-    "(one point per file: the model of that epoch, no TTA); the star marks the best epoch, whose "
-    "model is best_model.pt.",
-    "group_mae": "Mean absolute error per group (largest groups first) against the MAE of all "
-    "images (dashed). An image with two tags counts in both; small groups are noisy.",
-    "vote_histograms": "Images picked evenly along the real-score range: the real share of votes per "
-    "rating (blue) next to the predicted distribution (orange).",
-}
+CI_METRICS = ("srcc_ci", "plcc_ci")  # 95 % bootstrap intervals (metrics.confidence_intervals)
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -92,11 +65,12 @@ def paragraph(text: str) -> str:
     return f"<p>{esc(text)}</p>\n"
 
 
-def figure(src: str, key: str, alt: str) -> str:
+def figure(src: str, key: str, alt: str, rs: RunScale = AVA_RUN) -> str:
     """An <img> (path relative to the report folder) with the caption for plot kind `key`."""
-    caption = CAPTIONS.get(key, "")
+    caption_text = caption(key, rs)
     return (
-        f'<figure><img src="{esc(src)}" alt="{esc(alt)}"><figcaption>{esc(caption)}</figcaption></figure>\n'
+        f'<figure><img src="{esc(src)}" alt="{esc(alt)}"><figcaption>{esc(caption_text)}</figcaption>'
+        "</figure>\n"
     )
 
 
@@ -112,22 +86,49 @@ def table(header: list[str], rows: Iterable[list[object]], first_is_name: bool =
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
 
 
-def summary_table(best_epoch: int | None, rows: Sequence[tuple[str, str, dict | None]]) -> str:
-    """Best epoch and the headline metrics of each (split, model behind them, metrics or None) row."""
-    header = ["split", "model", "images", *(METRIC_NAMES[m] for m in SUMMARY_METRICS)]
+def interval(value: object) -> str:
+    """A [lo, hi] interval as "[0.512, 0.634]"; 'n/a' when absent or not two numbers."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+        return "n/a"
+    lo, hi = (fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a" for v in value)
+    return "n/a" if "n/a" in (lo, hi) else f"[{lo}, {hi}]"
+
+
+def summary_table(
+    best_epoch: int | None, rows: Sequence[tuple[str, str, dict | None]], rs: RunScale = AVA_RUN
+) -> str:
+    """Best epoch and the headline metrics (with the 95 % intervals of SRCC and PLCC) of each
+    (split, model behind them, metrics or None) row; accuracy and its majority baseline only
+    when a threshold applies."""
+    names = [m for m in SUMMARY_METRICS if m != "accuracy" or rs.threshold is not None]
+    if rs.scale.kind == "mos":
+        names.remove("emd")  # a MOS has no distribution to compare
+    if rs.threshold is not None:
+        names.insert(names.index("accuracy") + 1, "majority_baseline")
+    header = [
+        "split",
+        "model",
+        "images",
+        *(METRIC_NAMES.get(m, "majority baseline") for m in names),
+        *(f"{METRIC_NAMES[m[:4]]} 95% CI" for m in CI_METRICS),
+    ]
     cells = []
     for name, model, found in rows:
         if found is None:
-            cells.append([name, model, "no predictions", *("n/a" for _ in SUMMARY_METRICS)])
+            cells.append([name, model, "no predictions", *("n/a" for _ in header[3:])])
         else:
-            cells.append(
-                [name, model, found.get("n", "n/a"), *(fmt(found.get(m), 4) for m in SUMMARY_METRICS)]
-            )
+            values = [fmt(found.get(m), 4) for m in names] + [interval(found.get(m)) for m in CI_METRICS]
+            cells.append([name, model, found.get("n", "n/a"), *values])
     best = "n/a" if best_epoch is None else str(best_epoch)
-    return paragraph(
-        f"Best epoch (highest val SRCC): {best}. The analysis below is of train's own "
-        "predictions; rows marked 'evaluate' come from `avakit evaluate` (eval/*.json)."
-    ) + table(header, cells)
+    return (
+        paragraph(
+            f"Best epoch (highest val SRCC): {best}. The analysis below is of train's own "
+            "predictions; rows marked 'evaluate' come from `avakit evaluate` (eval/*.json). "
+            "95% CI: percentile bootstrap interval over the images (1000 resamples)."
+        )
+        + paragraph(rs.describe())
+        + table(header, cells)
+    )
 
 
 def notes_list(notes: list[str]) -> str:
@@ -139,28 +140,31 @@ def notes_list(notes: list[str]) -> str:
 
 
 def group_table(stats: pd.DataFrame, what: str, max_rows: int = 60) -> str:
-    """Per-group table (name, id, count, mae, srcc, mean real, mean predicted), sorted by count."""
-    header = [what, "id", "images", "MAE", "SRCC", "mean real", "mean predicted"]
+    """Per-group table (name, [id], count, mae, srcc, mean real, mean predicted), sorted by count.
+
+    The id column is left out when every group is named by its id (a labels table's groups).
+    """
+    with_id = not (stats["name"] == stats["id"].astype(str)).all()
+    header = [what, *(["id"] if with_id else []), "images", "MAE", "SRCC", "mean real", "mean predicted"]
     cols = ["name", "id", "count", "mae", "srcc", "mean_real", "mean_pred"]
     rows = [
-        [name, gid, n, fmt(mae), fmt(srcc), fmt(real, 2), fmt(pred, 2)]
+        [name, *([gid] if with_id else []), n, fmt(mae), fmt(srcc), fmt(real, 2), fmt(pred, 2)]
         for name, gid, n, mae, srcc, real, pred in stats.head(max_rows)[cols].itertuples(index=False)
     ]
     more = paragraph(f"{len(stats) - max_rows} smaller groups not shown.") if len(stats) > max_rows else ""
     return table(header, rows) + more
 
 
-def gallery(items: list[tuple[str | None, int, float, float]]) -> str:
-    """Thumbnails (relative path or None when unavailable) captioned with id, real and predicted."""
+def gallery(items: list[tuple[str | None, int | str, float, float]]) -> str:
+    """Thumbnails (relative path or None when unavailable) captioned with the image's name ("id 123"
+    for AVA, the original file name for a labels table), real and predicted."""
     cells = []
-    for src, image_id, real, pred in items:
+    for src, name, real, pred in items:
         img = (
-            f'<img src="{esc(src)}" alt="image {esc(image_id)}">'
-            if src
-            else '<div class="missing">no thumbnail</div>'
+            f'<img src="{esc(src)}" alt="{esc(name)}">' if src else '<div class="missing">no thumbnail</div>'
         )
         cells.append(
-            f'<div class="thumb">{img}id {esc(image_id)}<br>real {real:.2f} · '
+            f'<div class="thumb">{img}{esc(name)}<br>real {real:.2f} · '
             f"predicted {pred:.2f}<br>error {pred - real:+.2f}</div>"
         )
     return '<div class="gallery">\n' + "\n".join(cells) + "\n</div>\n"
@@ -200,7 +204,7 @@ class GroupTable:
     """One split's statistics for one group kind; `tagged` images have at least one group id."""
 
     split: SplitData
-    what: str  # "semantic tag" or "challenge"
+    what: str  # "semantic tag", "challenge" or "group" (a labels table's group column)
     part: str  # file-name part: "tags" or "challenges"
     stats: pd.DataFrame
     tagged: int
@@ -213,11 +217,12 @@ class Collector:
     out: Path
     pngs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rs: RunScale = AVA_RUN  # the run's scale: captions and plots speak in it
 
     def figure(self, name: str, key: str, fn: Callable[..., Path], data: Any, *rest: Any) -> str:
         """Draw `fn(data, out/name, *rest)`; its <figure> with the caption of plot kind `key`."""
         self.pngs.append(fn(data, self.out / name, *rest))
-        return figure(name, key, alt=name.removesuffix(".png").replace("_", " "))
+        return figure(name, key, alt=name.removesuffix(".png").replace("_", " "), rs=self.rs)
 
     def note(self, text: str) -> str:
         """Record a skipped or limited section; the note as a highlighted paragraph."""
@@ -265,13 +270,16 @@ def telemetry_section(
 
 
 def predictions_section(c: Collector, splits: list[SplitData]) -> str:
-    """The six prediction-analysis plots of each split."""
+    """The six prediction-analysis plots of each split (no confusion matrix without a threshold)."""
+    plots = prediction_plots.PREDICTION_PLOTS.items()
+    if c.rs.threshold is None:
+        plots = [(k, fn) for k, fn in plots if k != "confusion"]
+        c.notes.append(
+            "no threshold applies (eval.threshold not set): no binary accuracy or confusion matrix"
+        )
     body = ""
     for sp in splits:
-        figs = "".join(
-            c.figure(f"{sp.key}_{key}.png", key, fn, sp.df, sp.label)
-            for key, fn in prediction_plots.PREDICTION_PLOTS.items()
-        )
+        figs = "".join(c.figure(f"{sp.key}_{key}.png", key, fn, sp.df, sp.label, c.rs) for key, fn in plots)
         body += section(f"{sp.label} ({len(sp.df)} images)", figs, level=3)
     return body
 
@@ -289,8 +297,10 @@ def epochs_section(c: Collector, points: pd.DataFrame, best_epoch: int | None) -
 
 
 def votes_section(c: Collector, splits: list[SplitData]) -> str:
-    """Predicted vs real vote histograms (distribution mode only)."""
-    with_votes = [sp for sp in splits if PRED_DIST[0] in sp.df.columns]
+    """Predicted vs real vote histograms (vote labels in distribution mode only)."""
+    if c.rs.scale.kind != "votes":
+        return c.note("MOS labels (no vote distributions): vote-histogram grid skipped")
+    with_votes = [sp for sp in splits if dist_columns(sp.df, "pred_dist_")]
     if not with_votes:
         return c.note("regression mode (no pred_dist columns): vote-histogram grid skipped")
     return "".join(
@@ -300,6 +310,7 @@ def votes_section(c: Collector, splits: list[SplitData]) -> str:
             prediction_plots.plot_vote_histograms,
             sp.df,
             sp.label,
+            c.rs,
         )
         for sp in with_votes
     )
@@ -310,7 +321,9 @@ def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> st
     body = ""
     for g in groups:
         sp = g.split
-        if g.tagged == 0:
+        if g.tagged == 0 and g.what == "group":
+            inner = c.note(f"{sp.label}: no groups (the labels table had no group column)")
+        elif g.tagged == 0:
             inner = c.note(
                 f"{sp.label}: the data has no {g.what}s (every image's {g.what} id is 0 or absent)"
             )
@@ -327,9 +340,17 @@ def groups_section(c: Collector, groups: list[GroupTable], min_group: int) -> st
                 g.stats,
                 f"MAE per {g.what} ({sp.label})",
                 sp.metrics.get("mae", float("nan")),
+                25,
+                c.rs.units,
             )
         body += section(f"Per {g.what} ({sp.label})", inner, level=3)
     return body
+
+
+def image_name(label: dict | None, image_id: int) -> str:
+    """How a gallery names an image: a labels table's original file name, else "id 123" (AVA)."""
+    name = (label or {}).get("image")
+    return name if isinstance(name, str) and name else f"id {image_id}"
 
 
 def gallery_section(splits: list[SplitData], extremes: Callable) -> str:
@@ -338,7 +359,7 @@ def gallery_section(splits: list[SplitData], extremes: Callable) -> str:
     for sp in splits:
         for title, rows in zip(("Best predicted", "Worst predicted"), extremes(sp.df), strict=True):
             items = [
-                (sp.thumbs.get(int(i)), int(i), float(g), float(p))
+                (sp.thumbs.get(int(i)), image_name(sp.labels.get(int(i)), int(i)), float(g), float(p))
                 for i, g, p in rows[["image_id", "gt_mean", "pred_mean"]].itertuples(index=False)
             ]
             body += section(f"{title} ({sp.label}), by |predicted - real|", gallery(items), level=3)

@@ -1,10 +1,11 @@
 """Prediction-analysis plots for `avakit report`, drawn from a predictions table.
 
 Every function takes a predictions frame (the run-folder columns image_id, pred_mean, gt_mean,
-[pred_dist_1..10], gt_dist_1..10) or a small derived table, writes one PNG with
+[pred_dist_1..K], [gt_dist_1..K]) or a small derived table, writes one PNG with
 `matplotlib.figure.Figure` (no pyplot) at the dpi of `avakit.plots`, and returns its path.
 `label` names the data and the model behind it in titles, e.g. "test: best_model.pt, epoch 4,
-no TTA" (`avakit.report.build.SplitData.label`).
+no TTA" (`avakit.report.build.SplitData.label`); `rs` (a `RunScale`, AVA's by default) gives
+every axis range and label, bin and threshold.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from matplotlib.ticker import MaxNLocator
 
 from avakit import metrics
 from avakit.plots import BEST_MARKER, _placeholder, _save, _style
-from avakit.scores import INT_POINTS, N_POINTS, POINTS, SCORE_MAX, SCORE_MIN, THRESHOLD
+from avakit.predictions import dist_columns
+from avakit.report.scale import AVA_RUN, RunScale
 
-SCALE = f"{SCORE_MIN:g}-{SCORE_MAX:g}"  # "1-10"
-SCORE_LABEL = f"mean score ({SCALE})"
 REAL, PRED = "tab:blue", "tab:orange"
 _LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8)
 
@@ -40,24 +40,19 @@ def _arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return df["pred_mean"].to_numpy(dtype=float), df["gt_mean"].to_numpy(dtype=float)
 
 
-def score_bins(gt: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Integer bin index (0 = [1, 2) ... 8 = [9, 10]) of each real score, and the 9 bin labels."""
-    idx = np.clip(np.floor(gt).astype(int) - INT_POINTS[0], 0, N_POINTS - 2)
-    return idx, [f"{k}-{k + 1}" for k in INT_POINTS[:-1]]
-
-
 def _used_bins(idx: np.ndarray) -> range:
     """The bin indices from the lowest to the highest bin that holds data."""
     return range(int(idx.min()), int(idx.max()) + 1) if idx.size else range(0)
 
 
-def plot_scatter(df: pd.DataFrame, path: Path, label: str) -> Path:
+def plot_scatter(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN) -> Path:
     """Predicted vs real mean score, identity line, SRCC/PLCC in the title."""
     pred, gt = _arrays(df)
     fig = Figure(figsize=(6.8, 6.2), layout="constrained")
     ax = fig.subplots()
-    lo = math.floor(min(pred.min(), gt.min()) * 2) / 2 - 0.25
-    hi = math.ceil(max(pred.max(), gt.max()) * 2) / 2 + 0.25
+    step = rs.unit / 2  # AVA: the axes run over half points, padded by a quarter
+    lo = math.floor(min(pred.min(), gt.min()) / step) * step - step / 2
+    hi = math.ceil(max(pred.max(), gt.max()) / step) * step + step / 2
     alpha = 0.8 if len(df) <= 500 else max(0.08, 0.8 * math.sqrt(500 / len(df)))
     ax.scatter(
         gt,
@@ -69,9 +64,10 @@ def plot_scatter(df: pd.DataFrame, path: Path, label: str) -> Path:
         label=f"images (n={len(df)})",
     )
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="identity (perfect)")
-    if lo < THRESHOLD < hi:
-        ax.axvline(THRESHOLD, color="0.6", linewidth=0.7, linestyle=":")
-        ax.axhline(THRESHOLD, color="0.6", linewidth=0.7, linestyle=":", label=f"threshold {THRESHOLD:g}")
+    t = rs.threshold
+    if t is not None and lo < t < hi:
+        ax.axvline(t, color="0.6", linewidth=0.7, linestyle=":")
+        ax.axhline(t, color="0.6", linewidth=0.7, linestyle=":", label=f"threshold {t:g}")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
@@ -79,11 +75,11 @@ def plot_scatter(df: pd.DataFrame, path: Path, label: str) -> Path:
         f"Predicted vs real ({label})\nSRCC {fmt(metrics.srcc(pred, gt))} · "
         f"PLCC {fmt(metrics.plcc(pred, gt))}"
     )
-    _style(ax, title, f"real {SCORE_LABEL}", f"predicted {SCORE_LABEL}")
+    _style(ax, title, f"real {rs.axis}", f"predicted {rs.axis}")
     return _save(fig, path)
 
 
-def plot_residuals(df: pd.DataFrame, path: Path, label: str) -> Path:
+def plot_residuals(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN) -> Path:
     """Histogram of predicted - real mean score with the zero and mean-bias lines."""
     pred, gt = _arrays(df)
     resid = pred - gt
@@ -101,14 +97,14 @@ def plot_residuals(df: pd.DataFrame, path: Path, label: str) -> Path:
     )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     title = f"Residuals ({label})\nMAE {fmt(metrics.mae(pred, gt))} · RMSE {fmt(metrics.rmse(pred, gt))}"
-    _style(ax, title, "residual = predicted - real (score points)", "number of images")
+    _style(ax, title, f"residual = predicted - real ({rs.units})", "number of images")
     return _save(fig, path)
 
 
-def plot_calibration(df: pd.DataFrame, path: Path, label: str) -> Path:
+def plot_calibration(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN) -> Path:
     """Mean prediction (± std) per real-score bin, against the bin's mean real score."""
     pred, gt = _arrays(df)
-    idx, names = score_bins(gt)
+    idx, names = rs.bins(gt)
     fig = Figure(figsize=(7.2, 6), layout="constrained")
     ax = fig.subplots()
     rows = [
@@ -117,7 +113,8 @@ def plot_calibration(df: pd.DataFrame, path: Path, label: str) -> Path:
         if (idx == b).any()
     ]
     x, y, err, counts = (np.array(c) for c in zip(*rows, strict=True))
-    lo, hi = min(x.min(), (y - err).min()) - 0.4, max(x.max(), (y + err).max()) + 0.4
+    pad = 0.4 * rs.unit
+    lo, hi = min(x.min(), (y - err).min()) - pad, max(x.max(), (y + err).max()) + pad
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="identity (calibrated)")
     ax.errorbar(x, y, yerr=err, color=PRED, marker="o", capsize=3, label="mean prediction ± std per bin")
     for xi, yi, n in zip(x, y, counts, strict=True):
@@ -135,17 +132,17 @@ def plot_calibration(df: pd.DataFrame, path: Path, label: str) -> Path:
     ax.set_aspect("equal")
     _style(
         ax,
-        f"Calibration ({label})\nimages binned by real score, bins of width 1",
-        f"real {SCORE_LABEL}, average within bin",
-        f"predicted {SCORE_LABEL}, average within bin",
+        f"Calibration ({label})\nimages binned by real score, bins of width {rs.unit:.3g}",
+        f"real {rs.axis}, average within bin",
+        f"predicted {rs.axis}, average within bin",
     )
     return _save(fig, path)
 
 
-def plot_error_by_score(df: pd.DataFrame, path: Path, label: str) -> Path:
+def plot_error_by_score(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN) -> Path:
     """MAE per real-score bin (bars) with the number of images of each bin."""
     pred, gt = _arrays(df)
-    idx, names = score_bins(gt)
+    idx, names = rs.bins(gt)
     used = list(_used_bins(idx))
     maes = [metrics.mae(pred[idx == b], gt[idx == b]) if (idx == b).any() else 0.0 for b in used]
     counts = [int((idx == b).sum()) for b in used]
@@ -172,16 +169,22 @@ def plot_error_by_score(df: pd.DataFrame, path: Path, label: str) -> Path:
     _style(
         ax,
         f"Error by real score ({label})",
-        f"real {SCORE_LABEL}, bin and number of images",
-        "MAE (score points)",
+        f"real {rs.axis}, bin and number of images",
+        f"MAE ({rs.units})",
     )
     return _save(fig, path)
 
 
-def plot_confusion(df: pd.DataFrame, path: Path, label: str) -> Path:
-    """2x2 confusion matrix of real > THRESHOLD vs predicted > THRESHOLD, counts and percentages annotated."""
+def plot_confusion(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN) -> Path:
+    """2x2 confusion matrix of real vs predicted "good" (beyond the threshold in the better direction).
+
+    Counts and percentages annotated; needs `rs.threshold` (the report skips it without one).
+    """
     pred, gt = _arrays(df)
-    real_hi, pred_hi = gt > THRESHOLD, pred > THRESHOLD
+    t, hib = rs.threshold, rs.scale.higher_is_better
+    if t is None:
+        raise ValueError("a confusion matrix needs a threshold")
+    real_hi, pred_hi = rs.scale.good(gt, t), rs.scale.good(pred, t)
     mat = np.array(
         [
             [np.sum(~real_hi & ~pred_hi), np.sum(~real_hi & pred_hi)],
@@ -202,25 +205,28 @@ def plot_confusion(df: pd.DataFrame, path: Path, label: str) -> Path:
             color=color,
             fontsize="large",
         )
-    t = f"{THRESHOLD:g}"
-    ax.set_xticks([0, 1], [f"predicted ≤ {t} (low)", f"predicted > {t} (high)"])
-    ax.set_yticks([0, 1], [f"real ≤ {t}\n(low)", f"real > {t}\n(high)"])
+    cut = rs.cut()
+    ax.set_xticks([0, 1], [f"predicted {cut['bad']}", f"predicted {cut['good']}"])
+    ax.set_yticks([0, 1], [f"real {c.replace(' (', chr(10) + '(')}" for c in (cut["bad"], cut["good"])])
     fig.colorbar(im, ax=ax, label="number of images", shrink=0.8)
+    direction = "" if hib else ", lower is better"
     ax.set_title(
-        f"Binary classification at mean score {t} ({label})\n"
-        f"Acc {fmt(metrics.accuracy(pred, gt))} · majority baseline "
-        f"{fmt(metrics.majority_baseline(gt))}"
+        f"Binary classification at {rs.noun} {t:g}{direction} ({label})\n"
+        f"Acc {fmt(metrics.accuracy(pred, gt, t, hib))} · majority baseline "
+        f"{fmt(metrics.majority_baseline(gt, t, hib))}"
     )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("real class")
     return _save(fig, path)
 
 
-def plot_score_distributions(df: pd.DataFrame, path: Path, label: str) -> Path:
+def plot_score_distributions(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN) -> Path:
     """Overlaid histograms of the predicted and the real mean scores."""
     pred, gt = _arrays(df)
-    lo, hi = math.floor(min(pred.min(), gt.min())), math.ceil(max(pred.max(), gt.max()))
-    bins = np.arange(lo, hi + 0.125, 0.125 if hi - lo <= 4 else 0.25)
+    u = rs.unit  # AVA: 1, so eighth or quarter points
+    lo, hi = math.floor(min(pred.min(), gt.min()) / u) * u, math.ceil(max(pred.max(), gt.max()) / u) * u
+    step = u * (0.125 if hi - lo <= 4 * u else 0.25)
+    bins = np.arange(lo, hi + step / 2, step) if u == 1 else np.linspace(lo, hi, round((hi - lo) / step) + 1)
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     for values, name, color in ((gt, "real", REAL), (pred, "predicted", PRED)):
@@ -233,11 +239,11 @@ def plot_score_distributions(df: pd.DataFrame, path: Path, label: str) -> Path:
         )
         ax.hist(values, bins=bins, color=color, histtype="step", linewidth=1.2)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    _style(ax, f"Distribution of mean scores ({label})", SCORE_LABEL, "number of images")
+    _style(ax, f"Distribution of {rs.noun}s ({label})", rs.axis, "number of images")
     return _save(fig, path)
 
 
-PREDICTION_PLOTS: dict[str, Callable[[pd.DataFrame, Path, str], Path]] = {
+PREDICTION_PLOTS: dict[str, Callable[[pd.DataFrame, Path, str, RunScale], Path]] = {
     "scatter": plot_scatter,
     "residuals": plot_residuals,
     "calibration": plot_calibration,
@@ -285,12 +291,15 @@ def _pick_spread(df: pd.DataFrame, k: int) -> pd.DataFrame:
     return ordered.iloc[picks]
 
 
-def _vote_axes(ax: Axes, row: pd.Series) -> None:
-    real = [row[f"gt_dist_{s}"] for s in INT_POINTS]
-    pred = [row[f"pred_dist_{s}"] for s in INT_POINTS]
-    ax.bar(POINTS - 0.2, real, width=0.4, color=REAL, label="real votes")
-    ax.bar(POINTS + 0.2, pred, width=0.4, color=PRED, label="predicted")
-    ax.set_xticks(INT_POINTS)
+def _vote_axes(ax: Axes, row: pd.Series, rs: RunScale) -> None:
+    points = rs.scale.points
+    w = float(points[1] - points[0])
+    real = [row[c] for c in rs.scale.point_names("gt_dist_")]
+    pred = [row[c] for c in rs.scale.point_names("pred_dist_")]
+    ax.bar(points - 0.2 * w, real, width=0.4 * w, color=REAL, label="real votes")
+    ax.bar(points + 0.2 * w, pred, width=0.4 * w, color=PRED, label="predicted")
+    if len(points) <= 15:
+        ax.set_xticks(points, [f"{p:g}" for p in points])
     ax.set_title(
         f"id {int(row['image_id'])}: real {row['gt_mean']:.2f}, predicted {row['pred_mean']:.2f}",
         fontsize="medium",
@@ -298,22 +307,26 @@ def _vote_axes(ax: Axes, row: pd.Series) -> None:
     ax.grid(True, axis="y", alpha=0.35)
 
 
-def plot_vote_histograms(df: pd.DataFrame, path: Path, label: str, k: int = 6) -> Path:
-    """A grid of predicted vs real vote histograms for ~k images spanning the score range."""
+def plot_vote_histograms(
+    df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_RUN, k: int = 6
+) -> Path:
+    """A grid of predicted vs real vote histograms (K bars, one per point) for ~k images."""
+    if rs.scale.kind != "votes" or len(dist_columns(df, "pred_dist_")) != rs.scale.k:
+        raise ValueError(f"vote histograms need pred_dist_1..{rs.scale.k} columns of a vote scale")
     rows = _pick_spread(df, k)
     ncols = 3 if len(rows) > 2 else max(len(rows), 1)
     nrows = max(1, math.ceil(len(rows) / ncols))
     fig = Figure(figsize=(13, 3.4 * nrows + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
     for ax, (_, row) in zip(axes, rows.iterrows(), strict=False):
-        _vote_axes(ax, row)
+        _vote_axes(ax, row, rs)
     for i, ax in enumerate(axes):
         if i >= len(rows):
             ax.set_visible(False)
         if i % ncols == 0:
             ax.set_ylabel("share of votes")
         if i >= len(axes) - ncols:
-            ax.set_xlabel(f"rating ({SCALE})")
+            ax.set_xlabel(f"rating ({rs.scale.text})")
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper right", ncols=2, fontsize="small")
     fig.suptitle(f"Predicted vs real vote distributions ({label}), images ordered by real score")
@@ -321,7 +334,12 @@ def plot_vote_histograms(df: pd.DataFrame, path: Path, label: str, k: int = 6) -
 
 
 def plot_group_mae(
-    table: pd.DataFrame, path: Path, title: str, overall_mae: float, max_groups: int = 25
+    table: pd.DataFrame,
+    path: Path,
+    title: str,
+    overall_mae: float,
+    max_groups: int = 25,
+    units: str = AVA_RUN.units,
 ) -> Path:
     """Horizontal MAE bars per group (columns name, count, mae), in table order, largest first."""
     shown = table.head(max_groups)
@@ -343,5 +361,5 @@ def plot_group_mae(
     ax.margins(y=0.02)
     ax.set_xlim(0, max(float(shown["mae"].max()), overall_mae) * 1.18 + 1e-6)
     more = f" ({len(shown)} largest of {len(table)} groups)" if len(table) > len(shown) else ""
-    _style(ax, title + more, "MAE (score points)", "group (number of images)", outside=True)
+    _style(ax, title + more, f"MAE ({units})", "group (number of images)", outside=True)
     return _save(fig, path)

@@ -23,6 +23,25 @@ from avakit.fileio import atomic_write
 THUMB_DIR, THUMB_PX = "thumbs", 160
 
 
+def _label(sample: dict) -> dict | None:
+    """The sample's json member as a dict; None when absent or not a JSON object."""
+    try:
+        label = json.loads(sample["json"]) if "json" in sample else None
+    except ValueError:
+        return None
+    return label if isinstance(label, dict) else None
+
+
+def _image_id(key: str, label: dict | None) -> int | None:
+    """The predictions' image id of a sample: a labels table's json "image_id" (its row in the
+    table; its key is a file name), else the key of an AVA sample (ASCII digits: the image id)."""
+    if label is not None and "kind" in label:
+        image_id = label.get("image_id")
+        return image_id if type(image_id) is int else None
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+    return int(key) if key.isascii() and key.isdigit() else None
+
+
 def read_split_samples(shards_dir: Path, split: str, wanted: set[int]) -> tuple[dict, dict, list[str]]:
     """(image id -> json label for every sample, image id -> JPEG bytes of `wanted` ids, problems)."""
     labels: dict[int, dict] = {}
@@ -35,20 +54,14 @@ def read_split_samples(shards_dir: Path, split: str, wanted: set[int]) -> tuple[
     for path in paths:
         try:
             for sample in read_shard(path):
-                key = Path(sample["__key__"]).name
-                # ASCII digits only: str.isdigit() also takes "²", which int() refuses
-                if not (key.isascii() and key.isdigit()):
+                label = _label(sample)
+                image_id = _image_id(Path(sample["__key__"]).name, label)
+                if image_id is None:
                     continue
-                if "jpg" in sample and int(key) in wanted:
-                    jpgs[int(key)] = sample["jpg"]
-                if "json" not in sample:
-                    continue
-                try:
-                    label = json.loads(sample["json"])
-                except ValueError:
-                    continue
-                if isinstance(label, dict):
-                    labels[int(key)] = label
+                if "jpg" in sample and image_id in wanted:
+                    jpgs[image_id] = sample["jpg"]
+                if label is not None:
+                    labels[image_id] = label
         except (tarfile.TarError, EOFError, ValueError, OSError) as e:
             problems.append(f"{path.name}: unreadable: {e}")
     return labels, jpgs, problems
@@ -74,9 +87,12 @@ def write_thumbs(jpgs: dict[int, bytes], out: Path, prefix: str) -> dict[int, st
     return thumbs
 
 
-def group_ids(label: dict | None, kind: str) -> set[int]:
-    """The non-zero tag (kind 'tags') or challenge ids of one shard label."""
+def group_ids(label: dict | None, kind: str) -> set[int | str]:
+    """The non-zero tag (kind 'tags') or challenge ids of one shard label, or a labels table's
+    group (kind 'group': a non-empty string, none when null)."""
     ids = (label or {}).get(kind, [])
+    if kind == "group":
+        return {ids} if isinstance(ids, str) and ids else set()
     return {
         g
         for g in (ids if isinstance(ids, list) else [ids])
@@ -87,10 +103,11 @@ def group_ids(label: dict | None, kind: str) -> set[int]:
 def group_stats(
     df: pd.DataFrame, labels: dict[int, dict], kind: str, names: dict[int, str], min_group: int
 ) -> pd.DataFrame:
-    """Per tag (kind 'tags') or challenge: id, name, count, mae, srcc, mean_real, mean_pred.
+    """Per tag (kind 'tags'), challenge or group: id, name, count, mae, srcc, mean_real, mean_pred.
 
     Id 0 (none) is excluded, an image counts once in each of its groups, groups with fewer than
-    `min_group` images are dropped; sorted by count (largest first), then id.
+    `min_group` images are dropped; sorted by count (largest first), then id. A group (a labels
+    table's) is named by itself.
     """
     table = df[["image_id", "pred_mean", "gt_mean"]].itertuples(index=False)
     rows = [
@@ -99,8 +116,8 @@ def group_stats(
     frame = pd.DataFrame(rows, columns=["id", "pred", "gt"])
     out = [
         {
-            "id": int(gid),
-            "name": names.get(int(gid), f"#{gid}"),
+            "id": gid if isinstance(gid, str) else int(gid),
+            "name": gid if isinstance(gid, str) else names.get(int(gid), f"#{gid}"),
             "count": len(g),
             "mae": metrics.mae(g["pred"], g["gt"]),
             "srcc": metrics.srcc(g["pred"], g["gt"]),

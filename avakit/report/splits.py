@@ -14,6 +14,7 @@ import pandas as pd
 from avakit import metrics
 from avakit.errors import AvakitError
 from avakit.predictions import frame_metrics
+from avakit.report.scale import AVA_RUN, RunScale
 from avakit.training.rundir import CHECKPOINT_FILES, eval_jsons, model_label, read_json, read_predictions
 
 
@@ -51,8 +52,16 @@ def best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[di
     return results, max(scored, key=lambda t: t[0])[1] if scored else None
 
 
-def load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[SplitData]:
-    """train's predictions of best_model.pt: val (the best epoch's file, else val.parquet) and test."""
+def split_metrics(df: pd.DataFrame, rs: RunScale) -> dict:
+    """The metrics of one predictions table on the run's scale, with the 95 % bootstrap intervals
+    of SRCC and PLCC (srcc_ci, plcc_ci); accuracy only when a threshold applies."""
+    found = frame_metrics(df, rs.scale, rs.threshold)
+    return found | metrics.confidence_intervals(df["pred_mean"], df["gt_mean"])
+
+
+def load_splits(run_dir: Path, best: int | None, notes: list[str], rs: RunScale = AVA_RUN) -> list[SplitData]:
+    """train's predictions of best_model.pt: val (the best epoch's file, else val.parquet) and test,
+    read on the run's scale `rs`."""
     pred_dir = run_dir / "predictions"
     epoch_file = pred_dir / f"val_epoch_{best:03d}.parquet" if best is not None else None
     model = model_label(CHECKPOINT_FILES["best"], best)  # train predicts without TTA
@@ -76,7 +85,7 @@ def load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[Split
         )
     splits = []
     for key, path in sources:
-        df, dropped = read_predictions(path)
+        df, dropped = read_predictions(path, rs.scale)
         if dropped:
             notes.append(
                 f"{path.name}: {dropped} row(s) with a NaN or infinite mean score left out "
@@ -85,7 +94,7 @@ def load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[Split
         if df.empty:
             notes.append(f"{path.name} has no rows: {key} sections skipped")
             continue
-        splits.append(SplitData(key, model, df, frame_metrics(df)))
+        splits.append(SplitData(key, model, df, split_metrics(df, rs)))
     if not splits:
         raise AvakitError(f"{pred_dir}: every predictions file is empty")
     return splits
@@ -93,6 +102,13 @@ def load_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[Split
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kept(key: str, value: object) -> bool:
+    """A metric the summary shows: a number, or a [lo, hi] interval of two numbers (*_ci)."""
+    if key.endswith("_ci"):
+        return isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value)
+    return _number(value)
 
 
 def read_evaluations(run_dir: Path, notes: list[str]) -> list[tuple[str, str, dict]]:
@@ -112,13 +128,13 @@ def read_evaluations(run_dir: Path, notes: list[str]) -> list[tuple[str, str, di
             notes.append(f"{path}: not an `avakit evaluate` result: left out of the summary")
             continue
         epoch = data.get("epoch") if _number(data.get("epoch")) else None
-        found = {k: v for k, v in data["metrics"].items() if _number(v)}
+        found = {k: v for k, v in data["metrics"].items() if _kept(str(k), v)}
         model = model_label(data["checkpoint"], epoch, data["tta"])
         rows.append((data["split"], f"evaluate: {model}", found))
     return rows
 
 
-def epoch_points(run_dir: Path, notes: list[str]) -> pd.DataFrame:
+def epoch_points(run_dir: Path, notes: list[str], rs: RunScale = AVA_RUN) -> pd.DataFrame:
     """epoch, srcc, plcc from each predictions/val_epoch_NNN.parquet (one row per file).
 
     A file that breaks the predictions contract (`read_predictions`) is left out with a note.
@@ -129,7 +145,7 @@ def epoch_points(run_dir: Path, notes: list[str]) -> pd.DataFrame:
         if not (suffix.isascii() and suffix.isdigit()):
             continue
         try:
-            df, _ = read_predictions(path)
+            df, _ = read_predictions(path, rs.scale)
         except AvakitError as e:
             notes.append(f"{e}: left out of SRCC over epochs")
             continue
