@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from avakit.errors import AvakitError
-from avakit.scores import AVA, Scale
+from avakit.scores import AVA, Scale, stored_scale
 from avakit.training.rundir import CHECKPOINT_FILES
 
 MAX_VOTE_BINS = 12  # more points than this (a 0..100 slider as votes): ~10 equal bins instead
@@ -87,10 +87,7 @@ def _from_results(results: dict, run_dir: Path) -> Scale | None:
     """results.json's "labels", validated; None when it has none."""
     if results.get("labels") is None:
         return None
-    try:
-        return Scale.from_dict(results["labels"], "labels")
-    except ValueError as e:
-        raise AvakitError(f"{run_dir / 'results.json'}: {e}") from None
+    return stored_scale(results, str(run_dir / "results.json"))
 
 
 def _from_checkpoint(run_dir: Path, notes: list[str]) -> Scale | None:
