@@ -175,8 +175,8 @@ def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str, scal
     if len(out) != rank or (last is not None and isinstance(out[-1], int) and out[-1] != last):
         expected = f"[batch, {last}]" if mode == "distribution" else "[batch]"
         raise AvakitError(
-            f"{path}: metadata output_mode {mode} and labels ({scale.score_name}) do not match the "
-            f"model's output shape {out} (expected {expected})"
+            f"{path}: metadata output_mode {mode} does not match the model's output shape {out} "
+            f"(expected {expected} for labels {scale.score_name})"
         )
 
 
