@@ -282,7 +282,7 @@ def export_onnx(
     with torch.inference_mode():
         ref = mean_scores(_run(lambda b: wrapped(torch.from_numpy(b)).numpy(), check), mode, scale)
     fp32_scores = mean_scores(_run(OnnxScorer(output), check), mode, scale)
-    fp32_diff, fp32_srcc = _compare("ONNX FP32 vs torch", fp32_scores, ref)
+    fp32_diff, fp32_srcc = _check_fp32(output, fp32_scores, ref, scale)
     parity = {
         "n": len(check),
         "inputs": origin,
@@ -291,13 +291,6 @@ def export_onnx(
         "int8_max_abs_diff": None,
         "int8_srcc": None,
     }
-    if not fp32_diff <= fp32_tolerance(scale):
-        raise AvakitError(
-            f"{output}: ONNX FP32 scores ({scale.score_name}) differ from torch by up to {fp32_diff:.3g} "
-            f"(allowed {fp32_tolerance(scale):.3g}) on {len(check)} inputs; file left for inspection",
-            exit_code=1,
-        )
-
     int8_path = output.with_name(f"{output.stem}.int8.onnx") if int8 else None
     if int8_path is not None:
         int8_meta = {**metadata, "precision": "int8"}
@@ -313,6 +306,19 @@ def export_onnx(
         "score_name": scale.score_name,
         "notes": notes,
     }
+
+
+def _check_fp32(output: Path, got: np.ndarray, ref: np.ndarray, scale: Scale) -> tuple[float, float]:
+    """(max |diff|, SRCC) of ONNX FP32 scores against torch's; AvakitError (exit 1, file left for
+    inspection) beyond `fp32_tolerance(scale)`."""
+    diff, rank = _compare("ONNX FP32 vs torch", got, ref)
+    if not diff <= fp32_tolerance(scale):
+        raise AvakitError(
+            f"{output}: ONNX FP32 scores ({scale.score_name}) differ from torch by up to {diff:.3g} "
+            f"(allowed {fp32_tolerance(scale):.3g}) on {len(ref)} inputs; file left for inspection",
+            exit_code=1,
+        )
+    return diff, rank
 
 
 def _check_int8(
