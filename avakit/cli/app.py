@@ -254,9 +254,9 @@ def predict(
     Distribution models also give the std and the distribution over the scale's K points.
     Uses the eval transform and labels stored with the model. Folders are walked for jpg, jpeg,
     png, webp, bmp, tif (any case). A file that cannot be read is reported and the others are
-    still scored; the exit code is then 1. json: {"score", "labels", "predictions": [rows]};
-    rows / csv columns: path, mean_score, std, dist_1..dist_K (none for a MOS), error (csv: and
-    score, what mean_score is, e.g. "mean score (1-10)").
+    still scored; the exit code is then 1. json: {"score", "labels", "predictions": rows};
+    rows and csv columns: path, mean_score, std, dist_1..dist_K (none for a MOS), error; csv
+    adds a last column, score: what mean_score is, e.g. "mean score (1-10)".
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """

@@ -51,6 +51,7 @@ from avakit.inference.preprocess import PreprocessSpec, prepare, prepare_image
 from avakit.inference.provenance import build_metadata
 from avakit.inference.quantize import quantize_int8
 from avakit.metrics import srcc
+from avakit.model.losses import native_outputs
 from avakit.scores import AVA, Scale
 from avakit.training.checkpoint import (
     checkpoint_scale,
@@ -119,8 +120,6 @@ class ExportModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's outputs as scoring gives them: softmax (distribution) or the score in the
         scale's units clamped to [lo, hi] (regression)."""
-        from avakit.model.losses import native_outputs
-
         out = self.model(x)
         if self.output_mode == "distribution":
             return out.softmax(dim=1)
