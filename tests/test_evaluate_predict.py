@@ -93,7 +93,7 @@ def test_predict_folder_mixed_files(run: Path, originals: Path, tmp_path: Path) 
         app, ["predict", str(folder), "--run", str(run), "--format", "json", "--output", str(out)]
     )
     assert result.exit_code == 1, result.output
-    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())["predictions"]}
     good = ("good.jpg", "copy.PNG", "gray.jpeg", "cmyk.jpg", "rotated.jpg")
     assert set(rows) == {*good, "empty.jpg", "notes.jpg"}
     for name in good:
@@ -111,7 +111,7 @@ def test_predict_csv_schema_and_table(run: Path, originals: Path) -> None:
     result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--format", "csv"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == FIELDS and len(rows) == 1 and rows[0]["error"] == ""
+    assert list(rows[0]) == [*FIELDS, "score"] and len(rows) == 1 and rows[0]["error"] == ""
     table = runner.invoke(app, ["predict", str(image), "--checkpoint", str(run / "best_model.pt")])
     assert table.exit_code == 0 and f"{float(rows[0]['mean_score']):.3f}" in table.output
 
@@ -122,7 +122,7 @@ def test_predict_matches_evaluate(run: Path, originals: Path) -> None:
     df = pd.read_parquet(run / "predictions" / "test.parquet").head(8)
     paths = [str(originals / f"{i}.jpg") for i in df["image_id"]]
     result = runner.invoke(app, ["predict", *paths, "--run", str(run), "--format", "json"])
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["predictions"]
     predicted = np.array([r["mean_score"] for r in rows])
     assert np.abs(predicted - df["pred_mean"].to_numpy()).max() < 0.05
 

@@ -249,11 +249,14 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
 ) -> None:
-    """Score photos: mean score (1-10), its std and the 10-bin distribution.
+    """Score photos in the units of the model's data: its mean score (e.g. 1-10) or MOS.
 
-    Uses the eval transform stored with the model. Folders are walked for jpg, jpeg, png, webp,
-    bmp, tif (any case). A file that cannot be read is reported and the others are still scored;
-    the exit code is then 1. json/csv columns: path, mean_score, std, dist_1..dist_10, error.
+    Distribution models also give the std and the distribution over the scale's K points.
+    Uses the eval transform and labels stored with the model. Folders are walked for jpg, jpeg,
+    png, webp, bmp, tif (any case). A file that cannot be read is reported and the others are
+    still scored; the exit code is then 1. json: {"score", "labels", "predictions": rows};
+    rows and csv columns: path, mean_score, std, dist_1..dist_K (none for a MOS), error; csv
+    adds a last column, score: what mean_score is, e.g. "mean score (1-10)".
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """
@@ -264,12 +267,12 @@ def predict(
     with bar as advance:
         predictions = job.run(batch_size, advance)
     if fmt == "table":
-        print_predictions(predictions)
+        print_predictions(predictions, job.scale)
     elif output is not None:
-        write_predictions(predictions, fmt, output)
+        write_predictions(predictions, fmt, output, job.scale)
         console.print(escape(f"wrote {len(predictions)} rows to {output}"), highlight=False)
     else:
-        sys.stdout.write(format_predictions(predictions, fmt))
+        sys.stdout.write(format_predictions(predictions, fmt, job.scale))
     if print_unscored(predictions):
         raise typer.Exit(1)
 
@@ -291,9 +294,11 @@ def export(
     """Export backbone + head (+ softmax / clamp) to ONNX with a dynamic batch, then check parity.
 
     Input: NCHW float32, normalised as the run's eval transform (stored in the file's metadata
-    with the avakit version, output mode, training date, manifest sha256 and val/test SRCC).
-    After export, torch and ONNX FP32 must agree to 1e-4 in mean score and INT8 must keep
-    SRCC >= 0.99 against FP32 over the val images, or the command fails (exit 1).
+    with the labels' scale, the avakit version, output mode, training date, manifest sha256 and
+    val/test SRCC). Output: probabilities over the scale's K points, or the score in the data's
+    units clamped to its range. After export, torch and ONNX FP32 must agree to 1e-4 in score
+    (per 1-10 of range) and INT8 must keep SRCC >= 0.99 against FP32 over the val images, or
+    the command fails (exit 1).
     Then: avakit predict photo.jpg --onnx model.onnx   (onnxruntime only)
     """
     from avakit.inference.export import export_onnx

@@ -28,7 +28,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from avakit.errors import AvakitError, Interrupted
-from avakit.scores import HELD_OUT_SPLITS
+from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
 
 console = Console()
 err_console = Console(stderr=True)
@@ -270,11 +270,12 @@ def print_features(meta: dict) -> None:
     )
 
 
-def print_predictions(predictions: list) -> None:
-    """`predict --format table`: one row per image (mean score, std, error)."""
+def print_predictions(predictions: list, scale: Scale = AVA) -> None:
+    """`predict --format table`: one row per image (score, std, error); the score's column is
+    headed by what it is (scale.score_name, e.g. "mean score (1-10)", "MOS (0-100)")."""
     table = Table()
-    for col in ("image", "mean score", "std", "error"):
-        table.add_column(col, justify="left" if col in ("image", "error") else "right")
+    for col in ("image", scale.score_name, "std", "error"):
+        table.add_column(escape(col), justify="left" if col in ("image", "error") else "right")
     for p in predictions:
         table.add_row(
             escape(p.path),
@@ -324,8 +325,9 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
 def print_export(result: dict) -> None:
     """The parity table of `export` (FP32 vs torch, INT8 vs FP32) and its notes."""
     p, sizes = result["parity"], result["sizes_mb"]
-    table = Table(title=escape(f"parity on {p['n']} inputs ({p['inputs']})"))
-    for col in ("file", "MB", "max |Δ mean score|", "SRCC"):
+    name = result.get("score_name", AVA.score_name)
+    table = Table(title=escape(f"parity on {p['n']} inputs ({p['inputs']}), {name}"))
+    for col in ("file", "MB", "max |Δ score|", "SRCC"):
         table.add_column(col, justify="left" if col == "file" else "right")
     for precision, against in (("fp32", "torch"), ("int8", "FP32")):
         if result[precision] is not None:

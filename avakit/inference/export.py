@@ -1,11 +1,13 @@
 """`avakit export`: a run's checkpoint -> one self-contained ONNX file (+ INT8), parity-checked.
 
-The graph is the whole scorer: backbone + MLP head + softmax (distribution) or clamp to [1, 10]
-(regression), input `input` float32 [N, 3, crop, crop] normalised, output `scores` ([N, 10]
-or [N]), batch dimension dynamic. Exported with torch's TorchScript-based exporter
-(`dynamo=False`: the dynamo exporter needs onnxscript, which avakit does not depend on).
-Everything `predict --onnx` needs (preprocessing, output mode) and the run's provenance go into
-`metadata_props` (schema: avakit.inference.onnx_runtime).
+The graph is the whole scorer: backbone + MLP head + softmax over the scale's K points
+(distribution) or the score in the data's own units clamped to [lo, hi] (regression: a MOS
+model's 0..1 output is mapped to lo..hi in the graph), input `input` float32 [N, 3, crop, crop]
+normalised, output `scores` ([N, K] or [N]), batch dimension dynamic. Exported with torch's
+TorchScript-based exporter (`dynamo=False`: the dynamo exporter needs onnxscript, which avakit
+does not depend on).
+Everything `predict --onnx` needs (preprocessing, output mode, the labels' Scale) and the run's
+provenance go into `metadata_props` (schema: avakit.inference.onnx_runtime).
 
 `int8=True` adds `<stem>.int8.onnx`: onnxruntime static quantisation after `quant_pre_process`,
 QDQ format, uint8 activations / int8 per-channel weights, MinMax calibration on val images of
@@ -21,8 +23,9 @@ quantisation of the same nodes (ConvInteger: little faster than FP32), with a no
 Opsets: `OPSET_MIN` (per-channel QuantizeLinear, and the current semantics of Softmax and the
 reductions the graph uses) to torch's TorchScript exporter's highest (20 in torch 2.x).
 
-After export both files are checked against torch on val images (or given photos); a failed
-check raises AvakitError with exit code 1.
+After export both files are checked against torch on val images (or given photos), on the
+score in the scale's units (FP32: within FP32_MAX_ABS_DIFF per AVA-sized range, see
+`fp32_tolerance`); a failed check raises AvakitError with exit code 1.
 """
 
 from __future__ import annotations
@@ -30,10 +33,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +43,26 @@ import torch
 from PIL import Image
 from torch import nn
 
-from avakit import __version__
 from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.extras import require
 from avakit.inference.onnx_runtime import OnnxScorer, write_metadata
 from avakit.inference.preprocess import PreprocessSpec, prepare, prepare_image
+from avakit.inference.provenance import build_metadata
 from avakit.inference.quantize import quantize_int8
 from avakit.metrics import srcc
-from avakit.scores import SCORE_MAX, SCORE_MIN, mean_score
-from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
-from avakit.training.rundir import read_json
+from avakit.model.losses import native_outputs
+from avakit.scores import AVA, Scale
+from avakit.training.checkpoint import (
+    checkpoint_scale,
+    load_checkpoint,
+    model_from_checkpoint,
+    run_checkpoint,
+)
 
 log = logging.getLogger("avakit.inference.export")
 
-FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, mean score
+FP32_MAX_ABS_DIFF = 1e-4  # torch vs ONNX FP32, score on AVA's 1..10 (scaled with the range: fp32_tolerance)
 INT8_MIN_SRCC = 0.99  # rank agreement of INT8 with FP32 mean scores
 BATCH = 32
 RANDOM_INPUTS_MAX = 256  # parity inputs drawn at random when no val image can be read
@@ -98,17 +104,26 @@ def check_output(output: Path) -> Path:
     return output
 
 
-class ExportModel(nn.Module):
-    """The run's model plus what scoring applies on top: softmax or clamp to [1, 10]."""
+def fp32_tolerance(scale: Scale) -> float:
+    """The allowed torch vs ONNX FP32 score difference: FP32_MAX_ABS_DIFF on AVA's 1..10, scaled
+    with the range (float32 rounding grows with the numbers), so 1e-4 for AVA, ~1.1e-3 for 0..100."""
+    return FP32_MAX_ABS_DIFF * (scale.hi - scale.lo) / (AVA.hi - AVA.lo)
 
-    def __init__(self, model: nn.Module, output_mode: str) -> None:
+
+class ExportModel(nn.Module):
+    """The run's model plus what scoring applies on top: softmax, or native units clamped to [lo, hi]."""
+
+    def __init__(self, model: nn.Module, output_mode: str, scale: Scale = AVA) -> None:
         super().__init__()
-        self.model, self.output_mode = model, output_mode
+        self.model, self.output_mode, self.scale = model, output_mode, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's outputs as scoring gives them: softmax (distribution) or clamped to [1, 10]."""
+        """The model's outputs as scoring gives them: softmax (distribution) or the score in the
+        scale's units clamped to [lo, hi] (regression)."""
         out = self.model(x)
-        return out.softmax(dim=1) if self.output_mode == "distribution" else out.clamp(SCORE_MIN, SCORE_MAX)
+        if self.output_mode == "distribution":
+            return out.softmax(dim=1)
+        return native_outputs(out, self.scale, self.output_mode).clamp(self.scale.lo, self.scale.hi)
 
 
 def val_images(
@@ -164,60 +179,6 @@ def _inputs(
     return arrays, f"{len(arrays)} val images from {source}"
 
 
-def _finite(value: Any) -> float | None:
-    """A number read back from a run's files, or None when it is not a finite number."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
-def _provenance(ckpt: dict, ckpt_path: Path) -> tuple[float | None, float | None, str | None]:
-    """(val SRCC, test SRCC, finished_at) of the checkpoint: results.json's when it describes this
-    checkpoint, else the checkpoint's own epoch metrics. A results.json that is not a JSON object
-    is one AvakitError naming it; a field of the wrong type counts as unknown."""
-    path = ckpt_path.parent / "results.json"
-    results = read_json(path) if path.is_file() else {}
-    if not isinstance(results, dict):
-        raise AvakitError(f"{path}: expected a JSON object, got {type(results).__name__}")
-    if results.get("checkpoint") != ckpt_path.name:  # this checkpoint's own epoch
-        metrics = ckpt.get("metrics")
-        return _finite(metrics.get("srcc")) if isinstance(metrics, dict) else None, None, None
-
-    def srcc(split: str) -> float | None:
-        part = results.get(split)
-        return _finite(part.get("srcc")) if isinstance(part, dict) else None
-
-    finished = results.get("finished_at")
-    return srcc("val"), srcc("test"), finished if isinstance(finished, str) and finished else None
-
-
-def build_metadata(ckpt: dict, ckpt_path: Path, precision: str = "fp32") -> dict[str, Any]:
-    """Provenance and preprocessing of a checkpoint, as stored in the ONNX file."""
-    cfg, shard = ckpt["config"], ckpt.get("preprocessing") or {}
-    val_srcc, test_srcc, finished = _provenance(ckpt, ckpt_path)
-    trained = finished or datetime.fromtimestamp(ckpt_path.stat().st_mtime, timezone.utc).isoformat(
-        timespec="seconds"
-    )
-    t = cfg["transform"]
-    return {
-        "avakit_version": __version__,
-        "output_mode": cfg["model"]["output_mode"],
-        "backbone": cfg["model"]["backbone"],
-        "input_size": t["crop_size"],
-        "resize_size": t["resize_size"],
-        "normalize_mean": list(t["normalize_mean"]),
-        "normalize_std": list(t["normalize_std"]),
-        "short_side": shard.get("short_side"),
-        "quality": shard.get("quality"),
-        "trained_at": trained,
-        "manifest_sha256": ckpt.get("manifest_sha256"),
-        "val_srcc": val_srcc,
-        "test_srcc": test_srcc,
-        "checkpoint": ckpt_path.name,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "precision": precision,
-    }
-
-
 def export_fp32(
     model: nn.Module, output: Path, crop: int, opset: int = 17, metadata: dict[str, Any] | None = None
 ) -> None:
@@ -246,10 +207,10 @@ def export_fp32(
     write_metadata(output, metadata, onnx.load_from_string(buf.getvalue()))
 
 
-def mean_scores(outputs: np.ndarray, output_mode: str) -> np.ndarray:
-    """Model outputs -> mean scores [N] (probabilities @ POINTS, or the scores themselves)."""
+def mean_scores(outputs: np.ndarray, output_mode: str, scale: Scale = AVA) -> np.ndarray:
+    """Model outputs -> scores [N] in the scale's units (probabilities @ points, or the scores themselves)."""
     out = np.asarray(outputs, dtype=np.float64)
-    return mean_score(out, normalise=False) if output_mode == "distribution" else out.reshape(-1)
+    return scale.mean(out, normalise=False) if output_mode == "distribution" else out.reshape(-1)
 
 
 def _run(fn: Any, inputs: np.ndarray) -> np.ndarray:
@@ -260,7 +221,7 @@ def _run(fn: Any, inputs: np.ndarray) -> np.ndarray:
 def _compare(name: str, got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     diff = float(np.max(np.abs(got - ref)))
     rank = srcc(got, ref) if len(ref) > 2 else float("nan")
-    log.info("parity %s on %d inputs: mean score max |diff| %.3g, SRCC %.5f", name, len(ref), diff, rank)
+    log.info("parity %s on %d inputs: score max |diff| %.3g, SRCC %.5f", name, len(ref), diff, rank)
     return diff, rank
 
 
@@ -296,8 +257,8 @@ def export_onnx(
     ckpt_path = run_checkpoint(Path(run_dir), checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
-    mode, spec = cfg.model.output_mode, PreprocessSpec.from_checkpoint(ckpt)
-    wrapped = ExportModel(model, mode).eval()
+    mode, spec, scale = cfg.model.output_mode, PreprocessSpec.from_checkpoint(ckpt), checkpoint_scale(ckpt)
+    wrapped = ExportModel(model, mode, scale).eval()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -318,9 +279,9 @@ def export_onnx(
         log.warning("note: %s", notes[-1])
     check = inputs[:parity_images]
     with torch.inference_mode():
-        ref = mean_scores(_run(lambda b: wrapped(torch.from_numpy(b)).numpy(), check), mode)
-    fp32_scores = mean_scores(_run(OnnxScorer(output), check), mode)
-    fp32_diff, fp32_srcc = _compare("ONNX FP32 vs torch", fp32_scores, ref)
+        ref = mean_scores(_run(lambda b: wrapped(torch.from_numpy(b)).numpy(), check), mode, scale)
+    fp32_scores = mean_scores(_run(OnnxScorer(output), check), mode, scale)
+    fp32_diff, fp32_srcc = _check_fp32(output, fp32_scores, ref, scale)
     parity = {
         "n": len(check),
         "inputs": origin,
@@ -329,25 +290,34 @@ def export_onnx(
         "int8_max_abs_diff": None,
         "int8_srcc": None,
     }
-    if not fp32_diff <= FP32_MAX_ABS_DIFF:
-        raise AvakitError(
-            f"{output}: ONNX FP32 mean scores differ from torch by up to {fp32_diff:.3g} "
-            f"(allowed {FP32_MAX_ABS_DIFF:g}) on {len(check)} inputs; file left for inspection",
-            exit_code=1,
-        )
-
     int8_path = output.with_name(f"{output.stem}.int8.onnx") if int8 else None
     if int8_path is not None:
         int8_meta = {**metadata, "precision": "int8"}
-        parity.update(_check_int8(output, int8_path, calibration, int8_meta, check, fp32_scores, mode, notes))
+        parity.update(
+            _check_int8(output, int8_path, calibration, int8_meta, check, fp32_scores, (mode, scale), notes)
+        )
     return {
         "fp32": output,
         "int8": int8_path,
         "parity": parity,
         "metadata": metadata,
         "sizes_mb": {"fp32": _size_mb(output), "int8": _size_mb(int8_path)},
+        "score_name": scale.score_name,
         "notes": notes,
     }
+
+
+def _check_fp32(output: Path, got: np.ndarray, ref: np.ndarray, scale: Scale) -> tuple[float, float]:
+    """(max |diff|, SRCC) of ONNX FP32 scores against torch's; AvakitError (exit 1, file left for
+    inspection) beyond `fp32_tolerance(scale)`."""
+    diff, rank = _compare("ONNX FP32 vs torch", got, ref)
+    if not diff <= fp32_tolerance(scale):
+        raise AvakitError(
+            f"{output}: ONNX FP32 scores ({scale.score_name}) differ from torch by up to {diff:.3g} "
+            f"(allowed {fp32_tolerance(scale):.3g}) on {len(ref)} inputs; file left for inspection",
+            exit_code=1,
+        )
+    return diff, rank
 
 
 def _check_int8(
@@ -357,16 +327,16 @@ def _check_int8(
     metadata: dict[str, Any],
     check: np.ndarray,
     fp32_scores: np.ndarray,
-    mode: str,
+    output: tuple[str, Scale],
     notes: list[str],
 ) -> dict[str, Any]:
     """Quantise `fp32` to `int8_path` and check it ranks `check` like FP32: the parity fields.
 
     Raises AvakitError (exit 1, file left for inspection) when SRCC < INT8_MIN_SRCC; with fewer
-    than 3 inputs the ranking cannot be checked and a note says so.
+    than 3 inputs the ranking cannot be checked and a note says so. `output`: (output_mode, scale).
     """
     method = quantize_int8(fp32, int8_path, calibration, metadata)
-    got = mean_scores(_run(OnnxScorer(int8_path), check), mode)
+    got = mean_scores(_run(OnnxScorer(int8_path), check), *output)
     int8_diff, int8_srcc = _compare("ONNX INT8 vs ONNX FP32", got, fp32_scores)
     if len(check) < 3:
         notes.append(f"INT8 ranking not checked: {len(check)} parity inputs (need 3)")

@@ -4,6 +4,8 @@
 .onnx file alone is enough to score photos the way the run's checkpoint would. Every value is
 a string: plain text for the STRING_KEYS, JSON for the rest (numbers, lists); `null` means
 unknown. This module owns that schema; `avakit.inference.export` writes it with `encode_metadata`.
+`labels` (JSON of `Scale.as_dict()`) says what the output means: K points or a MOS, range,
+direction; a file written before scales has no `labels` and is read as AVA's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from avakit.extras import require
 from avakit.fileio import atomic_write
 from avakit.inference.preprocess import PreprocessSpec
 from avakit.inference.scorer import Scorer
-from avakit.scores import N_POINTS
+from avakit.scores import AVA, Scale
 
 # What export writes; the first six are required to score (see PreprocessSpec).
 REQUIRED_KEYS = (
@@ -104,6 +106,20 @@ def _session(path: Path, threads: int | None) -> Any:
         raise AvakitError(f"{path}: not a readable ONNX model ({first[:200]})") from None
 
 
+def scale_from_metadata(path: Path, meta: dict[str, Any]) -> Scale:
+    """The Scale of decoded metadata: its `labels`, validated (AVA when the key is absent: a file
+    exported before scales). AvakitError naming the file and key for anything else."""
+    if "labels" not in meta:
+        return AVA
+    labels = meta["labels"]
+    if isinstance(labels, str):
+        raise AvakitError(f"{path}: metadata labels is not JSON ({labels[:60]!r})")
+    try:
+        return Scale.from_dict(labels, f"{path}: metadata labels")
+    except ValueError as e:
+        raise AvakitError(str(e)[:300]) from None
+
+
 def _spec_from_metadata(path: Path, meta: dict[str, Any]) -> tuple[PreprocessSpec, str]:
     """(PreprocessSpec, output_mode) from decoded metadata, validated like a checkpoint's values:
     the config's types and bounds for the transform, `check_preprocessing` for the shard step.
@@ -136,7 +152,7 @@ def _spec_from_metadata(path: Path, meta: dict[str, Any]) -> tuple[PreprocessSpe
     return PreprocessSpec.from_config(transform, shard), mode
 
 
-def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str) -> None:
+def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str, scale: Scale) -> None:
     """The graph's static input/output dims agree with the metadata (else one line at load)."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
@@ -152,23 +168,26 @@ def _check_graph(path: Path, session: Any, spec: PreprocessSpec, mode: str) -> N
             f"{path}: metadata input_size {spec.crop_size} does not match the model's input "
             f"shape {shape} (expected [batch, 3, {spec.crop_size}, {spec.crop_size}])"
         )
+    if mode == "distribution" and scale.k is None:
+        raise AvakitError(f"{path}: metadata output_mode distribution needs a vote scale, labels is a MOS")
     out = list(outputs[0].shape)
-    rank, last = (2, N_POINTS) if mode == "distribution" else (1, None)
+    rank, last = (2, scale.k) if mode == "distribution" else (1, None)
     if len(out) != rank or (last is not None and isinstance(out[-1], int) and out[-1] != last):
-        expected = f"[batch, {N_POINTS}]" if mode == "distribution" else "[batch]"
+        expected = f"[batch, {last}]" if mode == "distribution" else "[batch]"
         raise AvakitError(
-            f"{path}: metadata output_mode {mode} does not match the model's output shape "
-            f"{out} (expected {expected})"
+            f"{path}: metadata output_mode {mode} does not match the model's output shape {out} "
+            f"(expected {expected} for labels {scale.score_name})"
         )
 
 
-def _open(path: Path, threads: int | None) -> tuple[Any, dict[str, Any], PreprocessSpec, str]:
-    """(session, decoded metadata, spec, output_mode) of an .onnx file, all checked."""
+def _open(path: Path, threads: int | None) -> tuple[Any, dict[str, Any], PreprocessSpec, str, Scale]:
+    """(session, decoded metadata, spec, output_mode, scale) of an .onnx file, all checked."""
     session = _session(path, threads)
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
     spec, mode = _spec_from_metadata(path, meta)
-    _check_graph(path, session, spec, mode)
-    return session, meta, spec, mode
+    scale = scale_from_metadata(path, meta)
+    _check_graph(path, session, spec, mode, scale)
+    return session, meta, spec, mode, scale
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -180,12 +199,13 @@ class OnnxScorer(Scorer):
     """An exported model in onnxruntime (CPUExecutionProvider), with the run's preprocessing.
 
     `__call__` takes a normalised float32 batch [B, 3, c, c] and returns what the model's
-    `scores` output holds: probabilities [B, 10] (distribution) or scores in [1, 10] [B].
+    `scores` output holds: probabilities over the K points [B, K] (distribution) or scores in
+    the scale's units, clamped to [lo, hi], [B] (regression). `scale` comes from the metadata.
     """
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.session, self.metadata, self.spec, self.output_mode = _open(self.path, threads)
+        self.session, self.metadata, self.spec, self.output_mode, self.scale = _open(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

@@ -1,11 +1,16 @@
 """`avakit predict`: score photos with a trained run (torch) or an exported model (ONNX).
 
+Scores are in the units of the run's data (its `Scale`, from the checkpoint or the ONNX
+metadata): AVA's mean score 1..10, a K-point vote scale's mean over its points, a MOS in lo..hi.
 Output rows, the same for every backend and format (json / csv columns, in this order):
   path        the file scored
-  mean_score  predicted mean rating, 1..10
+  mean_score  the predicted score (scale.score_name, e.g. "mean score (1-10)", "MOS (0-100)")
   std         standard deviation of the predicted rating distribution (distribution mode; else null)
-  dist_1..dist_10  the predicted distribution of ratings 1..10 (distribution mode; else null)
+  dist_1..dist_K  the predicted distribution over the scale's K points (distribution mode; else
+              null; no such columns for a MOS scale)
   error       why the file could not be scored (null when it was)
+json is one object: {"score": score_name, "labels": Scale.as_dict(), "predictions": [rows]};
+csv is a header and one line per row, plus a last column `score` holding the score_name.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from avakit.dataset.images import ImageSkip
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.inference.preprocess import PreprocessSpec, find_images, prepare
-from avakit.inference.scorer import FIELDS, Prediction, Scorer, to_prediction
-from avakit.scores import SCORE_MAX, SCORE_MIN
+from avakit.inference.scorer import Prediction, Scorer, fields, scorer_scale, to_prediction
+from avakit.scores import AVA, Scale
 
 FORMATS = PREDICT_FORMATS
 
@@ -37,25 +42,29 @@ class TorchScorer(Scorer):
     def __init__(self, ckpt_path: Path, device: str = "auto") -> None:
         import torch
 
-        from avakit.training.checkpoint import load_checkpoint, model_from_checkpoint
+        from avakit.training.checkpoint import checkpoint_scale, load_checkpoint, model_from_checkpoint
         from avakit.training.distributed import pick_device
 
         ckpt = load_checkpoint(ckpt_path)
         self.spec = PreprocessSpec.from_checkpoint(ckpt)
         model, cfg = model_from_checkpoint(ckpt)
+        self.scale = checkpoint_scale(ckpt)
         self.output_mode = cfg.model.output_mode
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.torch = torch
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a normalised batch: probabilities (distribution) or scores clamped to [1, 10]."""
+        """Run the model on a normalised batch: probabilities over the K points (distribution) or
+        scores in the scale's units clamped to [lo, hi] (regression)."""
+        from avakit.model.losses import native_outputs
+
         torch = self.torch
         with torch.inference_mode():
             out = self.model(torch.from_numpy(batch).to(self.device)).float()
             if self.output_mode == "distribution":
                 return out.softmax(dim=1).cpu().numpy()
-            out = out.clamp(SCORE_MIN, SCORE_MAX)
+            out = native_outputs(out, self.scale, self.output_mode).clamp(self.scale.lo, self.scale.hi)
         return out.cpu().numpy()
 
 
@@ -89,6 +98,7 @@ def score_images(
     if batch_size < 1:
         raise AvakitError(f"batch_size must be at least 1, got {batch_size}")
     results: dict[int, Prediction] = {}
+    scale = scorer_scale(scorer)
     for start in range(0, len(paths), batch_size):
         ready, arrays = [], []
         for i in range(start, min(start + batch_size, len(paths))):
@@ -101,7 +111,7 @@ def score_images(
         if arrays:
             outputs = scorer(np.stack(arrays))
             for i, out in zip(ready, outputs, strict=True):
-                results[i] = to_prediction(paths[i], out, scorer.output_mode)
+                results[i] = to_prediction(paths[i], out, scorer.output_mode, scale)
         if advance is not None:
             advance(min(batch_size, len(paths) - start))
     return [results[i] for i in range(len(paths))]
@@ -141,6 +151,11 @@ class PredictJob:
     paths: list[Path]
     missing: list[tuple[Path, str]]  # (input, why it could not be scored)
 
+    @property
+    def scale(self) -> Scale:
+        """What the scores mean: the model's Scale (AVA for a model from before scales)."""
+        return scorer_scale(self.scorer)
+
     def run(self, batch_size: int = 16, advance: Callable[[int], None] | None = None) -> list[Prediction]:
         """One row per image found (in order), then one error row per input that gave none."""
         predictions = score_images(self.scorer, self.paths, batch_size, advance)
@@ -163,20 +178,22 @@ def plan_prediction(
     return PredictJob(load_scorer(run, checkpoint, onnx, device), paths, missing)
 
 
-def format_predictions(predictions: Sequence[Prediction], fmt: str) -> str:
-    """json (a list of row objects) or csv (header + rows), with the columns documented above."""
-    rows = [p.row() for p in predictions]
+def format_predictions(predictions: Sequence[Prediction], fmt: str, scale: Scale = AVA) -> str:
+    """json (one object: score name, labels, rows) or csv (header + rows + a `score` column),
+    with the columns documented above for `scale`."""
+    rows = [p.row(scale) for p in predictions]
     if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
+        doc = {"score": scale.score_name, "labels": scale.as_dict(), "predictions": rows}
+        return json.dumps(doc, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=[*fields(scale), "score"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "score": scale.score_name} for row in rows)
         return buf.getvalue()
     raise AvakitError(f"format must be table, json or csv, got {fmt!r}")
 
 
-def write_predictions(predictions: Sequence[Prediction], fmt: str, output: Path) -> None:
+def write_predictions(predictions: Sequence[Prediction], fmt: str, output: Path, scale: Scale = AVA) -> None:
     """Write the json/csv rows to `output` through fileio (whole or not at all)."""
-    write_text_atomic(Path(output), format_predictions(predictions, fmt))
+    write_text_atomic(Path(output), format_predictions(predictions, fmt, scale))
