@@ -93,7 +93,7 @@ def test_predict_folder_mixed_files(run: Path, originals: Path, tmp_path: Path) 
         app, ["predict", str(folder), "--run", str(run), "--format", "json", "--output", str(out)]
     )
     assert result.exit_code == 1, result.output
-    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())["predictions"]}
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     good = ("good.jpg", "copy.PNG", "gray.jpeg", "cmyk.jpg", "rotated.jpg")
     assert set(rows) == {*good, "empty.jpg", "notes.jpg"}
     for name in good:
@@ -122,7 +122,7 @@ def test_predict_matches_evaluate(run: Path, originals: Path) -> None:
     df = pd.read_parquet(run / "predictions" / "test.parquet").head(8)
     paths = [str(originals / f"{i}.jpg") for i in df["image_id"]]
     result = runner.invoke(app, ["predict", *paths, "--run", str(run), "--format", "json"])
-    rows = json.loads(result.stdout)["predictions"]
+    rows = json.loads(result.stdout)
     predicted = np.array([r["mean_score"] for r in rows])
     assert np.abs(predicted - df["pred_mean"].to_numpy()).max() < 0.05
 

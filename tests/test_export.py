@@ -243,10 +243,10 @@ def test_cli_export_and_predict_onnx(run_copy: Path, trained_run: Path, tmp_path
     photo = str(_photos(trained_run, 1)[0])
     onnx_rows = json.loads(
         runner.invoke(app, ["predict", photo, "--onnx", str(out), "--format", "json"]).stdout
-    )["predictions"]
+    )
     torch_rows = json.loads(
         runner.invoke(app, ["predict", photo, "--run", str(run_copy), "--format", "json"]).stdout
-    )["predictions"]
+    )
     assert abs(onnx_rows[0]["mean_score"] - torch_rows[0]["mean_score"]) < 1e-3
     result = runner.invoke(app, ["export", str(run_copy), "--output", str(tmp_path / "x.onnx"), "--int8"])
     assert result.exit_code == 1 and "INT8 ranks" in result.output  # the flat fixture, see above

@@ -122,10 +122,10 @@ def test_head_only_training_composes_into_a_full_model(
             text=True,
         )
         assert proc.returncode == 0, proc.stderr
-        fresh = json.loads(proc.stdout)["predictions"][0]["mean_score"]
+        fresh = json.loads(proc.stdout)[0]["mean_score"]
         here = json.loads(
             runner.invoke(app, ["predict", str(photo), "--run", str(run), "--format", "json"]).stdout
-        )["predictions"]
+        )
         assert fresh == pytest.approx(here[0]["mean_score"], abs=1e-6)
 
 

@@ -9,8 +9,8 @@ Output rows, the same for every backend and format (json / csv columns, in this 
   dist_1..dist_K  the predicted distribution over the scale's K points (distribution mode; else
               null; no such columns for a MOS scale)
   error       why the file could not be scored (null when it was)
-json is one object: {"score": score_name, "labels": Scale.as_dict(), "predictions": [rows]};
-csv is a header and one line per row, plus a last column `score` holding the score_name.
+  score       what mean_score is: the score_name (the same on every row)
+json is a list of row objects; csv a header and one line per row.
 """
 
 from __future__ import annotations
@@ -179,17 +179,15 @@ def plan_prediction(
 
 
 def format_predictions(predictions: Sequence[Prediction], fmt: str, scale: Scale = AVA) -> str:
-    """json (one object: score name, labels, rows) or csv (header + rows + a `score` column),
-    with the columns documented above for `scale`."""
-    rows = [p.row(scale) for p in predictions]
+    """json (a list of rows) or csv (header + rows), with the columns documented above for `scale`."""
+    rows = [{**p.row(scale), "score": scale.score_name} for p in predictions]
     if fmt == "json":
-        doc = {"score": scale.score_name, "labels": scale.as_dict(), "predictions": rows}
-        return json.dumps(doc, indent=2) + "\n"
+        return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=[*fields(scale), "score"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows({**row, "score": scale.score_name} for row in rows)
+        writer.writerows(rows)
         return buf.getvalue()
     raise AvakitError(f"format must be table, json or csv, got {fmt!r}")
 
