@@ -18,7 +18,6 @@ from avakit.config import Config, TrainingConfig, check_value
 from avakit.dataset.sources import SplitSource, resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
-from avakit.metrics import confidence_intervals
 from avakit.model.losses import get_loss
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.scores import SPLITS, Scale
@@ -32,7 +31,7 @@ from avakit.training.distributed import pick_device
 from avakit.training.engine import StepContext, eval_one_epoch, place_model, resolve_amp
 from avakit.training.loader import eval_loader
 from avakit.training.rundir import eval_outputs
-from avakit.training.selection import eval_threshold
+from avakit.training.selection import eval_threshold, frame_intervals
 
 
 def evaluate_run(
@@ -65,10 +64,7 @@ def evaluate_run(
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     scale = checkpoint_scale(ckpt)
-    if threshold is not None:
-        cut = eval_threshold(threshold, scale, "--threshold")
-    else:
-        cut = eval_threshold(cfg.eval.threshold, scale, f"{ckpt_path}: config.eval.threshold")
+    cut = _threshold(threshold, cfg, scale, ckpt_path)
     source = _eval_source(shards, cfg, split, ckpt_path, allow_missing, scale)
     dev = pick_device(device)
     amp = resolve_amp(cfg.training.amp, dev)  # as train evaluates on this device, so the numbers agree
@@ -119,6 +115,13 @@ def evaluate_run(
     return report
 
 
+def _threshold(option: float | None, cfg: Config, scale: Scale, ckpt_path: Path) -> float | None:
+    """Accuracy's cut: --threshold, else the checkpoint config's eval.threshold, else the data's."""
+    if option is not None:
+        return eval_threshold(option, scale, "--threshold")
+    return eval_threshold(cfg.eval.threshold, scale, f"{ckpt_path}: config.eval.threshold")
+
+
 def _eval_source(
     shards: Path | None, cfg: Config, split: str, ckpt_path: Path, allow_missing: bool, scale: Scale
 ) -> SplitSource:
@@ -157,7 +160,7 @@ def _split_metrics(
     """The literature's metrics of a predictions table (with bootstrap 95% intervals of SRCC and
     PLCC) plus loss, corrupt samples and speed."""
     found = frame_metrics(df, scale, threshold)
-    found.update(confidence_intervals(df["pred_mean"], df["gt_mean"]))
+    found.update(frame_intervals(df))
     found.update(
         loss=result["loss_sum"] / result["n"],
         corrupt=corrupt,

@@ -22,7 +22,6 @@ from avakit.config import Config, save_config
 from avakit.dataset.samples import SampleCounts
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
-from avakit.metrics import confidence_intervals
 from avakit.predictions import frame_metrics, predictions_frame
 from avakit.scores import HELD_OUT_SPLITS
 from avakit.training.checkpoint import (
@@ -47,7 +46,14 @@ from avakit.training.resume import (
     run_fraction,
     stored_definition,
 )
-from avakit.training.selection import NAMES, improves, metrics_line, plateau_value, warn_small_val
+from avakit.training.selection import (
+    NAMES,
+    frame_intervals,
+    improves,
+    metrics_line,
+    plateau_value,
+    warn_small_val,
+)
 from avakit.training.trainer import (
     Progress,
     Trainer,
@@ -221,7 +227,7 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         if split in tr.sources and tr.sources[split].has_data:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
             if df is not None:
-                found.update(confidence_intervals(df["pred_mean"], df["gt_mean"]))
+                found.update(frame_intervals(df))
             results[split] = found
             if df is not None and tr.ddp.is_main:
                 write_parquet_atomic(tr.run_dir / "predictions" / f"{split}.parquet", df)

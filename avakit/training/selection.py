@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
+import pandas as pd
+
 from avakit.config import SELECT_METRICS, Config
 from avakit.errors import AvakitError
+from avakit.metrics import confidence_intervals
 from avakit.scores import Scale
 
 HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "loss": False, "emd": False}
@@ -105,3 +109,13 @@ def metrics_line(found: dict, select_metric: str = "srcc") -> str:
     if "accuracy" in found:
         parts.append(f"Acc {found['accuracy']:.3f} (majority {found.get('majority_baseline', math.nan):.3f})")
     return "  ".join(parts)
+
+
+def frame_intervals(df: pd.DataFrame) -> dict:
+    """Bootstrap 95% intervals of SRCC and PLCC of a predictions table: {"srcc_ci", "plcc_ci"}.
+
+    Rows are put in one order first (image_id, then the scores), so train and evaluate, whose
+    loaders deliver them in different orders, draw the same resamples and give the same interval.
+    """
+    order = np.lexsort((df["gt_mean"].to_numpy(), df["pred_mean"].to_numpy(), df["image_id"].to_numpy()))
+    return confidence_intervals(df["pred_mean"].to_numpy()[order], df["gt_mean"].to_numpy()[order])
