@@ -97,8 +97,10 @@ def train(
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
-    Every epoch: train, evaluate on val (SRCC, PLCC, accuracy), keep best_model.pt and last.pt;
-    at the end, evaluate the best model on test. Multi-GPU: torchrun --nproc_per_node N avakit train.
+    Every epoch: train, evaluate on val (SRCC, PLCC, accuracy beside its majority rate), keep
+    best_model.pt (best val training.select_metric) and last.pt; at the end, evaluate the best
+    model on test (with bootstrap 95% intervals of SRCC and PLCC).
+    Multi-GPU: torchrun --nproc_per_node N avakit train.
     A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
     command that resumes it.
 
