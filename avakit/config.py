@@ -37,6 +37,7 @@ PREDICT_FORMATS = ("table", "json", "csv")  # how predictions are shown or writt
 SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
 QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 SPLIT_SEED_MAX = 2**64 - 1  # shard's split seed (numpy's default_rng takes any; bounded to 64 bits)
+SELECT_METRICS = ("srcc", "plcc", "loss", "emd")  # val metric that picks best_model.pt (srcc/plcc: higher)
 
 # Upper bounds where a larger value costs memory or time instead of meaning something:
 MAX_IMAGE_SIDE = 2048  # resize/crop px: one 2048² float32 image is 48 MB, a batch of 32 1.5 GB;
@@ -134,6 +135,9 @@ class TrainingConfig:
     amp: str = _f("bf16", choices=AMP_MODES)
     channels_last: bool = False
     checkpoint_every: int = _f(1, ge=1)
+    # the val metric that picks best_model.pt and drives early stopping and the plateau
+    # scheduler: srcc / plcc (higher is better), loss / emd (lower; emd needs vote distributions)
+    select_metric: str = _f("srcc", choices=SELECT_METRICS)
 
 
 @dataclass

@@ -97,8 +97,10 @@ def train(
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
-    Every epoch: train, evaluate on val (SRCC, PLCC, accuracy), keep best_model.pt and last.pt;
-    at the end, evaluate the best model on test. Multi-GPU: torchrun --nproc_per_node N avakit train.
+    Every epoch: train, evaluate on val (SRCC, PLCC, accuracy beside its majority rate), keep
+    best_model.pt (best val training.select_metric) and last.pt; at the end, evaluate the best
+    model on test (with bootstrap 95% intervals of SRCC and PLCC).
+    Multi-GPU: torchrun --nproc_per_node N avakit train.
     A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
     command that resumes it.
 
@@ -169,8 +171,16 @@ def evaluate(
         bool,
         typer.Option(help="Evaluate what is there when shard files are missing (counted in the output)."),
     ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Binary accuracy's cut on the labels' scale (a photo is good strictly beyond it).",
+            show_default="the run's eval.threshold, else the data's (AVA 5; others none)",
+        ),
+    ] = None,
 ) -> None:
-    """Score a split with a run's checkpoint: SRCC, PLCC, Acc, EMD, MAE, RMSE and latency.
+    """Score a split with a run's checkpoint: SRCC and PLCC (with bootstrap 95% intervals), Acc
+    beside its majority-class rate (where a threshold applies), EMD, MAE, RMSE and latency.
 
     Writes RUN_DIR/eval/{split}_{checkpoint}_tta-{tta}.json and .parquet (one pair per split,
     checkpoint and TTA; train's results.json and predictions/ are never overwritten). Without
@@ -190,6 +200,7 @@ def evaluate(
         device,
         RichProgress(),
         allow_missing=allow_missing,
+        threshold=threshold,
     )
     print_evaluation(report, run_dir.name, eval_outputs(run_dir, split, checkpoint, tta))
 

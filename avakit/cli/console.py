@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
+from avakit.cli.cells import with_interval, with_majority
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
 
@@ -203,20 +204,28 @@ def log_to_console() -> None:
 
 
 def print_results(run_dir: Path) -> None:
-    """The val/test metrics table of a finished run (nothing when the run was cut short)."""
+    """The val/test metrics table of a finished run (nothing when the run was cut short).
+
+    SRCC and PLCC with their 95% intervals; Acc (beside the majority-class rate) only where a
+    threshold applied.
+    """
     results = run_dir / "results.json"
-    if results.is_file():
-        found = json.loads(results.read_text())
-        table = Table(title=f"best epoch {found['best_epoch']} of {found['epochs']}")
-        table.add_column("split")
-        for name in ("SRCC", "PLCC", "Acc", "MAE", "n"):
-            table.add_column(name, justify="right")
-        for split in HELD_OUT_SPLITS:
-            if split in found:
-                m = found[split]
-                keys = ("srcc", "plcc", "accuracy", "mae")
-                table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in keys), str(m.get("n", 0)))
-        console.print(table)
+    if not results.is_file():
+        return
+    found = json.loads(results.read_text())
+    splits = [s for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
+    has_acc = any("accuracy" in found[s] for s in splits)
+    chosen = found.get("select_metric", "srcc")
+    table = Table(title=f"best epoch {found['best_epoch']} of {found['epochs']} (by val {chosen})")
+    table.add_column("split")
+    for name in ("SRCC [95% CI]", "PLCC [95% CI]", *(["Acc"] if has_acc else []), "MAE", "n"):
+        table.add_column(name, justify="right")
+    for split in splits:
+        m = found[split]
+        acc = [with_majority(m, "\n") if "accuracy" in m else "-"] if has_acc else []
+        cis = (with_interval(m, key, "\n") for key in ("srcc", "plcc"))
+        table.add_row(split, *cis, *acc, f"{m.get('mae', float('nan')):.4f}", str(m.get("n", 0)))
+    console.print(table)
 
 
 # What Ctrl-C leaves behind, per command (train, once its run folder exists, says it itself).
@@ -306,10 +315,13 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     table = Table(title=escape(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc"):
+    for key in ("srcc", "plcc"):
+        table.add_row(f"{METRIC_NAMES[key]} [95% CI]", with_interval(m, key))
+    if "accuracy" in m:
+        table.add_row(f"Acc at {m['threshold']:g} (majority class)", with_majority(m))
+    for key in ("emd", "mae", "rmse", "std_srcc"):
         if key in m:
             table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
-    table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
     expected = report["samples_expected"]
     table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
     table.add_row(

@@ -31,6 +31,7 @@ from avakit.training.distributed import pick_device
 from avakit.training.engine import StepContext, eval_one_epoch, place_model, resolve_amp
 from avakit.training.loader import eval_loader
 from avakit.training.rundir import eval_outputs
+from avakit.training.selection import eval_threshold, frame_intervals
 
 
 def evaluate_run(
@@ -43,6 +44,7 @@ def evaluate_run(
     device: str = "auto",
     progress=None,
     allow_missing: bool = False,
+    threshold: float | None = None,
 ) -> dict:
     """Evaluate `run_dir`'s best or last checkpoint on `split`; returns what eval/{...}.json holds.
 
@@ -50,6 +52,8 @@ def evaluate_run(
     `pipe:` source read from a checkpoint is refused). An incomplete split (shard files missing
     or of the wrong size) is an error (exit 1) unless `allow_missing`; the report's
     samples_expected / samples_seen / lost say what was evaluated and what was not, and why.
+    `threshold` (binary accuracy's cut) overrides the checkpoint config's eval.threshold, which
+    overrides the data's default (AVA: 5; other data: none, so no accuracy).
     """
     if split not in SPLITS:
         raise AvakitError(f"split must be train, val or test, got {split!r}")
@@ -60,6 +64,7 @@ def evaluate_run(
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     scale = checkpoint_scale(ckpt)
+    cut = _threshold(threshold, cfg, scale, ckpt_path)
     source = _eval_source(shards, cfg, split, ckpt_path, allow_missing, scale)
     dev = pick_device(device)
     amp = resolve_amp(cfg.training.amp, dev)  # as train evaluates on this device, so the numbers agree
@@ -85,7 +90,7 @@ def evaluate_run(
     if not result["n"]:
         raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)
     df = predictions_frame(result, cfg.model.output_mode, scale)
-    found = _split_metrics(df, result, counts.corrupt, scale)
+    found = _split_metrics(df, result, counts.corrupt, scale, cut)
     report = {
         "split": split,
         "checkpoint": ckpt_path.name,
@@ -96,6 +101,7 @@ def evaluate_run(
         "amp": amp,
         "shards": str(shards or cfg.data.shards),
         "labels": scale.as_dict(),
+        "threshold": cut,
         **counts.as_dict(),
         "metrics": found,
     }
@@ -107,6 +113,13 @@ def evaluate_run(
     write_parquet_atomic(out.parquet, df)
     write_json_atomic(out.json, report, default=_jsonable)
     return report
+
+
+def _threshold(option: float | None, cfg: Config, scale: Scale, ckpt_path: Path) -> float | None:
+    """Accuracy's cut: --threshold, else the checkpoint config's eval.threshold, else the data's."""
+    if option is not None:
+        return eval_threshold(option, scale, "--threshold")
+    return eval_threshold(cfg.eval.threshold, scale, f"{ckpt_path}: config.eval.threshold")
 
 
 def _eval_source(
@@ -141,9 +154,13 @@ def check_same_labels(model: Scale, data: Scale, where: str) -> None:
         )
 
 
-def _split_metrics(df: pd.DataFrame, result: dict, corrupt: int, scale: Scale) -> dict:
-    """The literature's metrics of a predictions table plus loss, corrupt samples and speed."""
-    found = frame_metrics(df, scale)
+def _split_metrics(
+    df: pd.DataFrame, result: dict, corrupt: int, scale: Scale, threshold: float | None
+) -> dict:
+    """The literature's metrics of a predictions table (with bootstrap 95% intervals of SRCC and
+    PLCC) plus loss, corrupt samples and speed."""
+    found = frame_metrics(df, scale, threshold)
+    found.update(frame_intervals(df))
     found.update(
         loss=result["loss_sum"] / result["n"],
         corrupt=corrupt,

@@ -46,6 +46,14 @@ from avakit.training.resume import (
     run_fraction,
     stored_definition,
 )
+from avakit.training.selection import (
+    NAMES,
+    frame_intervals,
+    improves,
+    metrics_line,
+    plateau_value,
+    warn_small_val,
+)
 from avakit.training.trainer import (
     Progress,
     Trainer,
@@ -78,7 +86,7 @@ def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Pr
     merged = merge_results(gather_objects(result, tr.ddp))
     counts = _pass_counts(tr, split, f"{split} evaluation")
     df = predictions_frame(merged, tr.cfg.model.output_mode, tr.scale) if merged["n"] else None
-    found = frame_metrics(df, tr.scale) if df is not None else {"n": 0}
+    found = frame_metrics(df, tr.scale, tr.threshold) if df is not None else {"n": 0}
     found["loss"] = merged["loss_sum"] / merged["n"] if merged["n"] else float("nan")
     found["img_per_s"] = merged["n"] / merged["seconds"] if merged["seconds"] else 0.0
     found.update(counts.as_dict())
@@ -102,7 +110,8 @@ def _epoch_record(
     samples lost with their shard; corrupt / missing are those two totals); val_* the same for val.
     """
     record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val["loss"]}
-    for key in ("srcc", "plcc", "accuracy", "mae", "rmse", "emd", "std_srcc", *counts.as_dict()):
+    keys = ("srcc", "plcc", "accuracy", "majority_baseline", "mae", "rmse", "emd", "std_srcc")
+    for key in (*keys, *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
     record.update(
@@ -125,26 +134,24 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
     lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
     counts = _pass_counts(tr, "train", f"epoch {epoch} training")
     s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts))
-    srcc = val.get("srcc", float("nan"))
-    improved = math.isfinite(srcc) and srcc > s.best_srcc
+    value = val.get(s.select_metric, math.nan)
+    improved = improves(s.select_metric, value, s.best_value)
     if improved:
-        s.best_srcc, s.best_epoch, s.bad_epochs = srcc, epoch, 0
+        s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
     else:
         s.bad_epochs += 1
-    tr.schedule.epoch_end(srcc)
+    tr.schedule.epoch_end(plateau_value(s.select_metric, value))
     if tr.ctx.scheduler is None:  # step count unknown (URL sources): the schedule counts epochs
         tr.scheduler.step()
     s.epoch, s.step = epoch + 1, stats.last_step
     patience = cfg.training.early_stop_patience
     stop = bool(patience) and s.bad_epochs >= patience
     log.info(
-        "epoch %03d  train_loss %.4f  val_loss %.4f  SRCC %.4f  PLCC %.4f  Acc %.4f  lr %s  %.0f img/s%s",
+        "epoch %03d  train_loss %.4f  val_loss %.4f  %s  lr %s  %.0f img/s%s",
         epoch,
         stats.loss,
         val["loss"],
-        srcc,
-        val.get("plcc", float("nan")),
-        val.get("accuracy", float("nan")),
+        metrics_line(val, s.select_metric),
         "/".join(f"{lr:.2e}" for lr in lrs),
         stats.img_per_s * tr.ddp.world_size,
         "  *best*" if improved else "",
@@ -213,10 +220,14 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         "quick_experiment": tr.fraction,
         "checkpoint": best_path.name if best_path.is_file() else None,
         "labels": tr.scale.as_dict(),
-    }  # None: no epoch improved
+        "select_metric": s.select_metric,
+        "threshold": tr.threshold,
+    }  # checkpoint None: no epoch improved
     for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:
             found, df = run_evaluation(tr, tr.eval_model, split, progress)
+            if df is not None:
+                found.update(frame_intervals(df))
             results[split] = found
             if df is not None and tr.ddp.is_main:
                 write_parquet_atomic(tr.run_dir / "predictions" / f"{split}.parquet", df)
@@ -231,14 +242,8 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         write_json_atomic(tr.run_dir / "results.json", results)
         plot_training_curves(s.history, tr.run_dir / "training_curves.png")
     if "test" in results:
-        log.info(
-            "test (best epoch %d): SRCC %.4f  PLCC %.4f  Acc %.4f  n=%d",
-            s.best_epoch,
-            results["test"].get("srcc", float("nan")),
-            results["test"].get("plcc", float("nan")),
-            results["test"].get("accuracy", float("nan")),
-            results["test"]["n"],
-        )
+        test = results["test"]
+        log.info("test (best epoch %d): %s  n=%d", s.best_epoch, metrics_line(test), test["n"])
     return results
 
 
@@ -304,6 +309,9 @@ def _train(
             tr.device,
             f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown",
         )
+    if tr.ddp.is_main:
+        val = tr.sources["val"].samples if "val" in tr.sources else None
+        warn_small_val(log, None if val is None else round(val * tr.fraction), tr.state.select_metric)
     telemetry = Telemetry(
         run_dir,
         tr.model,
@@ -365,9 +373,10 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
         s.elapsed_s += time.perf_counter() - started
         if _end_of_epoch(tr, epoch, stats, val, df):
             log.info(
-                "early stopping: no better val SRCC for %d epochs (best %.4f at epoch %d)",
+                "early stopping: no better val %s for %d epochs (best %.4f at epoch %d)",
+                NAMES[s.select_metric],
                 s.bad_epochs,
-                s.best_srcc,
+                s.best_value,
                 s.best_epoch,
             )
             return

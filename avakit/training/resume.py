@@ -17,6 +17,7 @@ from typing import Any
 
 from avakit.dataset.sources import DataSource
 from avakit.errors import AvakitError
+from avakit.training.selection import check_best_value
 
 
 def data_definition(sources: Mapping[str, DataSource], fraction: float, features: bool) -> dict[str, Any]:
@@ -111,12 +112,14 @@ def check_same_data(
 RESUME_KEYS = ("optimizer", "scheduler", "state", "rng")  # what last.pt adds to a best_model.pt
 _COUNTERS = {"epoch": 0, "step": 0, "best_epoch": -1, "bad_epochs": 0}  # RunState ints and their minimum
 _MAX_COUNT = 2**62
+_OLD_STATE = {*_COUNTERS, "best_srcc", "elapsed_s", "history"}  # last.pt state before select_metric
 
 
 def check_resume_state(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """last.pt's progress (`state`) checked like user input, plus the presence of every part resume loads.
 
     Returns the state as RunState keyword arguments; AvakitError naming the file and key otherwise.
+    A state from before training.select_metric (its `best_srcc`) reads as select_metric srcc.
     The tensors' fit (optimizer groups, RNG states) is checked where they are loaded.
     """
     missing = [key for key in RESUME_KEYS if key not in ckpt]
@@ -128,7 +131,12 @@ def check_resume_state(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     state = ckpt["state"]
     if not isinstance(state, dict):
         raise AvakitError(f"{path}: state must be a mapping, got {type(state).__name__}")
-    wanted = {*_COUNTERS, "best_srcc", "elapsed_s", "history"}
+    wanted = {*_COUNTERS, "select_metric", "best_value", "elapsed_s", "history"}
+    best_key = "best_value"
+    if set(state) == _OLD_STATE:  # written before training.select_metric: SRCC picked the best epoch
+        state = {**state, "select_metric": "srcc", "best_value": state["best_srcc"]}
+        del state["best_srcc"]
+        best_key = "best_srcc"
     if set(state) != wanted:
         odd = sorted(map(str, set(state) ^ wanted))
         raise AvakitError(f"{path}: state: keys {', '.join(odd)[:120]} missing or unknown")
@@ -136,11 +144,8 @@ def check_resume_state(ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
         value = state[key]
         if type(value) is not int or not low <= value <= _MAX_COUNT:
             raise AvakitError(f"{path}: state.{key}: expected an integer >= {low}, got {str(value)[:60]!r}")
-    best, elapsed = state["best_srcc"], state["elapsed_s"]
-    if not isinstance(best, float) or not (-1.0 <= best <= 1.0 or best == -math.inf):
-        raise AvakitError(
-            f"{path}: state.best_srcc: expected an SRCC in -1..1 (or -inf), got {str(best)[:60]!r}"
-        )
+    check_best_value(state["select_metric"], state["best_value"], f"{path}: state", best_key)
+    elapsed = state["elapsed_s"]
     if not isinstance(elapsed, int | float) or isinstance(elapsed, bool) or not 0 <= elapsed < math.inf:
         raise AvakitError(f"{path}: state.elapsed_s: expected seconds >= 0, got {str(elapsed)[:60]!r}")
     history = state["history"]

@@ -27,6 +27,7 @@ from avakit.training.distributed import DistInfo
 from avakit.training.engine import StepContext, WarmupSchedule, place_model, resolve_amp
 from avakit.training.loader import CountingLoader, SampleDecoder, eval_loader, make_loader
 from avakit.training.resume import check_resume_state, data_definition
+from avakit.training.selection import check_select_metric, eval_threshold, worst
 from avakit.training.transforms import TrainPreset
 
 
@@ -55,7 +56,8 @@ class RunState:
 
     epoch: int = 0  # next epoch to run
     step: int = 0  # optimizer steps done
-    best_srcc: float = -math.inf
+    select_metric: str = "srcc"  # the val metric that picks the best epoch (training.select_metric)
+    best_value: float = -math.inf  # its best value so far (selection.worst before any epoch)
     best_epoch: int = -1
     bad_epochs: int = 0
     elapsed_s: float = 0.0
@@ -78,6 +80,7 @@ class Trainer:
     schedule: WarmupSchedule
     sources: dict[str, DataSource]  # SplitSources, or FeatureSources for head-only training
     scale: Scale  # what the labels mean: every split's manifest says the same
+    threshold: float | None  # binary accuracy's cut (eval.threshold, else the data's; None: none)
     steps_per_epoch: int | None
     fraction: float
     state: RunState
@@ -105,6 +108,8 @@ def build_trainer(
         from avakit.training.head_only import feature_scale
 
         scale = feature_scale(cfg)
+    threshold = eval_threshold(cfg.eval.threshold, scale)
+    check_select_metric(cfg, scale)
     seed_everything(cfg.seed)
     core, normalize = place_model(model_from_config(cfg, scale=scale), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
@@ -165,9 +170,10 @@ def build_trainer(
         schedule=schedule,
         sources=sources,
         scale=scale,
+        threshold=threshold,
         steps_per_epoch=steps,
         fraction=fraction,
-        state=RunState(),
+        state=RunState(select_metric=t.select_metric, best_value=worst(t.select_metric)),
     )
 
 
@@ -243,6 +249,11 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     Each part is checked as it loads: a crafted or foreign last.pt is one line naming the key.
     """
     state = check_resume_state(ckpt, path)
+    if state["select_metric"] != tr.cfg.training.select_metric:
+        raise AvakitError(
+            f"training.select_metric: {path} picks its best epoch by val {state['select_metric']}; "
+            f"a resumed run keeps that (drop --set training.select_metric)"
+        )
     check_weights(
         tr.cfg, ckpt["model_state_dict"], f"{path} (with this run's config)", tr.scale
     )  # a --set model.*
@@ -348,7 +359,8 @@ def checkpoint_payload(tr: Trainer, epoch: int, val: dict, full: bool) -> dict:
             state={
                 "epoch": s.epoch,
                 "step": s.step,
-                "best_srcc": s.best_srcc,
+                "select_metric": s.select_metric,
+                "best_value": s.best_value,
                 "best_epoch": s.best_epoch,
                 "bad_epochs": s.bad_epochs,
                 "elapsed_s": s.elapsed_s,

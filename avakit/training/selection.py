@@ -1,0 +1,121 @@
+"""How a run is judged: the val metric that picks its best epoch, and the accuracy threshold.
+
+`training.select_metric` (srcc, plcc, loss, emd) chooses best_model.pt, drives early stopping
+and the plateau scheduler, each in its own direction. `eval.threshold` (or the data's default)
+is where binary accuracy cuts. torch-free: plain values in, plain values out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+
+from avakit.config import SELECT_METRICS, Config
+from avakit.errors import AvakitError
+from avakit.metrics import confidence_intervals
+from avakit.scores import Scale
+
+HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "loss": False, "emd": False}
+NAMES = {"srcc": "SRCC", "plcc": "PLCC", "loss": "loss", "emd": "EMD"}
+NOISY_VAL = 500  # fewer val samples than this: checkpoint selection is noisy (warned at train start)
+
+
+def worst(metric: str) -> float:
+    """The best value before any epoch: -inf for srcc/plcc, +inf for loss/emd."""
+    return -math.inf if HIGHER_IS_BETTER[metric] else math.inf
+
+
+def improves(metric: str, value: float, best: float) -> bool:
+    """`value` of `metric` is finite and strictly better than `best`."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return value > best if HIGHER_IS_BETTER[metric] else value < best
+
+
+def plateau_value(metric: str, value: float) -> float:
+    """The value the plateau scheduler maximises (loss and EMD negated)."""
+    return value if HIGHER_IS_BETTER[metric] else -value
+
+
+def check_select_metric(cfg: Config, scale: Scale) -> None:
+    """AvakitError at train start when `training.select_metric` cannot be computed on this run."""
+    metric = cfg.training.select_metric
+    if metric == "emd" and (cfg.model.output_mode != "distribution" or scale.kind != "votes"):
+        raise AvakitError(
+            "training.select_metric: 'emd' needs a distribution model (model.output_mode distribution) "
+            f"on vote labels; this run has model.output_mode {cfg.model.output_mode!r} on "
+            f"{scale.score_name} labels: use srcc, plcc or loss"
+        )
+
+
+def check_best_value(metric: object, value: object, where: str, key: str = "best_value") -> None:
+    """AvakitError naming `where`.`key` unless `value` is a best value `metric` can have (last.pt)."""
+    if metric not in SELECT_METRICS:
+        choices = ", ".join(SELECT_METRICS)
+        raise AvakitError(f"{where}.select_metric: expected one of {choices}, got {str(metric)[:60]!r}")
+    if not isinstance(value, float):
+        raise AvakitError(f"{where}.{key}: expected a float, got {str(value)[:60]!r}")
+    if metric in ("srcc", "plcc"):
+        ok = -1.0 <= value <= 1.0 or value == -math.inf
+    elif metric == "emd":
+        ok = 0.0 <= value < math.inf or value == math.inf
+    else:
+        ok = not math.isnan(value) and value != -math.inf
+    if not ok:
+        raise AvakitError(f"{where}.{key}: not a possible best val {metric} ({str(value)[:60]!r})")
+
+
+def eval_threshold(threshold: float | None, scale: Scale, key: str = "eval.threshold") -> float | None:
+    """The accuracy threshold that applies: `threshold` if set, else the data's default (AVA 5).
+
+    AvakitError naming `key` when it lies outside the scale's range.
+    """
+    if threshold is None:
+        return scale.threshold
+    value = float(threshold)
+    if not (math.isfinite(value) and scale.lo <= value <= scale.hi):
+        raise AvakitError(
+            f"{key}: {threshold!r} lies outside the labels' range {scale.text} ({scale.score_name})"
+        )
+    return value
+
+
+def warn_small_val(log: logging.Logger, samples: int | None, metric: str) -> None:
+    """One warning when the val split is too small to pick a checkpoint on reliably."""
+    if samples is None or samples >= NOISY_VAL:
+        return
+    log.warning(
+        "val split has %d samples: picking the best epoch by val %s on so few is noisy "
+        "(once, on 90 val images, val SRCC chose epoch 1 with test SRCC 0.13 over epoch 5 with 0.33); "
+        "use a larger val split (avakit shard --val-ratio), at least %d samples",
+        samples,
+        NAMES[metric],
+        NOISY_VAL,
+    )
+
+
+def metrics_line(found: dict, select_metric: str = "srcc") -> str:
+    """ "SRCC 0.7120  PLCC 0.7010[  EMD 0.0800][  Acc 0.767 (majority 0.767)]" for a log line.
+
+    Accuracy only where a threshold applied, always beside its majority-class rate; EMD when
+    it picks the best epoch.
+    """
+    parts = [f"SRCC {found.get('srcc', math.nan):.4f}", f"PLCC {found.get('plcc', math.nan):.4f}"]
+    if select_metric == "emd":
+        parts.append(f"EMD {found.get('emd', math.nan):.4f}")
+    if "accuracy" in found:
+        parts.append(f"Acc {found['accuracy']:.3f} (majority {found.get('majority_baseline', math.nan):.3f})")
+    return "  ".join(parts)
+
+
+def frame_intervals(df: pd.DataFrame) -> dict:
+    """Bootstrap 95% intervals of SRCC and PLCC of a predictions table: {"srcc_ci", "plcc_ci"}.
+
+    Rows are put in one order first (image_id, then the scores), so train and evaluate, whose
+    loaders deliver them in different orders, draw the same resamples and give the same interval.
+    """
+    order = np.lexsort((df["gt_mean"].to_numpy(), df["pred_mean"].to_numpy(), df["image_id"].to_numpy()))
+    return confidence_intervals(df["pred_mean"].to_numpy()[order], df["gt_mean"].to_numpy()[order])
