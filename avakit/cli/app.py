@@ -219,25 +219,18 @@ def report(
     """Plots and one self-contained report.html from a run folder (nothing is retrained).
 
     Training curves, gradient-norm telemetry with warning signs, prediction analysis of
-    best_model.pt (train's own val and test predictions), SRCC over epochs, errors per semantic
-    tag and challenge, and galleries of the best and worst predicted images. Every panel names
-    the checkpoint, epoch and TTA behind its numbers; `avakit evaluate` results are extra rows.
+    best_model.pt (train's own val and test predictions) in the data's own units, SRCC over
+    epochs, errors per semantic tag and challenge (AVA) or per group (a labels table's `group`),
+    and galleries of the best and worst predicted images. Every panel names the checkpoint,
+    epoch and TTA behind its numbers; `avakit evaluate` results are extra rows.
     """
-    from avakit.metrics import METRIC_NAMES
     from avakit.report.build import build_report
 
     summary = build_report(run_dir, shards, tags, challenges)
-    table = Table(title=escape(f"{run_dir.name}: best epoch {summary['best_epoch']}"))
-    table.add_column("split")
-    table.add_column("model")
-    keys = ("srcc", "plcc", "accuracy", "emd", "mae", "n")
-    for key in keys:
-        table.add_column(METRIC_NAMES.get(key, key), justify="right")
     rows = [(s, summary["models"][s], summary[s]) for s in HELD_OUT_SPLITS if summary.get(s)]
-    for split, model, m in [*rows, *summary["evaluations"]]:
-        cells = (f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "-")) for k in keys)
-        table.add_row(escape(split), escape(model), *cells)
-    console.print(table)
+    _report_table(
+        f"{run_dir.name}: best epoch {summary['best_epoch']}", [*rows, *summary["evaluations"]]
+    )
     for line in summary["warnings"]:
         console.print(f"[yellow]telemetry:[/yellow] {escape(line)}", highlight=False)
     for line in summary["notes"]:
@@ -340,3 +333,18 @@ def demo(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+def _report_table(title: str, rows: list[tuple[str, str, dict]]) -> None:
+    """`avakit report`'s summary: one row per split and model, the metrics the data has."""
+    from avakit.cli.cells import report_columns
+
+    table = Table(title=escape(title))
+    table.add_column("split")
+    table.add_column("model")
+    columns = report_columns(rows)
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    for split, model, m in rows:
+        table.add_row(escape(split), escape(model), *(cell(m) for _, cell in columns))
+    console.print(table)

@@ -19,3 +19,22 @@ def with_interval(m: dict, key: str, sep: str = " ") -> str:
 def with_majority(m: dict, sep: str = " ") -> str:
     """Accuracy beside the majority-class rate it must beat: "0.767 (maj 0.767)"."""
     return f"{m['accuracy']:.3f}{sep}(maj {m.get('majority_baseline', math.nan):.3f})"
+
+
+def report_columns(rows: list[tuple[str, str, dict]]) -> list[tuple[str, object]]:
+    """(header, cell function) of `avakit report`'s table: accuracy and EMD only where some row
+    has them (a threshold applies; vote distributions), SRCC and PLCC with their intervals."""
+    has = {key: any(key in m for _, _, m in rows) for key in ("accuracy", "emd")}
+    columns: list[tuple[str, object]] = [
+        ("SRCC", lambda m: with_interval(m, "srcc")),
+        ("PLCC", lambda m: with_interval(m, "plcc")),
+    ]
+    if has["accuracy"]:
+        columns.append(("Acc", lambda m: with_majority(m) if "accuracy" in m else "-"))
+    if has["emd"]:
+        columns.append(("EMD", lambda m: f"{m['emd']:.4f}" if "emd" in m else "-"))
+    columns += [
+        ("MAE", lambda m: f"{m['mae']:.4f}" if isinstance(m.get("mae"), float) else "-"),
+        ("n", lambda m: str(m.get("n", "-"))),
+    ]
+    return columns
