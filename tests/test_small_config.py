@@ -53,3 +53,6 @@ def test_small_config_trains_on_a_votes_table(tmp_path: Path) -> None:
     results = json.loads((run / "results.json").read_text())
     assert results["labels"]["k"] == 5 and results["epochs"] == 2
     assert -1 <= results["val"]["srcc"] <= 1 and "accuracy" not in results["val"]  # no threshold for tables
+    result = runner.invoke(app, ["evaluate", str(run), "--split", "val", "--device", "cpu"])
+    assert result.exit_code == 0, result.output  # no threshold: no accuracy and no majority row
+    assert "SRCC" in result.output and "majority" not in result.output

@@ -308,7 +308,8 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse", "std_srcc"):
         if key in m:
             table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
-    table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
+    if "majority_baseline" in m:  # only with a threshold (AVA: 5; tables: eval.threshold)
+        table.add_row("Acc of majority class", f"{m['majority_baseline']:.4f}")
     expected = report["samples_expected"]
     table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
     table.add_row(
