@@ -17,7 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-ORDER = ("bench_shard", "bench_loader", "bench_train", "bench_predict", "bench_features", "bench_export")
+ORDER = (
+    "bench_shard",
+    "bench_loader",
+    "bench_train",
+    "bench_predict",
+    "bench_features",
+    "bench_export",
+    "bench_small_data",
+)
 HEADER = ["| benchmark (command) | measured | target | verdict (load, date) |", "| --- | --- | --- | --- |"]
 
 

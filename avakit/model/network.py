@@ -319,7 +319,7 @@ def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True
     m, f = cfg.model, cfg.features
     check_output_mode(m.output_mode, cfg.training.loss_type, scale)
     iqa = (cfg.transform.normalize_mean, cfg.transform.normalize_std) if f.iqa else None
-    return build_model(
+    model = build_model(
         m.backbone,
         pretrained=m.pretrained and load_weights,
         weights_path=m.weights_path if load_weights else None,
@@ -332,6 +332,9 @@ def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True
         iqa_normalize=iqa,
         n_points=scale.width,
     )
+    if scale.normalised_regression:  # a MOS model predicts (mos - lo) / (hi - lo): start mid-scale
+        nn.init.constant_(model.head.layers[-1].bias, 0.5)
+    return model
 
 
 def check_output_mode(output_mode: str, loss_type: str, scale: Scale) -> None:
