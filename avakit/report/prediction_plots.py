@@ -211,7 +211,7 @@ def plot_confusion(df: pd.DataFrame, path: Path, label: str, rs: RunScale = AVA_
     fig.colorbar(im, ax=ax, label="number of images", shrink=0.8)
     direction = "" if hib else ", lower is better"
     ax.set_title(
-        f"Binary classification at {rs.noun} {t:g}{direction} ({label})\n"
+        f"Binary classification at {rs.noun} {t:g}{direction}\n({label})\n"
         f"Acc {fmt(metrics.accuracy(pred, gt, t, hib))} · majority baseline "
         f"{fmt(metrics.majority_baseline(gt, t, hib))}"
     )
