@@ -16,18 +16,6 @@ from avakit.dataset.synthetic import make_synthetic_table
 from avakit.scores import Scale
 
 runner = CliRunner()
-TINY = (
-    "model.backbone=resnet18",
-    "model.pretrained=false",
-    "model.mlp_hidden_dims=[16]",
-    "transform.resize_size=40",
-    "transform.crop_size=32",
-    "training.batch_size=16",
-    "training.max_epochs=2",
-    "training.warmup_epochs=0",
-    "data.num_workers=0",
-    "device=cpu",
-)
 CASES = {
     "votes": (["--val-ratio", "0.2"], (), Scale("votes", 1.0, 7.0, 7, True, None)),
     "mos": (
@@ -51,7 +39,7 @@ def flat(text: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["votes", "mos"])
-def test_the_whole_loop_speaks_the_data_units(tmp_path: Path, kind: str) -> None:
+def test_the_whole_loop_speaks_the_data_units(tiny_train: tuple[str, ...], tmp_path: Path, kind: str) -> None:
     shard_extra, train_extra, scale = CASES[kind]
     table = make_synthetic_table(
         tmp_path / "data", n=80, seed=11, kind=kind, k=7, scale=(0, 100), lower_is_better=True, groups=20
@@ -75,7 +63,8 @@ def test_the_whole_loop_speaks_the_data_units(tmp_path: Path, kind: str) -> None
     sets = [
         x
         for item in (
-            *TINY,
+            *tiny_train,
+            "training.warmup_epochs=0",
             *train_extra,
             f"data.shards={shards}",
             f"output_dir={tmp_path / 'runs'}",
