@@ -228,9 +228,7 @@ def report(
 
     summary = build_report(run_dir, shards, tags, challenges)
     rows = [(s, summary["models"][s], summary[s]) for s in HELD_OUT_SPLITS if summary.get(s)]
-    _report_table(
-        f"{run_dir.name}: best epoch {summary['best_epoch']}", [*rows, *summary["evaluations"]]
-    )
+    _report_table(f"{run_dir.name}: best epoch {summary['best_epoch']}", [*rows, *summary["evaluations"]])
     for line in summary["warnings"]:
         console.print(f"[yellow]telemetry:[/yellow] {escape(line)}", highlight=False)
     for line in summary["notes"]:
