@@ -116,7 +116,8 @@ def read_pair_list(path: Path) -> PairList:
     """Read `train_pairlist.txt` / `val_pairlist.txt` into series.
 
     A malformed line (column count, a value out of bounds, equal photo indices) or a pair listed
-    twice (same series, same unordered pair) is a recorded skip with its line number. A series
+    twice (same series, same unordered pair) is a recorded skip with its line number (its
+    `image_id` holds the series id, when the line has one). A series
     whose ranks disagree across its pairs, or whose photo indices are not 1..n, is skipped with
     a reason. No valid line (or no valid series) is one AvakitError naming the file.
     """

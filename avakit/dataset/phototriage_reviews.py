@@ -192,7 +192,7 @@ def refuse_if_contradictory(agreement: Agreement, source: str = "") -> None:
         return
     if a.p_value > ALPHA and a.fraction > 0.5 and a.n_decided < 20:
         verdict = "too few pairs to tell it from chance"
-    elif a.fraction < 0.5:
+    elif a.fraction < 0.5 and _p_below(a) <= ALPHA:
         verdict = "below chance: the preferences are reversed"
     elif a.p_value > ALPHA:
         verdict = "chance"
@@ -202,6 +202,13 @@ def refuse_if_contradictory(agreement: Agreement, source: str = "") -> None:
         f"{where}the reviews' majority agrees with the official pair list on {a.fraction * 100:.1f} % "
         f"of {a.n_decided:,} decided pairs: {verdict}; these reviews do not belong to this pair list"
     )
+
+
+def _p_below(a: Agreement) -> float:
+    """One-sided binomial test of the agreement against chance, towards disagreement."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(a.n_agree, a.n_decided, 0.5, alternative="less").pvalue)
 
 
 @dataclass(frozen=True)
