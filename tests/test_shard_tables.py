@@ -199,3 +199,20 @@ def test_preset_koniq10k_from_its_release_layout(tmp_path: Path) -> None:
     assert manifest["counts"]["samples_written"] == len(rows) - 1
     result = runner.invoke(app, ["shard", "--preset", "nope", str(root), "--out", str(out)])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_a_name_differing_only_in_letter_case_finds_its_file(votes7: SyntheticTable, tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    shutil.copytree(votes7.root, root)
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[2] = lines[2].replace("photo.0001.JPG", "PHOTO.0001.jpg")  # written on a case-blind system
+    lines[3] = lines[3].replace("photo.0002.png", "Photo.0002.PNG")  # two files match: stays missing
+    (root / "images" / "PHOTO.0002.png").write_bytes((root / "images" / "photo.0002.png").read_bytes())
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    table = SyntheticTable(root, root / "labels.csv", root / "images", votes7.qualities)
+    code, output = shard(table, tmp_path / "s")
+    assert code == 0, output
+    found = samples(tmp_path / "s")
+    assert found["PHOTO_0001"]["image"] == "PHOTO.0001.jpg"  # the table's name is kept
+    skipped = json.loads((tmp_path / "s" / "manifest.json").read_text())["skipped"]
+    assert [(s["line"], s["reason"]) for s in skipped] == [(4, "missing")]

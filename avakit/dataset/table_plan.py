@@ -9,7 +9,8 @@ and manifest are those of AVA.txt (dataset.plan, dataset.shards).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from avakit.dataset.ava import Skipped
@@ -28,6 +29,7 @@ class TableSample:
     row: LabelRow
     key: str  # webdataset-safe: no dots (dataset.keys.sample_key)
     scale: Scale
+    found: str | None = None  # the file on disk, when it differs from the table's name in letter case only
 
     @property
     def line(self) -> int:
@@ -41,8 +43,8 @@ class TableSample:
 
     @property
     def file(self) -> str:
-        """The image path relative to the images folder, as the table writes it."""
-        return self.row.image
+        """The image path relative to the images folder: the table's, or the file found for it."""
+        return self.found or self.row.image
 
     @property
     def values(self) -> tuple[float, ...]:
@@ -102,6 +104,38 @@ def split_table(rows: list[LabelRow], scale: Scale, options: ShardOptions) -> di
     return out
 
 
+def match_case(images: Path, split: dict[str, list[TableSample]]) -> dict[str, list[TableSample]]:
+    """Samples whose file is missing but exists under a name differing only in letter case (a table
+    written on Windows or macOS: `IMG_1.JPG` for `img_1.jpg`) read that file; an ambiguous or
+    absent match stays missing, and is then skipped as such."""
+    listings: dict[Path, dict[str, list[str]] | None] = {}
+
+    def lookup(rel: str) -> str | None:
+        path = images / rel
+        folder = path.parent
+        if folder not in listings:
+            try:
+                names = [e.name for e in os.scandir(folder) if e.is_file()]
+            except OSError:
+                listings[folder] = None
+            else:
+                index: dict[str, list[str]] = {}
+                for name in names:
+                    index.setdefault(name.casefold(), []).append(name)
+                listings[folder] = index
+        index = listings[folder]
+        matches = index.get(path.name.casefold(), []) if index is not None else []
+        return str(path.parent.relative_to(images) / matches[0]) if len(matches) == 1 else None
+
+    out: dict[str, list[TableSample]] = {}
+    for name, samples in split.items():
+        out[name] = []
+        for sample in samples:
+            found = None if (images / sample.file).is_file() else lookup(sample.file)
+            out[name].append(replace(sample, found=found) if found else sample)
+    return out
+
+
 def plan_table_sharding(
     table: LabelTable,
     images: Path,
@@ -126,7 +160,7 @@ def plan_table_sharding(
     if not rows:
         raise AvakitError(f"{table.source}: no valid label row among the first {options.limit} rows")
     scale = table_scale(table)
-    split = split_table(rows, scale, options)
+    split = match_case(images, split_table(rows, scale, options))
     sources = {**sources, "split_by": "split column, then hash of group or key"}
     return build_plan(images, out, options, sources, rows_read, split, skips, scale)
 
