@@ -13,8 +13,6 @@ import pandas as pd
 from avakit import metrics
 from avakit.scores import AVA, Scale
 
-PRED_DIST, GT_DIST = AVA.point_names("pred_dist_"), AVA.point_names("gt_dist_")  # AVA's columns
-
 
 def predictions_frame(result: dict, output_mode: str, scale: Scale = AVA) -> pd.DataFrame:
     """image_id, pred_mean, gt_mean, [pred_dist_1..K], [gt_dist_1..K] (the run-folder contract).

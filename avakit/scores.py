@@ -93,6 +93,12 @@ class Scale:
         var = np.sum(d * (self.points - mean[..., None]) ** 2, axis=-1)
         return np.sqrt(np.clip(var, 0.0, None))
 
+    def label_means(self, labels: ArrayLike) -> np.ndarray:
+        """The mean value of each label row [N, width]: the mean of its K vote counts over the
+        points, or its MOS as it is; shape [N]."""
+        values = np.asarray(labels, dtype=np.float64)
+        return self.mean(values) if self.kind == "votes" else values[:, 0]
+
     def clamp(self, x: ArrayLike) -> np.ndarray:
         """Values clipped to the scale [lo, hi] (for regression outputs)."""
         return np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)

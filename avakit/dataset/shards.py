@@ -233,7 +233,7 @@ def label_stats(values: np.ndarray, scale: Scale = AVA) -> dict:
     if len(values) == 0:
         return {"n": 0}
     values = np.asarray(values, dtype=np.float64)
-    means = scale.mean(values) if scale.kind == "votes" else values[:, 0]
+    means = scale.label_means(values)
     stats = {
         "n": int(len(values)),
         "mean_score_mean": round(float(means.mean()), 4),

@@ -107,33 +107,33 @@ def split_table(rows: list[LabelRow], scale: Scale, options: ShardOptions) -> di
 def match_case(images: Path, split: dict[str, list[TableSample]]) -> dict[str, list[TableSample]]:
     """Samples whose file is missing but exists under a name differing only in letter case (a table
     written on Windows or macOS: `IMG_1.JPG` for `img_1.jpg`) read that file; an ambiguous or
-    absent match stays missing, and is then skipped as such."""
-    listings: dict[Path, dict[str, list[str]] | None] = {}
+    absent match stays missing, and is then skipped as such. Each folder is listed once."""
+    listings: dict[Path, dict[str, list[str]]] = {}
 
-    def lookup(rel: str) -> str | None:
-        path = images / rel
-        folder = path.parent
+    def listing(folder: Path) -> dict[str, list[str]]:
+        """casefold(name) -> the folder's file names with it (empty when it cannot be read)."""
         if folder not in listings:
+            index: dict[str, list[str]] = {}
             try:
-                names = [e.name for e in os.scandir(folder) if e.is_file()]
+                for entry in os.scandir(folder):
+                    if entry.is_file():
+                        index.setdefault(entry.name.casefold(), []).append(entry.name)
             except OSError:
-                listings[folder] = None
-            else:
-                index: dict[str, list[str]] = {}
-                for name in names:
-                    index.setdefault(name.casefold(), []).append(name)
-                listings[folder] = index
-        index = listings[folder]
-        matches = index.get(path.name.casefold(), []) if index is not None else []
-        return str(path.parent.relative_to(images) / matches[0]) if len(matches) == 1 else None
+                pass  # the writer reports each of its images as missing or unreadable
+            listings[folder] = index
+        return listings[folder]
 
-    out: dict[str, list[TableSample]] = {}
-    for name, samples in split.items():
-        out[name] = []
-        for sample in samples:
-            found = None if (images / sample.file).is_file() else lookup(sample.file)
-            out[name].append(replace(sample, found=found) if found else sample)
-    return out
+    def found(sample: TableSample) -> str | None:
+        path = images / sample.file
+        matches = listing(path.parent).get(path.name.casefold(), [])
+        if path.name in matches or len(matches) != 1:
+            return None
+        return str(path.parent.relative_to(images) / matches[0])
+
+    return {
+        name: [replace(s, found=f) if (f := found(s)) else s for s in samples]
+        for name, samples in split.items()
+    }
 
 
 def plan_table_sharding(

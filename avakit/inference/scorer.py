@@ -22,7 +22,6 @@ def fields(scale: Scale = AVA) -> list[str]:
     return ["path", "mean_score", "std", *scale.point_names("dist_"), "error"]
 
 
-DIST_FIELDS = AVA.point_names("dist_")  # AVA's dist_1..dist_10
 FIELDS = fields(AVA)
 
 

@@ -154,8 +154,7 @@ def _write_split(out: Path, split: str, scale: Scale, feats, iqa, votes, ids) ->
     index = pd.DataFrame({"image_id": np.asarray(ids, np.int64)})
     for k, col in enumerate(label_columns(scale)):
         index[col] = votes[:, k].astype(np.float32) if len(votes) else np.zeros(0, np.float32)
-    means = (scale.mean(votes) if scale.kind == "votes" else votes[:, 0]) if len(votes) else []
-    index["mean_score"] = means
+    index["mean_score"] = scale.label_means(votes) if len(votes) else []
     for k, name in enumerate(IQA_NAMES):
         index[name] = iqa[:, k].astype(np.float32) if len(iqa) else np.zeros(0, np.float32)
     write_parquet_atomic(out / f"{split}.index.parquet", index)
