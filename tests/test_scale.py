@@ -82,3 +82,31 @@ def test_manifest_versions(shared_shards: Path, tmp_path: Path) -> None:
     path.write_text(json.dumps({**manifest, "format_version": 3}))
     with pytest.raises(AvakitError, match="format_version: unsupported 3"):
         load_manifest(folder)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({**AVA.as_dict(), "k": 0}, "best_model.pt: labels.k: expected an integer in 2..101"),
+        ({**AVA.as_dict(), "scale": [10, 1]}, "best_model.pt: labels.scale: expected [lo, hi]"),
+        ("votes", "best_model.pt: labels: expected an object"),
+        ({**AVA.as_dict(), "k": 7}, "best_model.pt: model_state_dict"),  # 10 outputs, 7 points
+    ],
+)
+def test_a_checkpoint_with_crafted_labels_is_one_line(
+    trained_run: Path, tmp_path: Path, labels: object, message: str
+) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from avakit.cli.app import app
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = torch.load(run / "best_model.pt", weights_only=True)
+    torch.save({**ckpt, "labels": labels}, run / "best_model.pt")
+    photo = next((trained_run.parent / "ava" / "images").glob("*.jpg"))
+    for argv in (["evaluate", str(run), "--split", "val"], ["predict", str(photo), "--run", str(run)]):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
