@@ -21,7 +21,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_SPLITS: tuple[str, ...] = SPLITS[1:]  # val and test: evaluated, never trained on
 
 # --- what a label means: a Scale. AVA's votes are counts of the ratings 1..10 ----------------
-LABEL_KINDS: tuple[str, ...] = ("votes", "mos")  # K-point vote counts, or one mean opinion score
+LABEL_KINDS: tuple[str, ...] = ("votes", "mos", "pairs")  # K-point vote counts, one mean opinion score,
+# or pairwise preferences within a group (a preference ratio in 0..1 per pair; the model scores photos)
+TASKS: dict[str, str] = {"votes": "score", "mos": "score", "pairs": "pairwise"}  # label kind -> its task
 MIN_K, MAX_K = 2, 101  # points of a vote scale: 101 is a 0..100 slider recorded as vote counts
 MAX_SCALE_ABS = 1e6  # |lo|, |hi| bound: a rating scale is a human one
 
@@ -35,7 +37,7 @@ class Scale:
     threshold in the better direction (above it, or below it when lower is better).
     """
 
-    kind: str = "votes"  # "votes" | "mos"
+    kind: str = "votes"  # "votes" | "mos" | "pairs" (lo..hi = 0..1: the preference ratio)
     lo: float = 1.0  # the scale's lowest value, in the data's own units
     hi: float = 10.0  # its highest value
     k: int | None = 10  # votes: the number of points; mos: None
@@ -65,8 +67,20 @@ class Scale:
         return "higher is better" if self.higher_is_better else "lower is better"
 
     @property
+    def task(self) -> str:
+        """What is learned from labels of this kind: "score" (votes, MOS) or "pairwise" (pairs)."""
+        return TASKS[self.kind]
+
+    @property
+    def bounded(self) -> bool:
+        """Predicted scores lie in lo..hi (votes, MOS); a pairwise score is unbounded (a logit)."""
+        return self.kind != "pairs"
+
+    @property
     def score_name(self) -> str:
         """What a predicted number is called: "mean score (1-10)", "MOS (0-100, lower is better)"."""
+        if self.kind == "pairs":
+            return "relative score (P(a better than b) = sigmoid(score a - score b))"
         name = "mean score" if self.kind == "votes" else "MOS"
         return f"{name} ({self.text})" if self.higher_is_better else f"{name} ({self.text}, lower is better)"
 
@@ -100,8 +114,9 @@ class Scale:
         return self.mean(values) if self.kind == "votes" else values[:, 0]
 
     def clamp(self, x: ArrayLike) -> np.ndarray:
-        """Values clipped to the scale [lo, hi] (for regression outputs)."""
-        return np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
+        """Values clipped to the scale [lo, hi] (for regression outputs); pairwise scores as they are."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.clip(x, self.lo, self.hi) if self.bounded else x
 
     def good(self, mean: ArrayLike, threshold: float) -> np.ndarray:
         """True where a mean is strictly beyond `threshold` in the better direction."""
@@ -145,8 +160,10 @@ class Scale:
             raise ValueError(f"{where}.kind: expected one of {LABEL_KINDS}, got {kind!r}")
         if kind == "votes" and not (type(k) is int and MIN_K <= k <= MAX_K):
             raise ValueError(f"{where}.k: expected an integer in {MIN_K}..{MAX_K} for votes, got {k!r}")
-        if kind == "mos" and k is not None:
-            raise ValueError(f"{where}.k: must be null for a MOS scale, got {k!r}")
+        if kind != "votes" and k is not None:
+            raise ValueError(f"{where}.k: must be null for a {kind} scale, got {k!r}")
+        if kind == "pairs" and (rng != [0, 1] or hib is not True or thr is not None):
+            raise ValueError(f"{where}: a pairs scale is exactly {PAIRS.as_dict()}, got {d!r}")
         if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v) for v in rng) and rng[0] < rng[1]):
             raise ValueError(f"{where}.scale: expected [lo, hi], finite numbers with lo < hi, got {rng!r}")
         if type(hib) is not bool:
@@ -174,6 +191,7 @@ def _finite(v: object) -> bool:
     return type(v) in (int, float) and math.isfinite(v) and abs(v) <= MAX_SCALE_ABS  # type: ignore[arg-type]
 
 
+PAIRS = Scale("pairs", 0.0, 1.0, None, True, None)  # pairwise preferences (PhotoTriage, good/bad folders)
 AVA = Scale()  # AVA.txt: votes for 1..10, good = mean above 5; also every manifest written before scales
 # AVA.txt's own columns (the parser's layout); everything downstream of a shard asks the Scale
 SCORE_MIN, SCORE_MAX = AVA.lo, AVA.hi
@@ -212,5 +230,6 @@ LOSSES: dict[str, str] = {
 }
 FREEZE_MODES: tuple[str, ...] = ("none", "partial", "full")
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
+TASK_NAMES: tuple[str, ...] = ("score", "pairwise")  # config `task`: what a run learns (avakit.tasks)
 # training.amp: autocast dtype on cuda; elsewhere always "off" (see training.engine.resolve_amp)
 AMP_MODES: tuple[str, ...] = ("bf16", "fp16", "off")

@@ -53,6 +53,7 @@ class Reason(IntEnum):
     MOS = 9
     KIND = 10
     KEY = 11
+    PAIRS = 12
     SHARD_MISSING = 20
     SHARD_SIZE = 21
     SHARD_UNREADABLE = 22
@@ -83,6 +84,7 @@ REASON_TEXT = {
     Reason.MOS: "mos is not a finite number on the manifest's scale",
     Reason.KIND: "label kind differs from the manifest's (votes or mos)",
     Reason.KEY: "key is not the sample key",
+    Reason.PAIRS: "group label's members or pairs are malformed (pairs: [i, j, p in 0..1, rank_i, rank_j])",
     Reason.SHARD_MISSING: "shard file missing",
     Reason.SHARD_SIZE: "shard size differs from the manifest",
     Reason.SHARD_UNREADABLE: "shard unreadable (truncated or not a tar)",
@@ -131,6 +133,8 @@ def _check_table_label(key: str, label: dict, scale: Scale) -> Reason:
     """A labels table's sample: its kind, label value, key and integer id (the table's line)."""
     if label["kind"] != scale.kind:
         return Reason.KIND
+    if scale.kind == "pairs":
+        return check_group_label(key, label)
     if scale.kind == "votes":
         votes = label.get("votes")
         if not (_ints(votes, scale.width, 0, MAX_VOTES) and sum(votes) > 0):
@@ -145,6 +149,50 @@ def _check_table_label(key: str, label: dict, scale: Scale) -> Reason:
     if not (type(image_id) is int and 0 <= image_id <= MAX_ID):
         return Reason.IMAGE_ID
     return Reason.OK
+
+
+MAX_MEMBERS = 64  # photos in one group sample (a PhotoTriage series holds 2-8)
+MAX_RANK = 10**6
+
+
+def member_name(k: int) -> str:
+    """The tar member (extension) of a group sample's k-th photo, 0-based: "000.jpg", "001.jpg", ..."""
+    return f"{k:03d}.jpg"
+
+
+def check_group_label(key: str, label: dict) -> Reason:
+    """A group sample's label: `key`, `image_id` (an integer id of the group), `members` (2..64
+    original file names, in member order) and `pairs` ([i, j, p_ij, rank_i, rank_j] rows: i != j
+    0-based member indices, p_ij the preference ratio of i over j in 0..1, ranks >= 0, 1 = best,
+    0 = unknown)."""
+    if label.get("key") != key:
+        return Reason.KEY
+    image_id = label.get("image_id")
+    if not (type(image_id) is int and 0 <= image_id <= MAX_ID):
+        return Reason.IMAGE_ID
+    members, pairs = label.get("members"), label.get("pairs")
+    if not (
+        isinstance(members, list)
+        and 2 <= len(members) <= MAX_MEMBERS
+        and all(isinstance(m, str) for m in members)
+        and isinstance(pairs, list)
+        and all(_pair(row, len(members)) for row in pairs)
+    ):
+        return Reason.PAIRS
+    return Reason.OK
+
+
+def _pair(row: Any, n: int) -> bool:
+    if not (isinstance(row, list) and len(row) == 5):
+        return False
+    i, j, p, ri, rj = row
+    return (
+        _ints([i, j], 2, 0, n - 1)
+        and i != j
+        and type(p) in (int, float)
+        and 0.0 <= p <= 1.0
+        and _ints([ri, rj], 2, 0, MAX_RANK)
+    )
 
 
 def label_values(label: dict) -> list[float]:
