@@ -23,7 +23,16 @@ import yaml
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.schema import build, check_field, show
-from avakit.scores import ACTIVATIONS, AMP_MODES, BACKBONES, FREEZE_MODES, LOSSES, OUTPUT_MODES, SPLITS
+from avakit.scores import (
+    ACTIVATIONS,
+    AMP_MODES,
+    BACKBONES,
+    FREEZE_MODES,
+    LOSSES,
+    OUTPUT_MODES,
+    SPLITS,
+    TASK_NAMES,
+)
 from avakit.yamlio import parse_yaml, read_yaml, yaml_problem
 
 # Choice lists (splits, backbones, losses -> output mode, ...) live in avakit.scores, which
@@ -37,7 +46,12 @@ PREDICT_FORMATS = ("table", "json", "csv")  # how predictions are shown or writt
 SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
 QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 SPLIT_SEED_MAX = 2**64 - 1  # shard's split seed (numpy's default_rng takes any; bounded to 64 bits)
-SELECT_METRICS = ("srcc", "plcc", "loss", "emd")  # val metric that picks best_model.pt (srcc/plcc: higher)
+# val metric that picks best_model.pt (srcc/plcc/pair_accuracy: higher is better; loss/emd: lower)
+SELECT_METRICS = ("srcc", "plcc", "loss", "emd", "pair_accuracy")
+PAIR_HEADS = ("difference", "concat")  # pairs.head: s(a) - s(b), or an MLP on both embeddings
+PAIR_TARGETS = ("soft", "hard")  # pairs.target: the preference ratio itself, or which photo won
+PAIR_LOSSES = ("bce", "hinge")  # pairs.loss
+PAIR_VIEWS = ("full", "same_crop")  # pairs.view: the whole frame resized, or one crop for the series
 
 # Upper bounds where a larger value costs memory or time instead of meaning something:
 MAX_IMAGE_SIDE = 2048  # resize/crop px: one 2048² float32 image is 48 MB, a batch of 32 1.5 GB;
@@ -158,6 +172,22 @@ class FeaturesConfig:
 
 
 @dataclass
+class PairsConfig:
+    """The pairwise task (`task: pairwise`): how pairs of photos of one series train a scorer."""
+
+    # difference: P(a > b) = sigmoid(s(a) - s(b)), one score per photo (predict/export work);
+    # concat: an MLP on both embeddings, run in both orders and averaged (compares, cannot score alone)
+    head: str = _f("difference", choices=PAIR_HEADS)
+    target: str = _f("soft", choices=PAIR_TARGETS)  # bce against the ratio p, or against p > 0.5 (ties out)
+    loss: str = _f("bce", choices=PAIR_LOSSES)  # bce on the logit s(a) - s(b), or hinge with `margin`
+    margin: float = _f(1.0, ge=0.0)  # hinge: the winner's score must lead by this much (logit units)
+    min_confidence: float = _f(0.0, ge=0.0, le=0.5)  # train on pairs with |p - 0.5| >= this only
+    # full: every photo resized whole to crop_size x crop_size (people judged the framing, a random
+    # crop removes it); same_crop: shorter side to resize_size, one crop and flip for the series
+    view: str = _f("full", choices=PAIR_VIEWS)
+
+
+@dataclass
 class EvalConfig:
     """How held-out predictions are judged."""
 
@@ -171,6 +201,9 @@ class Config:
     """The whole training config; see configs/*.yaml for every key explained."""
 
     name: str = _f("ava", nonempty=True, filename=True)  # the run folder is {name}-{time}
+    # what the run learns: score (a photo's votes or MOS) or pairwise (which photo of a series is
+    # better); the shards' labels must be of that task's kind (avakit.tasks)
+    task: str = _f("score", choices=TASK_NAMES)
     output_dir: str = _f("outputs", nonempty=True)
     device: str = _f("auto", choices=DEVICES)
     seed: int = _f(42, ge=0, le=MAX_SEED)
@@ -182,13 +215,18 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _check_cross_fields(cfg: Config, p: str = "") -> None:
     """Rules that span several keys (`p`: the prefix of every key named)."""
     loss, mode = cfg.training.loss_type, cfg.model.output_mode
-    if LOSSES[loss] != mode:
+    if cfg.task == "pairwise":
+        _check_pairwise(cfg, p)
+    elif cfg.training.select_metric == "pair_accuracy":
+        raise AvakitError(f"{p}training.select_metric: 'pair_accuracy' needs task: pairwise")
+    elif LOSSES[loss] != mode:
         raise AvakitError(
             f"{p}training.loss_type: '{loss}' needs {p}model.output_mode '{LOSSES[loss]}' (got '{mode}')"
         )
@@ -200,6 +238,21 @@ def _check_cross_fields(cfg: Config, p: str = "") -> None:
     crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
     if crop > resize:
         raise AvakitError(f"{p}transform.crop_size: {crop} must be <= {p}transform.resize_size ({resize})")
+
+
+def _check_pairwise(cfg: Config, p: str) -> None:
+    """A pairwise run scores each photo with one number and is judged on pairs."""
+    if cfg.model.output_mode != "regression":
+        raise AvakitError(
+            f"{p}model.output_mode: task pairwise scores each photo with one number: set it to "
+            f"'regression' (got '{cfg.model.output_mode}'; {p}training.loss_type is not used, "
+            f"{p}pairs.loss is)"
+        )
+    if cfg.training.select_metric not in ("pair_accuracy", "loss"):
+        raise AvakitError(
+            f"{p}training.select_metric: task pairwise picks its best epoch by pair_accuracy or loss "
+            f"(got '{cfg.training.select_metric}')"
+        )
 
 
 _STORED = "config."  # key prefix of a config read back from a checkpoint

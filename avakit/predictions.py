@@ -7,10 +7,13 @@ only). numpy/pandas only, so `report` and other light commands do not import tor
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from avakit import metrics
+from avakit.metrics import confidence_intervals
 from avakit.scores import AVA, Scale
 
 
@@ -65,3 +68,27 @@ def frame_metrics(df: pd.DataFrame, scale: Scale = AVA, threshold: float | None 
         threshold=threshold if threshold is not None else scale.threshold,
         higher_is_better=scale.higher_is_better,
     )
+
+
+def metrics_line(found: dict, select_metric: str = "srcc") -> str:
+    """ "SRCC 0.7120  PLCC 0.7010[  EMD 0.0800][  Acc 0.767 (majority 0.767)]" for a log line.
+
+    Accuracy only where a threshold applied, always beside its majority-class rate; EMD when
+    it picks the best epoch.
+    """
+    parts = [f"SRCC {found.get('srcc', math.nan):.4f}", f"PLCC {found.get('plcc', math.nan):.4f}"]
+    if select_metric == "emd":
+        parts.append(f"EMD {found.get('emd', math.nan):.4f}")
+    if "accuracy" in found:
+        parts.append(f"Acc {found['accuracy']:.3f} (majority {found.get('majority_baseline', math.nan):.3f})")
+    return "  ".join(parts)
+
+
+def frame_intervals(df: pd.DataFrame) -> dict:
+    """Bootstrap 95% intervals of SRCC and PLCC of a predictions table: {"srcc_ci", "plcc_ci"}.
+
+    Rows are put in one order first (image_id, then the scores), so train and evaluate, whose
+    loaders deliver them in different orders, draw the same resamples and give the same interval.
+    """
+    order = np.lexsort((df["gt_mean"].to_numpy(), df["pred_mean"].to_numpy(), df["image_id"].to_numpy()))
+    return confidence_intervals(df["pred_mean"].to_numpy()[order], df["gt_mean"].to_numpy()[order])

@@ -14,7 +14,7 @@ import avakit
 
 ROOT = Path(avakit.__file__).parent
 # Lowest first: a module may import from its own layer or a lower one, never a higher one.
-LAYERS = ["shared", "dataset", "model", "training", "report", "inference", "demo", "cli", "__main__"]
+LAYERS = ["shared", "dataset", "model", "tasks", "training", "report", "inference", "demo", "cli", "__main__"]
 TORCH_FREE = [
     "dataset",
     "report",

@@ -135,6 +135,7 @@ class AestheticModel(nn.Module):
         output_mode: str = "distribution",
         freeze: str = "none",
         iqa: nn.Module | None = None,
+        pair_head: str | None = None,
     ) -> None:
         super().__init__()
         _check_choice("output_mode", output_mode, list(OUTPUT_MODES))
@@ -145,6 +146,7 @@ class AestheticModel(nn.Module):
         self.spec = spec
         self.output_mode = output_mode
         self.freeze = freeze
+        self.pair_head = pair_head  # None (score task), "difference" or "concat" (pairwise task)
         _apply_freeze(backbone, spec, freeze)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,9 +163,32 @@ class AestheticModel(nn.Module):
         out = self.head(head_input)
         return out.squeeze(-1) if self.output_mode == "regression" else out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits [B, 10] (distribution) or unclamped scores [B] (regression)."""
+    def forward(self, x: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, K] (distribution) or unclamped scores [B] (regression); with `pairs`
+        ([P, 2] indices into the batch) the pair logits [P]: P(i better than j) = sigmoid(logit).
+
+        The backbone runs once per image of the batch, however many pairs it is in. A concat-head
+        model compares two photos and has no score for one alone (AvakitError without `pairs`).
+        """
+        if pairs is not None:
+            return self.pair_logits(self.head_input(x), pairs)
+        if self.pair_head == "concat":
+            raise AvakitError(
+                "this pairwise model has a concat head: it compares two photos and cannot score one "
+                "alone (train with pairs.head: difference to score photos)"
+            )
         return self.forward_head(self.head_input(x))
+
+    def pair_logits(self, emb: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """Logits [P] of P(i better than j) from head inputs [N, D]: s(i) - s(j), or the concat
+        head's (h(i, j) - h(j, i)) / 2; both are antisymmetric by construction."""
+        i, j = pairs[:, 0], pairs[:, 1]
+        if self.pair_head == "concat":
+            ab = self.head(torch.cat([emb[i], emb[j]], dim=1)).squeeze(-1)
+            ba = self.head(torch.cat([emb[j], emb[i]], dim=1)).squeeze(-1)
+            return (ab - ba) / 2
+        scores = self.forward_head(emb)
+        return scores[i] - scores[j]
 
     def last_stage(self) -> nn.Module:
         """The last CNN stage, reported as "backbone_layer4" by gradient telemetry.
@@ -243,6 +268,7 @@ def build_model(
     feature_layer: str = "final",
     iqa_normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     n_points: int = N_POINTS,
+    pair_head: str | None = None,
 ) -> AestheticModel:
     """Build an `AestheticModel` from a registered backbone name.
 
@@ -251,6 +277,7 @@ def build_model(
     (torchvision's weights API, which downloads when not cached). `feature_layer="layer3"`
     (ResNets) pools the third stage instead of the last. `iqa_normalize` = (mean, std) of the
     input normalisation adds the IQA features (avakit.model.iqa) to the head's input.
+    `pair_head` (pairwise task): "difference" or "concat" (the head reads two embeddings).
     """
     _check_choice("backbone", backbone, list(BACKBONES))
     _check_choice("activation", activation, list(ACTIVATIONS))
@@ -282,8 +309,12 @@ def build_model(
         iqa = IQAFeatures(*iqa_normalize)
     out_dim = n_points if output_mode == "distribution" else OUTPUT_MODES[output_mode]
     in_dim = spec.feature_dim + (len(IQA_NAMES) if iqa is not None else 0)
-    head = MLPHead(in_dim, mlp_hidden_dims, out_dim, dropout, activation)
-    return AestheticModel(net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa)
+    head = MLPHead(
+        in_dim * (2 if pair_head == "concat" else 1), mlp_hidden_dims, out_dim, dropout, activation
+    )
+    return AestheticModel(
+        net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa, pair_head=pair_head
+    )
 
 
 def param_groups(
@@ -331,6 +362,7 @@ def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True
         feature_layer=f.layer,
         iqa_normalize=iqa,
         n_points=scale.width,
+        pair_head=cfg.pairs.head if getattr(cfg, "task", "score") == "pairwise" else None,
     )
     if scale.normalised_regression:  # a MOS model predicts (mos - lo) / (hi - lo): start mid-scale
         nn.init.constant_(model.head.layers[-1].bias, 0.5)

@@ -22,7 +22,6 @@ from avakit.config import Config, save_config
 from avakit.dataset.samples import SampleCounts
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
-from avakit.predictions import frame_metrics, predictions_frame
 from avakit.scores import HELD_OUT_SPLITS
 from avakit.training.checkpoint import (
     load_checkpoint,
@@ -36,8 +35,6 @@ from avakit.training.engine import (
     EpochStats,
     NonFiniteError,
     check_val_finite,
-    eval_one_epoch,
-    merge_results,
     train_one_epoch,
 )
 from avakit.training.resume import (
@@ -48,9 +45,7 @@ from avakit.training.resume import (
 )
 from avakit.training.selection import (
     NAMES,
-    frame_intervals,
     improves,
-    metrics_line,
     plateau_value,
     warn_small_val,
 )
@@ -78,19 +73,22 @@ def _setup_logging(run_dir: Path, ddp: DistInfo) -> None:
         log.addHandler(handler)
 
 
-def run_evaluation(tr: Trainer, model: torch.nn.Module, split: str, progress: Progress | None) -> tuple:
-    """Evaluate `model` on a split across all ranks: (metrics incl. loss, predictions frame)."""
+def run_evaluation(
+    tr: Trainer, model: torch.nn.Module, split: str, progress: Progress | None, final: bool = False
+) -> tuple[dict, dict]:
+    """Evaluate `model` on a split across all ranks: (metrics incl. loss, predictions tables by
+    file-name suffix); `final` for the end-of-run evaluation (the task adds slower figures)."""
     loader = split_loader(tr, split, train=False, epoch=0)
     with progress.task(f"eval {split}", tr.sources[split].samples) if progress else contextlib.nullcontext():
-        result = eval_one_epoch(model, loader, tr.ctx, advance=progress.advance if progress else None)
-    merged = merge_results(gather_objects(result, tr.ddp))
+        result = tr.task.evaluate(model, loader, tr.ctx, progress.advance if progress else None, False)
+    merged = tr.task.merge(gather_objects(result, tr.ddp))
     counts = _pass_counts(tr, split, f"{split} evaluation")
-    df = predictions_frame(merged, tr.cfg.model.output_mode, tr.scale) if merged["n"] else None
-    found = frame_metrics(df, tr.scale, tr.threshold) if df is not None else {"n": 0}
-    found["loss"] = merged["loss_sum"] / merged["n"] if merged["n"] else float("nan")
+    found, frames = tr.task.summarise(merged, tr.ctx, tr.threshold, final)
+    loss_n = merged.get("loss_n", merged["n"])
+    found["loss"] = merged["loss_sum"] / loss_n if loss_n else float("nan")
     found["img_per_s"] = merged["n"] / merged["seconds"] if merged["seconds"] else 0.0
     found.update(counts.as_dict())
-    return found, df
+    return found, frames
 
 
 def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
@@ -102,7 +100,7 @@ def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
 
 
 def _epoch_record(
-    epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int, counts: SampleCounts
+    epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int, counts: SampleCounts, keys: tuple
 ) -> dict:
     """One training_history.json entry: losses, val metrics, LRs, speed and the samples accounted for.
 
@@ -110,7 +108,6 @@ def _epoch_record(
     samples lost with their shard; corrupt / missing are those two totals); val_* the same for val.
     """
     record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val["loss"]}
-    keys = ("srcc", "plcc", "accuracy", "majority_baseline", "mae", "rmse", "emd", "std_srcc")
     for key in (*keys, *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
@@ -126,14 +123,14 @@ def _epoch_record(
     return record
 
 
-def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> bool:
+def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, frames: dict) -> bool:
     """Record the epoch, save predictions and checkpoints; True when early stopping says stop."""
     s, cfg = tr.state, tr.cfg
     # the learning rates the epoch's last step used (a per-step scheduler has moved on since)
     t = max(stats.last_step - 1, 0) if tr.ctx.scheduler is not None else epoch
     lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
     counts = _pass_counts(tr, "train", f"epoch {epoch} training")
-    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts))
+    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts, tr.task.history_keys))
     value = val.get(s.select_metric, math.nan)
     improved = improves(s.select_metric, value, s.best_value)
     if improved:
@@ -151,15 +148,15 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, df) -> 
         epoch,
         stats.loss,
         val["loss"],
-        metrics_line(val, s.select_metric),
+        tr.task.metrics_line(val, s.select_metric),
         "/".join(f"{lr:.2e}" for lr in lrs),
         stats.img_per_s * tr.ddp.world_size,
         "  *best*" if improved else "",
     )
     if not tr.ddp.is_main:
         return stop
-    if cfg.save_val_predictions and df is not None:
-        write_parquet_atomic(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", df)
+    if cfg.save_val_predictions and "" in frames:  # the main table (images, or pairs) of every epoch
+        write_parquet_atomic(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", frames[""])
     if improved:
         save_checkpoint(tr.run_dir / "best_model.pt", checkpoint_payload(tr, epoch, val, full=False))
     last = stop or epoch + 1 >= cfg.training.max_epochs
@@ -219,18 +216,17 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         "device": str(tr.device),
         "quick_experiment": tr.fraction,
         "checkpoint": best_path.name if best_path.is_file() else None,
+        "task": tr.task.name,
         "labels": tr.scale.as_dict(),
         "select_metric": s.select_metric,
         "threshold": tr.threshold,
     }  # checkpoint None: no epoch improved
     for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:
-            found, df = run_evaluation(tr, tr.eval_model, split, progress)
-            if df is not None:
-                found.update(frame_intervals(df))
+            found, frames = run_evaluation(tr, tr.eval_model, split, progress, final=True)
             results[split] = found
-            if df is not None and tr.ddp.is_main:
-                write_parquet_atomic(tr.run_dir / "predictions" / f"{split}.parquet", df)
+            for suffix, frame in frames.items() if tr.ddp.is_main else ():
+                write_parquet_atomic(tr.run_dir / "predictions" / f"{split}{suffix}.parquet", frame)
     elapsed = s.elapsed_s + time.perf_counter() - started
     train_rates = [h["img_per_s"] for h in s.history if h["img_per_s"]]
     results.update(
@@ -243,7 +239,8 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         plot_training_curves(s.history, tr.run_dir / "training_curves.png")
     if "test" in results:
         test = results["test"]
-        log.info("test (best epoch %d): %s  n=%d", s.best_epoch, metrics_line(test), test["n"])
+        line = tr.task.metrics_line(test, s.select_metric)
+        log.info("test (best epoch %d): %s  n=%d", s.best_epoch, line, test["n"])
     return results
 
 
@@ -368,10 +365,10 @@ def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | Non
                 s.step,
                 advance=progress.advance if progress else None,
             )
-        val, df = run_evaluation(tr, tr.eval_model, "val", progress)
+        val, frames = run_evaluation(tr, tr.eval_model, "val", progress)
         check_val_finite(val, epoch, stats.last_step)  # before last.pt or best_model.pt is written
         s.elapsed_s += time.perf_counter() - started
-        if _end_of_epoch(tr, epoch, stats, val, df):
+        if _end_of_epoch(tr, epoch, stats, val, frames):
             log.info(
                 "early stopping: no better val %s for %d epochs (best %.4f at epoch %d)",
                 NAMES[s.select_metric],

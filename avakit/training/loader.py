@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 from webdataset.tariterators import tarfile_samples
 
 from avakit.config import Config
-from avakit.dataset.samples import Reason, SampleCounts, decode_image, label_values, parse_label, tar_samples
+from avakit.dataset.samples import Reason, SampleCounts, tar_samples
 from avakit.dataset.sources import DataSource, ShardFile, SplitSource
 from avakit.errors import AvakitError
-from avakit.scores import AVA, Scale
+from avakit.tasks.score import SCORE, SampleDecoder, collate  # noqa: F401 (re-exported: the score task's)
 from avakit.training.transforms import EvalPreset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
@@ -156,51 +156,9 @@ def _in_subset(sample: dict, fraction: float) -> bool:
     return keep_sample(sample["__key__"], fraction)  # placeholders by shard#position
 
 
-class SampleDecoder:
-    """Raw webdataset sample -> (uint8 crop, label, image id, reason code). Picklable for workers.
-
-    The label is the sample's K vote counts, or its MOS as a 1-vector ([mos]), as `scale` says.
-    """
-
-    def __init__(
-        self, preset: Callable[[torch.Tensor], torch.Tensor], crop_size: int, scale: Scale = AVA
-    ) -> None:
-        self.preset, self.scale = preset, scale
-        views = getattr(preset, "views", 1)  # test-time augmentation views per image
-        self.blank_shape = (3, crop_size, crop_size) if views == 1 else (views, 3, crop_size, crop_size)
-
-    def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """Decode one raw sample; a lost or bad one gives a blank crop, zero votes and its reason code."""
-        code = sample.get("__code__")
-        if code is not None:
-            return self._blank(), self._none(), sample["__index__"], code
-        if "json" not in sample or "jpg" not in sample:
-            return self._blank(), self._none(), -1, int(Reason.MEMBERS)
-        reason, label = parse_label(sample["__key__"], sample["json"], self.scale)
-        if label is None:
-            return self._blank(), self._none(), -1, int(reason)
-        votes, image_id = torch.tensor(label_values(label), dtype=torch.float32), label["image_id"]
-        try:
-            image = self.preset(decode_image(sample["jpg"]))
-        except (RuntimeError, ValueError):
-            return self._blank(), votes, image_id, int(Reason.IMAGE)
-        return image, votes, image_id, 0
-
-    def _blank(self) -> torch.Tensor:
-        return torch.zeros(self.blank_shape, dtype=torch.uint8)
-
-    def _none(self) -> torch.Tensor:
-        return torch.zeros(self.scale.width)
-
-
-def collate(samples: list[tuple]) -> Batch:
-    """Stack decoded samples into one batch (in a worker, straight into shared memory)."""
-    return tuple(default_collate(samples))  # type: ignore[return-value]
-
-
 def make_pipeline(
     entries: list,
-    decoder: SampleDecoder,
+    decoder: Callable[[dict], tuple],
     *,
     batch_size: int,
     train: bool,
@@ -228,7 +186,10 @@ def make_pipeline(
         stages.append(
             wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(epoch_seed))
         )
-    stages += [wds.map(decoder), wds.batched(batch_size, collation_fn=collate, partial=True)]
+    stages += [
+        wds.map(decoder),
+        wds.batched(batch_size, collation_fn=getattr(decoder, "collate", collate), partial=True),
+    ]
     return wds.DataPipeline(*stages)
 
 
@@ -274,7 +235,7 @@ class CountingLoader:
 
 def make_loader(
     source: SplitSource,
-    decoder: SampleDecoder,
+    decoder: Callable[[dict], tuple],
     *,
     batch_size: int,
     train: bool,
@@ -358,13 +319,17 @@ def eval_loader(
     fraction: float = 1.0,
     rank: int = 0,
     world_size: int = 1,
+    task: Any = None,
 ) -> CountingLoader:
     """An evaluation pass over `source`: the config's eval preset (with `tta`), in order, counted.
+
+    `task` (a tasks.base.Task; None: the score task) decodes the samples.
 
     The one eval loader of training's val/test passes, `evaluate` and `features`. Raises
     AvakitError for an unknown `tta`.
     """
-    decoder = SampleDecoder(EvalPreset(cfg.transform, tta), cfg.transform.crop_size, source.scale)
+    preset = EvalPreset(cfg.transform, tta)
+    decoder = (task or SCORE).decoder(preset, cfg.transform.crop_size, source.scale, train=False, cfg=cfg)
     return make_loader(
         source,
         decoder,

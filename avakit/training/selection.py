@@ -10,16 +10,13 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
-import pandas as pd
-
 from avakit.config import SELECT_METRICS, Config
 from avakit.errors import AvakitError
-from avakit.metrics import confidence_intervals
+from avakit.predictions import frame_intervals, metrics_line  # noqa: F401 (re-exported)
 from avakit.scores import Scale
 
-HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "loss": False, "emd": False}
-NAMES = {"srcc": "SRCC", "plcc": "PLCC", "loss": "loss", "emd": "EMD"}
+HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "loss": False, "emd": False, "pair_accuracy": True}
+NAMES = {"srcc": "SRCC", "plcc": "PLCC", "loss": "loss", "emd": "EMD", "pair_accuracy": "pair accuracy"}
 NOISY_VAL = 500  # fewer val samples than this: checkpoint selection is noisy (warned at train start)
 
 
@@ -60,6 +57,8 @@ def check_best_value(metric: object, value: object, where: str, key: str = "best
         raise AvakitError(f"{where}.{key}: expected a float, got {str(value)[:60]!r}")
     if metric in ("srcc", "plcc"):
         ok = -1.0 <= value <= 1.0 or value == -math.inf
+    elif metric == "pair_accuracy":
+        ok = 0.0 <= value <= 1.0 or value == -math.inf
     elif metric == "emd":
         ok = 0.0 <= value < math.inf or value == math.inf
     else:
@@ -95,27 +94,3 @@ def warn_small_val(log: logging.Logger, samples: int | None, metric: str) -> Non
         NAMES[metric],
         NOISY_VAL,
     )
-
-
-def metrics_line(found: dict, select_metric: str = "srcc") -> str:
-    """ "SRCC 0.7120  PLCC 0.7010[  EMD 0.0800][  Acc 0.767 (majority 0.767)]" for a log line.
-
-    Accuracy only where a threshold applied, always beside its majority-class rate; EMD when
-    it picks the best epoch.
-    """
-    parts = [f"SRCC {found.get('srcc', math.nan):.4f}", f"PLCC {found.get('plcc', math.nan):.4f}"]
-    if select_metric == "emd":
-        parts.append(f"EMD {found.get('emd', math.nan):.4f}")
-    if "accuracy" in found:
-        parts.append(f"Acc {found['accuracy']:.3f} (majority {found.get('majority_baseline', math.nan):.3f})")
-    return "  ".join(parts)
-
-
-def frame_intervals(df: pd.DataFrame) -> dict:
-    """Bootstrap 95% intervals of SRCC and PLCC of a predictions table: {"srcc_ci", "plcc_ci"}.
-
-    Rows are put in one order first (image_id, then the scores), so train and evaluate, whose
-    loaders deliver them in different orders, draw the same resamples and give the same interval.
-    """
-    order = np.lexsort((df["gt_mean"].to_numpy(), df["pred_mean"].to_numpy(), df["image_id"].to_numpy()))
-    return confidence_intervals(df["pred_mean"].to_numpy()[order], df["gt_mean"].to_numpy()[order])

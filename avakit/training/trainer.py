@@ -22,10 +22,12 @@ from avakit.errors import AvakitError
 from avakit.model.losses import get_loss
 from avakit.model.network import model_from_config, param_groups
 from avakit.scores import SPLITS, Scale
+from avakit.tasks import check_task, get_task
+from avakit.tasks.base import Task
 from avakit.training.checkpoint import check_weights, rng_state, seed_everything, set_rng_state
 from avakit.training.distributed import DistInfo
 from avakit.training.engine import StepContext, WarmupSchedule, place_model, resolve_amp
-from avakit.training.loader import CountingLoader, SampleDecoder, eval_loader, make_loader
+from avakit.training.loader import CountingLoader, eval_loader, make_loader
 from avakit.training.resume import check_resume_state, data_definition
 from avakit.training.selection import check_select_metric, eval_threshold, worst
 from avakit.training.transforms import TrainPreset
@@ -79,6 +81,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: WarmupSchedule
     sources: dict[str, DataSource]  # SplitSources, or FeatureSources for head-only training
+    task: Task  # what is learned: the score or the pairwise task (avakit.tasks)
     scale: Scale  # what the labels mean: every split's manifest says the same
     threshold: float | None  # binary accuracy's cut (eval.threshold, else the data's; None: none)
     steps_per_epoch: int | None
@@ -96,14 +99,39 @@ def _steps_per_epoch(cfg: Config, source: DataSource, fraction: float, world: in
     return max(1, int(batches) // cfg.training.grad_accum_steps)
 
 
+def _optimizer(groups: list[dict], t) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum 0.9, over the parameter groups (training section `t`)."""
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=t.learning_rate, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
+    )
+
+
+def _head_only(cfg: Config, core: torch.nn.Module, ddp: DistInfo) -> tuple:
+    """(feature sources, the head-only model) of a `data.features` run (one process, score task)."""
+    if cfg.task != "score":
+        raise AvakitError(
+            "data.features: a feature cache trains the score task; a pairwise run reads its "
+            "shards (frozen backbone: model.freeze full)"
+        )
+    if ddp.enabled:
+        raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
+    from avakit.training.head_only import head_only_setup
+
+    return head_only_setup(cfg, core)
+
+
 def build_trainer(
     cfg: Config, run_dir: Path, fraction: float, ddp: DistInfo, device: torch.device
 ) -> Trainer:
     """Model, optimizer, schedule, loaders' sources and step context for one run."""
     m, t = cfg.model, cfg.training
     shard_sources = None if cfg.data.features else _shard_sources(cfg, ddp)  # bad paths fail first
+    task = get_task(cfg.task)
     if shard_sources:
         scale = common_scale(shard_sources)
+        check_task(cfg.task, scale, shard_sources["train"].where or "data.shards")
     else:
         from avakit.training.head_only import feature_scale
 
@@ -113,18 +141,9 @@ def build_trainer(
     seed_everything(cfg.seed)
     core, normalize = place_model(model_from_config(cfg, scale=scale), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
-    if t.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            groups, lr=t.learning_rate, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
-        )
+    optimizer = _optimizer(groups, t)
     if cfg.data.features:
-        if ddp.enabled:
-            raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
-        from avakit.training.head_only import head_only_setup
-
-        sources, model = head_only_setup(cfg, core)
+        sources, model = _head_only(cfg, core, ddp)
         eval_model, normalize = model, torch.nn.Identity()
     else:
         sources = shard_sources
@@ -148,6 +167,8 @@ def build_trainer(
         output_mode=m.output_mode,
         device=device,
         scale=scale,
+        task=task,
+        options=cfg.pairs,
         amp=amp,
         channels_last=t.channels_last,
         grad_clip=t.grad_clip,
@@ -169,6 +190,7 @@ def build_trainer(
         scheduler=scheduler,
         schedule=schedule,
         sources=sources,
+        task=task,
         scale=scale,
         threshold=threshold,
         steps_per_epoch=steps,
@@ -216,7 +238,9 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     elif train:
         loader = make_loader(
             tr.sources[split],
-            SampleDecoder(TrainPreset(cfg.transform), cfg.transform.crop_size, tr.sources[split].scale),
+            tr.task.decoder(
+                TrainPreset(cfg.transform), cfg.transform.crop_size, tr.sources[split].scale, True, cfg
+            ),
             batch_size=cfg.training.batch_size,
             train=True,
             seed=cfg.seed,
@@ -238,6 +262,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
             rank=tr.ddp.rank,
             world_size=tr.ddp.world_size,
             pin_memory=tr.device.type == "cuda",
+            task=tr.task,
         )
     tr.loaders[split] = loader
     return loader
