@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,8 @@ def check_output(output: Path) -> Path:
 def fp32_tolerance(scale: Scale) -> float:
     """The allowed torch vs ONNX FP32 score difference: FP32_MAX_ABS_DIFF on AVA's 1..10, scaled
     with the range (float32 rounding grows with the numbers), so 1e-4 for AVA, ~1.1e-3 for 0..100."""
+    if not scale.bounded:  # a pairwise score (a logit): judged as on AVA's scale
+        return FP32_MAX_ABS_DIFF
     return FP32_MAX_ABS_DIFF * (scale.hi - scale.lo) / (AVA.hi - AVA.lo)
 
 
@@ -123,7 +126,8 @@ class ExportModel(nn.Module):
         out = self.model(x)
         if self.output_mode == "distribution":
             return out.softmax(dim=1)
-        return native_outputs(out, self.scale, self.output_mode).clamp(self.scale.lo, self.scale.hi)
+        out = native_outputs(out, self.scale, self.output_mode)
+        return out.clamp(self.scale.lo, self.scale.hi) if self.scale.bounded else out  # pairwise: a logit
 
 
 def val_images(
@@ -141,11 +145,19 @@ def val_images(
     for sample in iter_samples(source):
         if len(arrays) >= n:
             break
-        with contextlib.suppress(OSError, KeyError, ValueError):  # an undecodable sample is skipped
-            arrays.append(prepare_image(Image.open(io.BytesIO(sample["jpg"])), spec))
+        for image in _sample_images(sample):  # a group sample (pairwise) holds 000.jpg, 001.jpg, ...
+            with contextlib.suppress(OSError, KeyError, ValueError):  # an undecodable image is skipped
+                arrays.append(prepare_image(Image.open(io.BytesIO(image)), spec))
     if not arrays:
         raise AvakitError(f"no decodable {split} images in {shards}")
     return np.stack(arrays)
+
+
+def _sample_images(sample: dict) -> list[bytes]:
+    """The image members of a shard sample: its `jpg`, or a group sample's `NNN.jpg` in order."""
+    if "jpg" in sample:
+        return [sample["jpg"]]
+    return [sample[k] for k in sorted(sample) if re.fullmatch(r"[0-9]{3}\.jpg", k)]
 
 
 def _inputs(

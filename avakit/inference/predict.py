@@ -64,7 +64,9 @@ class TorchScorer(Scorer):
             out = self.model(torch.from_numpy(batch).to(self.device)).float()
             if self.output_mode == "distribution":
                 return out.softmax(dim=1).cpu().numpy()
-            out = native_outputs(out, self.scale, self.output_mode).clamp(self.scale.lo, self.scale.hi)
+            out = native_outputs(out, self.scale, self.output_mode)
+            if self.scale.bounded:  # a pairwise score is a logit: never clamped
+                out = out.clamp(self.scale.lo, self.scale.hi)
         return out.cpu().numpy()
 
 

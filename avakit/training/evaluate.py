@@ -12,15 +12,14 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from avakit.config import Config, TrainingConfig, check_value
 from avakit.dataset.sources import SplitSource, resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import write_error, write_json_atomic, write_parquet_atomic
 from avakit.model.losses import get_loss
-from avakit.predictions import frame_metrics, predictions_frame
 from avakit.scores import SPLITS, Scale
+from avakit.tasks import check_task, get_task
 from avakit.training.checkpoint import (
     checkpoint_scale,
     load_checkpoint,
@@ -28,10 +27,10 @@ from avakit.training.checkpoint import (
     run_checkpoint,
 )
 from avakit.training.distributed import pick_device
-from avakit.training.engine import StepContext, eval_one_epoch, place_model, resolve_amp
+from avakit.training.engine import StepContext, place_model, resolve_amp
 from avakit.training.loader import eval_loader
 from avakit.training.rundir import eval_outputs
-from avakit.training.selection import eval_threshold, frame_intervals
+from avakit.training.selection import eval_threshold
 
 
 def evaluate_run(
@@ -64,6 +63,10 @@ def evaluate_run(
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     scale = checkpoint_scale(ckpt)
+    check_task(cfg.task, scale, f"{ckpt_path}: labels")
+    task = get_task(cfg.task)
+    if task.name != "score" and tta != "none":
+        raise AvakitError(f"tta: the {task.name} task evaluates each photo once (use --tta none)")
     cut = _threshold(threshold, cfg, scale, ckpt_path)
     source = _eval_source(shards, cfg, split, ckpt_path, allow_missing, scale)
     dev = pick_device(device)
@@ -77,20 +80,23 @@ def evaluate_run(
         output_mode=cfg.model.output_mode,
         device=dev,
         scale=scale,
+        task=task,
+        options=cfg.pairs,
         amp=amp,
         channels_last=cfg.training.channels_last,
     )
     batch = batch_size or cfg.training.batch_size
-    loader = eval_loader(source, cfg, batch_size=batch, tta=tta, pin_memory=dev.type == "cuda")  # checks tta
+    pin = dev.type == "cuda"
+    loader = eval_loader(source, cfg, batch_size=batch, tta=tta, pin_memory=pin, task=task)  # checks tta
     out = eval_outputs(run_dir, split, checkpoint, tta)
     with progress.task(f"evaluate {split}", source.samples) if progress else contextlib.nullcontext():
         advance = progress.advance if progress else None
-        result = eval_one_epoch(model, loader, ctx, advance=advance, warmup=True)
+        result = task.merge([task.evaluate(model, loader, ctx, advance, True)])
     counts = loader.counts
     if not result["n"]:
         raise AvakitError(f"split {split!r}: no sample could be used ({counts.summary()})", exit_code=1)
-    df = predictions_frame(result, cfg.model.output_mode, scale)
-    found = _split_metrics(df, result, counts.corrupt, scale, cut)
+    found, frames = task.summarise(result, ctx, cut, final=True)
+    found.update(_speed(result, counts.corrupt))
     report = {
         "split": split,
         "checkpoint": ckpt_path.name,
@@ -110,7 +116,8 @@ def evaluate_run(
         out.json.parent.mkdir(exist_ok=True)
     except OSError as e:
         raise write_error(e, out.json.parent) from None
-    write_parquet_atomic(out.parquet, df)
+    for suffix, frame in frames.items():
+        write_parquet_atomic(out.parquet.with_name(out.parquet.stem + suffix + ".parquet"), frame)
     write_json_atomic(out.json, report, default=_jsonable)
     return report
 
@@ -154,21 +161,16 @@ def check_same_labels(model: Scale, data: Scale, where: str) -> None:
         )
 
 
-def _split_metrics(
-    df: pd.DataFrame, result: dict, corrupt: int, scale: Scale, threshold: float | None
-) -> dict:
-    """The literature's metrics of a predictions table (with bootstrap 95% intervals of SRCC and
-    PLCC) plus loss, corrupt samples and speed."""
-    found = frame_metrics(df, scale, threshold)
-    found.update(frame_intervals(df))
-    found.update(
-        loss=result["loss_sum"] / result["n"],
-        corrupt=corrupt,
-        latency_ms_per_image=1000.0 * result["model_seconds"] / result["n"],
-        model_img_per_s=result["n"] / result["model_seconds"] if result["model_seconds"] else 0.0,
-        end_to_end_img_per_s=result["n"] / result["seconds"] if result["seconds"] else 0.0,
-    )
-    return found
+def _speed(result: dict, corrupt: int) -> dict:
+    """Loss, corrupt samples and speed of an evaluation pass (samples: images, or groups)."""
+    n, loss_n = result["n"], result.get("loss_n", result["n"])
+    return {
+        "loss": result["loss_sum"] / loss_n if loss_n else float("nan"),
+        "corrupt": corrupt,
+        "latency_ms_per_image": 1000.0 * result["model_seconds"] / n,
+        "model_img_per_s": n / result["model_seconds"] if result["model_seconds"] else 0.0,
+        "end_to_end_img_per_s": n / result["seconds"] if result["seconds"] else 0.0,
+    }
 
 
 def _jsonable(value: object) -> object:
