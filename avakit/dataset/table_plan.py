@@ -184,6 +184,7 @@ class LabelInput:
     preset: tuple[str, Path] | None = None  # (name, the release's root folder)
     scale: str | None = None  # "LO:HI" (labels tables; presets know theirs)
     lower_is_better: bool = False
+    phototriage: object | None = None  # a dataset.phototriage_plan.PhotoTriageInput
 
 
 def plan_inputs(
@@ -205,22 +206,27 @@ def plan_inputs(
             ("--ava-txt", labels.ava_txt),
             ("--labels", labels.labels),
             ("--preset", labels.preset),
+            ("--phototriage", labels.phototriage),
         )
         if v
     ]
     if len(given) != 1:
         raise AvakitError(
-            "give exactly one of --ava-txt, --labels or --preset"
+            "give exactly one of --ava-txt, --labels, --preset or --phototriage"
             + (f" (got {', '.join(given)})" if given else "")
-        )
-    if labels.ava_txt is None and test_list is not None:
-        raise AvakitError(
-            "--test-list is AVA's official test list; a labels table marks its test images in a "
-            "`split` column"
         )
     if labels.labels is None and (labels.scale is not None or labels.lower_is_better):
         raise AvakitError(
             "--scale and --lower-is-better describe a --labels table (AVA.txt and presets know their scale)"
+        )
+    if labels.phototriage is not None:
+        from avakit.dataset.phototriage_plan import plan_phototriage
+
+        return plan_phototriage(labels.phototriage, images, out, options, test_list, strict)  # type: ignore[arg-type]
+    if labels.ava_txt is None and test_list is not None:
+        raise AvakitError(
+            "--test-list is AVA's official test list; a labels table marks its test images in a "
+            "`split` column"
         )
     if labels.ava_txt is not None:
         if images is None:
