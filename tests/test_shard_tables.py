@@ -170,7 +170,10 @@ def test_misfit_options_are_one_line_errors(
 
 def test_no_input_and_ava_with_a_scale(tmp_path: Path) -> None:
     result = runner.invoke(app, ["shard", "--out", str(tmp_path / "s")])
-    assert result.exit_code == 2 and "give exactly one of --ava-txt, --labels, --preset or --phototriage" in result.output
+    assert (
+        result.exit_code == 2
+        and "give exactly one of --ava-txt, --labels, --preset or --phototriage" in result.output
+    )
     argv = ["shard", "--ava-txt", "AVA.txt", "--images", ".", "--scale", "1:10", "--out", str(tmp_path)]
     result = runner.invoke(app, argv)
     assert (
