@@ -262,3 +262,11 @@ def test_manifest_rejects_bad_pair_stats(sharded: Path, tmp_path: Path, change: 
     with pytest.raises(AvakitError, match="label_stats") as e:
         load_manifest(out)
     assert message in str(e.value)
+
+
+def test_strict_stops_at_the_first_bad_line(release: SyntheticPhotoTriage, tmp_path: Path) -> None:
+    root = copy_release(release, tmp_path / "r")
+    with (root / "val_pairlist.txt").open("a") as f:
+        f.write("7 1 2 0.5 1\n")
+    code, output = shard(root, tmp_path / "s", "--strict")
+    assert code == 2 and "val_pairlist.txt:" in output and "5 columns, expected 6" in output

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avakit.dataset.ava import Skipped
 from avakit.dataset.keys import hash_split, unique_keys
@@ -20,6 +21,9 @@ from avakit.dataset.plan import ShardOptions, ShardPlan, build_plan, check_image
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
 from avakit.scores import Scale
+
+if TYPE_CHECKING:
+    from avakit.dataset.phototriage_plan import PhotoTriageInput
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ class LabelInput:
     preset: tuple[str, Path] | None = None  # (name, the release's root folder)
     scale: str | None = None  # "LO:HI" (labels tables; presets know theirs)
     lower_is_better: bool = False
-    phototriage: object | None = None  # a dataset.phototriage_plan.PhotoTriageInput
+    phototriage: PhotoTriageInput | None = None  # a PhotoTriage release (and its reviews)
 
 
 def plan_inputs(
@@ -222,7 +226,7 @@ def plan_inputs(
     if labels.phototriage is not None:
         from avakit.dataset.phototriage_plan import plan_phototriage
 
-        return plan_phototriage(labels.phototriage, images, out, options, test_list, strict)  # type: ignore[arg-type]
+        return plan_phototriage(labels.phototriage, images, out, options, test_list, strict)
     if labels.ava_txt is None and test_list is not None:
         raise AvakitError(
             "--test-list is AVA's official test list; a labels table marks its test images in a "
