@@ -154,7 +154,7 @@ def test_rerun_is_byte_identical_and_resumes(votes7: SyntheticTable, tmp_path: P
     [
         (
             ["--ava-txt", "AVA.txt"],
-            "give exactly one of --ava-txt, --labels or --preset (got --ava-txt, --labels)",
+            "give exactly one of --ava-txt, --labels, --preset or --phototriage (got --ava-txt, --labels)",
         ),
         (["--test-list", "x.jpgl"], "a labels table marks its test images in a `split` column"),
         (["--split", "official"], "put the official test images in its `split` column"),
@@ -170,7 +170,10 @@ def test_misfit_options_are_one_line_errors(
 
 def test_no_input_and_ava_with_a_scale(tmp_path: Path) -> None:
     result = runner.invoke(app, ["shard", "--out", str(tmp_path / "s")])
-    assert result.exit_code == 2 and "give exactly one of --ava-txt, --labels or --preset" in result.output
+    assert (
+        result.exit_code == 2
+        and "give exactly one of --ava-txt, --labels, --preset or --phototriage" in result.output
+    )
     argv = ["shard", "--ava-txt", "AVA.txt", "--images", ".", "--scale", "1:10", "--out", str(tmp_path)]
     result = runner.invoke(app, argv)
     assert (

@@ -1,4 +1,4 @@
-"""`avakit shard`: AVA.txt, a labels table or a dataset preset -> WebDataset shards + manifest.json."""
+"""`avakit shard`: AVA.txt, a labels table, a preset or PhotoTriage -> WebDataset shards + manifest.json."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from avakit.cli.console import console, cpu_count, print_shard_summary, progress_bar, say
 from avakit.cli.options import Preset, ShardSplit
 from avakit.config import QUALITY_RANGE, SHORT_SIDE_RANGE, SPLIT_SEED_MAX
+from avakit.errors import AvakitError
 
 _AvaTxt = Annotated[Path | None, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")]
 _Labels = Annotated[
@@ -27,6 +28,33 @@ _Preset = Annotated[
         metavar="NAME ROOT",
         show_default=False,
     ),
+]
+_PhotoTriage = Annotated[
+    Path | None,
+    typer.Option(
+        help="A PhotoTriage release folder: train_pairlist.txt, val_pairlist.txt, train_val_imgs/ "
+        "(one group sample per photo series; val_pairlist.txt is the test split).",
+        metavar="ROOT",
+        show_default=False,
+    ),
+]
+_Reviews = Annotated[
+    Path | None,
+    typer.Option(
+        help="--phototriage: raw reviews folder (reviews_trainval/, %06d.json).", show_default=False
+    ),
+]
+_MinAgreement = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="--reviews: keep pairs whose reviews agree at least this much.",
+        show_default=False,
+    ),
+]
+_MinReviewers = Annotated[
+    int | None, typer.Option(min=0, help="--reviews: keep pairs with at least N reviews.", show_default=False)
 ]
 _Images = Annotated[
     Path | None,
@@ -51,7 +79,10 @@ _Split = Annotated[
 ]
 _TestList = Annotated[Path | None, typer.Option(help="Official test ids (generic_test.jpgl).")]
 _ValRatio = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows for validation.")]
-_TestRatio = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows for test (random split).")]
+_TestRatio = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Share of rows for test (random split).", show_default="0.1"),
+]
 _Seed = Annotated[
     int, typer.Option(min=0, max=SPLIT_SEED_MAX, help="Split seed: the same seed gives the same split.")
 ]
@@ -64,7 +95,14 @@ _ShortSide = Annotated[
 _Quality = Annotated[
     int, typer.Option(min=QUALITY_RANGE[0], max=QUALITY_RANGE[1], help="JPEG quality of stored images.")
 ]
-_ShardSize = Annotated[int, typer.Option(min=1, help="Rows per shard (AVA train: ~200 shards).")]
+_ShardSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Rows per shard (AVA train: ~200 shards); series for --phototriage.",
+        show_default="1000; 100",
+    ),
+]
 _Workers = Annotated[int | None, typer.Option(min=1, help="Worker processes.", show_default="all cores")]
 _Limit = Annotated[int | None, typer.Option(min=1, help="Only the first N rows (for trials).")]
 _Strict = Annotated[bool, typer.Option(help="Stop at the first malformed line.")]
@@ -74,6 +112,10 @@ def shard(
     ava_txt: _AvaTxt = None,
     labels: _Labels = None,
     preset: _Preset = None,
+    phototriage: _PhotoTriage = None,
+    reviews: _Reviews = None,
+    min_agreement: _MinAgreement = None,
+    min_reviewers: _MinReviewers = None,
     images: _Images = None,
     scale: _Scale = None,
     lower_is_better: _LowerIsBetter = False,
@@ -81,11 +123,11 @@ def shard(
     split: _Split = "random",
     test_list: _TestList = None,
     val_ratio: _ValRatio = 0.1,
-    test_ratio: _TestRatio = 0.1,
+    test_ratio: _TestRatio = None,
     seed: _Seed = 42,
     short_side: _ShortSide = 256,
     quality: _Quality = 90,
-    shard_size: _ShardSize = 1000,
+    shard_size: _ShardSize = None,
     workers: _Workers = None,
     limit: _Limit = None,
     strict: _Strict = False,
@@ -93,7 +135,8 @@ def shard(
     """Preprocess labelled photos into WebDataset shards and manifest.json.
 
     Labels: AVA.txt (--ava-txt), your own table (--labels: K-point votes,
-    or a MOS on --scale) or a dataset's release (--preset NAME ROOT).
+    or a MOS on --scale), a dataset's release (--preset NAME ROOT), or
+    PhotoTriage's photo series (--phototriage ROOT: one sample per series).
     Each image is decoded, EXIF-rotated, made RGB, resized to --short-side
     and re-encoded. Unusable rows are skipped and listed in the manifest
     with their line and reason. Interrupted? Rerun the same command.
@@ -102,22 +145,32 @@ def shard(
       avakit shard --ava-txt AVA/AVA.txt --images AVA/images --out shards/ava
       avakit shard --labels labels.csv --images photos/ --scale 0:100 --out shards/mine
       avakit shard --preset koniq10k data/koniq --out shards/koniq
+      avakit shard --phototriage data/phototriage --out shards/pt
     """
+    from avakit.dataset.phototriage_plan import SHARD_SIZE, PhotoTriageInput
     from avakit.dataset.plan import ShardOptions
     from avakit.dataset.shards import write_shards
     from avakit.dataset.table_plan import LabelInput, plan_inputs
 
+    pt = None
+    if phototriage is not None:
+        pt = PhotoTriageInput(
+            root=phototriage, reviews=reviews, min_agreement=min_agreement, min_reviewers=min_reviewers
+        )
+    elif reviews is not None or min_agreement is not None or min_reviewers is not None:
+        raise AvakitError("--reviews, --min-agreement and --min-reviewers belong to --phototriage ROOT")
     options = ShardOptions(
         short_side=short_side,
         quality=quality,
-        shard_size=shard_size,
+        shard_size=shard_size or (SHARD_SIZE if pt else 1000),
         split=str(split),
         val_ratio=val_ratio,
-        test_ratio=test_ratio,
+        test_ratio=test_ratio if test_ratio is not None else (0.0 if pt else 0.1),
         seed=seed,
         limit=limit,
     )
     given = LabelInput(
+        phototriage=pt,
         ava_txt=ava_txt,
         labels=labels,
         preset=(str(preset[0]), preset[1]) if preset else None,

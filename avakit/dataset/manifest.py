@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from avakit.dataset.samples import Reason, decode_image, parse_label, read_shard
+from avakit.dataset.samples import MAX_MEMBERS, Reason, decode_image, member_name, parse_label, read_shard
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
 from avakit.scores import AVA, SPLITS, Scale, stored_scale
@@ -145,7 +145,9 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str], kind: str) 
     if samples != total:
         raise c.fail(f"{key}.samples", f"{samples} differs from the sum of its shards' samples ({total})")
     stats = c.mapping(info, key, "label_stats")
-    if c.count(stats, f"{key}.label_stats", "n"):
+    if kind == "pairs":
+        _check_pair_stats(c, stats, f"{key}.label_stats", samples)
+    elif c.count(stats, f"{key}.label_stats", "n"):
         for name in (
             "mean_score_mean",
             "mean_score_std",
@@ -157,6 +159,28 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str], kind: str) 
                 "a number",
                 f"{key}.label_stats.{name}",
             )
+
+
+def _check_pair_stats(c: _Checker, stats: dict, key: str, samples: int) -> None:
+    """A pairwise split's label_stats: n = its series, pairs, photos (2..64 per series), decided
+    pairs (at most the pairs) and the human ceiling in [0.5, 1] (null without a decided pair)."""
+    n = c.count(stats, key, "n")
+    if n != samples:
+        raise c.fail(f"{key}.n", f"{n} series, but the split holds {samples} samples")
+    if not n:
+        return
+    pairs, photos = c.count(stats, key, "pairs"), c.count(stats, key, "photos")
+    decided = c.count(stats, key, "decided_pairs")
+    if not 2 * n <= photos <= MAX_MEMBERS * n:
+        raise c.fail(f"{key}.photos", f"{photos} photos in {n} series (each holds 2..{MAX_MEMBERS})")
+    if decided > pairs:
+        raise c.fail(f"{key}.decided_pairs", f"{decided} is more than the {pairs} pairs")
+    ceiling = c.get(stats, key, "human_ceiling")
+    if ceiling is None and not decided:
+        return
+    c.typed(ceiling, (int, float), "a number", f"{key}.human_ceiling")
+    if not 0.5 <= ceiling <= 1.0:
+        raise c.fail(f"{key}.human_ceiling", f"expected a share in [0.5, 1], got {ceiling!r}")
 
 
 def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list[str]]:
@@ -174,7 +198,8 @@ def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list
             n += 1
             key = sample["__key__"]
             shown = key if key.isprintable() else repr(key)  # a newline in a name stays on one line
-            if "jpg" not in sample or "json" not in sample:
+            first = member_name(0) if scale.kind == "pairs" else "jpg"
+            if first not in sample or "json" not in sample:
                 members = sorted(k for k in sample if not k.startswith("__"))
                 problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
             elif decode:
@@ -190,20 +215,26 @@ def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list
 def _sample_problems(key: str, sample: dict[str, bytes], scale: Scale) -> list[str]:
     """The reasons the loader would count this sample as corrupt (empty when it is usable)."""
     reasons = []
-    try:
-        decode_image(sample["jpg"])
-    except (RuntimeError, ValueError):
-        kind = (
-            "PNG"
-            if sample["jpg"].startswith(b"\x89PNG")
-            else "not a JPEG"
-            if not sample["jpg"].startswith(b"\xff\xd8")
-            else "damaged JPEG"
-        )
-        reasons.append(f"{Reason.IMAGE.text} ({kind})")
-    reason, _ = parse_label(key, sample["json"], scale)
+    images = sorted(k for k in sample if k.endswith(".jpg")) if scale.kind == "pairs" else ["jpg"]
+    for name in images:
+        try:
+            decode_image(sample[name])
+        except (RuntimeError, ValueError):
+            data = sample[name]
+            kind = (
+                "PNG"
+                if data.startswith(b"\x89PNG")
+                else "not a JPEG"
+                if not data.startswith(b"\xff\xd8")
+                else "damaged JPEG"
+            )
+            reasons.append(f"{Reason.IMAGE.text} ({kind}{f', {name}' if name != 'jpg' else ''})")
+    reason, label = parse_label(key, sample["json"], scale)
     if reason:
         reasons.append(reason.text)
+    elif scale.kind == "pairs" and images != [member_name(k) for k in range(len(label["members"]))]:
+        n = len(label["members"])
+        reasons.append(f"{Reason.MEMBERS.text}: the label names {n} members, the sample holds {images}")
     return reasons
 
 

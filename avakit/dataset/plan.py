@@ -23,7 +23,8 @@ from avakit.scores import AVA, Scale
 
 
 class Row(Protocol):
-    """What a shard task writes per image: an AVA.txt row or a labels-table sample."""
+    """What a shard task writes per sample: an AVA.txt row, a labels-table sample, or a photo series
+    (a group sample: its photos are `files`, see `avakit.dataset.phototriage_plan.SeriesRow`)."""
 
     @property
     def line(self) -> int: ...  # noqa: D102 (the line of its source file)
@@ -85,6 +86,7 @@ class ShardPlan:
     parse_skipped: list[Skipped]
     tasks: list[ShardTask]
     scale: Scale = AVA  # what the labels mean (manifest.json's `labels`)
+    split_method: str | None = None  # manifest's split.method when not options.split (PhotoTriage)
     pending: list[ShardTask] = field(default_factory=list)
     done: dict[str, dict] = field(default_factory=dict)  # shard name -> record of a finished shard
 
@@ -148,6 +150,7 @@ def build_plan(
     split_rows: dict[str, list[Row]],
     parse_skipped: list[Skipped],
     scale: Scale,
+    split_method: str | None = None,
 ) -> ShardPlan:
     """Cut each split's (sorted) rows into shard tasks and find those still to be written."""
     tasks = []
@@ -163,6 +166,7 @@ def build_plan(
         parse_skipped=parse_skipped,
         tasks=tasks,
         scale=scale,
+        split_method=split_method,
     )
     _prepare_out(plan)
     plan.done = {t.name: r for t in tasks if (r := load_record(out, t)) is not None}

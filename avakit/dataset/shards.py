@@ -30,7 +30,8 @@ from avakit import __version__, fileio
 from avakit.dataset.ava import Skipped
 from avakit.dataset.images import ImageSkip, encode_jpeg, load_rgb
 from avakit.dataset.manifest import FORMAT_VERSION, MANIFEST
-from avakit.dataset.plan import ShardOptions, ShardPlan, ShardTask, load_record, record_path
+from avakit.dataset.plan import Row, ShardOptions, ShardPlan, ShardTask, load_record, record_path
+from avakit.dataset.samples import member_name
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_path, file_sha256, write_json_atomic
 from avakit.scores import AVA, SPLITS, Scale
@@ -126,12 +127,7 @@ def _write_samples(
     try:
         for n, row in enumerate(task.rows, start=1):
             try:
-                im = load_rgb(images / row.file, short_side=options.short_side)
-                sample = {
-                    "__key__": row.key,
-                    "jpg": encode_jpeg(im, options.quality),
-                    "json": json.dumps(row.label()).encode(),
-                }
+                sample = _sample(row, images, options)
             except ImageSkip as e:
                 skipped.append(Skipped(row.line, row.image_id, e.reason, row.skip_detail(e.detail)))
             else:
@@ -147,6 +143,31 @@ def _write_samples(
             with contextlib.suppress(OSError, ValueError):
                 sink.tarstream.close()
         raise
+
+
+def _sample(row: Row, images: Path, options: ShardOptions) -> dict:
+    """One row's sample: its image as `jpg`, or a group's photos as `000.jpg, 001.jpg, ...`.
+
+    A group sample is all or nothing: its first unusable photo raises ImageSkip, whose detail
+    then names that photo's file.
+    """
+    files = getattr(row, "files", None)
+    if files is None:
+        im = load_rgb(images / row.file, short_side=options.short_side)
+        return {
+            "__key__": row.key,
+            "jpg": encode_jpeg(im, options.quality),
+            "json": json.dumps(row.label()).encode(),
+        }
+    sample = {"__key__": row.key}
+    for k, name in enumerate(files):
+        try:
+            im = load_rgb(images / name, short_side=options.short_side)
+        except ImageSkip as e:
+            raise ImageSkip(e.reason, f"{name}: {e.detail}") from None
+        sample[member_name(k)] = encode_jpeg(im, options.quality)
+    sample["json"] = json.dumps(row.label()).encode()
+    return sample
 
 
 def _run_pool(plan: ShardPlan, workers: int, progress: Callable[[int], None] | None) -> None:
@@ -253,10 +274,35 @@ def label_stats(values: np.ndarray, scale: Scale = AVA) -> dict:
     return stats
 
 
+def pair_stats(rows: list) -> dict:
+    """Statistics of a split's photo series (group rows): series, pairs, photos, decided pairs
+    (p != 0.5) and the human ceiling, the mean over decided pairs of max(p, 1 - p): how often a
+    random rater agrees with the majority (None without a decided pair)."""
+    if not rows:
+        return {"n": 0}
+    ps = np.array([p[2] for r in rows for p in r.series.pairs], dtype=np.float64)
+    decided = ps[ps != 0.5]
+    ceiling = round(float(np.maximum(decided, 1.0 - decided).mean()), 4) if len(decided) else None
+    return {
+        "n": len(rows),
+        "pairs": int(len(ps)),
+        "photos": sum(r.series.n for r in rows),
+        "decided_pairs": int(len(decided)),
+        "human_ceiling": ceiling,
+    }
+
+
+def split_stats(rows: list[Row], scale: Scale) -> dict:
+    """A split's `label_stats`: `pair_stats` of series, else `label_stats` of the rows' values."""
+    if scale.kind == "pairs":
+        return pair_stats(rows)
+    values = np.array([r.values for r in rows], dtype=np.float64).reshape(-1, scale.width)
+    return label_stats(values, scale)
+
+
 def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
     """The manifest of a finished run: plan (inputs, options) + per-shard records."""
-    values_by_id = {r.image_id: r.values for t in plan.tasks for r in t.rows}
-    width = plan.scale.width
+    rows_by_id = {r.image_id: r for t in plan.tasks for r in t.rows}
     skipped = [asdict(s) for s in plan.parse_skipped]
     splits: dict[str, dict] = {}
     for split in SPLITS:
@@ -266,15 +312,13 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
             "samples": len(ids),
             "bytes": sum(r["bytes"] for r in mine),
             "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in mine],
-            "label_stats": label_stats(
-                np.array([values_by_id[i] for i in ids], dtype=np.float64).reshape(-1, width),
-                plan.scale,
-            ),
+            "label_stats": split_stats([rows_by_id[i] for i in ids], plan.scale),
         }
         skipped += [s for r in mine for s in r["skipped"]]
     skipped.sort(key=lambda s: s["line"])
     written = sum(s["samples"] for s in splits.values())
     opts = asdict(plan.options)
+    method = opts.pop("split")
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"avakit {__version__}",
@@ -288,7 +332,7 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
             "resample": "jpeg-dct-scaling+bilinear",
         },
         "shard_size": opts.pop("shard_size"),
-        "split": {"method": opts.pop("split"), **opts},
+        "split": {"method": plan.split_method or method, **opts},
         "counts": {"rows_read": plan.rows_read, "samples_written": written, "rows_skipped": len(skipped)},
         "splits": splits,
         "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avakit.dataset.ava import Skipped
 from avakit.dataset.keys import hash_split, unique_keys
@@ -20,6 +21,9 @@ from avakit.dataset.plan import ShardOptions, ShardPlan, build_plan, check_image
 from avakit.errors import AvakitError
 from avakit.fileio import file_sha256
 from avakit.scores import Scale
+
+if TYPE_CHECKING:
+    from avakit.dataset.phototriage_plan import PhotoTriageInput
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,7 @@ class LabelInput:
     preset: tuple[str, Path] | None = None  # (name, the release's root folder)
     scale: str | None = None  # "LO:HI" (labels tables; presets know theirs)
     lower_is_better: bool = False
+    phototriage: PhotoTriageInput | None = None  # a PhotoTriage release (and its reviews)
 
 
 def plan_inputs(
@@ -205,22 +210,27 @@ def plan_inputs(
             ("--ava-txt", labels.ava_txt),
             ("--labels", labels.labels),
             ("--preset", labels.preset),
+            ("--phototriage", labels.phototriage),
         )
         if v
     ]
     if len(given) != 1:
         raise AvakitError(
-            "give exactly one of --ava-txt, --labels or --preset"
+            "give exactly one of --ava-txt, --labels, --preset or --phototriage"
             + (f" (got {', '.join(given)})" if given else "")
-        )
-    if labels.ava_txt is None and test_list is not None:
-        raise AvakitError(
-            "--test-list is AVA's official test list; a labels table marks its test images in a "
-            "`split` column"
         )
     if labels.labels is None and (labels.scale is not None or labels.lower_is_better):
         raise AvakitError(
             "--scale and --lower-is-better describe a --labels table (AVA.txt and presets know their scale)"
+        )
+    if labels.phototriage is not None:
+        from avakit.dataset.phototriage_plan import plan_phototriage
+
+        return plan_phototriage(labels.phototriage, images, out, options, test_list, strict)
+    if labels.ava_txt is None and test_list is not None:
+        raise AvakitError(
+            "--test-list is AVA's official test list; a labels table marks its test images in a "
+            "`split` column"
         )
     if labels.ava_txt is not None:
         if images is None:
