@@ -27,11 +27,13 @@ from avakit.dataset.manifest import MANIFEST
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
 from avakit.plots import gradient_warnings
-from avakit.report import html
-from avakit.report.scale import run_scale
+from avakit.report import html, pairwise
+from avakit.report.pairwise_run import best_epoch as pair_best_epoch
+from avakit.report.pairwise_run import check_history, load_pair_splits, run_task
+from avakit.report.scale import RunScale, run_scale
 from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
 from avakit.report.splits import SplitData, best_epoch, epoch_points, load_splits, read_evaluations
-from avakit.scores import HELD_OUT_SPLITS
+from avakit.scores import HELD_OUT_SPLITS, PAIRS
 from avakit.training.rundir import (
     CHECKPOINT_FILES,
     GRAD_FILE,
@@ -236,6 +238,8 @@ def build_report(
         "tags": parse_id_names(tags) if tags else {},
         "challenge": parse_id_names(challenges) if challenges else {},
     }
+    if run_task(run_dir) == "pairwise":
+        return _pairwise_report(run_dir, shards)
     history = load_history(run_dir)
     notes: list[str] = []
     results, best = best_epoch(run_dir, history, notes)
@@ -283,6 +287,56 @@ def build_report(
         "notes": list(c.notes),
         "labels": rs.scale.as_dict(),
         "threshold": rs.threshold,
+    }
+
+
+def _pairwise_report(run_dir: Path, shards: Path | None) -> dict:
+    """A pairwise run's report (`avakit.report.pairwise`): its sections, with the telemetry, notes
+    and page every report shares. Summary keys as `build_report`'s, plus task "pairwise"."""
+    history = load_history(run_dir)
+    check_history(run_dir, history)
+    notes: list[str] = []
+    results, best = pair_best_epoch(run_dir, history, notes)
+    cfg = _run_config(run_dir, notes)
+    c = html.Collector(run_dir / REPORT_DIR, notes=notes, rs=RunScale(PAIRS, None))
+    splits = load_pair_splits(run_dir, best, c.notes)
+    evaluations = read_evaluations(run_dir, c.notes)
+    _clean_out(c.out)
+    shards_dir = _resolve_shards(run_dir, shards, cfg, c.notes)
+    grad_df, lr_df = _telemetry(run_dir, c.notes)
+    frozen, why = frozen_parts(cfg)
+    warnings = gradient_warnings(grad_df, frozen)
+    starts = epoch_start_steps(history)
+    telemetry = html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts)
+    sections = [
+        ("training", "Training curves", pairwise.training_section(c, history, lr_df, starts)),
+        ("telemetry", "Telemetry: gradient norms", telemetry),
+        ("confidence", "Accuracy by confidence of the people", pairwise.confidence_section(c, splits)),
+        ("size", "Accuracy by series size", pairwise.size_section(c, splits)),
+        ("calibration", "Calibration of P", pairwise.calibration_section(c, splits)),
+        ("galleries", "Best and worst ranked series", pairwise.gallery_section(c, splits, shards_dir)),
+    ]
+    by_key = {sp.key: sp for sp in splits}
+    rows = [
+        (k, by_key[k].model, by_key[k].metrics) if k in by_key else (k, CHECKPOINT_FILES["best"], None)
+        for k in HELD_OUT_SPLITS
+    ]
+    summary_html = pairwise.summary_table(best, rows + evaluations) + html.notes_list(c.notes)
+    page = [("summary", "Summary", summary_html), *sections]
+    report = _write_page(run_dir, c.out, results, len(history), page)
+    return {
+        "report": report,
+        "pngs": list(c.pngs),
+        "best_epoch": best,
+        "val": by_key["val"].metrics if "val" in by_key else None,
+        "test": by_key["test"].metrics if "test" in by_key else None,
+        "models": {sp.key: sp.model for sp in splits},
+        "evaluations": evaluations,
+        "warnings": warnings,
+        "notes": list(c.notes),
+        "labels": PAIRS.as_dict(),
+        "threshold": None,
+        "task": "pairwise",
     }
 
 
