@@ -132,9 +132,8 @@ def _clip_state(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_clip_visual(visual: nn.Module, file: Path) -> None:
-    """Load `file` into the visual tower, strictly; AvakitError naming the file on any mismatch."""
-    state = _clip_state(file)
+def _load_clip_visual(visual: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> None:
+    """Load `state` (read from `file`) into the visual tower, strictly; AvakitError naming the file."""
     expected = visual.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     shapes = sorted(
@@ -154,6 +153,8 @@ def _load_clip_visual(visual: nn.Module, file: Path) -> None:
 def _clip_visual(pretrained: bool, weights_path: str | None) -> nn.Module:
     """open_clip's ViT-B/32 image tower: from `weights_path`, OpenAI's weights (download) or random."""
     open_clip = _import_open_clip()
+    file = None if weights_path is None else Path(weights_path)
+    state = None if file is None else _clip_state(file)  # a bad file fails before the model is built
     if pretrained and weights_path is None:
         try:
             model = open_clip.create_model(CLIP_MODEL, pretrained=CLIP_PRETRAINED)
@@ -166,8 +167,8 @@ def _clip_visual(pretrained: bool, weights_path: str | None) -> nn.Module:
     else:
         model = open_clip.create_model(CLIP_MODEL, pretrained=None)
     visual = model.visual  # the text tower is dropped
-    if weights_path is not None:
-        _load_clip_visual(visual, Path(weights_path))
+    if file is not None and state is not None:
+        _load_clip_visual(visual, state, file)
     return visual
 
 
@@ -200,7 +201,14 @@ class ClipImage(nn.Module):
         x = x.float() * self.gain + self.bias
         if tuple(x.shape[-2:]) != self.size:
             x = nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        return self.visual(x)
+        if not torch.onnx.is_in_onnx_export():
+            return self.visual(x)
+        fast = torch.backends.mha.get_fastpath_enabled()  # its fused attention op has no ONNX form
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return self.visual(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _check_sources(sources: Sequence[str], weights: Mapping[str, str | None]) -> list[str]:
