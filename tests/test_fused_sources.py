@@ -102,6 +102,11 @@ def test_resnet50_layer3_reads_the_resnet50_weights_file(tmp_path: Path) -> None
         (["iqa", "iqa"], {}, "'iqa' is listed more than once"),
         ([], {}, "at least one"),
         (["iqa"], {"resnet": "x.pt"}, "unknown source 'resnet'"),
+        (
+            ["resnet50"],
+            {"resnet50": "/nonexistent/r50.pt"},
+            "features.sources resnet50: weights file not found",
+        ),
     ],
 )
 def test_bad_source_lists_are_user_errors(sources: list[str], weights: dict, match: str) -> None:

@@ -59,9 +59,12 @@ def _torchvision(backbone: str, layer: str) -> Builder:
     """A builder for a registered torchvision backbone's pooled features (network.build_model)."""
 
     def build(pretrained: bool, weights: str | None, mean: Norm, std: Norm) -> nn.Module:
-        model = build_model(
-            backbone, pretrained=pretrained, weights_path=weights, freeze="full", feature_layer=layer
-        )
+        try:
+            model = build_model(
+                backbone, pretrained=pretrained, weights_path=weights, freeze="full", feature_layer=layer
+            )
+        except AvakitError as exc:  # name the source the weights were for
+            raise AvakitError(f"features.sources {backbone}: {exc}") from None
         return model.backbone
 
     return build
