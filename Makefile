@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) $(TORCH)
-	$(PIP) -e '.[dev,export]' $(TORCH)
+	$(PIP) -e '.[dev,export,clip]' $(TORCH)
 	$(BIN)/python -c "import torch, torchvision, webdataset, avakit"
 	touch $@
 

@@ -229,6 +229,8 @@ LOSSES: dict[str, str] = {
     "l1": "regression",
 }
 FREEZE_MODES: tuple[str, ...] = ("none", "partial", "full")
+# frozen-mode feature extractors fused for the pairwise task (avakit.model.fused.SOURCES has these keys)
+FEATURE_SOURCES: tuple[str, ...] = ("resnet50", "resnet50_layer3", "vgg16", "iqa", "clip")
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
 TASK_NAMES: tuple[str, ...] = ("score", "pairwise")  # config `task`: what a run learns (avakit.tasks)
 # training.amp: autocast dtype on cuda; elsewhere always "off" (see training.engine.resolve_amp)
