@@ -27,6 +27,7 @@ from avakit.scores import (
     ACTIVATIONS,
     AMP_MODES,
     BACKBONES,
+    FEATURE_SOURCES,
     FREEZE_MODES,
     LOSSES,
     OUTPUT_MODES,
@@ -169,6 +170,13 @@ class FeaturesConfig:
     layer: str = _f("final", choices=("final", "layer3"))  # layer3: ResNets only
     iqa: bool = False  # concatenate hand-crafted IQA features (sharpness, brightness, ...)
     batch_size: int = _f(64, gt=0, le=MAX_BATCH)  # images per forward pass during extraction
+    # frozen mode (the seed's train_frozen): fuse these frozen extractors instead of model.backbone,
+    # each source standardised on the train split, then the MLP head trains on their concatenation;
+    # any of resnet50 (2048) resnet50_layer3 (1024) vgg16 (4096) iqa (5) clip (512); [] = off
+    sources: list[str] = _f(factory=list, max_length=len(FEATURE_SOURCES))
+    resnet50_weights: str | None = None  # frozen mode, offline: a local torchvision resnet50 state dict
+    vgg16_weights: str | None = None  # frozen mode, offline: a local torchvision vgg16 state dict
+    clip_weights: str | None = None  # frozen mode: a local open_clip ViT-B/32 (OpenAI) weights file
 
 
 @dataclass
@@ -235,9 +243,26 @@ def _check_cross_fields(cfg: Config, p: str = "") -> None:
             f"{p}features.layer: 'layer3' needs a ResNet backbone "
             f"(got {p}model.backbone '{cfg.model.backbone}')"
         )
+    _check_sources(cfg, p)
     crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
     if crop > resize:
         raise AvakitError(f"{p}transform.crop_size: {crop} must be <= {p}transform.resize_size ({resize})")
+
+
+def _check_sources(cfg: Config, p: str) -> None:
+    """features.sources: known, each once, and not mixed with the other feature paths."""
+    f = cfg.features
+    for name in f.sources:
+        if name not in FEATURE_SOURCES or f.sources.count(name) > 1:
+            raise AvakitError(
+                f"{p}features.sources: {str(name)[:40]!r} is unknown or listed twice "
+                f"(choose from {', '.join(FEATURE_SOURCES)})"
+            )
+    if f.sources and (f.iqa or cfg.data.features):
+        raise AvakitError(
+            f"{p}features.sources: frozen sources replace {p}features.iqa (list iqa as a source) "
+            f"and {p}data.features (set them to false / null)"
+        )
 
 
 def _check_pairwise(cfg: Config, p: str) -> None:

@@ -136,6 +136,7 @@ class AestheticModel(nn.Module):
         freeze: str = "none",
         iqa: nn.Module | None = None,
         pair_head: str | None = None,
+        feature_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_choice("output_mode", output_mode, list(OUTPUT_MODES))
@@ -147,6 +148,7 @@ class AestheticModel(nn.Module):
         self.output_mode = output_mode
         self.freeze = freeze
         self.pair_head = pair_head  # None (score task), "difference" or "concat" (pairwise task)
+        self.feature_norm = feature_norm  # frozen sources: their per-source standardiser
         _apply_freeze(backbone, spec, freeze)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,6 +158,8 @@ class AestheticModel(nn.Module):
     def head_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the head sees: backbone features, plus IQA features when configured."""
         feats = self.features(x)
+        if self.feature_norm is not None:
+            feats = self.feature_norm(feats)
         return feats if self.iqa is None else torch.cat([feats, self.iqa(x)], dim=1)
 
     def forward_head(self, head_input: torch.Tensor) -> torch.Tensor:
@@ -349,6 +353,10 @@ def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True
     """
     m, f = cfg.model, cfg.features
     check_output_mode(m.output_mode, cfg.training.loss_type, scale)
+    if getattr(f, "sources", None):
+        from avakit.model.frozen import fused_model
+
+        return fused_model(cfg, scale, load_weights)
     iqa = (cfg.transform.normalize_mean, cfg.transform.normalize_std) if f.iqa else None
     model = build_model(
         m.backbone,

@@ -306,6 +306,9 @@ def _train(
             tr.device,
             f"{tr.steps_per_epoch} steps/epoch" if tr.steps_per_epoch else "epoch length unknown",
         )
+    from avakit.training.frozen import fit_feature_norm
+
+    fit_feature_norm(tr, progress)  # frozen sources: their standardiser, before the first epoch
     if tr.ddp.is_main:
         val = tr.sources["val"].samples if "val" in tr.sources else None
         warn_small_val(log, None if val is None else round(val * tr.fraction), tr.state.select_metric)
