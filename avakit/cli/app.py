@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from avakit.cli.cells import run_task
 from avakit.cli.console import (
     ErrorGroup,
     RichDemoReporter,
@@ -228,7 +229,8 @@ def report(
 
     summary = build_report(run_dir, shards, tags, challenges)
     rows = [(s, summary["models"][s], summary[s]) for s in HELD_OUT_SPLITS if summary.get(s)]
-    _report_table(f"{run_dir.name}: best epoch {summary['best_epoch']}", [*rows, *summary["evaluations"]])
+    title = f"{run_dir.name}: best epoch {summary['best_epoch']}"
+    _report_table(title, [*rows, *summary["evaluations"]], run_task(summary))
     for line in summary["warnings"]:
         console.print(f"[yellow]telemetry:[/yellow] {escape(line)}", highlight=False)
     for line in summary["notes"]:
@@ -333,14 +335,15 @@ def main() -> None:
     app()
 
 
-def _report_table(title: str, rows: list[tuple[str, str, dict]]) -> None:
-    """`avakit report`'s summary: one row per split and model, the metrics the data has."""
-    from avakit.cli.cells import report_columns
+def _report_table(title: str, rows: list[tuple[str, str, dict]], task: str = "score") -> None:
+    """`avakit report`'s summary: one row per split and model, the metrics the data (the task) has."""
+    from avakit.cli.cells import pair_caption, report_columns
 
-    table = Table(title=escape(title))
+    caption = pair_caption() if task == "pairwise" else None
+    table = Table(title=escape(title), caption=caption, caption_justify="left")
     table.add_column("split")
     table.add_column("model")
-    columns = report_columns(rows)
+    columns = report_columns(rows, task)
     for header, _ in columns:
         table.add_column(header, justify="right")
     for split, model, m in rows:

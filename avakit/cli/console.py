@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
+from avakit.cli import cells
 from avakit.cli.cells import with_interval, with_majority
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
@@ -221,6 +222,8 @@ def print_results(run_dir: Path) -> None:
     if not results.is_file():
         return
     found = json.loads(results.read_text())
+    if cells.run_task(found) == "pairwise":
+        return console.print(cells.pair_results_table(found))
     splits = [s for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
     has_acc = any("accuracy" in found[s] for s in splits)
     chosen = found.get("select_metric", "srcc")
@@ -315,23 +318,20 @@ def print_unscored(predictions: list) -> int:
 
 def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     """The metrics table of one `evaluate` call, its losses and the files it wrote."""
-    from avakit.metrics import METRIC_NAMES
-
     m, split = report["metrics"], report["split"]
     epoch, tta = report["epoch"], report["tta"]
     title = f"{run_name}: {split} split, {report['checkpoint']} (epoch {epoch}), tta {tta}"
-    table = Table(title=escape(title))
+    pairwise = cells.run_task(report) == "pairwise"  # pair metrics; its samples are series
+    table = Table(
+        title=escape(title), caption=cells.pair_caption() if pairwise else None, caption_justify="left"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("srcc", "plcc"):
-        table.add_row(f"{METRIC_NAMES[key]} [95% CI]", with_interval(m, key))
-    if "accuracy" in m:
-        table.add_row(f"Acc at {m['threshold']:g} (majority class)", with_majority(m))
-    for key in ("emd", "mae", "rmse", "std_srcc"):
-        if key in m:
-            table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
+    for name, value in cells.eval_rows(m, pairwise):
+        table.add_row(name, value)
     expected = report["samples_expected"]
-    table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
+    of = f" of {expected}" if expected is not None else ""
+    table.add_row("series" if pairwise else "samples", f"{m['n']}{of}")
     table.add_row(
         f"latency ({report['device']}, batch {report['batch_size']})",
         f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s",
