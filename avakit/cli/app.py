@@ -100,7 +100,9 @@ def train(
 
     Every epoch: train, evaluate on val (SRCC, PLCC, accuracy beside its majority rate), keep
     best_model.pt (best val training.select_metric) and last.pt; at the end, evaluate the best
-    model on test (with bootstrap 95% intervals of SRCC and PLCC).
+    model on test (with bootstrap 95% intervals of SRCC and PLCC). A pairwise run (task: pairwise)
+    reports pair accuracy ± its standard error beside the human ceiling, log-loss, confident-pair
+    accuracy, series top-1 and Kendall tau instead.
     Multi-GPU: torchrun --nproc_per_node N avakit train.
     A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
     command that resumes it.
@@ -181,7 +183,9 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a split with a run's checkpoint: SRCC and PLCC (with bootstrap 95% intervals), Acc
-    beside its majority-class rate (where a threshold applies), EMD, MAE, RMSE and latency.
+    beside its majority-class rate (where a threshold applies), EMD, MAE, RMSE and latency; for a
+    pairwise run, pair accuracy ± SE beside the human ceiling, log-loss, confident-pair accuracy,
+    series top-1 and Kendall tau (its parquet holds the pairs, _photos.parquet the photo scores).
 
     Writes RUN_DIR/eval/{split}_{checkpoint}_tta-{tta}.json and .parquet (one pair per split,
     checkpoint and TTA; train's results.json and predictions/ are never overwritten). Without
@@ -253,14 +257,16 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
 ) -> None:
-    """Score photos in the units of the model's data: its mean score (e.g. 1-10) or MOS.
+    """Score photos in the units of the model's data: its mean score (e.g. 1-10) or MOS; a
+    pairwise run gives a relative score (compare photos of one scene: P(a better than b) =
+    sigmoid(score a - score b)).
 
     Distribution models also give the std and the distribution over the scale's K points.
     Uses the eval transform and labels stored with the model. Folders are walked for jpg, jpeg,
     png, webp, bmp, tif (any case). A file that cannot be read is reported and the others are
-    still scored; the exit code is then 1. json: {"score", "labels", "predictions": rows};
-    rows and csv columns: path, mean_score, std, dist_1..dist_K (none for a MOS), error; csv
-    adds a last column, score: what mean_score is, e.g. "mean score (1-10)".
+    still scored; the exit code is then 1. json: a list of rows; rows and csv columns: path,
+    mean_score, std, dist_1..dist_K (votes only), error, and score: what mean_score is, e.g.
+    "mean score (1-10)".
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -13,6 +15,12 @@ from rich.table import Table
 from avakit.scores import HELD_OUT_SPLITS, TASK_NAMES, Scale
 
 Cell = Callable[[dict], str]
+
+# Under `predict`'s table for a pairwise model: its score has no unit, only differences mean something.
+RELATIVE_SCORE = (
+    "relative score: compare photos of the same scene, higher is better; P(a better than b) = "
+    "sigmoid(score a - score b); not a rating on any scale"
+)
 
 
 def with_interval(m: dict, key: str, sep: str = " ") -> str:
@@ -47,6 +55,15 @@ def eval_rows(m: dict, pairwise: bool = False) -> list[tuple[str, str]]:
         if key in m
     ]
     return rows
+
+
+def written_files(written: Any, pairwise: bool = False) -> str:
+    """The files `evaluate` wrote: "X.json, X.parquet", and for a pairwise run its per-photo
+    scores X_photos.parquet (the parquet holds the pairs)."""
+    if not pairwise:
+        return f"{written.json}, {written.parquet}"
+    photos = Path(written.parquet).with_name(f"{Path(written.parquet).stem}_photos.parquet")
+    return f"{written.json}, {written.parquet} (pairs), {photos} (photos)"
 
 
 def report_columns(rows: list[tuple[str, str, dict]], task: str = "score") -> list[tuple[str, Cell]]:

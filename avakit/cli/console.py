@@ -291,18 +291,17 @@ def print_features(meta: dict) -> None:
 
 
 def print_predictions(predictions: list, scale: Scale = AVA) -> None:
-    """`predict --format table`: one row per image (score, std, error); the score's column is
-    headed by what it is (scale.score_name, e.g. "mean score (1-10)", "MOS (0-100)")."""
-    table = Table()
-    for col in ("image", scale.score_name, "std", "error"):
+    """`predict --format table`: a row per image (score, std, error), the score headed by what it
+    is (scale.score_name, e.g. "MOS (0-100)"); a pairwise model's relative score: no std, a note."""
+    pairs = scale.kind == "pairs"
+    table = Table(caption=cells.RELATIVE_SCORE if pairs else None, caption_justify="left")
+    score_cols = ("relative score",) if pairs else (scale.score_name, "std")
+    for col in ("image", *score_cols, "error"):
         table.add_column(escape(col), justify="left" if col in ("image", "error") else "right")
     for p in predictions:
-        table.add_row(
-            escape(p.path),
-            f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
-            f"{p.std:.3f}" if p.std is not None else "-",
-            escape(p.error or ""),
-        )
+        score = f"{p.mean_score:.3f}" if p.mean_score is not None else "-"
+        std = () if pairs else (f"{p.std:.3f}" if p.std is not None else "-",)
+        table.add_row(escape(p.path), score, *std, escape(p.error or ""))
     console.print(table)
 
 
@@ -339,7 +338,7 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     console.print(table)
     if report["lost"]:
         print_lost(split, report)
-    console.print(escape(f"wrote {written.json}, {written.parquet}"), highlight=False)
+    console.print(escape(f"wrote {cells.written_files(written, pairwise)}"), highlight=False)
 
 
 def print_export(result: dict) -> None:
