@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from avakit.cli.cells import run_task
 from avakit.cli.console import (
     ErrorGroup,
     RichDemoReporter,
@@ -99,7 +100,9 @@ def train(
 
     Every epoch: train, evaluate on val (SRCC, PLCC, accuracy beside its majority rate), keep
     best_model.pt (best val training.select_metric) and last.pt; at the end, evaluate the best
-    model on test (with bootstrap 95% intervals of SRCC and PLCC).
+    model on test (with bootstrap 95% intervals of SRCC and PLCC). A pairwise run (task: pairwise)
+    reports pair accuracy ± its standard error beside the human ceiling, log-loss, confident-pair
+    accuracy, series top-1 and Kendall tau instead.
     Multi-GPU: torchrun --nproc_per_node N avakit train.
     A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
     command that resumes it.
@@ -180,7 +183,9 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a split with a run's checkpoint: SRCC and PLCC (with bootstrap 95% intervals), Acc
-    beside its majority-class rate (where a threshold applies), EMD, MAE, RMSE and latency.
+    beside its majority-class rate (where a threshold applies), EMD, MAE, RMSE and latency; for a
+    pairwise run, pair accuracy ± SE beside the human ceiling, log-loss, confident-pair accuracy,
+    series top-1 and Kendall tau (its parquet holds the pairs, _photos.parquet the photo scores).
 
     Writes RUN_DIR/eval/{split}_{checkpoint}_tta-{tta}.json and .parquet (one pair per split,
     checkpoint and TTA; train's results.json and predictions/ are never overwritten). Without
@@ -228,7 +233,8 @@ def report(
 
     summary = build_report(run_dir, shards, tags, challenges)
     rows = [(s, summary["models"][s], summary[s]) for s in HELD_OUT_SPLITS if summary.get(s)]
-    _report_table(f"{run_dir.name}: best epoch {summary['best_epoch']}", [*rows, *summary["evaluations"]])
+    title = f"{run_dir.name}: best epoch {summary['best_epoch']}"
+    _report_table(title, [*rows, *summary["evaluations"]], run_task(summary))
     for line in summary["warnings"]:
         console.print(f"[yellow]telemetry:[/yellow] {escape(line)}", highlight=False)
     for line in summary["notes"]:
@@ -251,14 +257,16 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda (torch only).")] = "auto",
 ) -> None:
-    """Score photos in the units of the model's data: its mean score (e.g. 1-10) or MOS.
+    """Score photos in the units of the model's data: its mean score (e.g. 1-10) or MOS; a
+    pairwise run gives a relative score (compare photos of one scene: P(a better than b) =
+    sigmoid(score a - score b)).
 
     Distribution models also give the std and the distribution over the scale's K points.
     Uses the eval transform and labels stored with the model. Folders are walked for jpg, jpeg,
     png, webp, bmp, tif (any case). A file that cannot be read is reported and the others are
-    still scored; the exit code is then 1. json: {"score", "labels", "predictions": rows};
-    rows and csv columns: path, mean_score, std, dist_1..dist_K (none for a MOS), error; csv
-    adds a last column, score: what mean_score is, e.g. "mean score (1-10)".
+    still scored; the exit code is then 1. json: a list of rows; rows and csv columns: path,
+    mean_score, std, dist_1..dist_K (votes only), error, and score: what mean_score is, e.g.
+    "mean score (1-10)".
 
     Example: avakit predict photo.jpg holidays/ --run outputs/ava-resnet50-20261123-101500
     """
@@ -333,14 +341,15 @@ def main() -> None:
     app()
 
 
-def _report_table(title: str, rows: list[tuple[str, str, dict]]) -> None:
-    """`avakit report`'s summary: one row per split and model, the metrics the data has."""
-    from avakit.cli.cells import report_columns
+def _report_table(title: str, rows: list[tuple[str, str, dict]], task: str = "score") -> None:
+    """`avakit report`'s summary: one row per split and model, the metrics the data (the task) has."""
+    from avakit.cli.cells import pair_caption, report_columns
 
-    table = Table(title=escape(title))
+    caption = pair_caption() if task == "pairwise" else None
+    table = Table(title=escape(title), caption=caption, caption_justify="left")
     table.add_column("split")
     table.add_column("model")
-    columns = report_columns(rows)
+    columns = report_columns(rows, task)
     for header, _ in columns:
         table.add_column(header, justify="right")
     for split, model, m in rows:

@@ -1,8 +1,26 @@
-"""Table cells of metrics as the CLI prints them: intervals and accuracy beside its baseline."""
+"""Table cells of metrics as the CLI prints them: intervals and accuracy beside its baseline;
+a pairwise run's pair accuracy beside the human ceiling (values read from files: a cell shows
+"-" for anything that is not a number in its metric's range)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from avakit.scores import HELD_OUT_SPLITS, TASK_NAMES, Scale
+
+Cell = Callable[[dict], str]
+
+# Under `predict`'s table for a pairwise model: its score has no unit, only differences mean something.
+RELATIVE_SCORE = (
+    "relative score: compare photos of the same scene, higher is better; P(a better than b) = "
+    "sigmoid(score a - score b); not a rating on any scale"
+)
 
 
 def with_interval(m: dict, key: str, sep: str = " ") -> str:
@@ -21,11 +39,41 @@ def with_majority(m: dict, sep: str = " ") -> str:
     return f"{m['accuracy']:.3f}{sep}(maj {m.get('majority_baseline', math.nan):.3f})"
 
 
-def report_columns(rows: list[tuple[str, str, dict]]) -> list[tuple[str, object]]:
-    """(header, cell function) of `avakit report`'s table: accuracy and EMD only where some row
-    has them (a threshold applies; vote distributions), SRCC and PLCC with their intervals."""
+def eval_rows(m: dict, pairwise: bool = False) -> list[tuple[str, str]]:
+    """(metric, value) rows of `evaluate`'s table: SRCC, PLCC with intervals, Acc beside its
+    majority rate (where a threshold applied), EMD, MAE, RMSE, SRCC(std); or `pair_rows`."""
+    from avakit.metrics import METRIC_NAMES
+
+    if pairwise:
+        return pair_rows(m)
+    rows = [(f"{METRIC_NAMES[key]} [95% CI]", with_interval(m, key)) for key in ("srcc", "plcc")]
+    if "accuracy" in m:
+        rows.append((f"Acc at {m['threshold']:g} (majority class)", with_majority(m)))
+    rows += [
+        (METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
+        for key in ("emd", "mae", "rmse", "std_srcc")
+        if key in m
+    ]
+    return rows
+
+
+def written_files(written: Any, pairwise: bool = False) -> str:
+    """The files `evaluate` wrote: "X.json, X.parquet", and for a pairwise run its per-photo
+    scores X_photos.parquet (the parquet holds the pairs)."""
+    if not pairwise:
+        return f"{written.json}, {written.parquet}"
+    photos = Path(written.parquet).with_name(f"{Path(written.parquet).stem}_photos.parquet")
+    return f"{written.json}, {written.parquet} (pairs), {photos} (photos)"
+
+
+def report_columns(rows: list[tuple[str, str, dict]], task: str = "score") -> list[tuple[str, Cell]]:
+    """(header, cell function) of `avakit report`'s table. Score: accuracy and EMD only where some
+    row has them (a threshold applies; vote distributions), SRCC and PLCC with their intervals.
+    Pairwise: `pair_columns`."""
+    if task == "pairwise":
+        return pair_columns("\n")
     has = {key: any(key in m for _, _, m in rows) for key in ("accuracy", "emd")}
-    columns: list[tuple[str, object]] = [
+    columns: list[tuple[str, Cell]] = [
         ("SRCC", lambda m: with_interval(m, "srcc")),
         ("PLCC", lambda m: with_interval(m, "plcc")),
     ]
@@ -38,3 +86,142 @@ def report_columns(rows: list[tuple[str, str, dict]]) -> list[tuple[str, object]
         ("n", lambda m: str(m.get("n", "-"))),
     ]
     return columns
+
+
+# --- pairwise runs --------------------------------------------------------------------------
+
+# The range of each pairwise metric: a value outside it (or not a finite number) shows as "-".
+PAIR_RANGES: dict[str, tuple[float, float]] = {
+    "pair_accuracy": (0.0, 1.0),
+    "pair_accuracy_se": (0.0, 0.5),  # sqrt(a (1 - a) / n) <= 0.5
+    "human_ceiling": (0.5, 1.0),  # mean max(p, 1 - p)
+    "confident_accuracy": (0.0, 1.0),
+    "series_top1": (0.0, 1.0),
+    "kendall_tau": (-1.0, 1.0),
+    "log_loss": (0.0, 100.0),  # at most -log(1e-7) ~ 16.1 with pair_metrics' clipping
+}
+
+
+def run_task(doc: object) -> str:
+    """What a results.json, eval json or report summary is of: its "task" when that is a task
+    name (avakit.scores.TASK_NAMES), else its labels' task (the labels validated as a Scale);
+    "score" when neither says (files written before tasks existed)."""
+    if not isinstance(doc, dict):
+        return "score"
+    task = doc.get("task")
+    if isinstance(task, str) and task in TASK_NAMES:
+        return task
+    try:
+        return Scale.from_dict(doc.get("labels"), "labels").task
+    except ValueError:
+        return "score"
+
+
+def metric(m: dict, key: str, digits: int = 3) -> str:
+    """m[key] with `digits` decimals, "-" unless it is a finite number within PAIR_RANGES[key]."""
+    value = m.get(key)
+    lo, hi = PAIR_RANGES.get(key, (-math.inf, math.inf))
+    if type(value) not in (int, float) or not (math.isfinite(value) and lo <= value <= hi):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def count(m: dict, key: str) -> str:
+    """m[key] as "1,234", "-" unless it is a whole number >= 0."""
+    value = m.get(key)
+    return f"{value:,}" if type(value) is int and value >= 0 else "-"
+
+
+def pair_accuracy_cell(m: dict, sep: str = " ") -> str:
+    """Pair accuracy ± its standard error beside the human ceiling: "0.712 ± 0.021 (human 0.750)"."""
+    acc = metric(m, "pair_accuracy")
+    if acc == "-":
+        return "-"
+    se = metric(m, "pair_accuracy_se")
+    return acc + (f" ± {se}" if se != "-" else "") + f"{sep}(human {metric(m, 'human_ceiling')})"
+
+
+def confident_cell(m: dict, sep: str = " ") -> str:
+    """Accuracy on the confident pairs with their number: "0.810 (n=129)"."""
+    acc = metric(m, "confident_accuracy")
+    return "-" if acc == "-" else f"{acc}{sep}(n={count(m, 'n_confident')})"
+
+
+def ties(m: dict) -> int:
+    """Pairs left out of the accuracies (p = 0.5): n_pairs - n_decided; 0 unless both are counts."""
+    n, decided = m.get("n_pairs"), m.get("n_decided")
+    if type(n) is int and type(decided) is int and 0 <= decided <= n:
+        return n - decided
+    return 0
+
+
+def ties_text(m: dict) -> str:
+    """ "1 tie", "12 ties"; "" without ties."""
+    n = ties(m)
+    return f"{n:,} tie{'s' if n > 1 else ''}" if n else ""
+
+
+def pairs_cell(m: dict, sep: str = " ") -> str:
+    """The pairs, and their ties where there are any: "483 (12 ties)"."""
+    n, tied = count(m, "n_pairs"), ties_text(m)
+    return n + (f"{sep}({tied})" if tied else "")
+
+
+def counts_cell(m: dict, sep: str = "\n") -> str:
+    """Pairs (ties) and series of a split: "483 pairs\n(12 ties)\n195 series"."""
+    n, tied = count(m, "n_pairs"), ties_text(m)
+    return sep.join([f"{n} pairs", *([f"({tied})"] if tied else []), f"{count(m, 'n_series')} series"])
+
+
+def pair_columns(sep: str = "\n") -> list[tuple[str, Cell]]:
+    """(header, cell function) of a pairwise run's row tables (train's, report's; under 80
+    columns): `sep` "\n" puts the human ceiling and the counts on lines of their own."""
+    return [
+        ("pair acc ± SE", lambda m: pair_accuracy_cell(m, sep)),
+        ("log-loss", lambda m: metric(m, "log_loss", 4)),
+        ("confident", lambda m: confident_cell(m, sep)),
+        ("top-1", lambda m: metric(m, "series_top1")),
+        ("τ", lambda m: metric(m, "kendall_tau")),
+        ("n", lambda m: counts_cell(m, sep)),
+    ]
+
+
+def pair_rows(m: dict) -> list[tuple[str, str]]:
+    """(metric, value) rows of `evaluate`'s table for a pairwise run (its series row apart)."""
+    return [
+        ("pair accuracy ± SE (human ceiling)", pair_accuracy_cell(m)),
+        ("log-loss", metric(m, "log_loss", 4)),
+        ("confident-pair accuracy (pairs)", confident_cell(m)),
+        ("series top-1 (best photo scored highest)", metric(m, "series_top1")),
+        ("Kendall τ (mean over series)", metric(m, "kendall_tau")),
+        ("pairs", pairs_cell(m)),
+    ]
+
+
+def pair_caption() -> str:
+    """The line under a pairwise table: what its numbers are."""
+    from avakit.pair_metrics import CONFIDENT
+
+    return (
+        "pair accuracy leaves ties out, ± its standard error; human: how often a random rater agrees "
+        f"with the majority; confident: pairs with |p - 0.5| >= {CONFIDENT:g}; top-1: series whose "
+        "best photo scores highest; τ: Kendall's, mean over series"
+    )
+
+
+def pair_results_table(found: dict) -> Table:
+    """`train`'s final table for a pairwise run's results.json: one row per held-out split."""
+    best, epochs = count(found, "best_epoch"), count(found, "epochs")
+    chosen = found.get("select_metric")
+    by = f" (by val {chosen})" if isinstance(chosen, str) else ""
+    table = Table(
+        title=escape(f"best epoch {best} of {epochs}{by}"), caption=pair_caption(), caption_justify="left"
+    )
+    table.add_column("split")
+    columns = pair_columns("\n")
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    for split in HELD_OUT_SPLITS:
+        if isinstance(found.get(split), dict):
+            table.add_row(split, *(cell(found[split]) for _, cell in columns))
+    return table

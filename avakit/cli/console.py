@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
+from avakit.cli import cells
 from avakit.cli.cells import with_interval, with_majority
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
@@ -221,6 +222,8 @@ def print_results(run_dir: Path) -> None:
     if not results.is_file():
         return
     found = json.loads(results.read_text())
+    if cells.run_task(found) == "pairwise":
+        return console.print(cells.pair_results_table(found))
     splits = [s for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
     has_acc = any("accuracy" in found[s] for s in splits)
     chosen = found.get("select_metric", "srcc")
@@ -288,18 +291,17 @@ def print_features(meta: dict) -> None:
 
 
 def print_predictions(predictions: list, scale: Scale = AVA) -> None:
-    """`predict --format table`: one row per image (score, std, error); the score's column is
-    headed by what it is (scale.score_name, e.g. "mean score (1-10)", "MOS (0-100)")."""
-    table = Table()
-    for col in ("image", scale.score_name, "std", "error"):
+    """`predict --format table`: a row per image (score, std, error), the score headed by what it
+    is (scale.score_name, e.g. "MOS (0-100)"); a pairwise model's relative score: no std, a note."""
+    pairs = scale.kind == "pairs"
+    table = Table(caption=cells.RELATIVE_SCORE if pairs else None, caption_justify="left")
+    score_cols = ("relative score",) if pairs else (scale.score_name, "std")
+    for col in ("image", *score_cols, "error"):
         table.add_column(escape(col), justify="left" if col in ("image", "error") else "right")
     for p in predictions:
-        table.add_row(
-            escape(p.path),
-            f"{p.mean_score:.3f}" if p.mean_score is not None else "-",
-            f"{p.std:.3f}" if p.std is not None else "-",
-            escape(p.error or ""),
-        )
+        score = f"{p.mean_score:.3f}" if p.mean_score is not None else "-"
+        std = () if pairs else (f"{p.std:.3f}" if p.std is not None else "-",)
+        table.add_row(escape(p.path), score, *std, escape(p.error or ""))
     console.print(table)
 
 
@@ -315,23 +317,20 @@ def print_unscored(predictions: list) -> int:
 
 def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     """The metrics table of one `evaluate` call, its losses and the files it wrote."""
-    from avakit.metrics import METRIC_NAMES
-
     m, split = report["metrics"], report["split"]
     epoch, tta = report["epoch"], report["tta"]
     title = f"{run_name}: {split} split, {report['checkpoint']} (epoch {epoch}), tta {tta}"
-    table = Table(title=escape(title))
+    pairwise = cells.run_task(report) == "pairwise"  # pair metrics; its samples are series
+    table = Table(
+        title=escape(title), caption=cells.pair_caption() if pairwise else None, caption_justify="left"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("srcc", "plcc"):
-        table.add_row(f"{METRIC_NAMES[key]} [95% CI]", with_interval(m, key))
-    if "accuracy" in m:
-        table.add_row(f"Acc at {m['threshold']:g} (majority class)", with_majority(m))
-    for key in ("emd", "mae", "rmse", "std_srcc"):
-        if key in m:
-            table.add_row(METRIC_NAMES.get(key, key), f"{m[key]:.4f}")
+    for name, value in cells.eval_rows(m, pairwise):
+        table.add_row(name, value)
     expected = report["samples_expected"]
-    table.add_row("samples", f"{m['n']}" + (f" of {expected}" if expected is not None else ""))
+    of = f" of {expected}" if expected is not None else ""
+    table.add_row("series" if pairwise else "samples", f"{m['n']}{of}")
     table.add_row(
         f"latency ({report['device']}, batch {report['batch_size']})",
         f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s",
@@ -339,7 +338,7 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     console.print(table)
     if report["lost"]:
         print_lost(split, report)
-    console.print(escape(f"wrote {written.json}, {written.parquet}"), highlight=False)
+    console.print(escape(f"wrote {cells.written_files(written, pairwise)}"), highlight=False)
 
 
 def print_export(result: dict) -> None:
