@@ -24,8 +24,9 @@ from avakit.dataset.plan import ShardOptions, plan_sharding
 from avakit.dataset.shards import write_shards
 from avakit.dataset.sources import resolve_split
 from avakit.dataset.synthetic import make_synthetic_ava
+from avakit.model.build import model_from_config
 from avakit.model.losses import get_loss
-from avakit.model.network import model_from_config, param_groups
+from avakit.model.network import param_groups
 from avakit.training.engine import StepContext, train_one_epoch
 from avakit.training.features import extract_features
 from avakit.training.fit import fit

@@ -195,8 +195,8 @@ def test_resume_with_another_backbone_is_one_line(trained_run: Path, tmp_path: P
 def test_a_training_batch_of_one_sample_trains(tiny_train: tuple[str, ...]) -> None:
     """A lone sample at a 32 px crop (1x1 maps in layer4): BatchNorm used to raise ValueError."""
     from avakit.config import load_config
+    from avakit.model.build import model_from_config
     from avakit.model.losses import get_loss
-    from avakit.model.network import model_from_config
     from avakit.training.engine import StepContext, train_one_epoch
 
     cfg = load_config(None, tiny_train)

@@ -18,6 +18,7 @@ from avakit.cli.app import app
 from avakit.config import Config, load_config
 from avakit.errors import AvakitError
 from avakit.model import losses
+from avakit.tasks import score as score_task
 from avakit.training import engine
 from avakit.training.checkpoint import run_config
 from avakit.training.engine import NonFiniteError, StepContext, check_val_finite, train_one_epoch
@@ -151,7 +152,7 @@ def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
     from avakit.training import fit as train_mod
 
     epoch_now = {"e": 0}
-    real_epoch, real_predict = train_mod.train_one_epoch, engine.predict_batch
+    real_epoch, real_predict = train_mod.train_one_epoch, score_task.predict_batch
 
     def tracking(ctx, loader, epoch, step, advance=None):  # noqa: ANN001, ANN202
         epoch_now["e"] = epoch
@@ -162,7 +163,7 @@ def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
         return out * math.nan if epoch_now["e"] == 1 else out
 
     monkeypatch.setattr(train_mod, "train_one_epoch", tracking)
-    monkeypatch.setattr(engine, "predict_batch", nan_in_epoch_1)
+    monkeypatch.setattr(score_task, "predict_batch", nan_in_epoch_1)  # the score task's eval pass
     with pytest.raises(
         NonFiniteError,
         match=r"val loss is nan at epoch 1 \(after optimizer step \d+\); "

@@ -409,7 +409,7 @@ def test_model_from_checkpoint_leaves_the_state_dict_reusable(trained_run: Path)
     """torch's load_state_dict(assign=True) marks the dict's own `_metadata`; a later plain load of
     the same dict (train's resume) must still copy into the module's parameters, not swap them."""
     from avakit.config import config_from_dict
-    from avakit.model.network import model_from_config
+    from avakit.model.build import model_from_config
 
     ckpt = load_checkpoint(trained_run / "best_model.pt")
     model_from_checkpoint(ckpt, "best_model.pt")

@@ -16,7 +16,7 @@ from avakit.cli.app import app
 from avakit.config import load_config
 from avakit.dataset.sources import resolve_split
 from avakit.dataset.synthetic_pairs import make_synthetic_phototriage
-from avakit.model.network import model_from_config
+from avakit.model.build import model_from_config
 from avakit.scores import PAIRS
 from avakit.tasks.pairwise import PAIRWISE
 from avakit.training.loader import eval_loader

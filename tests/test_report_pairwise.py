@@ -91,7 +91,8 @@ def _write_shards(root: Path, split: str, photos: pd.DataFrame) -> None:
     data = tar_path.read_bytes()
     shard = {"name": tar_path.name, "samples": len(SERIES), "bytes": len(data)}
     shard["sha256"] = hashlib.sha256(data).hexdigest()
-    info = {"samples": len(SERIES), "bytes": len(data), "shards": [shard], "label_stats": {"n": 0}}
+    stats = {"n": len(SERIES), "pairs": 0, "photos": len(photos), "decided_pairs": 0, "human_ceiling": None}
+    info = {"samples": len(SERIES), "bytes": len(data), "shards": [shard], "label_stats": stats}
     manifest = {
         "format_version": 2,
         "labels": PAIRS.as_dict(),

@@ -19,7 +19,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from avakit.errors import AvakitError
-from avakit.scores import AVA, FREEZE_MODES, N_POINTS, Scale
+from avakit.scores import FREEZE_MODES, N_POINTS
 
 # Registries; their keys are the choice lists in avakit.scores (tests/test_scores.py checks both ways).
 OUTPUT_MODES: dict[str, int] = {"distribution": N_POINTS, "regression": 1}  # mode -> AVA's output width
@@ -341,47 +341,3 @@ def param_groups(
         if params:
             groups.append({"name": name, "params": params, "lr": group_lr, "weight_decay": weight_decay})
     return groups
-
-
-def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True) -> AestheticModel:
-    """The model a `Config` describes (its model, features and transform sections) for labels on `scale`.
-
-    A MOS has no distribution to predict: distribution mode on MOS labels is an AvakitError
-    that names the settings to change.
-    `load_weights=False` skips pretrained / weights_path loading (the weights come from a
-    checkpoint). Head-only runs (`data.features` set) freeze the whole backbone.
-    """
-    m, f = cfg.model, cfg.features
-    check_output_mode(m.output_mode, cfg.training.loss_type, scale)
-    if getattr(f, "sources", None):
-        from avakit.model.frozen import fused_model
-
-        return fused_model(cfg, scale, load_weights)
-    iqa = (cfg.transform.normalize_mean, cfg.transform.normalize_std) if f.iqa else None
-    model = build_model(
-        m.backbone,
-        pretrained=m.pretrained and load_weights,
-        weights_path=m.weights_path if load_weights else None,
-        mlp_hidden_dims=m.mlp_hidden_dims,
-        dropout=m.dropout,
-        activation=m.activation,
-        output_mode=m.output_mode,
-        freeze="full" if cfg.data.features else m.freeze,
-        feature_layer=f.layer,
-        iqa_normalize=iqa,
-        n_points=scale.width,
-        pair_head=cfg.pairs.head if getattr(cfg, "task", "score") == "pairwise" else None,
-    )
-    if scale.normalised_regression:  # a MOS model predicts (mos - lo) / (hi - lo): start mid-scale
-        nn.init.constant_(model.head.layers[-1].bias, 0.5)
-    return model
-
-
-def check_output_mode(output_mode: str, loss_type: str, scale: Scale) -> None:
-    """AvakitError when the model's output cannot represent labels on `scale` (a MOS as a distribution)."""
-    if scale.kind == "mos" and output_mode == "distribution":
-        raise AvakitError(
-            f"the data's labels are a MOS ({scale.text}), not vote histograms: train a regression, "
-            "--set model.output_mode=regression --set training.loss_type=mse (or l1); "
-            f"model.output_mode is {output_mode!r}, training.loss_type {loss_type!r}"
-        )

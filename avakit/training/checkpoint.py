@@ -120,7 +120,7 @@ def checkpoint_scale(ckpt: dict) -> Scale:
 def check_weights(cfg: Config, state: dict, where: str, scale: Scale = AVA) -> Any:
     """The config's model on the meta device (no memory, no init), with `state`'s names, shapes
     and dtypes checked against it, and its float weights finite; the weights are not changed."""
-    from avakit.model.network import model_from_config
+    from avakit.model.build import model_from_config
 
     with torch.device("meta"):
         model = model_from_config(cfg, scale=scale, load_weights=False)

@@ -63,10 +63,7 @@ def evaluate_run(
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     scale = checkpoint_scale(ckpt)
-    check_task(cfg.task, scale, f"{ckpt_path}: labels")
-    task = get_task(cfg.task)
-    if task.name != "score" and tta != "none":
-        raise AvakitError(f"tta: the {task.name} task evaluates each photo once (use --tta none)")
+    task = _task(cfg, scale, ckpt_path, tta)
     cut = _threshold(threshold, cfg, scale, ckpt_path)
     source = _eval_source(shards, cfg, split, ckpt_path, allow_missing, scale)
     dev = pick_device(device)
@@ -85,8 +82,7 @@ def evaluate_run(
         amp=amp,
         channels_last=cfg.training.channels_last,
     )
-    batch = batch_size or cfg.training.batch_size
-    pin = dev.type == "cuda"
+    batch, pin = batch_size or cfg.training.batch_size, dev.type == "cuda"
     loader = eval_loader(source, cfg, batch_size=batch, tta=tta, pin_memory=pin, task=task)  # checks tta
     out = eval_outputs(run_dir, split, checkpoint, tta)
     with progress.task(f"evaluate {split}", source.samples) if progress else contextlib.nullcontext():
@@ -112,14 +108,20 @@ def evaluate_run(
         "metrics": found,
     }
     report["predictions"] = out.parquet.relative_to(run_dir).as_posix()
-    try:
-        out.json.parent.mkdir(exist_ok=True)
-    except OSError as e:
-        raise write_error(e, out.json.parent) from None
+    _make_folder(out.json.parent)
     for suffix, frame in frames.items():
         write_parquet_atomic(out.parquet.with_name(out.parquet.stem + suffix + ".parquet"), frame)
     write_json_atomic(out.json, report, default=_jsonable)
     return report
+
+
+def _task(cfg: Config, scale: Scale, ckpt_path: Path, tta: str):
+    """The checkpoint's task, checked against its labels; TTA only for the score task."""
+    check_task(cfg.task, scale, f"{ckpt_path}: labels")
+    task = get_task(cfg.task)
+    if task.name != "score" and tta != "none":
+        raise AvakitError(f"tta: the {task.name} task evaluates each photo once (use --tta none)")
+    return task
 
 
 def _threshold(option: float | None, cfg: Config, scale: Scale, ckpt_path: Path) -> float | None:
@@ -159,6 +161,13 @@ def check_same_labels(model: Scale, data: Scale, where: str) -> None:
             f"{where}: these shards hold {data.score_name} labels, the model was trained on "
             f"{model.score_name}: evaluate it on shards of its own dataset"
         )
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as e:
+        raise write_error(e, folder) from None
 
 
 def _speed(result: dict, corrupt: int) -> dict:

@@ -29,8 +29,8 @@ from avakit.dataset.images import check_preprocessing
 from avakit.dataset.sources import common_scale, resolve_split
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json_atomic, write_parquet_atomic
+from avakit.model.build import model_from_config
 from avakit.model.iqa import IQA_NAMES, iqa_features
-from avakit.model.network import model_from_config
 from avakit.scores import SPLITS, Scale, stored_scale
 from avakit.training.checkpoint import make_folder
 from avakit.training.distributed import pick_device

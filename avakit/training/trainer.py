@@ -19,8 +19,9 @@ from avakit import __version__
 from avakit.config import Config, config_to_dict
 from avakit.dataset.sources import DataSource, SplitSource, common_scale, resolve_split
 from avakit.errors import AvakitError
+from avakit.model.build import model_from_config
 from avakit.model.losses import get_loss
-from avakit.model.network import model_from_config, param_groups
+from avakit.model.network import param_groups
 from avakit.scores import SPLITS, Scale
 from avakit.tasks import check_task, get_task
 from avakit.tasks.base import Task
@@ -111,10 +112,7 @@ def _optimizer(groups: list[dict], t) -> torch.optim.Optimizer:
 def _head_only(cfg: Config, core: torch.nn.Module, ddp: DistInfo) -> tuple:
     """(feature sources, the head-only model) of a `data.features` run (one process, score task)."""
     if cfg.task != "score":
-        raise AvakitError(
-            "data.features: a feature cache trains the score task; a pairwise run reads its "
-            "shards (frozen backbone: model.freeze full)"
-        )
+        raise AvakitError("data.features: a feature cache trains the score task (pairwise: features.sources)")
     if ddp.enabled:
         raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
     from avakit.training.head_only import head_only_setup
