@@ -258,10 +258,12 @@ def _check_sources(cfg: Config, p: str) -> None:
                 f"{p}features.sources: {str(name)[:40]!r} is unknown or listed twice "
                 f"(choose from {', '.join(FEATURE_SOURCES)})"
             )
-    if f.sources and (f.iqa or cfg.data.features):
+    if f.sources and f.iqa:
+        raise AvakitError(f"{p}features.iqa: frozen sources replace it (list iqa in {p}features.sources)")
+    if cfg.data.features and bool(f.sources) != (cfg.task == "pairwise"):
         raise AvakitError(
-            f"{p}features.sources: frozen sources replace {p}features.iqa (list iqa as a source) "
-            f"and {p}data.features (set them to false / null)"
+            f"{p}data.features: a pairwise run's feature cache holds its {p}features.sources; a score "
+            f"run's holds model.backbone (task {cfg.task}, features.sources {list(f.sources)})"
         )
 
 

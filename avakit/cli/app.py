@@ -144,12 +144,15 @@ def features(
     Then train only the head, thousands of samples/s on a CPU:
       avakit train --config CFG --set data.features=features/
     The layer (features.layer: final | layer3) and IQA features (features.iqa) come from the
-    config. Extraction resumes per split; a cache made with other settings is refused.
+    config; a pairwise config (task: pairwise) caches its features.sources for every photo of
+    every series. Extraction resumes per split; a cache made with other settings is refused.
     """
     from avakit.config import load_config
     from avakit.training.features import extract_features
 
     cfg = load_config(config, set_ or ())
+    if cfg.task == "pairwise":  # frozen sources' features of every photo of every series
+        from avakit.training.pair_cache import extract_pair_features as extract_features
     meta = extract_features(cfg, splits, out, device, RichProgress(), allow_missing=allow_missing)
     print_features(meta)
 

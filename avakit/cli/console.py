@@ -273,14 +273,17 @@ def print_lost(split: str, counts: dict) -> None:
 
 def print_features(meta: dict) -> None:
     """The features table: images cached per split, losses, where and how fast (extract_features' result)."""
+    pairs = "photos" in meta  # a pairwise cache: series of photos
+    extra = "" if pairs else f" + {len(meta['iqa_names'])} IQA"
     table = Table(
         title=f"features: {meta['fingerprint']['backbone']} {meta['fingerprint']['layer']}, "
-        f"{meta['feature_dim']}-d + {len(meta['iqa_names'])} IQA"
+        f"{meta['feature_dim']}-d{extra}"
     )
     table.add_column("split")
-    table.add_column("images", justify="right")
+    for col in ("series", "photos") if pairs else ("images",):
+        table.add_column(col, justify="right")
     for split, count in meta["splits"].items():
-        table.add_row(split, f"{count:,}")
+        table.add_row(split, f"{count:,}", *((f"{meta['photos'].get(split, 0):,}",) if pairs else ()))
     console.print(table)
     for split, counts in meta.get("counts", {}).items():
         if counts["lost"]:

@@ -109,17 +109,6 @@ def _optimizer(groups: list[dict], t) -> torch.optim.Optimizer:
     )
 
 
-def _head_only(cfg: Config, core: torch.nn.Module, ddp: DistInfo) -> tuple:
-    """(feature sources, the head-only model) of a `data.features` run (one process, score task)."""
-    if cfg.task != "score":
-        raise AvakitError("data.features: a feature cache trains the score task (pairwise: features.sources)")
-    if ddp.enabled:
-        raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
-    from avakit.training.head_only import head_only_setup
-
-    return head_only_setup(cfg, core)
-
-
 def build_trainer(
     cfg: Config, run_dir: Path, fraction: float, ddp: DistInfo, device: torch.device
 ) -> Trainer:
@@ -141,7 +130,9 @@ def build_trainer(
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
     optimizer = _optimizer(groups, t)
     if cfg.data.features:
-        sources, model = _head_only(cfg, core, ddp)
+        from avakit.training.head_only import head_only_for
+
+        sources, model = head_only_for(cfg, core, ddp.enabled)
         eval_model, normalize = model, torch.nn.Identity()
     else:
         sources = shard_sources
@@ -222,16 +213,10 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     """The split's counting loader for one pass, kept in tr.loaders: its counts are read after the pass."""
     cfg = tr.cfg
     if cfg.data.features:
-        from avakit.training.head_only import feature_loader
+        from avakit.training.head_only import cached_loader
 
-        loader = feature_loader(
-            tr.sources[split],
-            tr.core,
-            batch_size=cfg.training.batch_size,
-            train=train,
-            seed=cfg.seed,
-            epoch=epoch,
-            fraction=tr.fraction,
+        loader = cached_loader(
+            cfg, tr.sources[split], tr.core, train=train, epoch=epoch, fraction=tr.fraction
         )
     elif train:
         loader = make_loader(
