@@ -194,3 +194,15 @@ def test_task_and_shards_must_match(release, tmp_path: Path) -> None:
     )
     assert "model.output_mode" in out and "regression" in out
     assert not list(tmp_path.glob("*-*"))  # nothing written by a refused start
+
+
+def test_small_val_warning_speaks_of_series(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from avakit.training.selection import warn_small_val
+
+    log = logging.getLogger("avakit.test.smallval")
+    with caplog.at_level(logging.WARNING, logger="avakit.test.smallval"):
+        warn_small_val(log, 19, "pair_accuracy", "pairwise")
+        warn_small_val(log, 195, "pair_accuracy", "pairwise")  # the official val list's size: fine
+    assert len(caplog.records) == 1 and "19 series" in caplog.text and "SRCC" not in caplog.text

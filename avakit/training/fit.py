@@ -311,7 +311,8 @@ def _train(
     fit_feature_norm(tr, progress)  # frozen sources: their standardiser, before the first epoch
     if tr.ddp.is_main:
         val = tr.sources["val"].samples if "val" in tr.sources else None
-        warn_small_val(log, None if val is None else round(val * tr.fraction), tr.state.select_metric)
+        samples = None if val is None else round(val * tr.fraction)
+        warn_small_val(log, samples, tr.state.select_metric, tr.task.name)
     telemetry = Telemetry(
         run_dir,
         tr.model,

@@ -18,6 +18,7 @@ from avakit.scores import Scale
 HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "loss": False, "emd": False, "pair_accuracy": True}
 NAMES = {"srcc": "SRCC", "plcc": "PLCC", "loss": "loss", "emd": "EMD", "pair_accuracy": "pair accuracy"}
 NOISY_VAL = 500  # fewer val samples than this: checkpoint selection is noisy (warned at train start)
+NOISY_VAL_SERIES = 100  # pairwise: ~250 pairs, a standard error of ~3 points on the accuracy
 
 
 def worst(metric: str) -> float:
@@ -82,8 +83,18 @@ def eval_threshold(threshold: float | None, scale: Scale, key: str = "eval.thres
     return value
 
 
-def warn_small_val(log: logging.Logger, samples: int | None, metric: str) -> None:
+def warn_small_val(log: logging.Logger, samples: int | None, metric: str, task: str = "score") -> None:
     """One warning when the val split is too small to pick a checkpoint on reliably."""
+    if task == "pairwise":
+        if samples is not None and samples < NOISY_VAL_SERIES:
+            log.warning(
+                "val split has %d series: val pair accuracy on so few moves by several points from "
+                "epoch to epoch (its standard error is printed beside it); use a larger val split "
+                "(avakit shard --val-ratio), at least %d series",
+                samples,
+                NOISY_VAL_SERIES,
+            )
+        return
     if samples is None or samples >= NOISY_VAL:
         return
     log.warning(
