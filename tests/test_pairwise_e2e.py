@@ -206,3 +206,71 @@ def test_small_val_warning_speaks_of_series(caplog: pytest.LogCaptureFixture) ->
         warn_small_val(log, 19, "pair_accuracy", "pairwise")
         warn_small_val(log, 195, "pair_accuracy", "pairwise")  # the official val list's size: fine
     assert len(caplog.records) == 1 and "19 series" in caplog.text and "SRCC" not in caplog.text
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_evaluate_every_series_once(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data = make_synthetic_phototriage(tmp_path / "PT", n_series=40, seed=2, long_side=(64, 80))
+    shards = tmp_path / "shards"
+    run(
+        "shard",
+        "--phototriage",
+        str(data.root),
+        "--out",
+        str(shards),
+        "--short-side",
+        "48",
+        "--shard-size",
+        "8",
+        "--val-ratio",
+        "0.25",
+    )  # several shards per split: one rank each at least
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [
+        *FAST,
+        "model.mlp_hidden_dims=[8]",
+        "training.max_epochs=2",
+        "training.batch_size=4",
+        "data.num_workers=1",
+        f"data.shards={shards}",
+        "name=ddp",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "avakit",
+        "train",
+        "--config",
+        str(E2E),
+        "--output-dir",
+        str(tmp_path / "out"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out").glob("ddp-*")
+    results = json.loads((run_dir / "results.json").read_text())
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert results["world_size"] == 2
+    for split in ("val", "test"):
+        stats = manifest["splits"][split]["label_stats"]
+        assert results[split]["n"] == stats["n"] and results[split]["n_pairs"] == stats["pairs"]
+        pairs = pd.read_parquet(run_dir / "predictions" / f"{split}.parquet")
+        assert not pairs.duplicated(["series", "i", "j"]).any() and len(pairs) == stats["pairs"]
