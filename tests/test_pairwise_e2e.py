@@ -274,3 +274,20 @@ def test_torchrun_two_processes_evaluate_every_series_once(tmp_path: Path) -> No
         assert results[split]["n"] == stats["n"] and results[split]["n_pairs"] == stats["pairs"]
         pairs = pd.read_parquet(run_dir / "predictions" / f"{split}.parquet")
         assert not pairs.duplicated(["series", "i", "j"]).any() and len(pairs) == stats["pairs"]
+
+
+@pytest.mark.slow
+def test_a_resumed_pairwise_run_ends_exactly_as_an_uninterrupted_one(release, tmp_path: Path) -> None:
+    from avakit.training.checkpoint import run_config
+    from avakit.training.fit import fit
+
+    _, shards = release
+    sets = [*FAST, "training.max_epochs=3", f"data.shards={shards}"]
+    whole = fit(load_config(E2E, [*sets, "name=whole"]), output_dir=tmp_path)
+    part = fit(load_config(E2E, [*sets, "name=part"]), output_dir=tmp_path, stop_after_epochs=1)
+    part = fit(run_config(part), resume=part)
+    history = [json.loads((r / "training_history.json").read_text()) for r in (whole, part)]
+    assert [h["val_loss"] for h in history[0]] == [h["val_loss"] for h in history[1]]
+    results = [json.loads((r / "results.json").read_text())["test"] for r in (whole, part)]
+    assert results[0]["pair_accuracy"] == results[1]["pair_accuracy"]
+    assert results[0]["log_loss"] == results[1]["log_loss"]
