@@ -1,9 +1,11 @@
-"""The inner loops, `train_one_epoch` and `eval_one_epoch`, and what they share.
+"""The training loop, `train_one_epoch`, and what every task's steps share.
 
-Also the step context, model placement (`place_model`), the LR schedule, the non-finite checks
-and `merge_results` (DDP ranks' eval results joined). Small functions in the style of
-torchvision's references; `training.fit` strings them together. Batches arrive as uint8 crops;
-`Normalize` runs on the training device.
+Also model placement (`place_model`), the LR schedule, the optimizer step with its non-finite
+checks and the val checks. The loop calls the run's task (`avakit.tasks`: `prepare` a batch,
+its `loss`); the score task's eval pass (`eval_one_epoch`, `merge_results`) and the step context
+live in `avakit.tasks` and are re-exported here. Small functions in the style of torchvision's
+references; `training.fit` strings them together. Batches arrive as uint8 crops; `Normalize`
+runs on the training device.
 """
 
 from __future__ import annotations

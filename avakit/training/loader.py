@@ -1,6 +1,7 @@
 """Streaming pipeline: a split's shards -> decoded, augmented, batched uint8 tensors, every sample counted.
 
-One sample = (uint8 image [3, crop, crop], votes float [10], image id, reason code). JPEGs are
+One score sample = (uint8 image [3, crop, crop], its label, image id, reason code); a task's
+decoder (`avakit.tasks`) makes it, a group sample of the pairwise task gives all its photos. JPEGs are
 decoded with torchvision.io.decode_jpeg (libjpeg-turbo) in DataLoader workers; shards are
 split across DDP ranks (in the main process) and across workers (webdataset.split_by_worker),
 so every validation sample is seen exactly once per evaluation. Shard order and the sample
