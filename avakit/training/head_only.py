@@ -17,7 +17,7 @@ import torch
 from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.model.iqa import IQA_NAMES
-from avakit.scores import AVA, PAIRS, SPLITS, Scale
+from avakit.scores import AVA, SPLITS, Scale
 from avakit.training.checkpoint import check_state, read_torch_file
 from avakit.training.features import cache_scale, check_cache, label_columns
 from avakit.training.loader import CountingLoader, keep_sample
@@ -156,11 +156,6 @@ class HeadOnly(torch.nn.Module):
 def feature_scale(cfg: Config) -> Scale:
     """What the labels of the cache `cfg.data.features` mean (checked fresh for `cfg` first)."""
     cache = Path(cfg.data.features)
-    if cfg.task == "pairwise":
-        from avakit.training.pair_cache import check_pair_cache
-
-        check_pair_cache(cache, cfg)
-        return PAIRS
     return cache_scale(check_cache(cache, cfg), str(cache / "meta.json"))
 
 
@@ -226,29 +221,3 @@ def _feature_batches(
             torch.from_numpy(source.ids[idx]),
             torch.ones(len(idx), dtype=torch.bool),
         )
-
-
-def head_only_for(cfg: Config, core: torch.nn.Module, distributed: bool) -> tuple:
-    """(feature sources, the head-only model) of a `data.features` run: the score task's cache,
-    or the pairwise task's (training.pair_head_only). One process only."""
-    if distributed:
-        raise AvakitError("data.features: head-only training runs in one process (no torchrun)")
-    if cfg.task == "pairwise":
-        from avakit.training.pair_head_only import pair_head_only_setup
-
-        return pair_head_only_setup(cfg, core)
-    return head_only_setup(cfg, core)
-
-
-def cached_loader(cfg: Config, source, core: torch.nn.Module, *, train: bool, epoch: int, fraction: float):
-    """One pass over a cached split, for the run's task (its batches shaped as its shard loader's)."""
-    batch = cfg.training.batch_size
-    if cfg.task == "pairwise":
-        from avakit.training.pair_head_only import pair_feature_loader
-
-        return pair_feature_loader(
-            source, batch_size=batch, train=train, seed=cfg.seed, epoch=epoch, fraction=fraction
-        )
-    return feature_loader(
-        source, core, batch_size=batch, train=train, seed=cfg.seed, epoch=epoch, fraction=fraction
-    )

@@ -120,9 +120,9 @@ def build_trainer(
         scale = common_scale(shard_sources)
         check_task(cfg.task, scale, shard_sources["train"].where or "data.shards")
     else:
-        from avakit.training.head_only import feature_scale
+        from avakit.training.cached import cache_scale_for
 
-        scale = feature_scale(cfg)
+        scale = cache_scale_for(cfg)
     threshold = eval_threshold(cfg.eval.threshold, scale)
     check_select_metric(cfg, scale)
     seed_everything(cfg.seed)
@@ -130,7 +130,7 @@ def build_trainer(
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
     optimizer = _optimizer(groups, t)
     if cfg.data.features:
-        from avakit.training.head_only import head_only_for
+        from avakit.training.cached import head_only_for
 
         sources, model = head_only_for(cfg, core, ddp.enabled)
         eval_model, normalize = model, torch.nn.Identity()
@@ -213,7 +213,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
     """The split's counting loader for one pass, kept in tr.loaders: its counts are read after the pass."""
     cfg = tr.cfg
     if cfg.data.features:
-        from avakit.training.head_only import cached_loader
+        from avakit.training.cached import cached_loader
 
         loader = cached_loader(
             cfg, tr.sources[split], tr.core, train=train, epoch=epoch, fraction=tr.fraction
