@@ -49,10 +49,12 @@ QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 SPLIT_SEED_MAX = 2**64 - 1  # shard's split seed (numpy's default_rng takes any; bounded to 64 bits)
 # val metric that picks best_model.pt (srcc/plcc/pair_accuracy: higher is better; loss/emd: lower)
 SELECT_METRICS = ("srcc", "plcc", "loss", "emd", "pair_accuracy")
-PAIR_HEADS = ("difference", "concat")  # pairs.head: s(a) - s(b), or an MLP on both embeddings
+# pairs.head: s(a) - s(b); an MLP on both embeddings; or a unit embedding dotted with a learned unit vector
+PAIR_HEADS = ("difference", "concat", "unit")
 PAIR_TARGETS = ("soft", "hard")  # pairs.target: the preference ratio itself, or which photo won
 PAIR_LOSSES = ("bce", "hinge")  # pairs.loss
-PAIR_VIEWS = ("full", "same_crop")  # pairs.view: the whole frame resized, or one crop for the series
+# pairs.view: the whole frame resized; one crop for the series; or each photo's own centre crop (folders)
+PAIR_VIEWS = ("full", "same_crop", "crop")
 
 # Upper bounds where a larger value costs memory or time instead of meaning something:
 MAX_IMAGE_SIDE = 2048  # resize/crop px: one 2048² float32 image is 48 MB, a batch of 32 1.5 GB;
@@ -115,6 +117,7 @@ class AugmentationConfig:
     horizontal_flip: bool = True
     random_crop: bool = True
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
+    rotation: float = _f(0.0, ge=0.0, le=45.0)  # random rotation within +- this many degrees (0 = off)
 
 
 @dataclass
@@ -140,6 +143,9 @@ class TrainingConfig:
     weight_decay: float = _f(1e-4, ge=0.0)
     max_epochs: int = _f(20, ge=1)
     early_stop_patience: int = _f(5, ge=0)
+    # an epoch improves only when it beats the best val value by at least this (absolute, in the
+    # metric's units: 0.005 = half a point of accuracy); it alone resets patience and saves the best
+    early_stop_min_delta: float = _f(0.0, ge=0.0)
     loss_type: str = _f("emd", choices=tuple(LOSSES))
     scheduler: str = _f("cosine", choices=("none", "cosine", "plateau"))
     warmup_epochs: int = _f(1, ge=0)
@@ -184,15 +190,23 @@ class PairsConfig:
     """The pairwise task (`task: pairwise`): how pairs of photos of one series train a scorer."""
 
     # difference: P(a > b) = sigmoid(s(a) - s(b)), one score per photo (predict/export work);
-    # concat: an MLP on both embeddings, run in both orders and averaged (compares, cannot score alone)
+    # concat: an MLP on both embeddings, run in both orders and averaged (compares, cannot score alone);
+    # unit: an L2-normalised embedding dotted with a learned unit vector, scores in [-1, 1] (hinge margins)
     head: str = _f("difference", choices=PAIR_HEADS)
     target: str = _f("soft", choices=PAIR_TARGETS)  # bce against the ratio p, or against p > 0.5 (ties out)
     loss: str = _f("bce", choices=PAIR_LOSSES)  # bce on the logit s(a) - s(b), or hinge with `margin`
     margin: float = _f(1.0, ge=0.0)  # hinge: the winner's score must lead by this much (logit units)
     min_confidence: float = _f(0.0, ge=0.0, le=0.5)  # train on pairs with |p - 0.5| >= this only
     # full: every photo resized whole to crop_size x crop_size (people judged the framing, a random
-    # crop removes it); same_crop: shorter side to resize_size, one crop and flip for the series
+    # crop removes it); same_crop: shorter side to resize_size, one crop and flip for the series;
+    # crop: each photo's centre crop, augmented on its own in training (flip, jitter, rotation)
     view: str = _f("full", choices=PAIR_VIEWS)
+    # crop view: augment only the good photo of a pair (the seed's recipe: it leaks the label, since
+    # rotation corners and jitter then appear only on positives); false = every photo alike
+    augment_anchor_only: bool = False
+    embedding_dim: int = _f(512, gt=0, le=MAX_HIDDEN)  # unit head: the L2-normalised embedding's width
+    mos_weight: float = _f(0.0, ge=0.0)  # unit head: weight of the auxiliary MOS loss (photos with a MOS)
+    max_pairs_per_group: int = _f(0, ge=0)  # training: pairs drawn afresh per folder and epoch (0 = all)
 
 
 @dataclass

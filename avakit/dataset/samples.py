@@ -177,9 +177,36 @@ def check_group_label(key: str, label: dict) -> Reason:
         and all(isinstance(m, str) for m in members)
         and isinstance(pairs, list)
         and all(_pair(row, len(members)) for row in pairs)
+        and _folder_fields(label, len(members))
     ):
         return Reason.PAIRS
     return Reason.OK
+
+
+def _folder_fields(label: dict, n: int) -> bool:
+    """A culling folder's optional fields: `grades` (good/bad per member), `mos` (a number or null
+    per member) with its `mos_scale` [lo, hi], `chunk` [k, n_chunks], `group` a string."""
+    grades, mos, scale, chunk = (label.get(k) for k in ("grades", "mos", "mos_scale", "chunk"))
+    if grades is not None and not (
+        isinstance(grades, list) and len(grades) == n and all(g in ("good", "bad") for g in grades)
+    ):
+        return False
+    if "group" in label and not isinstance(label["group"], str):
+        return False
+    if chunk is not None and not (_ints(chunk, 2, 0, MAX_ID) and chunk[0] < chunk[1]):
+        return False
+    if mos is None:
+        return scale is None
+    finite = lambda v: type(v) in (int, float) and math.isfinite(v)  # noqa: E731
+    return (
+        isinstance(scale, list)
+        and len(scale) == 2
+        and all(map(finite, scale))
+        and scale[0] < scale[1]
+        and isinstance(mos, list)
+        and len(mos) == n
+        and all(v is None or (finite(v) and scale[0] <= v <= scale[1]) for v in mos)
+    )
 
 
 def _pair(row: Any, n: int) -> bool:

@@ -16,7 +16,7 @@ from torch import nn
 
 from avakit.errors import AvakitError
 from avakit.model.fused import FusedSources, SourceStandardiser
-from avakit.model.network import AestheticModel, BackboneSpec, MLPHead, build_model
+from avakit.model.network import AestheticModel, BackboneSpec, build_model, new_head
 from avakit.scores import AVA, Scale
 
 
@@ -45,7 +45,7 @@ def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True
         feature_layer=f.layer,
         iqa_normalize=iqa,
         n_points=scale.width,
-        pair_head=cfg.pairs.head if getattr(cfg, "task", "score") == "pairwise" else None,
+        **_pair_options(cfg),
     )
     if scale.normalised_regression:  # a MOS model predicts (mos - lo) / (hi - lo): start mid-scale
         nn.init.constant_(model.head.layers[-1].bias, 0.5)
@@ -60,6 +60,18 @@ def check_output_mode(output_mode: str, loss_type: str, scale: Scale) -> None:
             "--set model.output_mode=regression --set training.loss_type=mse (or l1); "
             f"model.output_mode is {output_mode!r}, training.loss_type {loss_type!r}"
         )
+
+
+def _pair_options(cfg: Any) -> dict:
+    """The head's pairwise settings: none for the score task."""
+    if getattr(cfg, "task", "score") != "pairwise":
+        return {"pair_head": None}
+    p = cfg.pairs
+    return {
+        "pair_head": p.head,
+        "embedding_dim": p.embedding_dim,
+        "mos_head": p.head == "unit" and p.mos_weight > 0,
+    }
 
 
 def fused_model(cfg: Any, scale: Scale, load_weights: bool = True) -> AestheticModel:
@@ -88,15 +100,9 @@ def fused_model(cfg: Any, scale: Scale, load_weights: bool = True) -> AestheticM
         last_stage_start=None,
         partial_from="",
     )
-    pair_head = cfg.pairs.head if getattr(cfg, "task", "score") == "pairwise" else None
-    in_dim = fused.dim * (2 if pair_head == "concat" else 1)
-    head = MLPHead(
-        in_dim,
-        m.mlp_hidden_dims,
-        1 if m.output_mode == "regression" else scale.width,
-        m.dropout,
-        m.activation,
-    )
+    pairs = _pair_options(cfg)
+    out_dim = 1 if m.output_mode == "regression" else scale.width
+    head = new_head(fused.dim, m.mlp_hidden_dims, out_dim, m.dropout, m.activation, **pairs)
     if scale.normalised_regression:  # a MOS model predicts (mos - lo) / (hi - lo): start mid-scale
         nn.init.constant_(head.layers[-1].bias, 0.5)
     return AestheticModel(
@@ -105,6 +111,6 @@ def fused_model(cfg: Any, scale: Scale, load_weights: bool = True) -> AestheticM
         spec,
         output_mode=m.output_mode,
         freeze="full",
-        pair_head=pair_head,
+        pair_head=pairs["pair_head"],
         feature_norm=SourceStandardiser(fused.dim),
     )

@@ -119,6 +119,56 @@ class MLPHead(nn.Module):
         return self.layers[-1](x)
 
 
+class UnitHead(MLPHead):
+    """An MLP to an L2-normalised embedding; the score is its dot product with a learned unit vector,
+    so scores lie in [-1, 1] and a hinge margin (e.g. 0.2) has a fixed meaning. With `mos`, an
+    auxiliary linear head reads the same embedding and predicts a MOS normalised to 0..1."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: Sequence[int],
+        embedding_dim: int,
+        dropout: float,
+        activation: str,
+        mos: bool = False,
+    ) -> None:
+        super().__init__(in_dim, hidden_dims, embedding_dim, dropout, activation)
+        self.direction = nn.Parameter(torch.randn(embedding_dim) / embedding_dim**0.5)
+        self.mos = nn.Linear(embedding_dim, 1) if mos else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit-length embedding [B, D]."""
+        return nn.functional.normalize(super().forward(x), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores [B, 1] in [-1, 1]."""
+        return (self.embed(x) @ nn.functional.normalize(self.direction, dim=0)).unsqueeze(1)
+
+    def mos_score(self, x: torch.Tensor) -> torch.Tensor:
+        """The auxiliary MOS prediction [B] in 0..1 (AvakitError without the auxiliary head)."""
+        if self.mos is None:
+            raise AvakitError("pairs.mos_weight: this model has no auxiliary MOS head")
+        return torch.sigmoid(self.mos(self.embed(x))).squeeze(1)
+
+
+def new_head(
+    in_dim: int,
+    hidden_dims: Sequence[int],
+    out_dim: int,
+    dropout: float,
+    activation: str,
+    pair_head: str | None = None,
+    embedding_dim: int = 512,
+    mos_head: bool = False,
+) -> MLPHead:
+    """The head over `in_dim` features: an MLPHead to `out_dim`, a concat head reading two
+    embeddings, or a UnitHead (pairs.head: unit; `mos_head` adds its auxiliary MOS head)."""
+    if pair_head == "unit":
+        return UnitHead(in_dim, hidden_dims, embedding_dim, dropout, activation, mos_head)
+    return MLPHead(in_dim * (2 if pair_head == "concat" else 1), hidden_dims, out_dim, dropout, activation)
+
+
 class AestheticModel(nn.Module):
     """Backbone (torchvision model minus classifier) + `MLPHead`.
 
@@ -167,15 +217,20 @@ class AestheticModel(nn.Module):
         out = self.head(head_input)
         return out.squeeze(-1) if self.output_mode == "regression" else out
 
-    def forward(self, x: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pairs: torch.Tensor | None = None, with_mos: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits [B, K] (distribution) or unclamped scores [B] (regression); with `pairs`
         ([P, 2] indices into the batch) the pair logits [P]: P(i better than j) = sigmoid(logit).
 
         The backbone runs once per image of the batch, however many pairs it is in. A concat-head
         model compares two photos and has no score for one alone (AvakitError without `pairs`).
+        `with_mos` (unit head with its auxiliary MOS head) also returns each photo's MOS, 0..1.
         """
         if pairs is not None:
-            return self.pair_logits(self.head_input(x), pairs)
+            emb = self.head_input(x)
+            logits = self.pair_logits(emb, pairs)
+            return (logits, self.head.mos_score(emb)) if with_mos else logits
         if self.pair_head == "concat":
             raise AvakitError(
                 "this pairwise model has a concat head: it compares two photos and cannot score one "
@@ -273,6 +328,8 @@ def build_model(
     iqa_normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     n_points: int = N_POINTS,
     pair_head: str | None = None,
+    embedding_dim: int = 512,
+    mos_head: bool = False,
 ) -> AestheticModel:
     """Build an `AestheticModel` from a registered backbone name.
 
@@ -281,7 +338,8 @@ def build_model(
     (torchvision's weights API, which downloads when not cached). `feature_layer="layer3"`
     (ResNets) pools the third stage instead of the last. `iqa_normalize` = (mean, std) of the
     input normalisation adds the IQA features (avakit.model.iqa) to the head's input.
-    `pair_head` (pairwise task): "difference" or "concat" (the head reads two embeddings).
+    `pair_head` (pairwise task): "difference", "concat" (the head reads two embeddings) or "unit"
+    (a UnitHead of `embedding_dim`, with an auxiliary MOS head when `mos_head`).
     """
     _check_choice("backbone", backbone, list(BACKBONES))
     _check_choice("activation", activation, list(ACTIVATIONS))
@@ -313,9 +371,7 @@ def build_model(
         iqa = IQAFeatures(*iqa_normalize)
     out_dim = n_points if output_mode == "distribution" else OUTPUT_MODES[output_mode]
     in_dim = spec.feature_dim + (len(IQA_NAMES) if iqa is not None else 0)
-    head = MLPHead(
-        in_dim * (2 if pair_head == "concat" else 1), mlp_hidden_dims, out_dim, dropout, activation
-    )
+    head = new_head(in_dim, mlp_hidden_dims, out_dim, dropout, activation, pair_head, embedding_dim, mos_head)
     return AestheticModel(
         net, head, spec, output_mode=output_mode, freeze=freeze, iqa=iqa, pair_head=pair_head
     )

@@ -21,54 +21,29 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from avakit.dataset.samples import Reason, decode_image, member_name, parse_label
-from avakit.pair_metrics import pair_metrics
+from avakit.pair_metrics import folder_metrics, pair_metrics
 from avakit.scores import PAIRS, Scale
 from avakit.tasks.base import Prepared, StepContext, autocast, to_input
+from avakit.tasks.pair_views import PairView, PhotoView, make_view
 
-Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], int, int]
-
-
-class PairView:
-    """The same geometry for every photo of a series: the whole frame resized to crop x crop
-    (`full`), or the shorter side to `resize` and one crop at the same relative place (`same_crop`);
-    in training one flip decision for the whole series. No colour jitter: brightness and contrast
-    are what people judged."""
-
-    def __init__(self, view: str, resize: int, crop: int, train: bool, flip: bool) -> None:
-        self.view, self.resize, self.crop, self.train, self.flip = view, resize, crop, train, flip
-
-    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """uint8 images [3, H, W] of one series -> uint8 [M, 3, crop, crop]."""
-        c = self.crop
-        fy, fx = (random.random(), random.random()) if self.train else (0.5, 0.5)
-        out = []
-        for img in images:
-            if self.view == "full":
-                img = TF.resize(img, [c, c], antialias=True)
-            else:
-                img = (
-                    TF.resize(img, self.resize, antialias=True) if min(img.shape[-2:]) != self.resize else img
-                )
-                h, w = img.shape[-2:]
-                top, left = int(round((h - c) * fy)), int(round((w - c) * fx))
-                img = img[..., top : top + c, left : left + c]
-            out.append(img)
-        batch = torch.stack(out)
-        return batch.flip(-1) if self.train and self.flip and random.random() < 0.5 else batch
+Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict, int, int]
+GRADE_CODES = {"good": 1, "bad": 0}  # a photo's grade in a batch; -1 = none (PhotoTriage)
 
 
 class PairDecoder:
-    """Raw group sample -> (photos uint8 [M, 3, c, c], pairs [P, 5], ranks [M], member names, id, code).
+    """Raw group sample -> (photos uint8 [M, 3, c, c], pairs [P, 5], ranks [M], member names,
+    info (group, grades, MOS), id, code).
 
     A sample whose label or any photo is bad gives no photos and no pairs and its reason code:
-    it is counted, never trained on. Picklable for DataLoader workers.
+    it is counted, never trained on. `max_pairs` (training, folders) draws that many of a group's
+    pairs afresh each time it is decoded, shared between the chunks of one folder, so a 50 x 50
+    folder does not outweigh ten 2 x 2 ones (0 = every pair). Picklable for DataLoader workers.
     """
 
-    def __init__(self, view: PairView) -> None:
-        self.view = view
+    def __init__(self, view: PairView | PhotoView, max_pairs: int = 0) -> None:
+        self.view, self.max_pairs = view, max_pairs
 
     def __call__(self, sample: dict) -> Decoded:
         """Decode one raw group sample (see the class docstring)."""
@@ -83,24 +58,37 @@ class PairDecoder:
         members = [sample.get(member_name(k)) for k in range(len(label["members"]))]
         if any(m is None for m in members):
             return self._none(label["image_id"], int(Reason.MEMBERS))
+        grades = label.get("grades") or [""] * len(members)
         try:
-            photos = self.view([decode_image(m) for m in members])
+            photos = self.view([decode_image(m) for m in members], grades)
         except (RuntimeError, ValueError):
             return self._none(label["image_id"], int(Reason.IMAGE))
-        pairs = torch.tensor(label["pairs"], dtype=torch.float64).reshape(-1, 5)
+        rows = self._draw(label)
+        pairs = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
         ranks = torch.zeros(len(members), dtype=torch.long)
         for i, j, _, rank_i, rank_j in label["pairs"]:
             ranks[i], ranks[j] = rank_i, rank_j
-        return photos, pairs, ranks, list(label["members"]), label["image_id"], 0
+        return photos, pairs, ranks, list(label["members"]), _info(label, len(members)), label["image_id"], 0
+
+    def _draw(self, label: dict) -> list:
+        """The pairs to use: all, or a random `max_pairs` share (this chunk's part of its folder's)."""
+        rows = label["pairs"]
+        if not self.max_pairs:
+            return rows
+        n_chunks = label.get("chunk", [0, 1])[1]
+        cap = -(-self.max_pairs // n_chunks)  # ceil: the folder's cap spread over its chunks
+        return rows if len(rows) <= cap else random.sample(rows, cap)
 
     def _none(self, ident: int, code: int) -> Decoded:
         c = self.view.crop
         empty = torch.zeros((0, 3, c, c), dtype=torch.uint8)
+        info = {"group": "", "grades": [], "mos": torch.zeros(0), "mos_raw": torch.zeros(0)}
         return (
             empty,
             torch.zeros((0, 5), dtype=torch.float64),
             torch.zeros(0, dtype=torch.long),
             [],
+            info,
             ident,
             code,
         )
@@ -108,8 +96,8 @@ class PairDecoder:
     @staticmethod
     def collate(samples: list[Decoded]) -> tuple:
         """Group samples -> (photos [N, ...], pair labels, ids [B], codes [B]); the pairs' indices
-        point into the batch's photos (`idx`) and into their series (`local`)."""
-        photos, pairs, ranks, names, ids, codes = zip(*samples, strict=True)
+        point into the batch's photos (`idx`) and into their group (`local`)."""
+        photos, pairs, ranks, names, infos, ids, codes = zip(*samples, strict=True)
         sizes = torch.tensor([len(p) for p in photos])
         offsets = torch.cumsum(sizes, 0) - sizes
         n_pairs = [len(p) for p in pairs]
@@ -122,9 +110,28 @@ class PairDecoder:
             "photo_series": torch.repeat_interleave(torch.tensor(ids), sizes),
             "photo_index": torch.cat([torch.arange(n) for n in sizes.tolist()]),
             "photo_rank": torch.cat(ranks),
+            "photo_grade": torch.tensor(
+                [GRADE_CODES.get(g, -1) for i in infos for g in i["grades"]], dtype=torch.long
+            ),
+            "photo_mos": torch.cat([i["mos"] for i in infos]),
+            "photo_mos_raw": torch.cat([i["mos_raw"] for i in infos]),
+            "photo_group": [i["group"] for i, n in zip(infos, sizes.tolist(), strict=True) for _ in range(n)],
             "members": [n for group in names for n in group],
         }
         return torch.cat(photos), labels, torch.tensor(ids), torch.tensor(codes)
+
+
+def _info(label: dict, n: int) -> dict:
+    """A group's extras: its name, each photo's grade ("good", "bad", "") and MOS (raw, and
+    normalised to 0..1 by the label's mos_scale; NaN where unknown)."""
+    raw = torch.tensor([m if m is not None else float("nan") for m in label.get("mos") or [None] * n])
+    lo, hi = label.get("mos_scale") or (0.0, 1.0)
+    return {
+        "group": str(label.get("group", "")),
+        "grades": list(label.get("grades") or [""] * n),
+        "mos": (raw - lo) / (hi - lo),
+        "mos_raw": raw,
+    }
 
 
 def pair_loss(logits: torch.Tensor, p: torch.Tensor, opts) -> tuple[torch.Tensor, int]:
@@ -159,10 +166,7 @@ class PairwiseTask:
 
     def decoder(self, preset: Callable, crop_size: int, scale: Scale, train: bool, cfg=None) -> PairDecoder:
         """The group decoder; the geometry comes from `cfg.pairs.view` (`preset` is the score task's)."""
-        t = cfg.transform
-        return PairDecoder(
-            PairView(cfg.pairs.view, t.resize_size, t.crop_size, train, t.augmentation.horizontal_flip)
-        )
+        return PairDecoder(make_view(cfg, train), cfg.pairs.max_pairs_per_group if train else 0)
 
     collate = staticmethod(PairDecoder.collate)
 
@@ -173,17 +177,26 @@ class PairwiseTask:
         n = int(valid.sum())
         if not len(photos):
             return Prepared(photos, labels, 0, len(valid) - n)
-        moved = {k: (v.to(ctx.device) if k in ("idx", "meta") else v) for k, v in labels.items()}
+        moved = {k: (v.to(ctx.device) if k in ("idx", "meta", "photo_mos") else v) for k, v in labels.items()}
         return Prepared(to_input(photos, ctx), moved, n, len(valid) - n)
 
     def loss(self, model: nn.Module, p: Prepared, ctx: StepContext) -> tuple[torch.Tensor, int]:
         """Mean pair loss of the batch's pairs with |p - 0.5| >= pairs.min_confidence."""
         opts, target = ctx.options, p.labels["meta"][:, 0]
         keep = (target - 0.5).abs() >= opts.min_confidence - 1e-9
+        aux = opts.head == "unit" and opts.mos_weight > 0
         with autocast(ctx.device, ctx.amp):
-            logits = model(p.x, p.labels["idx"][keep])
+            out = (
+                model(p.x, p.labels["idx"][keep], with_mos=aux) if aux else model(p.x, p.labels["idx"][keep])
+            )
+        logits, mos = out if aux else (out, None)
         total, n = pair_loss(logits.float(), target[keep], opts)
-        return total / max(n, 1), n
+        loss = total / max(n, 1)
+        if mos is not None:  # the auxiliary MOS regression, on the photos that have a MOS
+            known = torch.isfinite(p.labels["photo_mos"])
+            err = (mos.float() - p.labels["photo_mos"].nan_to_num()) ** 2
+            loss = loss + opts.mos_weight * (err * known).sum() / known.sum().clamp_min(1)
+        return loss, n
 
     @torch.no_grad()
     def evaluate(
@@ -191,7 +204,9 @@ class PairwiseTask:
     ) -> dict:
         """Scores of every photo and P of every pair (the configured loss over all pairs)."""
         model.eval()
-        out: dict[str, list] = {k: [] for k in ("pairs", "logits", "photos", "scores", "members")}
+        out: dict[str, list] = {
+            k: [] for k in ("pairs", "logits", "photos", "scores", "mos", "members", "groups")
+        }
         loss_sum, loss_n, n, corrupt, model_s, start = 0.0, 0, 0, 0, 0.0, time.perf_counter()
         for batch in loader:
             p = self.prepare(batch, ctx)
@@ -211,12 +226,17 @@ class PairwiseTask:
                 )
             )
             out["logits"].append(logits.double().cpu())
-            out["photos"].append(torch.stack([lab["photo_series"], lab["photo_index"], lab["photo_rank"]], 1))
+            photo_cols = ("photo_series", "photo_index", "photo_rank", "photo_grade")
+            out["photos"].append(torch.stack([lab[k] for k in photo_cols], 1))
             out["scores"].append(scores.double().cpu())
+            out["mos"].append(lab["photo_mos_raw"].double())
             out["members"] += lab["members"]
+            out["groups"] += lab["photo_group"]
             if advance is not None:
                 advance(p.n)
-        arrays = {k: (torch.cat(v).numpy() if v and k != "members" else v) for k, v in out.items()}
+        arrays = {
+            k: (torch.cat(v).numpy() if v and k not in ("members", "groups") else v) for k, v in out.items()
+        }
         return {
             **arrays,
             "loss_sum": loss_sum,
@@ -246,6 +266,8 @@ class PairwiseTask:
         photos = np.concatenate([q["photos"] for q in full])
         scores = np.concatenate([q["scores"] for q in full])
         members = np.array([m for q in full for m in q["members"]], dtype=object)
+        groups = np.array([g for q in full for g in q["groups"]], dtype=object)
+        mos = np.concatenate([q["mos"] for q in full])
         porder = np.lexsort((photos[:, 1], photos[:, 0]))
         return {
             **merged,
@@ -254,6 +276,8 @@ class PairwiseTask:
             "photos": photos[porder],
             "scores": scores[porder],
             "members": members[porder],
+            "groups": groups[porder],
+            "mos": mos[porder],
         }
 
     def summarise(
@@ -284,6 +308,9 @@ class PairwiseTask:
             }
         )
         found = {"n": int(merged["n"]), **pair_metrics(pairs_df, photos_df)}
+        if any(merged["groups"]):  # culling folders: each photo's folder, grade and MOS
+            _add_folders(pairs_df, photos_df, merged, photos[:, 3])
+            found.update(folder_metrics(pairs_df, photos_df))
         return found, {"": pairs_df, "_photos": photos_df}
 
     def metrics_line(self, found: dict, select_metric: str) -> str:
@@ -294,6 +321,15 @@ class PairwiseTask:
             f"(human {get('human_ceiling'):.3f})  log-loss {get('log_loss'):.4f}  "
             f"top-1 {get('series_top1'):.3f}  tau {get('kendall_tau'):.3f}"
         )
+
+
+def _add_folders(pairs: pd.DataFrame, photos: pd.DataFrame, merged: dict, grades: np.ndarray) -> None:
+    """The folder columns of a culling run's tables: group (pairs, photos), grade and mos (photos)."""
+    photos["group"] = merged["groups"].astype(str)
+    photos["grade"] = np.where(grades == 1, "good", np.where(grades == 0, "bad", ""))
+    photos["mos"] = merged["mos"]
+    group_of = dict(zip(photos["series"], photos["group"], strict=False))
+    pairs["group"] = pairs["series"].map(group_of).astype(str)
 
 
 def _pair_outputs(model: nn.Module, p: Prepared, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,7 +132,7 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, frames:
     counts = _pass_counts(tr, "train", f"epoch {epoch} training")
     s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts, tr.task.history_keys))
     value = val.get(s.select_metric, math.nan)
-    improved = improves(s.select_metric, value, s.best_value)
+    improved = improves(s.select_metric, value, s.best_value, cfg.training.early_stop_min_delta)
     if improved:
         s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
     else:
@@ -309,6 +309,11 @@ def _train(
     from avakit.training.frozen import fit_feature_norm
 
     fit_feature_norm(tr, progress)  # frozen sources: their standardiser, before the first epoch
+    if cfg.task == "pairwise" and cfg.pairs.augment_anchor_only:
+        log.warning(
+            "pairs.augment_anchor_only: only good photos are augmented, so rotation corners and "
+            "jitter mark the positives: the model can learn the augmentation instead of the photo"
+        )
     if tr.ddp.is_main:
         val = tr.sources["val"].samples if "val" in tr.sources else None
         samples = None if val is None else round(val * tr.fraction)

@@ -154,7 +154,7 @@ def extract_pair_features(
 
 def _extract_split(out: Path, split: str, loader, ctx: StepContext, progress) -> tuple[int, int]:
     """One split's features, photos and pairs, written atomically (the .npy last); (series, photos)."""
-    feats, photos, pairs, members, n = [], [], [], [], 0
+    feats, photos, pairs, members, mos, groups, n = [], [], [], [], [], [], 0
     with torch.no_grad():
         for batch in loader:
             p = PAIRWISE.prepare(batch, ctx)
@@ -163,9 +163,10 @@ def _extract_split(out: Path, split: str, loader, ctx: StepContext, progress) ->
             with autocast(ctx.device, ctx.amp):
                 feats.append(ctx.model.features(p.x).float().cpu().numpy().astype(np.float16))
             lab, n = p.labels, n + p.n
-            photos.append(
-                torch.stack([lab["photo_series"], lab["photo_index"], lab["photo_rank"]], 1).numpy()
-            )
+            cols = ("photo_series", "photo_index", "photo_rank", "photo_grade")
+            photos.append(torch.stack([lab[k] for k in cols], 1).numpy())
+            mos.append(lab["photo_mos"].cpu().numpy())
+            groups += lab["photo_group"]
             pairs.append(
                 torch.cat(
                     [lab["pair_series"][:, None].double(), lab["local"].double(), lab["meta"].double().cpu()],
@@ -175,9 +176,19 @@ def _extract_split(out: Path, split: str, loader, ctx: StepContext, progress) ->
             members += lab["members"]
             if progress is not None:
                 progress.advance(p.n)
-    ph = np.concatenate(photos) if photos else np.zeros((0, 3), np.int64)
+    ph = np.concatenate(photos) if photos else np.zeros((0, 4), np.int64)
     pr = np.concatenate(pairs) if pairs else np.zeros((0, 6))
-    photo_df = pd.DataFrame({"series": ph[:, 0], "index": ph[:, 1], "rank": ph[:, 2], "member": members})
+    photo_df = pd.DataFrame(
+        {
+            "series": ph[:, 0],
+            "index": ph[:, 1],
+            "rank": ph[:, 2],
+            "member": members,
+            "grade": ph[:, 3],
+            "mos": np.concatenate(mos) if mos else np.zeros(0, np.float32),
+            "group": groups,
+        }
+    )  # grade 1 good, 0 bad, -1 none; mos normalised to 0..1 (NaN unknown); group: the folder
     pair_df = pd.DataFrame(
         {
             "series": pr[:, 0].astype(np.int64),

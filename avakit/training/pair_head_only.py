@@ -75,7 +75,9 @@ def load_pair_split(cache: Path, split: str, meta: dict) -> PairFeatureSource:
     )
     photos = _read_cache_file(
         paths["photos.parquet"],
-        lambda: pd.read_parquet(paths["photos.parquet"], columns=["series", "index", "rank", "member"]),
+        lambda: pd.read_parquet(
+            paths["photos.parquet"], columns=["series", "index", "rank", "member", "grade", "mos", "group"]
+        ),
         REDO,
     )
     pairs = _read_cache_file(
@@ -222,6 +224,10 @@ def _batches(source: PairFeatureSource, batch_size: int, train: bool, seed: int,
             "photo_series": torch.from_numpy(ph["series"].to_numpy()[rows].astype(np.int64)),
             "photo_index": torch.from_numpy(ph["index"].to_numpy()[rows].astype(np.int64)),
             "photo_rank": torch.from_numpy(ph["rank"].to_numpy()[rows].astype(np.int64)),
+            "photo_grade": torch.from_numpy(ph["grade"].to_numpy()[rows].astype(np.int64)),
+            "photo_mos": torch.from_numpy(ph["mos"].to_numpy()[rows].astype(np.float32)),
+            "photo_mos_raw": torch.full((len(rows),), float("nan")),  # not cached (the 0..1 one is)
+            "photo_group": ph["group"].to_numpy()[rows].tolist(),
             "members": ph["member"].to_numpy()[rows].tolist(),
         }
         feats = torch.from_numpy(source.features[rows].astype(np.float32))

@@ -26,11 +26,13 @@ def worst(metric: str) -> float:
     return -math.inf if HIGHER_IS_BETTER[metric] else math.inf
 
 
-def improves(metric: str, value: float, best: float) -> bool:
-    """`value` of `metric` is finite and strictly better than `best`."""
+def improves(metric: str, value: float, best: float, min_delta: float = 0.0) -> bool:
+    """`value` of `metric` is finite and better than `best` by more than `min_delta` (absolute)."""
     if not isinstance(value, int | float) or not math.isfinite(value):
         return False
-    return value > best if HIGHER_IS_BETTER[metric] else value < best
+    if not math.isfinite(best):
+        return True
+    return value > best + min_delta if HIGHER_IS_BETTER[metric] else value < best - min_delta
 
 
 def plateau_value(metric: str, value: float) -> float:
