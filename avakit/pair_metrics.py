@@ -29,6 +29,9 @@ PAIR_METRIC_NAMES: dict[str, str] = {
     "log_loss": "log-loss",
     "series_top1": "series top-1",
     "kendall_tau": "Kendall τ",
+    "pair_accuracy_macro": "pair accuracy (mean over folders)",
+    "auc_mean": "good vs bad AUC (mean over folders)",
+    "kendall_tau_mos": "Kendall τ vs MOS",
 }
 
 
@@ -117,4 +120,81 @@ def pair_metrics(
         "human_ceiling": _mean(np.maximum(p_true, 1 - p_true)[decided]),
         "n_series": int(pairs["series"].nunique()),
         **_series_metrics(photos),
+    }
+
+
+def _group_column(df: pd.DataFrame) -> str:
+    """The column naming a photo's folder: `group` (a folders run), else `series` (PhotoTriage)."""
+    return "group" if "group" in df.columns else "series"
+
+
+def _macro_accuracy(pairs: pd.DataFrame) -> tuple[float, int]:
+    """(mean over groups of each group's accuracy on its decided pairs, groups with one)."""
+    if pairs.empty:
+        return math.nan, 0
+    correct = pd.Series(pair_correct(pairs), index=pairs.index)
+    per_group = correct.groupby(pairs[_group_column(pairs)].to_numpy(), sort=True).mean().dropna()
+    return _mean(per_group.to_numpy(dtype=np.float64)), len(per_group)
+
+
+def grade_auc(good: np.ndarray, bad: np.ndarray) -> float:
+    """ROC AUC of scores for good vs bad: the share of good x bad pairs the good photo wins (a tie
+    counts half); NaN when either side is empty."""
+    if not good.size or not bad.size:
+        return math.nan
+    diff = good[:, None] - bad[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def _auc_by_group(photos: pd.DataFrame) -> dict[str, float]:
+    """group name -> AUC of its photos' scores (finite ones), for groups with both grades."""
+    if photos.empty or "grade" not in photos.columns:
+        return {}
+    out: dict[str, float] = {}
+    for group, g in photos.groupby(_group_column(photos), sort=True):
+        score, grade = _floats(g, "score"), g["grade"].astype(str).to_numpy()
+        ok = np.isfinite(score)
+        auc = grade_auc(score[ok & (grade == "good")], score[ok & (grade == "bad")])
+        if not math.isnan(auc):
+            out[str(group)] = auc
+    return out
+
+
+def _mos_tau(photos: pd.DataFrame) -> tuple[float, int]:
+    """(Kendall tau-b of score against mos over photos with both finite, how many such photos)."""
+    if photos.empty or "mos" not in photos.columns:
+        return math.nan, 0
+    score = _floats(photos, "score")
+    mos = pd.to_numeric(photos["mos"], errors="coerce").to_numpy(dtype=np.float64)
+    ok = np.isfinite(score) & np.isfinite(mos)
+    n = int(ok.sum())
+    if n < 2 or np.ptp(score[ok]) == 0 or np.ptp(mos[ok]) == 0:
+        return math.nan, n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.kendalltau(score[ok], mos[ok])[0]), n
+
+
+def folder_metrics(pairs: pd.DataFrame, photos: pd.DataFrame | None = None) -> dict:
+    """The culling-folder metrics of one split (good/bad folders; any pairwise run's tables).
+
+    pair_accuracy_macro: the mean over groups (`group`, else `series`) of each group's pair
+    accuracy, ties excluded, over n_macro_groups; from `photos` (`grade` good/bad, `mos`):
+    auc_by_group (group -> ROC AUC of the score for good vs bad, ties half: the share of the
+    folder's good x bad photo pairs ranked right, across its chunks), auc_mean over n_auc_groups
+    (groups with both grades), kendall_tau_mos over the n_mos photos with a finite mos (NaN
+    below 2). Plain floats and ints, string keys: JSON-safe apart from NaN.
+    """
+    macro, n_groups = _macro_accuracy(pairs)
+    photos = photos if photos is not None else pd.DataFrame()
+    aucs = _auc_by_group(photos)
+    tau, n_mos = _mos_tau(photos)
+    return {
+        "pair_accuracy_macro": macro,
+        "n_macro_groups": n_groups,
+        "auc_mean": _mean(np.array(list(aucs.values()), dtype=np.float64)),
+        "n_auc_groups": len(aucs),
+        "auc_by_group": aucs,
+        "kendall_tau_mos": tau,
+        "n_mos": n_mos,
     }
