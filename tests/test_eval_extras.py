@@ -97,3 +97,94 @@ def test_evaluate_with_phone_latency_and_changelog(run_copy: Path, tmp_path: Pat
     assert len(rows) == 1 and f"| {run_copy.name} |" in rows[0] and "srcc " in rows[0]
     run("evaluate", str(run_copy), "--device", "cpu", "--split", "val", "--changelog", str(log))
     assert len(table_lines(log)) == len(log.read_text().splitlines()) and "| val |" in log.read_text()
+
+
+# --- export of a pairwise run: INT8 judged on ranking --------------------------------------------
+
+PAIRWISE_E2E = Path(__file__).parents[1] / "configs" / "pairwise_e2e.yaml"
+PAIR_FAST = (  # a random-init resnet18 on 48 px photos, 2 epochs: seconds on 2 CPU cores
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.mlp_hidden_dims=[32]",
+    "model.dropout=0.1",
+    "model.freeze=none",
+    "transform.resize_size=48",
+    "transform.crop_size=48",
+    "training.learning_rate=1e-3",
+    "training.differential_lr=false",
+    "training.max_epochs=2",
+    "training.batch_size=8",
+    "training.amp=off",
+    "data.num_workers=0",
+    "device=cpu",
+    "telemetry.collect_every_n=5",
+)
+
+
+@pytest.fixture(scope="module")
+def pair_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pairwise run (synthetic PhotoTriage, `shard --phototriage`, 2 epochs)."""
+    from avakit.dataset.synthetic_pairs import make_synthetic_phototriage
+
+    root = tmp_path_factory.mktemp("pairs")
+    data = make_synthetic_phototriage(root / "PhotoTriage", n_series=40, seed=5, long_side=(64, 96))
+    shards = root / "shards"
+    args = ["--short-side", "48", "--val-ratio", "0.25", "--workers", "1"]
+    run("shard", "--phototriage", str(data.root), "--out", str(shards), *args)
+    sets = [f"data.shards={shards}", f"output_dir={root / 'runs'}", "name=pt", *PAIR_FAST]
+    run("train", "--config", str(PAIRWISE_E2E), *[a for s in sets for a in ("--set", s)])
+    (run_dir,) = (root / "runs").glob("pt-*")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_pairwise_int8_export_passes_on_ranking_and_records_provenance(pair_run: Path, tmp_path: Path) -> None:
+    from avakit.inference.onnx_runtime import OnnxScorer
+    from avakit.training.checkpoint import load_checkpoint
+
+    onnx = tmp_path / "pt.onnx"
+    out = run("export", str(pair_run), "--output", str(onnx), "--int8")
+    assert "ranking parity on" in out and "Kendall" in out
+    meta = OnnxScorer(tmp_path / "pt.int8.onnx").metadata
+    ckpt = load_checkpoint(pair_run / "best_model.pt")
+    assert meta["manifest_sha256"] == ckpt["manifest_sha256"] and len(meta["manifest_sha256"]) == 64
+    results = json.loads((pair_run / "results.json").read_text())
+    assert meta["trained_at"] == results["finished_at"] and meta["avakit_version"]
+
+
+@pytest.mark.slow
+def test_pairwise_ranking_parity_figures_and_sabotage(
+    pair_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from avakit.inference import rank_parity
+    from avakit.inference.export import export_onnx
+
+    result = export_onnx(pair_run, tmp_path / "ok.onnx", int8=True)
+    found = result["parity"]["ranking"]
+    assert found["n_groups"] >= 1 and found["n_pairs"] > 0 and found["n_photos"] >= 2
+    assert abs(found["int8_pair_accuracy"] - found["fp32_pair_accuracy"]) <= rank_parity.RANK_MAX_ACC_DIFF
+    assert found["kendall_tau"] >= rank_parity.RANK_MIN_TAU
+
+    real = rank_parity.score_photos
+
+    def reversed_int8(path: Path, photos: np.ndarray) -> np.ndarray:
+        scores = real(path, photos)
+        return -scores if "int8" in path.name else scores  # INT8 ranks every pair the other way
+
+    monkeypatch.setattr(rank_parity, "score_photos", reversed_int8)
+    with pytest.raises(AvakitError, match="INT8 pair accuracy") as e:
+        export_onnx(pair_run, tmp_path / "bad.onnx", int8=True)
+    assert e.value.exit_code == 1
+
+    def noisy_int8(path: Path, photos: np.ndarray) -> np.ndarray:  # same pair accuracy, scrambled order
+        scores = real(path, photos)
+        if "int8" not in path.name:
+            return scores
+        return scores + np.random.default_rng(0).normal(0, 100 * (np.ptp(scores) + 1), len(scores))
+
+    monkeypatch.setattr(rank_parity, "pair_accuracy", lambda scores, pairs: 0.75)
+    monkeypatch.setattr(rank_parity, "score_photos", noisy_int8)
+    out = run("export", str(pair_run), "--output", str(tmp_path / "cli.onnx"), "--int8", code=1)
+    assert "Kendall tau" in out and "Traceback" not in out

@@ -204,7 +204,7 @@ def evaluate(
     over 20 photos of the split (phone_proxy_ms_per_photo in the json). --changelog FILE appends
     a row (date, run, dataset and config hashes, split, main metrics) to a Markdown table.
     """
-    from avakit.cli.evaluation import add_phone_proxy, append_changelog, check_changelog
+    from avakit.cli.eval_extras import add_phone_proxy, append_changelog, check_changelog
     from avakit.training.evaluate import evaluate_run
     from avakit.training.rundir import eval_outputs
 
@@ -328,14 +328,19 @@ def export(
     val/test SRCC). Output: probabilities over the scale's K points, or the score in the data's
     units clamped to its range. After export, torch and ONNX FP32 must agree to 1e-4 in score
     (per 1-10 of range) and INT8 must keep SRCC >= 0.99 against FP32 over the val images, or
-    the command fails (exit 1).
+    the command fails (exit 1). A pairwise run's INT8 file is judged on ranking: on the val
+    groups' photos its pair accuracy must be within 1 point of FP32's and the Kendall tau between
+    their scores at least 0.95.
     Then: avakit predict photo.jpg --onnx model.onnx   (onnxruntime only)
     """
+    from avakit.cli.eval_extras import ranking_table
     from avakit.inference.export import export_onnx
 
     log_to_console()
     result = export_onnx(run_dir, output, int8, opset, shards, parity_images, checkpoint)
     print_export(result)
+    if (ranking := ranking_table(result)) is not None:
+        console.print(ranking)
 
 
 @app.command()

@@ -29,7 +29,7 @@ from typer.core import TyperGroup
 
 from avakit.cli import cells
 from avakit.cli.cells import with_interval, with_majority
-from avakit.cli.evaluation import latency_rows
+from avakit.cli.eval_extras import latency_rows
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
 

@@ -68,3 +68,22 @@ def _jsonable(value: object) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def ranking_table(result: dict) -> Any:
+    """`export`'s ranking parity of a pairwise run (FP32 and INT8 pair accuracy, Kendall tau) as a
+    Rich table; None when it was not checked."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    found = result["parity"].get("ranking")
+    if not found:
+        return None
+    pairs, groups, photos = found["n_pairs"], found["n_groups"], found["n_photos"]
+    table = Table(title=escape(f"ranking parity on {pairs} pairs of {groups} val groups ({photos} photos)"))
+    table.add_column("file")
+    table.add_column("pair accuracy", justify="right")
+    table.add_column("Kendall τ vs FP32", justify="right")
+    table.add_row("FP32", f"{found['fp32_pair_accuracy']:.4f}", "")
+    table.add_row("INT8", f"{found['int8_pair_accuracy']:.4f}", f"{found['kendall_tau']:.4f}")
+    return table
