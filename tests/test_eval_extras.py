@@ -138,7 +138,7 @@ def pair_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_pairwise_int8_export_passes_on_ranking_and_records_provenance(pair_run: Path, tmp_path: Path) -> None:
+def test_pairwise_int8_export_passes_on_ranking_with_provenance(pair_run: Path, tmp_path: Path) -> None:
     from avakit.inference.onnx_runtime import OnnxScorer
     from avakit.training.checkpoint import load_checkpoint
 
