@@ -31,6 +31,7 @@ from avakit.cli.console import (
     print_shard_summary,
     print_unscored,
     progress_bar,
+    say,
 )
 from avakit.cli.options import Checkpoint, Device, Format, Split, Tta, split_list
 from avakit.cli.shard import shard
@@ -184,6 +185,12 @@ def evaluate(
             show_default="the run's eval.threshold, else the data's (AVA 5; others none)",
         ),
     ] = None,
+    changelog: Annotated[
+        Path | None, typer.Option(help="Append a row to this Markdown changelog (created if missing).")
+    ] = None,
+    phone_latency: Annotated[
+        bool, typer.Option("--phone-latency", help="Also time the INT8 ONNX model on 1 thread, batch 1.")
+    ] = False,
 ) -> None:
     """Score a split with a run's checkpoint: SRCC and PLCC (with bootstrap 95% intervals), Acc
     beside its majority-class rate (where a threshold applies), EMD, MAE, RMSE and latency; for a
@@ -193,10 +200,15 @@ def evaluate(
     Writes RUN_DIR/eval/{split}_{checkpoint}_tta-{tta}.json and .parquet (one pair per split,
     checkpoint and TTA; train's results.json and predictions/ are never overwritten). Without
     --tta the numbers equal those `train` wrote to results.json for the same checkpoint and split.
+    --phone-latency adds a phone proxy: the model as INT8 ONNX timed at batch 1 on one CPU thread
+    over 20 photos of the split (phone_proxy_ms_per_photo in the json). --changelog FILE appends
+    a row (date, run, dataset and config hashes, split, main metrics) to a Markdown table.
     """
+    from avakit.cli.eval_extras import add_phone_proxy, append_changelog, check_changelog
     from avakit.training.evaluate import evaluate_run
     from avakit.training.rundir import eval_outputs
 
+    check_changelog(changelog)
     log_to_console()
     report = evaluate_run(
         run_dir,
@@ -210,7 +222,12 @@ def evaluate(
         allow_missing=allow_missing,
         threshold=threshold,
     )
-    print_evaluation(report, run_dir.name, eval_outputs(run_dir, split, checkpoint, tta))
+    written = eval_outputs(run_dir, split, checkpoint, tta)
+    if phone_latency:
+        add_phone_proxy(report, run_dir, shards, written.json)
+    print_evaluation(report, run_dir.name, written)
+    if changelog is not None:
+        say(append_changelog(report, run_dir, changelog))
 
 
 @app.command()
@@ -311,14 +328,19 @@ def export(
     val/test SRCC). Output: probabilities over the scale's K points, or the score in the data's
     units clamped to its range. After export, torch and ONNX FP32 must agree to 1e-4 in score
     (per 1-10 of range) and INT8 must keep SRCC >= 0.99 against FP32 over the val images, or
-    the command fails (exit 1).
+    the command fails (exit 1). A pairwise run's INT8 file is judged on ranking: on the val
+    groups' photos its pair accuracy must be within 1 point of FP32's and the Kendall tau between
+    their scores at least 0.95.
     Then: avakit predict photo.jpg --onnx model.onnx   (onnxruntime only)
     """
+    from avakit.cli.eval_extras import ranking_table
     from avakit.inference.export import export_onnx
 
     log_to_console()
     result = export_onnx(run_dir, output, int8, opset, shards, parity_images, checkpoint)
     print_export(result)
+    if (ranking := ranking_table(result)) is not None:
+        console.print(ranking)
 
 
 @app.command()

@@ -29,6 +29,7 @@ from typer.core import TyperGroup
 
 from avakit.cli import cells
 from avakit.cli.cells import with_interval, with_majority
+from avakit.cli.eval_extras import latency_rows
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
 
@@ -334,10 +335,8 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     expected = report["samples_expected"]
     of = f" of {expected}" if expected is not None else ""
     table.add_row("series" if pairwise else "samples", f"{m['n']}{of}")
-    table.add_row(
-        f"latency ({report['device']}, batch {report['batch_size']})",
-        f"{m['latency_ms_per_image']:.2f} ms/image, {m['model_img_per_s']:.0f} img/s",
-    )
+    for name, value in latency_rows(report):  # desktop, and the phone proxy when measured
+        table.add_row(name, value)
     console.print(table)
     if report["lost"]:
         print_lost(split, report)

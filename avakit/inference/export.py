@@ -25,7 +25,9 @@ reductions the graph uses) to torch's TorchScript exporter's highest (20 in torc
 
 After export both files are checked against torch on val images (or given photos), on the
 score in the scale's units (FP32: within FP32_MAX_ABS_DIFF per AVA-sized range, see
-`fp32_tolerance`); a failed check raises AvakitError with exit code 1.
+`fp32_tolerance`); a failed check raises AvakitError with exit code 1. A pairwise run's INT8
+file is judged on ranking instead of SRCC (`avakit.inference.rank_parity`: pair accuracy on the
+val groups within one point of FP32's, Kendall tau >= 0.95).
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ from avakit.inference.onnx_runtime import OnnxScorer, write_metadata
 from avakit.inference.preprocess import PreprocessSpec, prepare, prepare_image
 from avakit.inference.provenance import build_metadata
 from avakit.inference.quantize import quantize_int8
+from avakit.inference.rank_parity import export_ranking
 from avakit.metrics import srcc
 from avakit.model.losses import native_outputs
-from avakit.scores import AVA, Scale
+from avakit.scores import AVA, PAIRS, Scale
 from avakit.training.checkpoint import (
     checkpoint_scale,
     load_checkpoint,
@@ -308,6 +311,9 @@ def export_onnx(
         parity.update(
             _check_int8(output, int8_path, calibration, int8_meta, check, fp32_scores, (mode, scale), notes)
         )
+        if scale.kind == PAIRS.kind:  # a pairwise run's INT8 is judged on ranking (rank_parity)
+            groups = _group_source(cfg, shards, ckpt_path) if calibration is not None and not images else None
+            parity["ranking"] = export_ranking(output, int8_path, spec, groups, parity_images, notes)
     return {
         "fp32": output,
         "int8": int8_path,
@@ -346,13 +352,15 @@ def _check_int8(
 
     Raises AvakitError (exit 1, file left for inspection) when SRCC < INT8_MIN_SRCC; with fewer
     than 3 inputs the ranking cannot be checked and a note says so. `output`: (output_mode, scale).
+    A pairwise run's SRCC is reported, not gated: `rank_parity` judges its file on the val groups.
     """
     method = quantize_int8(fp32, int8_path, calibration, metadata)
     got = mean_scores(_run(OnnxScorer(int8_path), check), *output)
     int8_diff, int8_srcc = _compare("ONNX INT8 vs ONNX FP32", got, fp32_scores)
-    if len(check) < 3:
+    gated = output[1].kind != PAIRS.kind  # a pairwise run: rank_parity judges the file instead
+    if gated and len(check) < 3:
         notes.append(f"INT8 ranking not checked: {len(check)} parity inputs (need 3)")
-    elif not int8_srcc >= INT8_MIN_SRCC:
+    elif gated and not int8_srcc >= INT8_MIN_SRCC:
         raise AvakitError(
             f"{int8_path}: INT8 ranks {len(check)} images differently from FP32 "
             f"(SRCC {int8_srcc:.4f} < {INT8_MIN_SRCC}; max |diff| {int8_diff:.3g}); "
@@ -360,6 +368,11 @@ def _check_int8(
             exit_code=1,
         )
     return {"int8_max_abs_diff": int8_diff, "int8_srcc": int8_srcc, "int8_method": method}
+
+
+def _group_source(cfg: Any, shards: Path | None, ckpt_path: Path) -> tuple[str, str | None]:
+    """(the shards the checks read, the file they were read from: the checkpoint, or None for --shards)."""
+    return (str(shards), None) if shards is not None else (cfg.data.shards, str(ckpt_path))
 
 
 def _random_inputs(n: int, crop: int) -> np.ndarray:
