@@ -27,7 +27,7 @@ def audit(
     splits: Annotated[
         Path | None,
         typer.Option(
-            help='splits.json: {"train": [folders], "val": [...], "test": [...]}.',
+            help='splits.json: {"train": [...], "val": [...], "test": [...]}, lists of folder names.',
             show_default="ROOT/splits.json, else beside training_files/",
         ),
     ] = None,

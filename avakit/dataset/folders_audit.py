@@ -53,6 +53,14 @@ class Finding:
         return f"{self.severity} [{self.check}] {self.file}: {self.detail}"
 
 
+def _error(check: str, file: str, detail: str) -> Finding:
+    return Finding("error", check, file, detail)
+
+
+def _warning(check: str, file: str, detail: str) -> Finding:
+    return Finding("warning", check, file, detail)
+
+
 @dataclass
 class AuditPlan:
     """What `run_audit` reads: the data root, the splits and the photos found on disk."""
@@ -77,10 +85,12 @@ class AuditResult:
 
     @property
     def errors(self) -> int:
+        """The number of error findings."""
         return sum(f.severity == "error" for f in self.findings)
 
     @property
     def warnings(self) -> int:
+        """The number of warning findings."""
         return sum(f.severity == "warning" for f in self.findings)
 
     def by_check(self) -> dict[str, tuple[int, int]]:
@@ -176,11 +186,11 @@ def _split_findings(splits: dict[str, list[str]], on_disk: set[str], name: str) 
             listed.setdefault(folder, []).append(split)
     for folder, where in sorted(listed.items()):
         if len(where) > 1:
-            found.append(Finding("error", "splits", folder, f"listed {len(where)} times in {name}: {where}"))
+            found.append(_error("splits", folder, f"listed {len(where)} times in {name}: {where}"))
         if folder not in on_disk:
-            found.append(Finding("error", "splits", folder, f"listed in {name} ({where[0]}) but no such folder"))
+            found.append(_error("splits", folder, f"listed in {name} ({where[0]}) but no such folder"))
     for folder in sorted(on_disk - set(listed)):
-        found.append(Finding("error", "splits", folder, f"folder on disk but in no split of {name}"))
+        found.append(_error("splits", folder, f"folder on disk but in no split of {name}"))
     return found
 
 
@@ -190,7 +200,7 @@ def _listing(folder: Path, rel: str, plan: AuditPlan) -> None:
     for grade in GRADES:
         sub = folder / grade
         if not sub.is_dir():
-            plan.findings.append(Finding("error", "folder", f"{rel}/{grade}", "missing (expected good/ and bad/)"))
+            plan.findings.append(_error("folder", f"{rel}/{grade}", "missing (expected good/ and bad/)"))
             counts[grade] = 0
             continue
         photos = []
@@ -200,9 +210,9 @@ def _listing(folder: Path, rel: str, plan: AuditPlan) -> None:
             if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir():
                 photos.append(f"{rel}/{grade}/{f.name}")
             else:
-                plan.findings.append(Finding("warning", "folder", f"{rel}/{grade}/{f.name}", "not a photo, ignored"))
+                plan.findings.append(_warning("folder", f"{rel}/{grade}/{f.name}", "not a photo, ignored"))
         if not photos:
-            plan.findings.append(Finding("error", "folder", f"{rel}/{grade}", "holds no photo"))
+            plan.findings.append(_error("folder", f"{rel}/{grade}", "holds no photo"))
         plan.photos.extend((p, rel) for p in photos)
         counts[grade] = len(photos)
     plan.counts[rel] = counts
@@ -244,21 +254,23 @@ def _profile_problem(path: Path) -> str | None:
     return f"ICC profile {name[:60]!r}, not sRGB (convert to sRGB)"
 
 
-def _read_photo(root: Path, rel: str, folder: str, split: str | None, min_side: int) -> tuple[Photo, list[Finding]]:
+def _read_photo(
+    root: Path, rel: str, folder: str, split: str | None, min_side: int
+) -> tuple[Photo, list[Finding]]:
     """Digest and check one photo: sha256, full decode, shorter side, profile, perceptual hash."""
     path = root / rel
     try:
         digest = file_sha256(path)
     except OSError as e:
-        return Photo(rel, folder, split, "", None), [Finding("error", "decode", rel, f"cannot read: {e.strerror or e}")]
+        return Photo(rel, folder, split, "", None), [_error("decode", rel, f"cannot read: {e.strerror or e}")]
     try:
         im = load_rgb(path)
     except ImageSkip as e:
-        return Photo(rel, folder, split, digest, None), [Finding("error", "decode", rel, f"does not decode: {e}")]
+        return Photo(rel, folder, split, digest, None), [_error("decode", rel, f"does not decode: {e}")]
     found = []
     if min(im.size) < min_side:
         detail = f"{im.size[0]}x{im.size[1]} px, shorter side below {min_side} px"
-        found.append(Finding("error", "size", rel, detail))
+        found.append(_error("size", rel, detail))
     try:
         problem = _profile_problem(path)
     except Exception as e:  # noqa: BLE001 - decoded once already; a second open that fails is a note
