@@ -169,8 +169,8 @@ def test_near_pairs_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     hashes.append(hashes[1].copy())
     hashes[-1][:5] = ~hashes[-1][:5]
     monkeypatch.setattr(folders_dupes, "_BLOCK", 3)
-    assert folders_dupes.near_pairs(hashes, 10) == [(1, 7, 5)]
-    assert folders_dupes.near_pairs(hashes, 4) == []
+    assert list(folders_dupes.near_pairs(hashes, 10)) == [(1, 7, 5)]
+    assert list(folders_dupes.near_pairs(hashes, 4)) == []
 
 
 def test_library_plan_then_run(tmp_path: Path) -> None:

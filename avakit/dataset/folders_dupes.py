@@ -16,7 +16,7 @@ finding, on the file of the later split (train < val < test < unlisted), else th
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ HASH_SIDE = 16
 HASH_BITS = 2 * HASH_SIDE * HASH_SIDE
 NEAR_DISTANCE = 56
 SPLIT_ORDER = ("train", "val", "test")
-_BLOCK = 2048  # rows of hashes compared at a time (a 2048 x N float32 block)
+_BLOCK = 1024  # rows of hashes compared at a time (a 1024 x N float32 block)
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,25 @@ def perceptual_hash(im: Image.Image) -> np.ndarray:
     return np.concatenate([across.ravel(), down.ravel()])
 
 
-def near_pairs(hashes: Sequence[np.ndarray], max_distance: int) -> list[tuple[int, int, int]]:
-    """Index pairs (i < j) whose hashes differ in at most `max_distance` bits, with that distance."""
+def near_pairs(hashes: Sequence[np.ndarray], max_distance: int) -> Iterator[tuple[int, int, int]]:
+    """Index pairs (i < j) whose hashes differ in at most `max_distance` bits, with that distance.
+
+    A generator: memory stays O(N) however many pairs there are (a thousand blank frames hash
+    alike and give half a million pairs).
+    """
     if len(hashes) < 2:
-        return []
+        return
     bits = np.asarray(hashes, dtype=np.float32)
     ones = bits.sum(axis=1)
-    found: list[tuple[int, int, int]] = []
     for start in range(0, len(bits), _BLOCK):
         block = bits[start : start + _BLOCK]
         # Hamming distance of 0/1 vectors: |a| + |b| - 2 a.b (exact in float32 up to 2^24)
         dist = ones[start : start + _BLOCK, None] + ones[None, :] - 2.0 * (block @ bits.T)
-        rows, cols = np.nonzero(dist <= max_distance + 0.5)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            if start + r < c:
-                found.append((start + r, c, int(round(float(dist[r, c])))))
-    return found
+        near = dist <= max_distance + 0.5
+        near &= np.arange(len(bits))[None, :] > np.arange(start, start + len(block))[:, None]
+        rows, cols = np.nonzero(near)
+        values = np.rint(dist[rows, cols]).astype(int)
+        yield from zip((rows + start).tolist(), cols.tolist(), values.tolist(), strict=True)
 
 
 def _rank(photo: Photo) -> tuple[int, str]:
@@ -89,19 +92,18 @@ class _Match:
     distance: int
 
 
-def _describe(matches: list[_Match]) -> tuple[str, str, str]:
+def _describe(matches: dict[str, tuple[_Match, int]]) -> tuple[str, str, str]:
     """The severity, check name and detail of one file's most severe copies (exact ones first)."""
-    worst = "error" if any(m.severity == "error" for m in matches) else "warning"
-    top = sorted((m for m in matches if m.severity == worst), key=lambda m: (not m.exact, m.distance))
-    first = top[0]
+    worst = "error" if "error" in matches else "warning"
+    first, count = matches[worst]
     where = first.other.split or "no split"
     if first.exact:
         check, detail = "duplicate", f"same bytes as {first.other.rel} ({where})"
     else:
         check = "near duplicate"
         detail = f"near copy of {first.other.rel} ({where}; {first.distance} of {HASH_BITS} bits differ)"
-    if len(top) > 1:
-        detail += f" and {len(top) - 1} more"
+    if count > 1:
+        detail += f" and {count - 1} more"
     if worst == "error":
         detail += ": a leak across splits"
     return worst, check, detail
@@ -109,7 +111,8 @@ def _describe(matches: list[_Match]) -> tuple[str, str, str]:
 
 def duplicate_findings(photos: Sequence[Photo], max_distance: int) -> list[tuple[str, str, str, str]]:
     """(severity, check, file, detail) per file that copies another photo in a way that matters."""
-    matches: dict[int, list[_Match]] = defaultdict(list)
+    # file -> severity -> (its closest copy of that severity, exact ones first; how many copies)
+    matches: dict[int, dict[str, tuple[_Match, int]]] = defaultdict(dict)
 
     def add(i: int, j: int, exact: bool, distance: int) -> None:
         a, b = photos[i], photos[j]
@@ -117,7 +120,11 @@ def duplicate_findings(photos: Sequence[Photo], max_distance: int) -> list[tuple
         if severity is None:
             return
         late, early = (i, b) if _rank(a) > _rank(b) else (j, a)
-        matches[late].append(_Match(severity, exact, early, distance))
+        match = _Match(severity, exact, early, distance)
+        best, count = matches[late].get(severity, (match, 0))
+        if (not match.exact, match.distance) < (not best.exact, best.distance):
+            best = match
+        matches[late][severity] = (best, count + 1)
 
     by_digest: dict[str, list[int]] = defaultdict(list)
     for k, photo in enumerate(photos):
