@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from avakit.cli.audit import audit
 from avakit.cli.cells import run_task
 from avakit.cli.console import (
     ErrorGroup,
@@ -52,6 +53,7 @@ app = typer.Typer(
 
 
 app.command()(shard)
+app.command()(audit)
 
 
 @app.command()
