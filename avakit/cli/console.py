@@ -29,6 +29,7 @@ from typer.core import TyperGroup
 
 from avakit.cli import cells
 from avakit.cli.cells import with_interval, with_majority
+from avakit.cli.shard_summary import print_summary
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
 
@@ -71,9 +72,7 @@ def progress_bar(description: str, total: int, unit: str = "images"):
 
 def print_shard_summary(manifest: dict, out: Path) -> None:
     """Print a manifest's per-split table, its row counts and its skipped rows by reason."""
-    from avakit.cli.shard import print_summary  # cli.shard imports this module
-
-    print_summary(manifest, out)
+    print_summary(console, manifest, out)
 
 
 class RichProgress:
