@@ -30,6 +30,7 @@ from typer.core import TyperGroup
 from avakit.cli import cells
 from avakit.cli.cells import with_interval, with_majority
 from avakit.cli.eval_extras import latency_rows
+from avakit.cli.shard_summary import print_summary
 from avakit.errors import AvakitError, Interrupted
 from avakit.scores import AVA, HELD_OUT_SPLITS, Scale
 
@@ -72,44 +73,7 @@ def progress_bar(description: str, total: int, unit: str = "images"):
 
 def print_shard_summary(manifest: dict, out: Path) -> None:
     """Print a manifest's per-split table, its row counts and its skipped rows by reason."""
-    from avakit.dataset.manifest import manifest_scale
-
-    scale = manifest_scale(manifest)
-    pairs = scale.kind == "pairs"
-    if pairs:
-        title, columns = f"shards in {out}: photo series, pairwise preferences", ("pairs", "photos")
-    else:
-        title = f"shards in {out}: {scale.score_name}" + (f", {scale.k}-point votes" if scale.k else "")
-        columns = ("mean score", "votes/image")
-    table = Table(title=escape(title))  # a path or a manifest's text is not markup
-    for col in ("split", "series" if pairs else "samples", "shards", "MB", *columns):
-        table.add_column(col, justify="right" if col != "split" else "left")
-    for split, info in manifest["splits"].items():
-        stats = info["label_stats"]
-        if pairs:
-            cells = [f"{stats[c]:,}" if stats["n"] else "-" for c in columns]
-        else:
-            cells = [
-                f"{stats['mean_score_mean']:.2f} ± {stats['mean_score_std']:.2f}" if stats["n"] else "-",
-                f"{stats['votes_per_image_mean']:.0f}" if "votes_per_image_mean" in stats else "-",
-            ]
-        table.add_row(
-            split, f"{info['samples']:,}", str(len(info["shards"])), f"{info['bytes'] / 1e6:,.1f}", *cells
-        )
-    console.print(table)
-    counts = manifest["counts"]
-    console.print(
-        f"rows read {counts['rows_read']:,} = samples written {counts['samples_written']:,}"
-        f" + rows skipped {counts['rows_skipped']:,}"
-        + (" (rows: series, and pair-list lines that could not be read)" if pairs else "")
-    )
-    if manifest["skipped_by_reason"]:
-        skipped = Table(title="skipped rows by reason (all listed in manifest.json)")
-        skipped.add_column("reason")
-        skipped.add_column("rows", justify="right")
-        for reason, n in manifest["skipped_by_reason"].items():
-            skipped.add_row(escape(reason), f"{n:,}")
-        console.print(skipped)
+    print_summary(console, manifest, out)
 
 
 class RichProgress:

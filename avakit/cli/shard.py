@@ -1,9 +1,9 @@
-"""`avakit shard`: AVA.txt, a labels table, a preset or PhotoTriage -> WebDataset shards + manifest.json."""
+"""`avakit shard`: AVA.txt, a table, a preset, PhotoTriage or culling folders -> shards + manifest.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,10 @@ from avakit.cli.console import console, cpu_count, print_shard_summary, progress
 from avakit.cli.options import Preset, ShardSplit
 from avakit.config import QUALITY_RANGE, SHORT_SIDE_RANGE, SPLIT_SEED_MAX
 from avakit.errors import AvakitError
+
+if TYPE_CHECKING:
+    from avakit.dataset.folders_plan import FoldersInput
+    from avakit.dataset.phototriage_plan import PhotoTriageInput
 
 _AvaTxt = Annotated[Path | None, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")]
 _Labels = Annotated[
@@ -56,6 +60,42 @@ _MinAgreement = Annotated[
 _MinReviewers = Annotated[
     int | None, typer.Option(min=0, help="--reviews: keep pairs with at least N reviews.", show_default=False)
 ]
+_Folders = Annotated[
+    Path | None,
+    typer.Option(
+        help="Culling folders: ROOT/<folder>/good/*.jpg and bad/*.jpg (or ROOT/training_files/...); "
+        "one group sample per folder, large folders chunked (needs --splits).",
+        metavar="ROOT",
+        show_default=False,
+    ),
+]
+_SplitsJson = Annotated[
+    Path | None,
+    typer.Option(
+        "--splits",
+        help='--folders: splits.json, {"train": [folders], "val": [...], "test": [...]}.',
+        metavar="FILE",
+        show_default=False,
+    ),
+]
+_Mos = Annotated[
+    Path | None,
+    typer.Option(
+        help="--folders: optional mos.csv (image relative to ROOT, mos).", metavar="FILE", show_default=False
+    ),
+]
+_MosScale = Annotated[
+    str | None,
+    typer.Option(help="--mos: its scale LO:HI (default: the file's min:max).", show_default=False),
+]
+_GroupSize = Annotated[
+    int | None,
+    typer.Option(
+        min=2,
+        help="--folders: photos per group sample; larger folders are cut into chunks.",
+        show_default="32",
+    ),
+]
 _Images = Annotated[
     Path | None,
     typer.Option(help="Images folder: {image id}.jpg for AVA.txt; the table's paths are relative to it."),
@@ -78,13 +118,18 @@ _Split = Annotated[
     ),
 ]
 _TestList = Annotated[Path | None, typer.Option(help="Official test ids (generic_test.jpgl).")]
-_ValRatio = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows for validation.")]
+_ValRatio = Annotated[
+    float | None, typer.Option(min=0.0, max=1.0, help="Share of rows for validation.", show_default="0.1")
+]
 _TestRatio = Annotated[
     float | None,
     typer.Option(min=0.0, max=1.0, help="Share of rows for test (random split).", show_default="0.1"),
 ]
 _Seed = Annotated[
-    int, typer.Option(min=0, max=SPLIT_SEED_MAX, help="Split seed: the same seed gives the same split.")
+    int | None,
+    typer.Option(
+        min=0, max=SPLIT_SEED_MAX, help="Split seed: the same seed gives the same split.", show_default="42"
+    ),
 ]
 _ShortSide = Annotated[
     int,
@@ -99,7 +144,7 @@ _ShardSize = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Rows per shard (AVA train: ~200 shards); series for --phototriage.",
+        help="Rows per shard (AVA train: ~200 shards); series for --phototriage, chunks for --folders.",
         show_default="1000; 100",
     ),
 ]
@@ -116,15 +161,20 @@ def shard(
     reviews: _Reviews = None,
     min_agreement: _MinAgreement = None,
     min_reviewers: _MinReviewers = None,
+    folders: _Folders = None,
+    splits: _SplitsJson = None,
+    mos: _Mos = None,
+    mos_scale: _MosScale = None,
+    group_size: _GroupSize = None,
     images: _Images = None,
     scale: _Scale = None,
     lower_is_better: _LowerIsBetter = False,
     out: _Out = Path("shards"),
     split: _Split = "random",
     test_list: _TestList = None,
-    val_ratio: _ValRatio = 0.1,
+    val_ratio: _ValRatio = None,
     test_ratio: _TestRatio = None,
-    seed: _Seed = 42,
+    seed: _Seed = None,
     short_side: _ShortSide = 256,
     quality: _Quality = 90,
     shard_size: _ShardSize = None,
@@ -135,8 +185,10 @@ def shard(
     """Preprocess labelled photos into WebDataset shards and manifest.json.
 
     Labels: AVA.txt (--ava-txt), your own table (--labels: K-point votes,
-    or a MOS on --scale), a dataset's release (--preset NAME ROOT), or
-    PhotoTriage's photo series (--phototriage ROOT: one sample per series).
+    or a MOS on --scale), a dataset's release (--preset NAME ROOT),
+    PhotoTriage's photo series (--phototriage ROOT: one sample per series),
+    or culling folders (--folders ROOT --splits splits.json: good/ and bad/
+    photos per folder, one sample per folder chunk).
     Each image is decoded, EXIF-rotated, made RGB, resized to --short-side
     and re-encoded. Unusable rows are skipped and listed in the manifest
     with their line and reason. Interrupted? Rerun the same command.
@@ -146,31 +198,27 @@ def shard(
       avakit shard --labels labels.csv --images photos/ --scale 0:100 --out shards/mine
       avakit shard --preset koniq10k data/koniq --out shards/koniq
       avakit shard --phototriage data/phototriage --out shards/pt
+      avakit shard --folders data/culling --splits data/culling/splits.json --out shards/cull
     """
-    from avakit.dataset.phototriage_plan import SHARD_SIZE, PhotoTriageInput
     from avakit.dataset.plan import ShardOptions
     from avakit.dataset.shards import write_shards
     from avakit.dataset.table_plan import LabelInput, plan_inputs
 
-    pt = None
-    if phototriage is not None:
-        pt = PhotoTriageInput(
-            root=phototriage, reviews=reviews, min_agreement=min_agreement, min_reviewers=min_reviewers
-        )
-    elif reviews is not None or min_agreement is not None or min_reviewers is not None:
-        raise AvakitError("--reviews, --min-agreement and --min-reviewers belong to --phototriage ROOT")
+    pt = _phototriage_input(phototriage, reviews, min_agreement, min_reviewers)
+    fo = _folders_input(folders, splits, mos, mos_scale, group_size, (val_ratio, test_ratio, seed))
     options = ShardOptions(
         short_side=short_side,
         quality=quality,
-        shard_size=shard_size or (SHARD_SIZE if pt else 1000),
+        shard_size=shard_size or _default_shard_size(pt, fo),
         split=str(split),
-        val_ratio=val_ratio,
+        val_ratio=0.1 if val_ratio is None else val_ratio,
         test_ratio=test_ratio if test_ratio is not None else (0.0 if pt else 0.1),
-        seed=seed,
+        seed=42 if seed is None else seed,
         limit=limit,
     )
     given = LabelInput(
         phototriage=pt,
+        folders=fo,
         ava_txt=ava_txt,
         labels=labels,
         preset=(str(preset[0]), preset[1]) if preset else None,
@@ -185,3 +233,56 @@ def shard(
         manifest = write_shards(plan, cpu_count() if workers is None else workers, advance)
     print_shard_summary(manifest, out)
     say(f"manifest: {out / 'manifest.json'}")
+
+
+def _phototriage_input(
+    root: Path | None, reviews: Path | None, min_agreement: float | None, min_reviewers: int | None
+) -> PhotoTriageInput | None:
+    """--phototriage's input; its own flags without it are an error."""
+    from avakit.dataset.phototriage_plan import PhotoTriageInput
+
+    if root is not None:
+        return PhotoTriageInput(
+            root=root, reviews=reviews, min_agreement=min_agreement, min_reviewers=min_reviewers
+        )
+    if reviews is not None or min_agreement is not None or min_reviewers is not None:
+        raise AvakitError("--reviews, --min-agreement and --min-reviewers belong to --phototriage ROOT")
+    return None
+
+
+def _folders_input(
+    root: Path | None,
+    splits: Path | None,
+    mos: Path | None,
+    mos_scale: str | None,
+    group_size: int | None,
+    split_flags: tuple[float | None, float | None, int | None],
+) -> FoldersInput | None:
+    """--folders' input; its flags without it, or the split flags with it, are an error."""
+    from avakit.dataset.folders_plan import GROUP_SIZE, FoldersInput
+    from avakit.dataset.labels import parse_scale
+
+    if root is None:
+        if any(v is not None for v in (splits, mos, mos_scale, group_size)):
+            raise AvakitError("--splits, --mos, --mos-scale and --group-size belong to --folders ROOT")
+        return None
+    if splits is None:
+        raise AvakitError("--folders needs --splits FILE, the splits.json naming each split's folders")
+    if any(v is not None for v in split_flags):
+        raise AvakitError(
+            "--val-ratio, --test-ratio and --seed do not apply to --folders: splits.json decides"
+        )
+    try:
+        scale = parse_scale(mos_scale) if mos_scale is not None else None
+    except AvakitError as e:
+        raise AvakitError(str(e).replace("--scale", "--mos-scale", 1)) from None
+    return FoldersInput(
+        root=root, splits=splits, mos=mos, mos_scale=scale, group_size=group_size or GROUP_SIZE
+    )
+
+
+def _default_shard_size(pt: PhotoTriageInput | None, fo: FoldersInput | None) -> int:
+    """Rows per shard unless --shard-size: series or folder chunks per shard, else 1000 rows."""
+    from avakit.dataset import folders_plan, phototriage_plan
+
+    return phototriage_plan.SHARD_SIZE if pt else folders_plan.SHARD_SIZE if fo else 1000

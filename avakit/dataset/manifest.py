@@ -107,6 +107,8 @@ def _check_structure(manifest: Any, path: Path) -> None:
     counts = c.mapping(manifest, "", "counts")
     for name in ("rows_read", "samples_written", "rows_skipped"):
         c.count(counts, "counts", name)
+    if "photos_written" in counts:  # folders: the rows are photos
+        c.count(counts, "counts", "photos_written")
     check_preprocessing(manifest.get("preprocessing"), f"{path}")
     for reason in c.mapping(manifest, "", "skipped_by_reason"):
         c.count(manifest["skipped_by_reason"], "skipped_by_reason", reason)
@@ -176,11 +178,31 @@ def _check_pair_stats(c: _Checker, stats: dict, key: str, samples: int) -> None:
     if decided > pairs:
         raise c.fail(f"{key}.decided_pairs", f"{decided} is more than the {pairs} pairs")
     ceiling = c.get(stats, key, "human_ceiling")
-    if ceiling is None and not decided:
-        return
-    c.typed(ceiling, (int, float), "a number", f"{key}.human_ceiling")
-    if not 0.5 <= ceiling <= 1.0:
-        raise c.fail(f"{key}.human_ceiling", f"expected a share in [0.5, 1], got {ceiling!r}")
+    if ceiling is not None or decided:
+        c.typed(ceiling, (int, float), "a number", f"{key}.human_ceiling")
+        if not 0.5 <= ceiling <= 1.0:
+            raise c.fail(f"{key}.human_ceiling", f"expected a share in [0.5, 1], got {ceiling!r}")
+    _check_folder_counts(c, stats, key, n, photos)
+
+
+def _check_folder_counts(c: _Checker, stats: dict, key: str, n: int, photos: int) -> None:
+    """A folders split's optional counts: folders (1..n chunks), good + bad = photos, photos with a
+    MOS and chunks without pairs (at most the photos, the chunks)."""
+    counts = {
+        name: c.count(stats, key, name)
+        for name in ("folders", "good", "bad", "mos", "chunks_without_pairs")
+        if name in stats
+    }
+    if "folders" in counts and not 1 <= counts["folders"] <= n:
+        raise c.fail(f"{key}.folders", f"{counts['folders']} folders in {n} chunks")
+    if {"good", "bad"} <= set(counts) and counts["good"] + counts["bad"] != photos:
+        raise c.fail(f"{key}.good", f"{counts['good']} good + {counts['bad']} bad is not the {photos} photos")
+    if counts.get("mos", 0) > photos:
+        raise c.fail(f"{key}.mos", f"{counts['mos']} photos with a MOS, more than the {photos} photos")
+    if counts.get("chunks_without_pairs", 0) > n:
+        raise c.fail(
+            f"{key}.chunks_without_pairs", f"{counts['chunks_without_pairs']} is more than the {n} chunks"
+        )
 
 
 def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list[str]]:
@@ -258,7 +280,13 @@ def verify_shards(
             if progress is not None:
                 progress(1)
     counts = manifest["counts"]
-    if counts["rows_read"] != counts["samples_written"] + counts["rows_skipped"]:
+    if "photos_written" in counts:  # folders: the rows are photos
+        photos = sum(info["label_stats"].get("photos", 0) for info in manifest["splits"].values())
+        if counts["rows_read"] != counts["photos_written"] + counts["rows_skipped"]:
+            problems.append("counts: rows_read != photos_written + rows_skipped")
+        if counts["photos_written"] != photos:
+            problems.append(f"counts.photos_written: {counts['photos_written']}, the splits hold {photos}")
+    elif counts["rows_read"] != counts["samples_written"] + counts["rows_skipped"]:
         problems.append("counts: rows_read != samples_written + rows_skipped")
     written = sum(info["samples"] for info in manifest["splits"].values())
     if counts["samples_written"] != written:

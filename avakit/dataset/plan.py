@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -266,7 +267,6 @@ def load_record(out: Path, task: ShardTask) -> dict | None:
         and isinstance(skipped := record.get("skipped"), list)
     ):
         return None
-    lines = {r.image_id: r.line for r in task.rows}
     valid = (
         record.get("name") == task.name
         and record.get("split") == task.split
@@ -276,12 +276,36 @@ def load_record(out: Path, task: ShardTask) -> dict | None:
             type(s) is dict
             and set(s) == {"line", "image_id", "reason", "detail"}
             and type(s["image_id"]) is int
-            and s["line"] == lines.get(s["image_id"])
+            and type(s["line"]) is int
             and type(s["reason"]) is str
             and type(s["detail"]) is str
             for s in skipped
         )
         and all(type(i) is int for i in ids)
-        and sorted(ids + [s["image_id"] for s in skipped]) == sorted(lines)
+        and _accounted(task, ids, skipped)
     )
     return record if valid and record.get("sha256") == file_sha256(tar) else None
+
+
+def _accounted(task: ShardTask, ids: list[int], skipped: list[dict]) -> bool:
+    """Each row written or skipped once, with its own line. A folder chunk (rows with
+    `photo_lines`) accounts for photos: each photo skipped at most once with its chunk's id, a
+    written chunk keeps 2 or more photos, an unwritten one has every photo skipped."""
+    if not hasattr(task.rows[0], "photo_lines"):
+        lines = {r.image_id: r.line for r in task.rows}
+        return all(s["line"] == lines.get(s["image_id"]) for s in skipped) and sorted(
+            ids + [s["image_id"] for s in skipped]
+        ) == sorted(lines)
+    chunk_of = {n: r.image_id for r in task.rows for n in r.photo_lines}  # type: ignore[attr-defined]
+    photo_lines = [s["line"] for s in skipped]
+    if len(set(photo_lines)) != len(photo_lines) or len(set(ids)) != len(ids):
+        return False
+    if any(chunk_of.get(s["line"]) != s["image_id"] for s in skipped):
+        return False
+    lost = Counter(s["image_id"] for s in skipped)
+    written = set(ids)
+    for r in task.rows:
+        left = len(r.photo_lines) - lost[r.image_id]  # type: ignore[attr-defined]
+        if (r.image_id in written and left < 2) or (r.image_id not in written and left != 0):
+            return False
+    return written <= {r.image_id for r in task.rows}

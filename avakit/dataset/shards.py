@@ -22,9 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO
-
-import numpy as np
+from typing import IO, Any
 
 from avakit import __version__, fileio
 from avakit.dataset.ava import Skipped
@@ -32,9 +30,10 @@ from avakit.dataset.images import ImageSkip, encode_jpeg, load_rgb
 from avakit.dataset.manifest import FORMAT_VERSION, MANIFEST
 from avakit.dataset.plan import Row, ShardOptions, ShardPlan, ShardTask, load_record, record_path
 from avakit.dataset.samples import member_name
+from avakit.dataset.shard_stats import as_written, split_stats
 from avakit.errors import AvakitError
 from avakit.fileio import atomic_path, file_sha256, write_json_atomic
-from avakit.scores import AVA, SPLITS, Scale
+from avakit.scores import SPLITS
 
 TAR_MTIME = 0  # fixed tar header time: the same inputs give byte-identical shards
 
@@ -126,13 +125,7 @@ def _write_samples(
     )
     try:
         for n, row in enumerate(task.rows, start=1):
-            try:
-                sample = _sample(row, images, options)
-            except ImageSkip as e:
-                skipped.append(Skipped(row.line, row.image_id, e.reason, row.skip_detail(e.detail)))
-            else:
-                sink.write(sample)
-                written.append(row.image_id)
+            _write_row(row, images, options, sink, skipped, written)
             if n % 16 == 0 or n == len(task.rows):
                 _tick(16 if n % 16 == 0 else n % 16, progress)
         sink.close()
@@ -143,6 +136,63 @@ def _write_samples(
             with contextlib.suppress(OSError, ValueError):
                 sink.tarstream.close()
         raise
+
+
+def _write_row(
+    row: Row, images: Path, options: ShardOptions, sink: Any, skipped: list[Skipped], written: list[int]
+) -> None:
+    """Write one row's sample to `sink`, or record why it was skipped.
+
+    A folder chunk (a row with `photo_lines`) loses only its unreadable photos (`_chunk_sample`);
+    every other row is written whole or skipped whole.
+    """
+    if hasattr(row, "photo_lines"):
+        sample, photo_skips = _chunk_sample(row, images, options)
+        skipped += photo_skips
+    else:
+        try:
+            sample = _sample(row, images, options)
+        except ImageSkip as e:
+            skipped.append(Skipped(row.line, row.image_id, e.reason, row.skip_detail(e.detail)))
+            return
+    if sample is not None:
+        sink.write(sample)
+        written.append(row.image_id)
+
+
+def _chunk_sample(row: Any, images: Path, options: ShardOptions) -> tuple[dict | None, list[Skipped]]:
+    """A folder chunk's sample without its unreadable photos (each skipped with its file and
+    reason, its pairs re-derived), or None when fewer than 2 photos are left (those skipped too)."""
+    from avakit.dataset.folders_plan import TOO_FEW
+
+    skips: list[Skipped] = []
+    encoded: dict[int, bytes] = {}
+    for photo in row.photos:
+        try:
+            im = load_rgb(images / photo.file, short_side=options.short_side)
+        except ImageSkip as e:
+            skips.append(
+                Skipped(photo.number, row.image_id, e.reason, row.skip_detail(f"{photo.file}: {e.detail}"))
+            )
+        else:
+            encoded[photo.number] = encode_jpeg(im, options.quality)
+    if len(encoded) < 2:
+        left = [p for p in row.photos if p.number in encoded]
+        skips += [
+            Skipped(
+                p.number,
+                row.image_id,
+                TOO_FEW,
+                row.skip_detail(f"{p.file}: {TOO_FEW} after unreadable photos"),
+            )
+            for p in left
+        ]
+        return None, sorted(skips, key=lambda s: s.line)
+    kept = row.without({s.line for s in skips})
+    sample = {"__key__": kept.key}
+    sample.update({member_name(k): encoded[p.number] for k, p in enumerate(kept.photos)})
+    sample["json"] = json.dumps(kept.label()).encode()
+    return sample, skips
 
 
 def _sample(row: Row, images: Path, options: ShardOptions) -> dict:
@@ -248,58 +298,6 @@ def check_written(manifest: dict, out: Path) -> None:
     )
 
 
-def label_stats(values: np.ndarray, scale: Scale = AVA) -> dict:
-    """Statistics of a split's labels [N, K votes or 1 MOS]: mean score mean/std/min/max, share
-    good (with a threshold), votes per image (votes)."""
-    if len(values) == 0:
-        return {"n": 0}
-    values = np.asarray(values, dtype=np.float64)
-    means = scale.label_means(values)
-    stats = {
-        "n": int(len(values)),
-        "mean_score_mean": round(float(means.mean()), 4),
-        "mean_score_std": round(float(means.std()), 4),
-        "mean_score_min": round(float(means.min()), 4),
-        "mean_score_max": round(float(means.max()), 4),
-    }
-    if scale.threshold is not None:
-        stats[f"share_above_{scale.threshold:g}"] = round(float(scale.good(means, scale.threshold).mean()), 4)
-    if scale.kind == "votes":
-        counts = values.sum(axis=1)
-        stats.update(
-            votes_per_image_mean=round(float(counts.mean()), 2),
-            votes_per_image_min=int(counts.min()),
-            votes_per_image_max=int(counts.max()),
-        )
-    return stats
-
-
-def pair_stats(rows: list) -> dict:
-    """Statistics of a split's photo series (group rows): series, pairs, photos, decided pairs
-    (p != 0.5) and the human ceiling, the mean over decided pairs of max(p, 1 - p): how often a
-    random rater agrees with the majority (None without a decided pair)."""
-    if not rows:
-        return {"n": 0}
-    ps = np.array([p[2] for r in rows for p in r.series.pairs], dtype=np.float64)
-    decided = ps[ps != 0.5]
-    ceiling = round(float(np.maximum(decided, 1.0 - decided).mean()), 4) if len(decided) else None
-    return {
-        "n": len(rows),
-        "pairs": int(len(ps)),
-        "photos": sum(r.series.n for r in rows),
-        "decided_pairs": int(len(decided)),
-        "human_ceiling": ceiling,
-    }
-
-
-def split_stats(rows: list[Row], scale: Scale) -> dict:
-    """A split's `label_stats`: `pair_stats` of series, else `label_stats` of the rows' values."""
-    if scale.kind == "pairs":
-        return pair_stats(rows)
-    values = np.array([r.values for r in rows], dtype=np.float64).reshape(-1, scale.width)
-    return label_stats(values, scale)
-
-
 def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
     """The manifest of a finished run: plan (inputs, options) + per-shard records."""
     rows_by_id = {r.image_id: r for t in plan.tasks for r in t.rows}
@@ -308,17 +306,23 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
     for split in SPLITS:
         mine = [r for r in records if r["split"] == split]
         ids = [i for r in mine for i in r["image_ids"]]
+        mine_skipped = [s for r in mine for s in r["skipped"]]
         splits[split] = {
             "samples": len(ids),
             "bytes": sum(r["bytes"] for r in mine),
             "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in mine],
-            "label_stats": split_stats([rows_by_id[i] for i in ids], plan.scale),
+            "label_stats": split_stats(as_written(rows_by_id, ids, mine_skipped), plan.scale),
         }
-        skipped += [s for r in mine for s in r["skipped"]]
+        skipped += mine_skipped
     skipped.sort(key=lambda s: s["line"])
     written = sum(s["samples"] for s in splits.values())
+    counts = {"rows_read": plan.rows_read, "samples_written": written, "rows_skipped": len(skipped)}
     opts = asdict(plan.options)
     method = opts.pop("split")
+    if plan.split_method == "splits.json":  # folders: rows are photos, splits.json decides the split
+        counts["photos_written"] = sum(s["label_stats"].get("photos", 0) for s in splits.values())
+        for name in ("val_ratio", "test_ratio", "seed"):
+            opts.pop(name)
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"avakit {__version__}",
@@ -333,7 +337,7 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
         },
         "shard_size": opts.pop("shard_size"),
         "split": {"method": plan.split_method or method, **opts},
-        "counts": {"rows_read": plan.rows_read, "samples_written": written, "rows_skipped": len(skipped)},
+        "counts": counts,
         "splits": splits,
         "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
         "skipped": skipped,

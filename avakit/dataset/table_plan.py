@@ -23,6 +23,7 @@ from avakit.fileio import file_sha256
 from avakit.scores import Scale
 
 if TYPE_CHECKING:
+    from avakit.dataset.folders_plan import FoldersInput
     from avakit.dataset.phototriage_plan import PhotoTriageInput
 
 
@@ -189,6 +190,7 @@ class LabelInput:
     scale: str | None = None  # "LO:HI" (labels tables; presets know theirs)
     lower_is_better: bool = False
     phototriage: PhotoTriageInput | None = None  # a PhotoTriage release (and its reviews)
+    folders: FoldersInput | None = None  # good/bad culling folders with their splits.json
 
 
 def plan_inputs(
@@ -211,18 +213,28 @@ def plan_inputs(
             ("--labels", labels.labels),
             ("--preset", labels.preset),
             ("--phototriage", labels.phototriage),
+            ("--folders", labels.folders),
         )
         if v
     ]
+    if len(given) > 1 and labels.folders is not None:
+        raise AvakitError(
+            "give exactly one of --ava-txt, --labels, --preset, --phototriage or --folders "
+            f"(got {', '.join(given)})"
+        )
     if len(given) != 1:
         raise AvakitError(
             "give exactly one of --ava-txt, --labels, --preset or --phototriage"
-            + (f" (got {', '.join(given)})" if given else "")
+            + (f" (got {', '.join(given)})" if given else ", or --folders ROOT with --splits FILE")
         )
     if labels.labels is None and (labels.scale is not None or labels.lower_is_better):
         raise AvakitError(
             "--scale and --lower-is-better describe a --labels table (AVA.txt and presets know their scale)"
         )
+    if labels.folders is not None:
+        from avakit.dataset.folders_plan import plan_folders
+
+        return plan_folders(labels.folders, images, out, options, test_list, strict)
     if labels.phototriage is not None:
         from avakit.dataset.phototriage_plan import plan_phototriage
 
