@@ -37,13 +37,17 @@ class SyntheticFolders:
 
 
 def bad_copy(im: Image.Image, defect: str, rng: np.random.Generator) -> Image.Image:
-    """A worse version of `im`: blurred, darkened or noisy."""
+    """A clearly worse version of `im`: blurred, darkened or noisy, strongly enough (relative to
+    the photo's size) to survive the downscaling to a shard's short side and a small crop."""
+    side = min(im.size)
     if defect == "blur":
-        return im.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2.0, 3.5))))
+        return im.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.025, 0.04)) * side))
     if defect == "dark":
-        return ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.35, 0.55)))
-    arr = np.asarray(im, dtype=np.float32) + rng.normal(0.0, 40.0, size=(im.height, im.width, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        return ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.3, 0.45)))
+    block = max(1, side // 60)  # grain of a few pixels, not per-pixel noise that a resize averages away
+    grain = rng.normal(0.0, 55.0, size=(im.height // block + 1, im.width // block + 1, 3))
+    grain = np.repeat(np.repeat(grain, block, axis=0), block, axis=1)[: im.height, : im.width]
+    return Image.fromarray(np.clip(np.asarray(im, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -88,7 +92,7 @@ def make_synthetic_folders(
     for name in names:
         n = int(rng.integers(photos[0], photos[1] + 1))
         for k in range(n):
-            good = synthetic_image(float(rng.uniform(0.55, 0.95)), rng, size)
+            good = synthetic_image(float(rng.uniform(0.7, 0.95)), rng, size)
             bad = bad_copy(good, DEFECTS[int(rng.integers(len(DEFECTS)))], rng)
             for grade, im in (("good", good), ("bad", bad)):
                 rel = f"training_files/{name}/{grade}/{name}_{k:02d}.jpg"

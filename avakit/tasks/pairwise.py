@@ -316,6 +316,12 @@ class PairwiseTask:
     def metrics_line(self, found: dict, select_metric: str) -> str:
         """pair accuracy +- its standard error, beside the human ceiling; log-loss, top-1, tau."""
         get = lambda k: found.get(k, math.nan)  # noqa: E731
+        if "auc_mean" in found:  # culling folders: p is 1 for every pair, there is no human ceiling
+            return (
+                f"pair acc {get('pair_accuracy'):.3f} ± {get('pair_accuracy_se'):.3f}  "
+                f"macro {get('pair_accuracy_macro'):.3f}  AUC {get('auc_mean'):.3f}  "
+                f"tau-MOS {get('kendall_tau_mos'):.3f}"
+            )
         return (
             f"pair acc {get('pair_accuracy'):.3f} ± {get('pair_accuracy_se'):.3f} "
             f"(human {get('human_ceiling'):.3f})  log-loss {get('log_loss'):.4f}  "
