@@ -82,7 +82,8 @@ def test_audit_shard_train_evaluate_export_predict(tmp_path: Path) -> None:
     assert "head.direction" in state and "head.mos.weight" in state  # unit head + auxiliary MOS head
 
     log = tmp_path / "changelog.md"
-    run("evaluate", str(run_dir), "--split", "test", "--changelog", str(log))
+    out = run("evaluate", str(run_dir), "--split", "test", "--changelog", str(log))
+    assert "ROC AUC good vs bad" in out and "macro" in out and "vs MOS" in out
     assert "pair_accuracy" in log.read_text() and log.read_text().count("\n| ") >= 2
     onnx = tmp_path / "cull.onnx"
     out = run("export", str(run_dir), "--output", str(onnx), "--int8")

@@ -99,6 +99,9 @@ PAIR_RANGES: dict[str, tuple[float, float]] = {
     "series_top1": (0.0, 1.0),
     "kendall_tau": (-1.0, 1.0),
     "log_loss": (0.0, 100.0),  # at most -log(1e-7) ~ 16.1 with pair_metrics' clipping
+    "pair_accuracy_macro": (0.0, 1.0),  # culling folders
+    "auc_mean": (0.0, 1.0),
+    "kendall_tau_mos": (-1.0, 1.0),
 }
 
 
@@ -138,7 +141,12 @@ def pair_accuracy_cell(m: dict, sep: str = " ") -> str:
     if acc == "-":
         return "-"
     se = metric(m, "pair_accuracy_se")
-    return acc + (f" ± {se}" if se != "-" else "") + f"{sep}(human {metric(m, 'human_ceiling')})"
+    beside = (  # culling folders: p = 1 for every pair, no ceiling to show; the per-folder mean instead
+        f"macro {metric(m, 'pair_accuracy_macro')}"
+        if "auc_mean" in m
+        else f"human {metric(m, 'human_ceiling')}"
+    )
+    return acc + (f" ± {se}" if se != "-" else "") + f"{sep}({beside})"
 
 
 def confident_cell(m: dict, sep: str = " ") -> str:
@@ -189,12 +197,25 @@ def pair_columns(sep: str = "\n") -> list[tuple[str, Cell]]:
 def pair_rows(m: dict) -> list[tuple[str, str]]:
     """(metric, value) rows of `evaluate`'s table for a pairwise run (its series row apart)."""
     return [
-        ("pair accuracy ± SE (human ceiling)", pair_accuracy_cell(m)),
+        (
+            "pair accuracy ± SE (" + ("macro" if "auc_mean" in m else "human ceiling") + ")",
+            pair_accuracy_cell(m),
+        ),
         ("log-loss", metric(m, "log_loss", 4)),
         ("confident-pair accuracy (pairs)", confident_cell(m)),
         ("series top-1 (best photo scored highest)", metric(m, "series_top1")),
         ("Kendall τ (mean over series)", metric(m, "kendall_tau")),
         ("pairs", pairs_cell(m)),
+        *(folder_rows(m) if "auc_mean" in m else []),
+    ]
+
+
+def folder_rows(m: dict) -> list[tuple[str, str]]:
+    """`evaluate`'s extra rows for culling folders: macro accuracy, good-vs-bad AUC, tau vs MOS."""
+    return [
+        ("pair accuracy, mean over folders (macro)", metric(m, "pair_accuracy_macro")),
+        (f"ROC AUC good vs bad, mean over {count(m, 'n_auc_groups')} folders", metric(m, "auc_mean")),
+        (f"Kendall τ of score vs MOS ({count(m, 'n_mos')} photos)", metric(m, "kendall_tau_mos")),
     ]
 
 

@@ -3,8 +3,11 @@
 A pairwise model's score is a relative logit: only its order within a group matters, so the
 INT8 file is judged on ranking, not on score differences. The photos of the val split's group
 samples (members `000.jpg`, `001.jpg`, ..., pairs from the json label) are scored with both ONNX
-files; INT8 passes when its pair accuracy is within RANK_MAX_ACC_DIFF of FP32's (on the decided
-pairs: p != 0.5) and the Kendall tau between the two files' scores is at least RANK_MIN_TAU.
+files; INT8 passes when its pair accuracy is at most RANK_MAX_ACC_DIFF below FP32's (on the
+decided pairs: p != 0.5) and the Kendall tau between the two files' scores is at least RANK_MIN_TAU.
+One-sided on purpose: on a small val split one flipped pair moves the accuracy by more than a
+point, and an INT8 file that happens to rank a pair better has not lost anything; the tau bound
+still catches an INT8 model that ranks differently in either direction.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from avakit.pair_metrics import pair_correct
 from avakit.scores import PAIRS
 
 log = logging.getLogger("avakit.inference.export")
-RANK_MAX_ACC_DIFF = 0.01  # |INT8 - FP32| pair accuracy: one point
+RANK_MAX_ACC_DIFF = 0.01  # FP32 - INT8 pair accuracy: at most one point lost
 RANK_MIN_TAU = 0.95  # Kendall tau of INT8 scores against FP32's
 BATCH = 32
 
@@ -122,9 +125,9 @@ def check_ranking(int8: Path, found: dict, notes: list[str]) -> None:
     where = f"{found['n_photos']} photos, {found['n_pairs']} pairs of {found['n_groups']} val groups"
     if math.isnan(fp32_acc) or math.isnan(int8_acc) or math.isnan(tau):
         notes.append(f"INT8 ranking parity partly undefined on {where} (no decided pair or constant scores)")
-    if abs(int8_acc - fp32_acc) > RANK_MAX_ACC_DIFF + 1e-12:
+    if fp32_acc - int8_acc > RANK_MAX_ACC_DIFF + 1e-12:
         raise AvakitError(
-            f"{int8}: INT8 pair accuracy {int8_acc:.4f} is not within {RANK_MAX_ACC_DIFF:.2f} of FP32's "
+            f"{int8}: INT8 pair accuracy {int8_acc:.4f} is more than {RANK_MAX_ACC_DIFF:.2f} below FP32's "
             f"{fp32_acc:.4f} on {where}; file left for inspection",
             exit_code=1,
         )

@@ -254,6 +254,7 @@ class PairwiseTask:
             "loss_sum": sum(q["loss_sum"] for q in parts),
             "loss_n": sum(q["loss_n"] for q in parts),
             "n": sum(q["n"] for q in parts),
+            "n_images": sum(len(q["scores"]) if q["n"] else 0 for q in parts),  # photos, for speeds
             "corrupt": sum(q["corrupt"] for q in parts),
             "seconds": max(q["seconds"] for q in parts),
             "model_seconds": max(q["model_seconds"] for q in parts),
@@ -308,7 +309,7 @@ class PairwiseTask:
             }
         )
         found = {"n": int(merged["n"]), **pair_metrics(pairs_df, photos_df)}
-        if any(merged["groups"]):  # culling folders: each photo's folder, grade and MOS
+        if (photos[:, 3] >= 0).any():  # culling folders (photos graded good/bad): folder, grade, MOS
             _add_folders(pairs_df, photos_df, merged, photos[:, 3])
             found.update(folder_metrics(pairs_df, photos_df))
         return found, {"": pairs_df, "_photos": photos_df}

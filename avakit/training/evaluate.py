@@ -171,8 +171,8 @@ def _make_folder(folder: Path) -> None:
 
 
 def _speed(result: dict, corrupt: int) -> dict:
-    """Loss, corrupt samples and speed of an evaluation pass (samples: images, or groups)."""
-    n, loss_n = result["n"], result.get("loss_n", result["n"])
+    """Loss, corrupt samples and speed of an evaluation pass, per image (a group's photos each count)."""
+    n, loss_n = result.get("n_images", result["n"]), result.get("loss_n", result["n"])
     return {
         "loss": result["loss_sum"] / loss_n if loss_n else float("nan"),
         "corrupt": corrupt,

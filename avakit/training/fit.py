@@ -86,7 +86,8 @@ def run_evaluation(
     found, frames = tr.task.summarise(merged, tr.ctx, tr.threshold, final)
     loss_n = merged.get("loss_n", merged["n"])
     found["loss"] = merged["loss_sum"] / loss_n if loss_n else float("nan")
-    found["img_per_s"] = merged["n"] / merged["seconds"] if merged["seconds"] else 0.0
+    images = merged.get("n_images", merged["n"])  # a pairwise group counts its photos
+    found["img_per_s"] = images / merged["seconds"] if merged["seconds"] else 0.0
     found.update(counts.as_dict())
     return found, frames
 
