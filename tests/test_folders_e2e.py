@@ -182,3 +182,41 @@ def test_both_photos_are_augmented_by_default_and_anchor_only_warns(tmp_path: Pa
     run("train", "--config", str(FOLDERS), *[a for s in sets for a in ("--set", s)])
     (run_dir,) = (tmp_path / "runs").glob("anchor-*")
     assert "augment_anchor_only" in (run_dir / "training.log").read_text()
+
+
+@pytest.mark.slow
+def test_frozen_cache_trains_the_unit_head_with_its_mos_head(tmp_path: Path) -> None:
+    data = make_synthetic_folders(tmp_path / "d", n_folders=8, seed=2, photos=(2, 3), mos_share=0.6)
+    shards, cache = tmp_path / "shards", tmp_path / "cache"
+    run(
+        "shard",
+        "--folders",
+        str(data.files),
+        "--splits",
+        str(data.splits),
+        "--mos",
+        str(data.mos),
+        "--out",
+        str(shards),
+        "--short-side",
+        "48",
+    )
+    sets = [
+        f"data.shards={shards}",
+        f"output_dir={tmp_path / 'runs'}",
+        "name=cached",
+        *FAST,
+        "features.sources=[iqa]",
+        "training.max_epochs=2",
+    ]
+    run("features", "--config", str(FOLDERS), *[a for s in sets for a in ("--set", s)], "--out", str(cache))
+    photos = pd.read_parquet(cache / "train.photos.parquet")
+    assert set(photos["grade"]) == {0, 1} and photos["mos"].notna().any()  # grades and MOS cached
+    run(
+        "train",
+        "--config",
+        str(FOLDERS),
+        *[a for s in [*sets, f"data.features={cache}"] for a in ("--set", s)],
+    )
+    (run_dir,) = (tmp_path / "runs").glob("cached-*")
+    assert "auc_mean" in json.loads((run_dir / "results.json").read_text())["test"]

@@ -156,10 +156,16 @@ class PairHeadOnly(torch.nn.Module):
         """Pair logits [P] of standardised features."""
         return self.module.pair_logits(emb, pairs)
 
-    def forward(self, feats: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores, or with `pairs` the pair logits, of cached features."""
+    def forward(
+        self, feats: torch.Tensor, pairs: torch.Tensor | None = None, with_mos: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Scores, or with `pairs` the pair logits (and each photo's MOS with `with_mos`), of
+        cached features."""
         emb = self.head_input(feats)
-        return self.forward_head(emb) if pairs is None else self.pair_logits(emb, pairs)
+        if pairs is None:
+            return self.forward_head(emb)
+        logits = self.pair_logits(emb, pairs)
+        return (logits, self.module.head.mos_score(emb)) if with_mos else logits
 
     def train(self, mode: bool = True) -> PairHeadOnly:
         """Train/eval mode on the full model (its frozen sources stay in eval) and this wrapper."""
