@@ -229,7 +229,7 @@ def shard(
     done = len(plan.tasks) - len(plan.pending)
     if done:
         console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")
-    with progress_bar("sharding", plan.pending_images) as advance:
+    with progress_bar("sharding", plan.pending_images, _unit(plan)) as advance:
         manifest = write_shards(plan, cpu_count() if workers is None else workers, advance)
     print_shard_summary(manifest, out)
     say(f"manifest: {out / 'manifest.json'}")
@@ -286,3 +286,8 @@ def _default_shard_size(pt: PhotoTriageInput | None, fo: FoldersInput | None) ->
     from avakit.dataset import folders_plan, phototriage_plan
 
     return phototriage_plan.SHARD_SIZE if pt else folders_plan.SHARD_SIZE if fo else 1000
+
+
+def _unit(plan) -> str:
+    """What the shard progress counts: images, or groups (a PhotoTriage series, a folder chunk)."""
+    return "groups" if plan.scale.kind == "pairs" else "images"
