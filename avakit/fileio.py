@@ -165,6 +165,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
+def load_json(path: Path) -> Any:
+    """A JSON file's value; AvakitError naming the file (and line) when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except json.JSONDecodeError as e:
+        raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, a 5000-digit number, deep nesting
+        raise AvakitError(f"{path}: invalid JSON: {str(e).splitlines()[0][:200]}") from None
+    except OSError as e:
+        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def write_json_atomic(path: Path, data: Any, default: Callable[[Any], Any] | None = None) -> None:
     """Write `data` as indented JSON (plus a newline) to `path` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")

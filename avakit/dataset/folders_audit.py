@@ -16,7 +16,6 @@ Checks, each problem one `Finding` naming the file (relative to ROOT) or folder:
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from avakit.dataset.folders_dupes import HASH_BITS, NEAR_DISTANCE, SPLIT_ORDER, 
 from avakit.dataset.folders_dupes import perceptual_hash as _hash
 from avakit.dataset.images import FORMATS, IMAGE_SUFFIXES, ImageSkip, load_rgb
 from avakit.errors import AvakitError
-from avakit.fileio import file_sha256
+from avakit.fileio import file_sha256, load_json
 
 GRADES = ("good", "bad")
 IMBALANCE = 4  # a folder with more than 4 good per bad photo (or 4 bad per good) is flagged
@@ -152,14 +151,7 @@ def load_splits(path: Path) -> dict[str, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise AvakitError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_bytes())
-    except json.JSONDecodeError as e:
-        raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    except (ValueError, RecursionError) as e:  # not UTF-8, a 5000-digit number, deep nesting
-        raise AvakitError(f"{path}: invalid JSON: {str(e).splitlines()[0][:200]}") from None
-    except OSError as e:
-        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = load_json(path)
     if not isinstance(data, dict):
         raise AvakitError(f"{path}: expected a JSON object with train, val and test lists of folders")
     for key in data:

@@ -9,13 +9,13 @@ Torch-free (`avakit shard --folders` and `avakit audit` plan with it).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from avakit.errors import AvakitError
+from avakit.fileio import load_json
 from avakit.scores import SPLITS
 from avakit.textlines import read_lines, show
 
@@ -46,17 +46,14 @@ def _folder_name(value: object, where: str) -> str:
 def _load_json(path: Path) -> object:
     """A JSON file's value; one AvakitError line when it is missing, too large or not JSON."""
     try:
-        if path.stat().st_size > MAX_SPLITS_BYTES:
-            raise AvakitError(f"{path}: larger than {MAX_SPLITS_BYTES >> 20} MB; is it a splits.json?")
-        return json.loads(path.read_bytes())
+        size = path.stat().st_size
     except FileNotFoundError:
         raise AvakitError(f"{path}: splits file not found") from None
-    except json.JSONDecodeError as e:
-        raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    except (ValueError, RecursionError) as e:
-        raise AvakitError(f"{path}: invalid JSON: {str(e).splitlines()[0][:200]}") from None
     except OSError as e:
         raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+    if size > MAX_SPLITS_BYTES:
+        raise AvakitError(f"{path}: larger than {MAX_SPLITS_BYTES >> 20} MB; is it a splits.json?")
+    return load_json(path)
 
 
 def read_splits_json(path: Path) -> dict[str, list[str]]:

@@ -8,7 +8,6 @@ reconcile: rows read = samples written + rows skipped. `dataset.shards.build_man
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import Any
 
 from avakit.dataset.samples import MAX_MEMBERS, Reason, decode_image, member_name, parse_label, read_shard
 from avakit.errors import AvakitError
-from avakit.fileio import file_sha256
+from avakit.fileio import file_sha256, load_json
 from avakit.scores import AVA, SPLITS, Scale, stored_scale
 
 FORMAT_VERSION = 2  # 2: the `labels` block (a Scale); 1 (no `labels`): AVA's 1..10 votes
@@ -41,14 +40,7 @@ def load_manifest(shards_dir: Path) -> dict:
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
         raise AvakitError(f"{path}: not found (is {shards_dir} a folder made by `avakit shard`?)")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except json.JSONDecodeError as e:
-        raise AvakitError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    except (ValueError, RecursionError) as e:  # not UTF-8, a 5000-digit number, deep nesting
-        raise AvakitError(f"{path}: invalid JSON: {str(e).splitlines()[0][:200]}") from None
-    except OSError as e:
-        raise AvakitError(f"{path}: cannot read: {e.strerror or e}") from None
+    manifest = load_json(path)
     _check_structure(manifest, path)
     return manifest
 

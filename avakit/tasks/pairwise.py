@@ -134,6 +134,16 @@ def _info(label: dict, n: int) -> dict:
     }
 
 
+def batch_rows(labels: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's pair rows [P, 6] (series, i, j, p, rank_i, rank_j; float64, i and j within the
+    group) and photo rows [N, 4] (series, index, rank, grade; int64), on the CPU."""
+    pairs = torch.cat(
+        [labels["pair_series"][:, None].double(), labels["local"].double(), labels["meta"].double().cpu()], 1
+    )
+    photos = torch.stack([labels[k] for k in ("photo_series", "photo_index", "photo_rank", "photo_grade")], 1)
+    return pairs, photos
+
+
 def pair_loss(logits: torch.Tensor, p: torch.Tensor, opts) -> tuple[torch.Tensor, int]:
     """(summed loss, pairs counted) of pair logits against preference ratios `p`, per `pairs` options.
 
@@ -219,15 +229,10 @@ class PairwiseTask:
             total, units = pair_loss(logits, p.labels["meta"][:, 0], ctx.options)
             loss_sum, loss_n, n = loss_sum + float(total), loss_n + units, n + p.n
             lab = p.labels
-            out["pairs"].append(
-                torch.cat(
-                    [lab["pair_series"][:, None].double(), lab["local"].double(), lab["meta"].double().cpu()],
-                    1,
-                )
-            )
+            pair_rows, photo_rows = batch_rows(lab)
+            out["pairs"].append(pair_rows)
             out["logits"].append(logits.double().cpu())
-            photo_cols = ("photo_series", "photo_index", "photo_rank", "photo_grade")
-            out["photos"].append(torch.stack([lab[k] for k in photo_cols], 1))
+            out["photos"].append(photo_rows)
             out["scores"].append(scores.double().cpu())
             out["mos"].append(lab["photo_mos_raw"].double())
             out["members"] += lab["members"]

@@ -23,28 +23,17 @@ from avakit.training.features import cache_scale, check_cache, label_columns
 from avakit.training.loader import CountingLoader, keep_sample
 
 
-@dataclass(frozen=True, kw_only=True)
-class FeatureSource:
-    """One split of a feature cache, loaded in memory: a `training.loader.DataSource`."""
+class CachedSplit:
+    """What every cached split is as a `training.loader.DataSource`: in memory, no shards or URLs.
 
-    split: str
-    ids: np.ndarray  # int64 [N]
-    features: np.ndarray  # float16 [N, D]
-    votes: np.ndarray  # float32 [N, K] vote counts, or [N, 1] MOS
-    iqa: np.ndarray  # float32 [N, 5]
-    manifest_sha256: str | None
-    preprocessing: dict | None
-    scale: Scale = AVA  # what the labels mean (meta.json `labels`; AVA for older caches)
+    Subclasses define `samples`."""
 
-    @property
-    def samples(self) -> int:
-        """The number of cached samples."""
-        return len(self.ids)
+    samples: int
 
     @property
     def has_data(self) -> bool:
         """True when the split holds any cached sample."""
-        return bool(len(self.ids))
+        return bool(self.samples)
 
     @property
     def entries(self) -> tuple[str, ...]:
@@ -60,6 +49,25 @@ class FeatureSource:
     def where(self) -> str:
         """Empty: no manifest path or data.shards key for messages to name."""
         return ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSource(CachedSplit):
+    """One split of a feature cache, loaded in memory: a `training.loader.DataSource`."""
+
+    split: str
+    ids: np.ndarray  # int64 [N]
+    features: np.ndarray  # float16 [N, D]
+    votes: np.ndarray  # float32 [N, K] vote counts, or [N, 1] MOS
+    iqa: np.ndarray  # float32 [N, 5]
+    manifest_sha256: str | None
+    preprocessing: dict | None
+    scale: Scale = AVA  # what the labels mean (meta.json `labels`; AVA for older caches)
+
+    @property
+    def samples(self) -> int:
+        """The number of cached samples."""
+        return len(self.ids)
 
 
 def load_feature_split(cache: Path, split: str, meta: dict, feature_dim: int | None = None) -> FeatureSource:

@@ -31,7 +31,7 @@ from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json
 from avakit.model.build import model_from_config
 from avakit.scores import PAIRS
 from avakit.tasks import check_task
-from avakit.tasks.pairwise import PAIRWISE
+from avakit.tasks.pairwise import PAIRWISE, batch_rows
 from avakit.training.checkpoint import make_folder
 from avakit.training.distributed import pick_device
 from avakit.training.engine import StepContext, autocast, place_model, resolve_amp
@@ -163,16 +163,11 @@ def _extract_split(out: Path, split: str, loader, ctx: StepContext, progress) ->
             with autocast(ctx.device, ctx.amp):
                 feats.append(ctx.model.features(p.x).float().cpu().numpy().astype(np.float16))
             lab, n = p.labels, n + p.n
-            cols = ("photo_series", "photo_index", "photo_rank", "photo_grade")
-            photos.append(torch.stack([lab[k] for k in cols], 1).numpy())
+            pair_rows, photo_rows = batch_rows(lab)
+            photos.append(photo_rows.numpy())
+            pairs.append(pair_rows.numpy())
             mos.append(lab["photo_mos"].cpu().numpy())
             groups += lab["photo_group"]
-            pairs.append(
-                torch.cat(
-                    [lab["pair_series"][:, None].double(), lab["local"].double(), lab["meta"].double().cpu()],
-                    1,
-                ).numpy()
-            )
             members += lab["members"]
             if progress is not None:
                 progress.advance(p.n)

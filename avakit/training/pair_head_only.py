@@ -18,13 +18,13 @@ import torch
 from avakit.config import Config
 from avakit.errors import AvakitError
 from avakit.scores import PAIRS, SPLITS
-from avakit.training.head_only import _load_backbone, _read_cache_file
+from avakit.training.head_only import CachedSplit, _load_backbone, _read_cache_file
 from avakit.training.loader import CountingLoader, keep_sample
 from avakit.training.pair_cache import REDO, check_pair_cache
 
 
 @dataclass(frozen=True, kw_only=True)
-class PairFeatureSource:
+class PairFeatureSource(CachedSplit):
     """One split of a pairwise feature cache in memory: a `training.loader.DataSource` of series."""
 
     split: str
@@ -42,26 +42,6 @@ class PairFeatureSource:
     def samples(self) -> int:
         """The number of cached series."""
         return len(self.series)
-
-    @property
-    def has_data(self) -> bool:
-        """True when the split holds any cached series."""
-        return bool(len(self.series))
-
-    @property
-    def entries(self) -> tuple[str, ...]:
-        """No shards: a cached split loses no sample with a shard."""
-        return ()
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        """No URLs (the cache's fingerprint says where the features came from)."""
-        return ()
-
-    @property
-    def where(self) -> str:
-        """Empty: no manifest path for messages to name."""
-        return ""
 
 
 def load_pair_split(cache: Path, split: str, meta: dict) -> PairFeatureSource:
