@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from avakit.config_rules import check_cross_fields
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.schema import build, check_field, show
@@ -241,61 +242,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _check_cross_fields(cfg: Config, p: str = "") -> None:
-    """Rules that span several keys (`p`: the prefix of every key named)."""
-    loss, mode = cfg.training.loss_type, cfg.model.output_mode
-    if cfg.task == "pairwise":
-        _check_pairwise(cfg, p)
-    elif cfg.training.select_metric == "pair_accuracy":
-        raise AvakitError(f"{p}training.select_metric: 'pair_accuracy' needs task: pairwise")
-    elif LOSSES[loss] != mode:
-        raise AvakitError(
-            f"{p}training.loss_type: '{loss}' needs {p}model.output_mode '{LOSSES[loss]}' (got '{mode}')"
-        )
-    if cfg.features.layer == "layer3" and not cfg.model.backbone.startswith("resnet"):
-        raise AvakitError(
-            f"{p}features.layer: 'layer3' needs a ResNet backbone "
-            f"(got {p}model.backbone '{cfg.model.backbone}')"
-        )
-    _check_sources(cfg, p)
-    crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
-    if crop > resize:
-        raise AvakitError(f"{p}transform.crop_size: {crop} must be <= {p}transform.resize_size ({resize})")
-
-
-def _check_sources(cfg: Config, p: str) -> None:
-    """features.sources: known, each once, and not mixed with the other feature paths."""
-    f = cfg.features
-    for name in f.sources:
-        if name not in FEATURE_SOURCES or f.sources.count(name) > 1:
-            raise AvakitError(
-                f"{p}features.sources: {str(name)[:40]!r} is unknown or listed twice "
-                f"(choose from {', '.join(FEATURE_SOURCES)})"
-            )
-    if f.sources and f.iqa:
-        raise AvakitError(f"{p}features.iqa: frozen sources replace it (list iqa in {p}features.sources)")
-    if cfg.data.features and bool(f.sources) != (cfg.task == "pairwise"):
-        raise AvakitError(
-            f"{p}data.features: a pairwise run's feature cache holds its {p}features.sources; a score "
-            f"run's holds model.backbone (task {cfg.task}, features.sources {list(f.sources)})"
-        )
-
-
-def _check_pairwise(cfg: Config, p: str) -> None:
-    """A pairwise run scores each photo with one number and is judged on pairs."""
-    if cfg.model.output_mode != "regression":
-        raise AvakitError(
-            f"{p}model.output_mode: task pairwise scores each photo with one number: set it to "
-            f"'regression' (got '{cfg.model.output_mode}'; {p}training.loss_type is not used, "
-            f"{p}pairs.loss is)"
-        )
-    if cfg.training.select_metric not in ("pair_accuracy", "loss"):
-        raise AvakitError(
-            f"{p}training.select_metric: task pairwise picks its best epoch by pair_accuracy or loss "
-            f"(got '{cfg.training.select_metric}')"
-        )
-
-
 _STORED = "config."  # key prefix of a config read back from a checkpoint
 # Keys a stored config must hold rather than default: they define the model's input and head
 # (a checkpoint from an older avakit may lack newer keys, which then take their defaults).
@@ -326,12 +272,12 @@ def config_from_dict(d: Any, where: str | None = None) -> Config:
     """
     if where is None:
         cfg = build(Config, d)
-        _check_cross_fields(cfg)
+        check_cross_fields(cfg)
         return cfg
     try:
         _check_stored_keys(d)
         cfg = build(Config, d, _STORED)
-        _check_cross_fields(cfg, _STORED)
+        check_cross_fields(cfg, _STORED)
     except AvakitError as exc:
         raise AvakitError(f"{where}: {exc}") from None
     return cfg

@@ -21,9 +21,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_SPLITS: tuple[str, ...] = SPLITS[1:]  # val and test: evaluated, never trained on
 
 # --- what a label means: a Scale. AVA's votes are counts of the ratings 1..10 ----------------
-LABEL_KINDS: tuple[str, ...] = ("votes", "mos", "pairs")  # K-point vote counts, one mean opinion score,
-# or pairwise preferences within a group (a preference ratio in 0..1 per pair; the model scores photos)
-TASKS: dict[str, str] = {"votes": "score", "mos": "score", "pairs": "pairwise"}  # label kind -> its task
+LABEL_KINDS: tuple[str, ...] = ("votes", "mos", "pairs", "clips")  # K-point vote counts, one mean opinion
+# score, pairwise preferences within a group (a preference ratio in 0..1 per pair; the model scores
+# photos), or a video segment's verb and noun classes (its frames form the group: EPIC-KITCHENS)
+# label kind -> the task that learns from it
+TASKS: dict[str, str] = {"votes": "score", "mos": "score", "pairs": "pairwise", "clips": "clip"}
 MIN_K, MAX_K = 2, 101  # points of a vote scale: 101 is a 0..100 slider recorded as vote counts
 MAX_SCALE_ABS = 1e6  # |lo|, |hi| bound: a rating scale is a human one
 
@@ -37,7 +39,7 @@ class Scale:
     threshold in the better direction (above it, or below it when lower is better).
     """
 
-    kind: str = "votes"  # "votes" | "mos" | "pairs" (lo..hi = 0..1: the preference ratio)
+    kind: str = "votes"  # "votes" | "mos" | "pairs" (lo..hi = 0..1: the preference ratio) | "clips"
     lo: float = 1.0  # the scale's lowest value, in the data's own units
     hi: float = 10.0  # its highest value
     k: int | None = 10  # votes: the number of points; mos: None
@@ -74,11 +76,13 @@ class Scale:
     @property
     def bounded(self) -> bool:
         """Predicted scores lie in lo..hi (votes, MOS); a pairwise score is unbounded (a logit)."""
-        return self.kind != "pairs"
+        return self.kind not in FIXED_KINDS
 
     @property
     def score_name(self) -> str:
         """What a predicted number is called: "mean score (1-10)", "MOS (0-100, lower is better)"."""
+        if self.kind == "clips":
+            return "verb and noun class (action = both)"
         if self.kind == "pairs":
             return "relative score (P(a better than b) = sigmoid(score a - score b))"
         name = "mean score" if self.kind == "votes" else "MOS"
@@ -162,8 +166,8 @@ class Scale:
             raise ValueError(f"{where}.k: expected an integer in {MIN_K}..{MAX_K} for votes, got {k!r}")
         if kind != "votes" and k is not None:
             raise ValueError(f"{where}.k: must be null for a {kind} scale, got {k!r}")
-        if kind == "pairs" and (rng != [0, 1] or hib is not True or thr is not None):
-            raise ValueError(f"{where}: a pairs scale is exactly {PAIRS.as_dict()}, got {d!r}")
+        if kind in FIXED_KINDS and d != FIXED_KINDS[kind]:
+            raise ValueError(f"{where}: a {kind} scale is exactly {FIXED_KINDS[kind]}, got {d!r}")
         if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v) for v in rng) and rng[0] < rng[1]):
             raise ValueError(f"{where}.scale: expected [lo, hi], finite numbers with lo < hi, got {rng!r}")
         if type(hib) is not bool:
@@ -192,6 +196,9 @@ def _finite(v: object) -> bool:
 
 
 PAIRS = Scale("pairs", 0.0, 1.0, None, True, None)  # pairwise preferences (PhotoTriage, good/bad folders)
+CLIPS = Scale("clips", 0.0, 1.0, None, True, None)  # video segments: verb + noun classes (EPIC-KITCHENS)
+# label kinds whose Scale is one fixed value (no rating scale: the labels are pairs or classes)
+FIXED_KINDS: dict[str, dict] = {PAIRS.kind: PAIRS.as_dict(), CLIPS.kind: CLIPS.as_dict()}
 AVA = Scale()  # AVA.txt: votes for 1..10, good = mean above 5; also every manifest written before scales
 # AVA.txt's own columns (the parser's layout); everything downstream of a shard asks the Scale
 SCORE_MIN, SCORE_MAX = AVA.lo, AVA.hi
@@ -232,6 +239,6 @@ FREEZE_MODES: tuple[str, ...] = ("none", "partial", "full")
 # frozen-mode feature extractors fused for the pairwise task (avakit.model.fused.SOURCES has these keys)
 FEATURE_SOURCES: tuple[str, ...] = ("resnet50", "resnet50_layer3", "vgg16", "iqa", "clip")
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
-TASK_NAMES: tuple[str, ...] = ("score", "pairwise")  # config `task`: what a run learns (avakit.tasks)
+TASK_NAMES: tuple[str, ...] = ("score", "pairwise", "clip")  # config `task`: what a run learns (avakit.tasks)
 # training.amp: autocast dtype on cuda; elsewhere always "off" (see training.engine.resolve_amp)
 AMP_MODES: tuple[str, ...] = ("bf16", "fp16", "off")

@@ -54,6 +54,7 @@ class Reason(IntEnum):
     KIND = 10
     KEY = 11
     PAIRS = 12
+    CLIP = 13
     SHARD_MISSING = 20
     SHARD_SIZE = 21
     SHARD_UNREADABLE = 22
@@ -85,6 +86,7 @@ REASON_TEXT = {
     Reason.KIND: "label kind differs from the manifest's (votes or mos)",
     Reason.KEY: "key is not the sample key",
     Reason.PAIRS: "group label's members or pairs are malformed (pairs: [i, j, p in 0..1, rank_i, rank_j])",
+    Reason.CLIP: "clip label's frames or verb/noun classes are malformed",
     Reason.SHARD_MISSING: "shard file missing",
     Reason.SHARD_SIZE: "shard size differs from the manifest",
     Reason.SHARD_UNREADABLE: "shard unreadable (truncated or not a tar)",
@@ -135,6 +137,8 @@ def _check_table_label(key: str, label: dict, scale: Scale) -> Reason:
         return Reason.KIND
     if scale.kind == "pairs":
         return check_group_label(key, label)
+    if scale.kind == "clips":
+        return check_clip_label(key, label)
     if scale.kind == "votes":
         votes = label.get("votes")
         if not (_ints(votes, scale.width, 0, MAX_VOTES) and sum(votes) > 0):
@@ -181,6 +185,35 @@ def check_group_label(key: str, label: dict) -> Reason:
     ):
         return Reason.PAIRS
     return Reason.OK
+
+
+MAX_CLASSES = 100_000  # verb or noun classes of a clip label (EPIC-KITCHENS-100: 97 and 300)
+MAX_FRAME = 10**9
+
+
+def check_clip_label(key: str, label: dict) -> Reason:
+    """A clip sample's label (one video segment; its frames are members 000.jpg ...): `key`,
+    `image_id` (an integer id), `frames` (1..64 source frame numbers, one per stored member, in
+    order), `verb_class` / `noun_class` (ints >= 0, below the manifest's class counts: checked by
+    the task), and optional `unseen` / `tail_verb` / `tail_noun` booleans (or null)."""
+    if label.get("key") != key:
+        return Reason.KEY
+    image_id = label.get("image_id")
+    if not (type(image_id) is int and 0 <= image_id <= MAX_ID):
+        return Reason.IMAGE_ID
+    frames = label.get("frames")
+    if not (
+        isinstance(frames, list)
+        and 1 <= len(frames) <= MAX_MEMBERS
+        and _ints(frames, len(frames), 0, MAX_FRAME)
+        and _ints([label.get("verb_class"), label.get("noun_class")], 2, 0, MAX_CLASSES - 1)
+        and all(label.get(flag) is None or type(label[flag]) is bool for flag in CLIP_FLAGS)
+    ):
+        return Reason.CLIP
+    return Reason.OK
+
+
+CLIP_FLAGS = ("unseen", "tail_verb", "tail_noun")  # a clip's optional subset memberships
 
 
 def _folder_fields(label: dict, n: int) -> bool:

@@ -14,7 +14,7 @@ from avakit.tasks.base import Task
 
 
 def get_task(name: str) -> Task:
-    """The task called `name` ("score" or "pairwise")."""
+    """The task called `name` ("score", "pairwise" or "clip")."""
     if name == "score":
         from avakit.tasks.score import SCORE
 
@@ -23,6 +23,10 @@ def get_task(name: str) -> Task:
         from avakit.tasks.pairwise import PAIRWISE
 
         return PAIRWISE
+    if name == "clip":
+        from avakit.tasks.clip import CLIP
+
+        return CLIP
     raise AvakitError(f"task: unknown {name!r} (expected one of {', '.join(TASK_NAMES)})")
 
 
