@@ -139,8 +139,9 @@ def build_trainer(
         model = eval_model = core
     steps = _steps_per_epoch(cfg, sources["train"], fraction, ddp.world_size)
     unit = steps or 1
+    patience = t.plateau_patience or max(1, t.early_stop_patience // 2)
     schedule = WarmupSchedule(
-        t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit, max(1, t.early_stop_patience // 2)
+        t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit, patience, t.plateau_factor
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
     if ddp.enabled:
@@ -273,6 +274,7 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     # progress (plateau state) comes from last.pt
     shape = {key: getattr(tr.schedule, key) for key in WarmupSchedule.SHAPE}
     with _part(path, "scheduler"):
+        _fill_shape(ckpt["scheduler"], shape)
         if not _same_shape(ckpt["scheduler"], tr.scheduler.state_dict()):
             raise AvakitError(f"{path}: scheduler: does not fit this run's schedule (keys or types differ)")
         tr.scheduler.load_state_dict(ckpt["scheduler"])
@@ -284,6 +286,15 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     tr.state = RunState(**state)
     with _part(path, "rng"):
         set_rng_state(ckpt["rng"])
+
+
+def _fill_shape(stored: object, shape: dict) -> None:
+    """A last.pt from before a SHAPE attribute existed: add it (recomputed from the config anyway)."""
+    lambdas = stored.get("lr_lambdas") if isinstance(stored, dict) else None
+    for entry in lambdas if isinstance(lambdas, list) else ():
+        if isinstance(entry, dict) and "kind" in entry:
+            for key, value in shape.items():
+                entry.setdefault(key, value)
 
 
 def _same_shape(stored: object, fresh: object) -> bool:
