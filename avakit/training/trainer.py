@@ -31,6 +31,7 @@ from avakit.training.engine import StepContext, WarmupSchedule, place_model, res
 from avakit.training.loader import CountingLoader, eval_loader, make_loader
 from avakit.training.resume import check_resume_state, data_definition
 from avakit.training.selection import check_select_metric, eval_threshold, worst
+from avakit.training.shard_share import steps_per_epoch
 from avakit.training.transforms import TrainPreset
 
 
@@ -91,15 +92,6 @@ class Trainer:
     loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
 
 
-def _steps_per_epoch(cfg: Config, source: DataSource, fraction: float, world: int) -> int | None:
-    if source.samples is None:
-        return None
-    per_rank = source.samples * fraction / world
-    batch = cfg.training.batch_size
-    batches = per_rank // batch if world > 1 else math.ceil(per_rank / batch)
-    return max(1, int(batches) // cfg.training.grad_accum_steps)
-
-
 def _optimizer(groups: list[dict], t) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum 0.9, over the parameter groups (training section `t`)."""
     if t.optimizer == "adamw":
@@ -137,7 +129,7 @@ def build_trainer(
     else:
         sources = shard_sources
         model = eval_model = core
-    steps = _steps_per_epoch(cfg, sources["train"], fraction, ddp.world_size)
+    steps = steps_per_epoch(cfg, sources["train"].samples, fraction, ddp.world_size)
     unit = steps or 1
     patience = t.plateau_patience or max(1, t.early_stop_patience // 2)
     schedule = WarmupSchedule(
@@ -165,7 +157,7 @@ def build_trainer(
         grad_accum_steps=t.grad_accum_steps,
         scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
         scheduler=scheduler if steps else None,
-        max_steps=steps if ddp.enabled else None,
+        max_steps=steps if ddp.enabled or cfg.data.resampled else None,  # endless streams
         log_interval=cfg.log_interval,
     )
     return Trainer(
@@ -235,6 +227,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
             rank=tr.ddp.rank,
             world_size=tr.ddp.world_size,
             pin_memory=tr.device.type == "cuda",
+            resampled=cfg.data.resampled,
         )
     else:
         loader = eval_loader(
