@@ -27,14 +27,14 @@ def idle_workers_warning(shards: int, samples: int | None, world: int, workers: 
     share = shards // world
     if workers <= share or share == 0:
         return None  # share 0: no_shard_error stops the run instead
-    if samples is None:
-        size = "N (N = train samples / (ranks x workers), rounded down)"
-    else:
-        n = max(1, samples // (world * workers))
-        size = f"{n} (= {samples} samples / ({world} ranks x {workers} workers))"
+    who = f"each of {world} ranks gets" if world > 1 else "the one process gets"
+    per = f"({world} ranks x {workers} workers)" if world > 1 else f"{workers} workers"
+    idle = f"{workers - share} worker{'s' if workers - share > 1 else ''}"
+    n = "N" if samples is None else str(max(1, samples // (world * workers)))
+    what = "train samples" if samples is None else f"{samples} samples"
     return (
-        f"data.num_workers {workers}: each of {world} ranks gets {share} train shards, so "
-        f"{workers - share} workers idle; re-shard with `avakit shard ... --shard-size {size}` "
+        f"data.num_workers {workers}: {who} {share} train shards, so {idle} idle; "
+        f"re-shard with `avakit shard ... --shard-size {n}` ({what} / {per}, rounded down) "
         f"{RESAMPLED_HINT}"
     )
 
@@ -79,10 +79,10 @@ def steps_per_epoch(cfg: Config, samples: int | None, fraction: float, world: in
 
 
 def train_share_warning(cfg: Config, train: Any, world: int) -> str | None:
-    """The workers warning of a multi-process run reading its train shards in shares (None: none).
+    """The workers warning of a run reading its train shards in shares (None: none).
 
     `train`: the train split's source (its `entries` and `samples`); a feature cache has no shards.
     """
-    if cfg.data.features or cfg.data.resampled or world < 2:
+    if cfg.data.features or cfg.data.resampled:
         return None
     return idle_workers_warning(len(train.entries), train.samples, world, cfg.data.num_workers)
