@@ -46,6 +46,10 @@ def _check_recipe(cfg: Config, p: str) -> None:
             raise AvakitError(
                 f"{p}transform.augmentation.{key}: [lo, hi] needs lo <= hi (got {list(bounds)})"
             )
+    if cfg.data.epoch_samples is not None and not cfg.data.resampled:
+        raise AvakitError(
+            f"{p}data.epoch_samples: sets a resampled epoch's length (set {p}data.resampled: true)"
+        )
     if cfg.data.resampled and cfg.data.features:
         raise AvakitError(
             f"{p}data.resampled: resamples shards; a head-only run from {p}data.features "

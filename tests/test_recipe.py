@@ -86,6 +86,7 @@ def test_validation_errors_are_one_line(override: str, message: str) -> None:
 
 def test_resampled_feature_cache_is_refused() -> None:
     assert "data.resampled" in _error("data.resampled=true", "data.features=cache")
+    assert "data.epoch_samples: sets a resampled epoch" in _error("data.epoch_samples=100")
 
 
 def _preset(*overrides: str) -> TrainPreset:

@@ -6,7 +6,9 @@ decoded with torchvision.io.decode_jpeg (libjpeg-turbo) in DataLoader workers; s
 split across DDP ranks (in the main process) and across workers (webdataset.split_by_worker),
 so every validation sample is seen exactly once per evaluation. Shard order and the sample
 shuffle buffer are seeded by (seed, epoch), so an epoch's order does not depend on what ran
-before it: a resumed run sees the same data as an uninterrupted one.
+before it: a resumed run sees the same data as an uninterrupted one. With `data.resampled` every
+rank's workers instead draw train shards with replacement from the whole split, each an endless
+stream seeded by (seed, epoch, rank, worker); the trainer ends the epoch by its step count.
 
 Local shard files (a manifest's, see avakit.dataset.sources) are opened by avakit with `open()` and
 parsed with webdataset's `group_by_keys`, never through webdataset's URL opener; their sha256
