@@ -21,7 +21,7 @@ from avakit.training.engine import WarmupSchedule
 from avakit.training.fit import fit
 from avakit.training.loader import SampleDecoder, make_loader
 from avakit.training.shard_share import idle_workers_warning, no_shard_error, steps_per_epoch
-from avakit.training.trainer import build_trainer, restore
+from avakit.training.trainer import _shard_sources, build_trainer, restore
 from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -266,7 +266,6 @@ def test_resampled_epoch_length() -> None:
     assert steps_per_epoch(plain, None, 1.0, 1) is None
 
 
-@pytest.mark.slow
 def test_resampled_run_resumes_exactly(
     tiny_cfg: Callable[..., Config], shared_shards: Path, tmp_path: Path
 ) -> None:
@@ -318,3 +317,25 @@ def test_training_run_logs_the_workers_warning(
     expected = f"data.num_workers {shards + 1}: the one process gets {shards} train shards, so 1 worker idle"
     assert expected in log
     assert any(expected in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_ddp_share_checks_before_any_write(tiny_cfg: Callable[..., Config], shared_shards: Path) -> None:
+    """Under DDP: too few shards is an error naming resampled, at start; URL shards need epoch_samples."""
+    shards = len(resolve_split(str(shared_shards), "train").entries)
+    many = DistInfo(rank=0, world_size=shards + 1)
+    with pytest.raises(
+        AvakitError, match=f"fewer shards \\({shards}\\) than processes .*data.resampled: true"
+    ):
+        _shard_sources(tiny_cfg(shared_shards), many)
+    assert (
+        len(_shard_sources(tiny_cfg(shared_shards, "data.resampled=true"), many)["train"].entries) == shards
+    )
+    urls = {
+        split: [str(p) for p in sorted(shared_shards.glob(f"{split}-*.tar"))] for split in ("train", "val")
+    }
+    flow = ",".join(f"{k}: [{', '.join(v)}]" for k, v in urls.items())
+    pair = DistInfo(rank=0, world_size=2)
+    with pytest.raises(AvakitError, match="manifest.json .or data.resampled with data.epoch_samples"):
+        _shard_sources(tiny_cfg(f"{{{flow}}}"), pair)
+    found = _shard_sources(tiny_cfg(f"{{{flow}}}", "data.resampled=true", "data.epoch_samples=64"), pair)
+    assert found["train"].samples is None and len(found["train"].entries) == len(urls["train"])

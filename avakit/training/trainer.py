@@ -31,7 +31,7 @@ from avakit.training.engine import StepContext, WarmupSchedule, place_model, res
 from avakit.training.loader import CountingLoader, eval_loader, make_loader
 from avakit.training.resume import check_resume_state, data_definition
 from avakit.training.selection import check_select_metric, eval_threshold, worst
-from avakit.training.shard_share import steps_per_epoch
+from avakit.training.shard_share import no_shard_error, steps_per_epoch
 from avakit.training.transforms import TrainPreset
 
 
@@ -197,8 +197,13 @@ def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
                 f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
                 "training needs both train and val samples"
             )
-    if ddp.enabled and sources["train"].samples is None:
-        raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
+    if ddp.enabled and not cfg.data.resampled and len(sources["train"].entries) < ddp.world_size:
+        raise no_shard_error("train", len(sources["train"].entries), ddp.world_size)  # before any write
+    if ddp.enabled and sources["train"].samples is None and cfg.data.epoch_samples is None:
+        raise AvakitError(
+            "data.shards: multi-process training needs a shard folder with manifest.json "
+            "(or data.resampled with data.epoch_samples)"
+        )
     return sources
 
 
