@@ -141,7 +141,7 @@ class SegmentRow:
         }
 
 
-def test_participants(participants: list[str], share: float, seed: int) -> list[str]:
+def pick_test_participants(participants: list[str], share: float, seed: int) -> list[str]:
     """The participants whose seeded hash falls below `share` (at least one, never all)."""
     if share <= 0:
         return []
@@ -344,7 +344,7 @@ def plan_epic(
         )
         for name in (TRAIN_CSV, VAL_CSV)
     }
-    test = test_participants(
+    test = pick_test_participants(
         sorted({s.participant for s in files[TRAIN_CSV].segments}), given.test_share, options.seed
     )
     split_rows, skipped, missing = check_frames(
