@@ -262,7 +262,10 @@ def test_bad_rows_are_counted_with_their_lines(layout: SyntheticEpic, tmp_path: 
         (9, epic.MALFORMED),
     ]
     assert all(s.detail.startswith(f"{epic.TRAIN_CSV}: ") for s in read.skipped)
-    assert "negative value" in read.skipped[-1].detail and "8 fields, the header has 16" in read.skipped[-2].detail
+    assert (
+        "negative value" in read.skipped[-1].detail
+        and "8 fields, the header has 16" in read.skipped[-2].detail
+    )
     with pytest.raises(AvakitError, match=rf"{epic.TRAIN_CSV}:3: bad id"):
         epic.read_annotations(path, 4, 5, set(), strict=True)
 

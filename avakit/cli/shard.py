@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from avakit.dataset.epic_plan import EpicInput
     from avakit.dataset.folders_plan import FoldersInput
     from avakit.dataset.phototriage_plan import PhotoTriageInput
+    from avakit.dataset.plan import ShardPlan
 
 _AvaTxt = Annotated[Path | None, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")]
 _Labels = Annotated[
@@ -241,7 +242,6 @@ def shard(
       avakit shard --epic-kitchens epic/annotations --frames epic/frames --out shards/epic
     """
     from avakit.dataset.plan import ShardOptions
-    from avakit.dataset.shards import write_shards
     from avakit.dataset.table_plan import LabelInput, plan_inputs
 
     pt = _phototriage_input(phototriage, reviews, min_agreement, min_reviewers)
@@ -267,7 +267,13 @@ def shard(
         scale=scale,
         lower_is_better=lower_is_better,
     )
-    plan = plan_inputs(given, images, out, options, test_list, strict)
+    _write(plan_inputs(given, images, out, options, test_list, strict), out, workers)
+
+
+def _write(plan: ShardPlan, out: Path, workers: int | None) -> None:
+    """Write the plan's pending shards with a progress bar, then print the summary."""
+    from avakit.dataset.shards import write_shards
+
     done = len(plan.tasks) - len(plan.pending)
     if done:
         console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")

@@ -241,21 +241,32 @@ def make_synthetic_epic(
     header = (["uid"] if uid else []) + list(COLUMNS)
     for split, name in (("train", TRAIN_CSV), ("val", VAL_CSV)):
         _csv(annotations / name, header, [([str(i)] if uid else []) + r for i, r in enumerate(rows[split])])
+    unseen, tail_v, tail_n = _write_tables(annotations, verbs, nouns, segments, lists)
+    return SyntheticEpic(
+        root, annotations, frames, verbs, nouns, tuple(segments), unseen, tail_v, tail_n, planted
+    )
+
+
+def _write_tables(
+    annotations: Path,
+    verbs: tuple[str, ...],
+    nouns: tuple[str, ...],
+    segments: list[SynthSegment],
+    lists: bool,
+) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """Write both class tables and (with `lists`) the unseen and tail lists; return what they list:
+    the participants in validation only, the rarest third of the verbs and of the nouns."""
     _csv(annotations / VERB_CSV, ["id", "key", "instances", "category"], _class_table(verbs, "action"))
     _csv(annotations / NOUN_CSV, ["id", "key", "instances", "category"], _class_table(nouns, "utensils"))
     train_people = {s.participant for s in segments if s.split == "train"}
     unseen = tuple(sorted({s.participant for s in segments} - train_people))
-    tail_v, tail_n = (
-        tuple(range(n_verbs - max(1, n_verbs // 3), n_verbs)),
-        tuple(range(n_nouns - max(1, n_nouns // 3), n_nouns)),
-    )
+    tail_v = tuple(range(len(verbs) - max(1, len(verbs) // 3), len(verbs)))
+    tail_n = tuple(range(len(nouns) - max(1, len(nouns) // 3), len(nouns)))
     if lists:
         _csv(annotations / UNSEEN_CSV, ["participant_id"], [[p] for p in unseen])
         _csv(annotations / TAIL_VERBS_CSV, ["verb"], [[str(k)] for k in tail_v])
         _csv(annotations / TAIL_NOUNS_CSV, ["noun"], [[str(k)] for k in tail_n])
-    return SyntheticEpic(
-        root, annotations, frames, verbs, nouns, tuple(segments), unseen, tail_v, tail_n, planted
-    )
+    return unseen, tail_v, tail_n
 
 
 def _plant(faults: tuple[str, ...], segments: list[SynthSegment], frames: Path) -> dict[str, str]:
