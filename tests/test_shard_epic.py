@@ -423,3 +423,5 @@ def test_frames_folder_missing_or_not_given(layout: SyntheticEpic, tmp_path: Pat
         app, ["shard", "--epic-kitchens", str(layout.annotations), "--out", str(tmp_path / "t")]
     )
     assert result.exit_code == 2 and "--epic-kitchens needs --frames" in " ".join(result.output.split())
+    code, output = shard(tmp_path / "nothing", tmp_path / "u", frames=layout.frames)
+    assert code == 2 and "annotations folder not found" in output and "Traceback" not in output
