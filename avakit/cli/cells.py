@@ -276,7 +276,7 @@ def clip_columns() -> list[tuple[str, Cell]]:
     """(header, cell function) of a clip run's row tables (train's, report's): verb, noun and
     action top-1 / top-5 and the segments."""
     columns: list[tuple[str, Cell]] = [
-        (f"{part} top-1 / 5", lambda m, part=part: clip_top_cell(m, part)) for part in CLIP_PARTS
+        (f"{part} top-1/5", lambda m, part=part: clip_top_cell(m, part)) for part in CLIP_PARTS
     ]
     return [*columns, ("segments", lambda m: count(m, "n"))]
 
@@ -291,16 +291,16 @@ def clip_subset(m: dict, subset: str) -> dict | None:
 
 def task_rows(rows: list[tuple[str, str, dict]], task: str) -> list[tuple[str, str, dict]]:
     """The rows of `avakit report`'s table: for a clip run each split's unseen and tail subsets
-    follow it as rows of their own ("val · tail classes"); other tasks' rows unchanged."""
+    follow it as rows of their own ("val · tail"); other tasks' rows unchanged."""
     if task != "clip":
         return rows
     out = []
     for split, model, m in rows:
         out.append((split, model, m))
-        for subset, what in CLIP_SUBSETS.items():
+        for subset in CLIP_SUBSETS:
             found = clip_subset(m, subset)
             if found is not None:
-                out.append((f"{split} · {what}", model, found))
+                out.append((f"{split} · {subset}", model, found))
     return out
 
 
