@@ -128,6 +128,10 @@ def test_per_class_table_is_by_support() -> None:
     assert t["class"].tolist() == ["3 d", "1 b"] and t["segments"].tolist() == [3, 2]
     assert t["accuracy"].tolist() == pytest.approx([2 / 3, 1 / 2])
     assert per_class_table(df, "verb", [], top=5)["class"].tolist() == ["3", "1", "0"]
+    huge = pd.DataFrame({"verb_true": [10**15, 10**15, 2], "verb_pred": [10**15, 2, 10**14]})
+    t = per_class_table(huge, "verb", ["a"])  # crafted indices: no array of 10**15 classes
+    assert t["index"].tolist() == [10**15, 2] and t["accuracy"].tolist() == [0.5, 0.0]
+    assert per_class_table(huge.iloc[:0], "verb", []).empty
 
 
 def test_without_subsets_or_classes(tmp_path: Path) -> None:

@@ -137,15 +137,20 @@ def per_class_table(df: pd.DataFrame, part: str, names: list[str], top: int = TO
     """The `top` most frequent true classes of `part` ("verb" or "noun") in a split: index, class
     (its name), segments, accuracy (top-1); ties in support by class index."""
     true, pred = df[f"{part}_true"].to_numpy(np.int64), df[f"{part}_pred"].to_numpy(np.int64)
-    n_classes = int(max(true.max(initial=-1), pred.max(initial=-1))) + 1
-    counts, acc = per_class_accuracy(true, pred, n_classes)
-    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0][:top]
+    classes, dense = np.unique(true, return_inverse=True)  # dense ids: a crafted huge index costs nothing
+    at = np.minimum(np.searchsorted(classes, pred), max(len(classes) - 1, 0))
+    known = classes[at] == pred if len(classes) else np.zeros(len(pred), dtype=bool)
+    pred_dense = np.where(known, at, -1)
+    counts, acc = per_class_accuracy(dense, pred_dense, len(classes))
+    ranked = [int(i) for i in np.argsort(-counts, kind="stable")][:top]
+    order = [int(classes[i]) for i in ranked]
+    counts, acc = counts[ranked], acc[ranked]
     return pd.DataFrame(
         {
             "index": order,
             "class": [class_name(names, i) for i in order],
-            "segments": [int(counts[i]) for i in order],
-            "accuracy": [float(acc[i]) for i in order],
+            "segments": [int(n) for n in counts],
+            "accuracy": [float(a) for a in acc],
         }
     )
 
@@ -158,10 +163,12 @@ def per_class_section(c: Collector, splits: list[ClipSplit], names: dict[str, li
             t = per_class_table(sp.df, part, names[part])
             title = f"{part.capitalize()} accuracy, {len(t)} most frequent {part}s ({sp.label})"
             fig = _figure(c, f"{sp.key}_{part}_per_class.png", "per_class", cp.plot_per_class, t, title)
+            key = names[part]  # the table shows the class index and its key apart
             rows = [
-                [i, name, n, frac({"a": a}, "a", 3)] for i, name, n, a in t.itertuples(index=False, name=None)
+                [i, key[i] if i < len(key) else "-", n, frac({"a": a}, "a", 3)]
+                for i, _, n, a in t.itertuples(index=False, name=None)
             ]
-            inner = fig + table([part, "class", "segments", "top-1 accuracy"], rows)
+            inner = fig + table([part, "key", "segments", "top-1 accuracy"], rows)
             body += section(f"{part}s · {sp.label}", inner, level=3)
     return body
 
