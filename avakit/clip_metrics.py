@@ -12,9 +12,10 @@ makes the "tail" subset as the EPIC-KITCHENS-100 challenge defines it: verb metr
 segments whose true verb is a tail class, noun metrics over those whose true noun is, action
 metrics over those with a tail verb or a tail noun (`tail_n`; `tail_verb_n`, `tail_noun_n` count
 the first two). Any other name `s` (e.g. "unseen": segments of participants unseen in training)
-is a plain subset: verb, noun and action over its segments. A mask holding None anywhere is
-unknown: its keys are left out. Subset keys `{s}_verb_top1` .. `{s}_action_top5` are present
-only over a non-empty group, so they are never NaN; `{s}_n` always is when the subset is known.
+is a plain subset: verb, noun and action over its segments. A segment whose flag is None is
+outside the subset; a mask of None only is unknown: its keys are left out. Subset keys
+`{s}_verb_top1` .. `{s}_action_top5` are present only over a non-empty group, so they are never
+NaN; `{s}_n` always is when the subset is known.
 Returned values are plain Python ints and floats; a metric over no segment at all is NaN.
 """
 
@@ -129,13 +130,15 @@ def _mean(values: np.ndarray) -> float:
 
 
 def _mask(values: object, n: int, name: str) -> np.ndarray | None:
-    """A subset mask as bool [n]; None when any entry is None or NaN (the subset is unknown)."""
+    """A subset mask as bool [n], an unknown entry (None, NaN, pd.NA) outside the subset; None
+    when n > 0 and every entry is unknown (the subset is unknown)."""
     arr = np.asarray(values, dtype=object)
     if arr.shape != (n,):
         raise ValueError(f"subset {name!r}: expected {n} flags, got shape {arr.shape}")
-    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in arr):
+    unknown = np.array([v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) for v in arr])
+    if n and unknown.all():
         return None
-    return arr.astype(bool)
+    return np.where(unknown, False, arr).astype(bool)
 
 
 def _on(hit: dict[str, np.ndarray], prefix: str, masks: dict[str, np.ndarray]) -> dict:

@@ -136,6 +136,8 @@ def test_an_unknown_subset_is_left_out() -> None:
     m = clip_metrics(p, p, [0, 1], [0, 1], {"tail_verb": [False, False], "tail_noun": [False, True]})
     assert m["tail_n"] == 1 and "tail_verb_top1" not in m and m["tail_noun_top1"] == 1.0
     assert not any(isinstance(v, float) and math.isnan(v) for v in m.values())
+    m = clip_metrics(p, p, [0, 1], [0, 1], {"unseen": [None, True]})  # unknown: outside the subset
+    assert m["unseen_n"] == 1 and m["unseen_action_top1"] == 1.0
 
 
 def test_per_class_accuracy_and_confusion() -> None:
