@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -85,11 +85,19 @@ class EpochStats:
     steps: int = 0
     seconds: float = 0.0
     last_step: int = 0
+    counts: dict[str, int] = field(
+        default_factory=dict
+    )  # the task's training counts (StepContext.epoch_counts)
 
     @property
     def img_per_s(self) -> float:
         """Training throughput in samples per second (0 when no time was measured)."""
         return self.samples / self.seconds if self.seconds else 0.0
+
+
+def summed_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    """Ranks' EpochStats.counts added up key by key (zeros kept)."""
+    return {k: sum(p.get(k, 0) for p in parts) for k in dict.fromkeys(k for p in parts for k in p)}
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -183,6 +191,7 @@ def train_one_epoch(
     ctx.model.train()
     task = ctx.task or SCORE
     stats = EpochStats(last_step=step)
+    ctx.epoch_counts = stats.counts
     start, total, units, micro = time.perf_counter(), 0.0, 0, 0
     batches = iter(loader)
     while ctx.max_steps is None or stats.steps < ctx.max_steps:
