@@ -37,6 +37,11 @@ class ClipHead(nn.Module):
         self.verb = nn.Linear(dims[-1], verb_classes)
         self.noun = nn.Linear(dims[-1], noun_classes)
 
+    @property
+    def layers(self) -> list[nn.Linear]:
+        """Its Linear layers in order (hidden, verb, noun): telemetry's mlp_layer_i."""
+        return [*self.hidden, self.verb, self.noun]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features [B, in_dim] -> (verb logits [B, V], noun logits [B, N])."""
         for layer in self.hidden:
