@@ -51,6 +51,7 @@ from avakit.training.selection import (
     plateau_value,
     warn_small_val,
 )
+from avakit.training.shard_share import train_share_warning
 from avakit.training.trainer import (
     Progress,
     Trainer,
@@ -328,6 +329,8 @@ def _train(
         val = tr.sources["val"].samples if "val" in tr.sources else None
         samples = None if val is None else round(val * tr.fraction)
         warn_small_val(log, samples, tr.state.select_metric, tr.task.name)
+        if share := train_share_warning(cfg, tr.sources["train"], tr.ddp.world_size):
+            log.warning("%s", share)
     telemetry = Telemetry(
         run_dir,
         tr.model,
