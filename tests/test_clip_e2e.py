@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import tarfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -108,30 +106,6 @@ def write_clip_shards(out: Path, verbs: list[str] = VERBS) -> Path:
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
-
-
-def stand_in_metrics(verb_prob, noun_prob, verb_true, noun_true, subsets=None) -> dict:
-    """The top-1 part of D3's avakit.clip_metrics contract, until it lands."""
-    hits = {"verb": verb_prob.argmax(1) == verb_true, "noun": noun_prob.argmax(1) == noun_true}
-    hits["action"] = hits["verb"] & hits["noun"]
-    out: dict = {f"{a}_top1": float(h.mean()) for a, h in hits.items()}
-    for name, mask in (subsets or {}).items():
-        out.update(
-            {f"{name}_{a}_top1": float(h[mask].mean()) for a, h in hits.items()},
-            **{f"{name}_n": int(mask.sum())},
-        )
-    return {**out, "n": len(verb_true)}
-
-
-@pytest.fixture(autouse=True)
-def clip_metrics_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """avakit.clip_metrics (D3's) when it is there, else the stand-in."""
-    try:
-        import avakit.clip_metrics  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(
-            sys.modules, "avakit.clip_metrics", types.SimpleNamespace(clip_metrics=stand_in_metrics)
-        )
 
 
 def run(*argv: str, code: int = 0) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,42 +20,10 @@ from avakit.model.clip import ClipModel
 from avakit.scores import CLIPS, refuse_clip
 from avakit.tasks import get_task
 from avakit.tasks.base import StepContext
-from avakit.tasks.clip import ClipDecoder, predictions_table, top_actions, tsn_indices
+from avakit.tasks.clip import ClipDecoder, tsn_indices
 from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 CLIP_SETS = ("task=clip", "training.select_metric=action_top1", "clip.verb_classes=4", "clip.noun_classes=5")
-
-
-def stand_in_metrics(verb_prob, noun_prob, verb_true, noun_true, subsets=None) -> dict:
-    """D3's avakit.clip_metrics.clip_metrics contract, for the tests until it lands."""
-    top_v, top_n = np.argsort(-verb_prob, 1)[:, :5], np.argsort(-noun_prob, 1)[:, :5]
-    v1, n1 = top_v[:, 0] == verb_true, top_n[:, 0] == noun_true
-    acts = top_actions(verb_prob, noun_prob)
-    a5 = ((acts[:, :, 0] == verb_true[:, None]) & (acts[:, :, 1] == noun_true[:, None])).any(1)
-    out = {
-        "verb_top1": v1.mean(),
-        "verb_top5": (top_v == verb_true[:, None]).any(1).mean(),
-        "noun_top1": n1.mean(),
-        "noun_top5": (top_n == noun_true[:, None]).any(1).mean(),
-        "action_top1": (v1 & n1).mean(),
-        "action_top5": a5.mean(),
-        "n": len(verb_true),
-    }
-    for name, mask in (subsets or {}).items():
-        out[f"{name}_action_top1"] = (v1 & n1)[mask].mean() if mask.any() else float("nan")
-        out[f"{name}_n"] = int(mask.sum())
-    return {k: float(v) if k != "n" and not k.endswith("_n") else v for k, v in out.items()}
-
-
-@pytest.fixture(autouse=True)
-def clip_metrics_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """avakit.clip_metrics (D3's) when it is there, else the stand-in."""
-    try:
-        import avakit.clip_metrics  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(
-            sys.modules, "avakit.clip_metrics", types.SimpleNamespace(clip_metrics=stand_in_metrics)
-        )
 
 
 def jpeg(img: torch.Tensor) -> bytes:
@@ -112,6 +78,8 @@ def test_one_crop_flip_and_jitter_for_every_frame(tiny_config) -> None:
         *CLIP_SETS,
         "transform.augmentation.color_jitter.brightness=0.4",
         "transform.augmentation.color_jitter.contrast=0.4",
+        "transform.augmentation.random_erasing.p=0.5",
+        "transform.augmentation.crop_scale=[0.5,1.0]",
     )
     dec = ClipDecoder(TrainPreset(cfg.transform), 32, 8, (4, 5), train=True)
     torch.manual_seed(1)
@@ -185,26 +153,29 @@ def test_model_shapes_and_loss_with_train_counts(tiny_config) -> None:
     )
 
 
-def test_action_top5_and_predictions_table() -> None:
-    verb_p = np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
-    noun_p = np.array([[0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
-    acts = top_actions(verb_p, noun_p, k=3)
-    assert acts[0].tolist() == [[0, 0], [0, 1], [1, 0]]  # .30, .24, .15
+def test_summarise_metrics_and_predictions_table() -> None:
     merged = {
-        "verb_prob": verb_p,
-        "noun_prob": noun_p,
+        "n": 2,
+        "verb_prob": np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]),
+        "noun_prob": np.array([[0.5, 0.4, 0.1], [0.2, 0.2, 0.6]]),
         "classes": np.array([[0, 1], [2, 2]]),
-        "flags": np.array([[1, -1, 0], [0, 1, -1]], dtype=np.int8),
+        "flags": np.array([[1, -1, 0], [0, -1, 1]], dtype=np.int8),
         "ids": np.array([3, 9]),
         "meta": [("a", "P01", "P01_01"), ("b", "P02", "P02_03")],
     }
-    df = predictions_table(merged)
-    assert df["action_correct"].tolist() == [False, True]
-    assert df["action_top5_correct"].tolist() == [True, True]
+    found, frames = get_task("clip").summarise(merged, None, None)
+    assert (found["action_top1"], found["action_top5"], found["n"]) == (0.5, 1.0, 2)
+    assert found["unseen_n"] == 1 and found["unseen_action_top1"] == 0.0
+    assert "tail_n" not in found  # tail_verb unknown: no tail subset
+    df = frames[""]
+    assert df["action_correct"].tolist() == [False, True] and df["action_top5_correct"].tolist() == [
+        True,
+        True,
+    ]
+    assert df["key"].tolist() == ["a", "b"] and df["participant"].tolist() == ["P01", "P02"]
     assert df["verb_top5"].tolist()[0] == [0, 1, 2]
-    assert df["unseen"].tolist() == [True, False] and df["tail_verb"].isna().tolist() == [True, False]
-    buf = io.BytesIO()
-    df.to_parquet(buf)  # the nullable flags and the top-5 lists store
+    assert df["unseen"].tolist() == [True, False] and df["tail_verb"].isna().all()
+    df.to_parquet(io.BytesIO())  # the nullable flags and the top-5 lists store
 
 
 def test_config_rules(tiny_config) -> None:
@@ -220,6 +191,13 @@ def test_config_rules(tiny_config) -> None:
     assert (cfg.task, cfg.clip.frames, cfg.model.backbone, cfg.model.dropout) == ("clip", 8, "resnet18", 0.3)
     assert (cfg.training.batch_size, cfg.training.max_epochs, cfg.training.checkpoint_every) == (32, 30, 5)
     assert cfg.model.mlp_hidden_dims == [] and cfg.training.select_metric == "action_top1"
+    aug = cfg.transform.augmentation
+    assert (aug.crop_scale, aug.random_erasing.p, aug.random_erasing.scale) == ([0.85, 1.0], 0.1, [0.02, 0.1])
+    assert (cfg.training.scheduler, cfg.training.plateau_factor, cfg.training.plateau_patience) == (
+        "plateau",
+        0.5,
+        3,
+    )
 
 
 def test_manifest_classes(tmp_path) -> None:

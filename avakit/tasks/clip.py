@@ -17,17 +17,16 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avakit.clip_metrics import clip_frame, clip_metrics
 from avakit.dataset.samples import CLIP_FLAGS, Reason, decode_image, member_name, parse_label
 from avakit.errors import AvakitError
 from avakit.scores import CLIPS, Scale
 from avakit.tasks.base import Prepared, StepContext, autocast, to_input
 
-TOPK = 5  # the top-k of verb_top5 / noun_top5 / action_top5
 AXES = ("verb", "noun", "action")
 
 
@@ -226,19 +225,19 @@ class ClipTask:
     def summarise(
         self, merged: dict, ctx: StepContext, threshold: float | None, final: bool = False
     ) -> tuple[dict, dict]:
-        """(metrics, {"": one row per clip}) in the run-folder contract (predictions/{split}.parquet)."""
+        """(metrics, {"": one row per clip}) in the run-folder contract (predictions/{split}.parquet);
+        the unseen and tail subsets where the labels mark them (avakit.clip_metrics)."""
         if not merged["n"]:
             return {"n": 0}, {}
-        from avakit.clip_metrics import clip_metrics
-
-        verb_p, noun_p, classes, flags = (merged[k] for k in ("verb_prob", "noun_prob", "classes", "flags"))
-        subsets = {}
-        if (flags[:, 0] >= 0).any():
-            subsets["unseen"] = flags[:, 0] == 1
-        if (flags[:, 1:] >= 0).any():
-            subsets["tail"] = (flags[:, 1] == 1) | (flags[:, 2] == 1)
-        found = clip_metrics(verb_p, noun_p, classes[:, 0], classes[:, 1], subsets or None)
-        return {**found, "n": int(merged["n"])}, {"": predictions_table(merged)}
+        flags, classes, meta = merged["flags"], merged["classes"], merged["meta"]
+        columns = {
+            name: [None if f < 0 else bool(f) for f in flags[:, i]] for i, name in enumerate(CLIP_FLAGS)
+        }
+        probs = (merged["verb_prob"], merged["noun_prob"], classes[:, 0], classes[:, 1])
+        found = clip_metrics(*probs, columns)
+        columns.update(participant=[m[1] for m in meta], video=[m[2] for m in meta])
+        table = clip_frame([m[0] for m in meta], merged["ids"], columns, *probs)
+        return {**found, "n": int(merged["n"])}, {"": table}
 
     def metrics_line(self, found: dict, select_metric: str) -> str:
         """Action, verb and noun top-1 (top-5)."""
@@ -249,48 +248,6 @@ class ClipTask:
 def ctx_frames(model: nn.Module) -> int:
     """Frames per clip of a (possibly DDP-wrapped) clip model, for the frames/s figure."""
     return int(getattr(getattr(model, "module", model), "frames", 1))
-
-
-def top_actions(verb_p: np.ndarray, noun_p: np.ndarray, k: int = TOPK) -> np.ndarray:
-    """The `k` best (verb, noun) actions of each clip by p_verb * p_noun: [N, k, 2] (they lie
-    among the k best verbs times the k best nouns)."""
-    tv = np.argsort(-verb_p, 1)[:, :k]
-    tn = np.argsort(-noun_p, 1)[:, :k]
-    score = np.take_along_axis(verb_p, tv, 1)[:, :, None] * np.take_along_axis(noun_p, tn, 1)[:, None, :]
-    best = np.argsort(-score.reshape(len(score), -1), 1, kind="stable")[:, :k]
-    return np.stack(
-        [np.take_along_axis(tv, best // tn.shape[1], 1), np.take_along_axis(tn, best % tn.shape[1], 1)], 2
-    )
-
-
-def predictions_table(merged: dict) -> pd.DataFrame:
-    """One row per clip: ids, truths, predictions, top-5 lists, action hits and subset flags."""
-    verb_p, noun_p, classes, flags = (merged[k] for k in ("verb_prob", "noun_prob", "classes", "flags"))
-    verb_true, noun_true = classes[:, 0].astype(np.int64), classes[:, 1].astype(np.int64)
-    verb_top = np.argsort(-verb_p, 1)[:, :TOPK]
-    noun_top = np.argsort(-noun_p, 1)[:, :TOPK]
-    actions = top_actions(verb_p, noun_p)
-    hit5 = ((actions[:, :, 0] == verb_true[:, None]) & (actions[:, :, 1] == noun_true[:, None])).any(1)
-    meta = merged["meta"]
-    df = pd.DataFrame(
-        {
-            "key": [m[0] for m in meta],
-            "image_id": merged["ids"].astype(np.int64),
-            "participant": [m[1] for m in meta],
-            "video": [m[2] for m in meta],
-            "verb_true": verb_true,
-            "noun_true": noun_true,
-            "verb_pred": verb_top[:, 0].astype(np.int64),
-            "noun_pred": noun_top[:, 0].astype(np.int64),
-            "verb_top5": [row.tolist() for row in verb_top.astype(np.int64)],
-            "noun_top5": [row.tolist() for row in noun_top.astype(np.int64)],
-            "action_correct": (verb_top[:, 0] == verb_true) & (noun_top[:, 0] == noun_true),
-            "action_top5_correct": hit5,
-        }
-    )
-    for i, name in enumerate(CLIP_FLAGS):
-        df[name] = pd.array([None if f < 0 else bool(f) for f in flags[:, i]], dtype="boolean")
-    return df
 
 
 CLIP = ClipTask()
