@@ -71,6 +71,7 @@ def run(*argv: str, code: int = 0) -> str:
     return " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_clip_run_learns_and_evaluates(epic: tuple[SyntheticEpic, Path], tmp_path: Path) -> None:
     layout, shards = epic
     out = tmp_path / "runs"
@@ -114,3 +115,70 @@ def test_class_counts_and_task_must_match_the_shards(
     assert "5 verb and 6 noun classes" in text and "clip.verb_classes 97" in text
     score = ("--set", "task=score", "--set", "training.select_metric=loss", "--set", f"data.shards={shards}")
     assert "clips labels" in run("train", "--config", "configs/small.yaml", *score, code=2)
+
+
+@pytest.mark.slow
+def test_a_resumed_clip_run_ends_as_an_uninterrupted_one(
+    epic: tuple[SyntheticEpic, Path], tmp_path: Path
+) -> None:
+    from avakit.config import load_config
+    from avakit.training.checkpoint import run_config
+    from avakit.training.fit import fit
+
+    _, shards = epic
+    sets = [*FAST, "training.max_epochs=2", "training.checkpoint_every=1", f"data.shards={shards}"]
+    whole = fit(load_config("configs/epic_resnet18.yaml", [*sets, "name=whole"]), output_dir=tmp_path)
+    part = fit(
+        load_config("configs/epic_resnet18.yaml", [*sets, "name=part"]),
+        output_dir=tmp_path,
+        stop_after_epochs=1,
+    )
+    part = fit(run_config(part), resume=part)
+    history = [json.loads((r / "training_history.json").read_text()) for r in (whole, part)]
+    for key in ("val_loss", "train_action_top1", "val_action_top1", "gap"):
+        assert [h[key] for h in history[0]] == pytest.approx([h[key] for h in history[1]], abs=1e-6), key
+    results = [json.loads((r / "results.json").read_text())["val"] for r in (whole, part)]
+    assert results[0]["action_top1"] == results[1]["action_top1"]
+
+
+@pytest.mark.slow
+def test_torchrun_clip_run_sees_every_val_clip_once(epic: tuple[SyntheticEpic, Path], tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    layout, shards = epic
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+    ]
+    cmd += ["--master_port", str(port), "-m", "avakit", "train", "--config", "configs/epic_resnet18.yaml"]
+    sets = [
+        *FAST,
+        "training.max_epochs=1",
+        "data.num_workers=1",
+        f"data.shards={shards}",
+        f"output_dir={tmp_path}",
+    ]
+    cmd += [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = tmp_path.glob("epic-resnet18-*")
+    n_val = sum(s.split == "val" for s in layout.segments)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["val"]["n"] == n_val
+    table = pd.read_parquet(run_dir / "predictions" / "val.parquet")
+    assert table["key"].is_unique and len(table) == n_val
+    history = json.loads((run_dir / "training_history.json").read_text())
+    assert 0.0 <= history[0]["train_action_top1"] <= 1.0 and "gap" in history[0]

@@ -101,6 +101,16 @@ def summed_counts(parts: list[dict[str, int]]) -> dict[str, int]:
     return {k: sum(p.get(k, 0) for p in parts) for k in dict.fromkeys(k for p in parts for k in p)}
 
 
+def train_rates(counts: dict[str, int], val: dict, gap_metric: str | None) -> dict[str, float]:
+    """A task's summed training counts as train_* rates (hits / counts["n"]), and gap = train - val
+    of `gap_metric` (the clip task: action_top1) when both are known."""
+    n = counts.get("n", 0)
+    out = {f"train_{k}": v / n for k, v in counts.items() if k != "n" and n}
+    if gap_metric and f"train_{gap_metric}" in out and isinstance(val.get(gap_metric), float):
+        out["gap"] = out[f"train_{gap_metric}"] - val[gap_metric]
+    return out
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
     """What `training.amp` means on `device`, the same for train, evaluate and features.
 

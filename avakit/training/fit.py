@@ -38,6 +38,7 @@ from avakit.training.engine import (
     check_val_finite,
     summed_counts,
     train_one_epoch,
+    train_rates,
 )
 from avakit.training.resume import (
     check_same_data,
@@ -116,10 +117,7 @@ def _epoch_record(
     for key in (*task.history_keys, *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
-    n_train = stats.counts.get("n", 0)
-    record.update({f"train_{k}": v / n_train for k, v in stats.counts.items() if k != "n" and n_train})
-    if (gap := getattr(task, "gap_metric", None)) and f"train_{gap}" in record and f"val_{gap}" in record:
-        record["gap"] = record[f"train_{gap}"] - record[f"val_{gap}"]
+    record.update(train_rates(stats.counts, val, getattr(task, "gap_metric", None)))
     record.update(
         lr=lrs,
         img_per_s=stats.img_per_s * world,
