@@ -5,6 +5,7 @@ the history's train-val gap, results.json's classes, predict / export refused on
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,8 @@ from avakit.dataset.synthetic_epic import SyntheticEpic, make_synthetic_epic
 from avakit.training.evaluate import evaluate_run
 
 runner = CliRunner()
+MAJORITY = {"verb": lambda s: s.verb_class, "noun": lambda s: s.noun_class}
+MAJORITY["action"] = lambda s: (s.verb_class, s.noun_class)
 FAST = (
     "task=clip",
     "training.select_metric=action_top1",
@@ -51,7 +54,7 @@ def epic(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticEpic, Path]
     root = tmp_path_factory.mktemp("epic")
     layout = make_synthetic_epic(root / "release", segments_per_video=12)
     out = root / "shards"
-    args = ["--short-side", "32", "--frames-per-segment", "8", "--workers", "1"]
+    args = ["--short-side", "32", "--frames-per-segment", "8", "--shard-size", "12", "--workers", "1"]
     run(
         "shard",
         "--epic-kitchens",
@@ -84,9 +87,13 @@ def test_clip_run_learns_and_evaluates(epic: tuple[SyntheticEpic, Path], tmp_pat
         "noun": list(layout.nouns),
     }
     val = results["val"]
-    n_val = sum(s.split == "val" for s in layout.segments)
-    assert val["n"] == n_val and val["action_top1"] > 3 / (5 * 6), val  # chance 1/30
-    assert val["verb_top1"] > 1 / 5 + 0.15 and val["noun_top1"] > 1 / 6 + 0.15, val
+    segs = [s for s in layout.segments if s.split == "val"]
+    n_val = len(segs)
+    # above chance (1/30 actions, 1/5 verbs, 1/6 nouns) and above always answering the most
+    # frequent val class (the layout's classes are imbalanced: actions 1/6, nouns 1/3, verbs 0.58)
+    majority = {k: max(Counter(f(s) for s in segs).values()) / n_val for k, f in MAJORITY.items()}
+    assert val["n"] == n_val and val["action_top1"] > max(3 / 30, 2 * majority["action"]), (val, majority)
+    assert val["verb_top1"] > 1 / 5 + 0.15 and val["noun_top1"] > majority["noun"] + 0.15, (val, majority)
     assert val["unseen_n"] > 0 and "tail_n" in val
     history = json.loads((run_dir / "training_history.json").read_text())
     last = history[-1]
