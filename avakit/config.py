@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from avakit.config_rules import check_cross_fields
+from avakit.config_rules import CLIP_SELECT_METRICS, check_cross_fields
 from avakit.errors import AvakitError
 from avakit.fileio import write_text_atomic
 from avakit.schema import build, check_field, show
@@ -48,8 +48,8 @@ PREDICT_FORMATS = ("table", "json", "csv")  # how predictions are shown or writt
 SHORT_SIDE_RANGE = (1, 4096)  # pixels: the stored shorter side of a shard image
 QUALITY_RANGE = (1, 100)  # JPEG quality of a stored shard image
 SPLIT_SEED_MAX = 2**64 - 1  # shard's split seed (numpy's default_rng takes any; bounded to 64 bits)
-# val metric that picks best_model.pt (srcc/plcc/pair_accuracy: higher is better; loss/emd: lower)
-SELECT_METRICS = ("srcc", "plcc", "loss", "emd", "pair_accuracy")
+# val metric that picks best_model.pt (srcc/plcc/pair_accuracy/*_top1: higher is better; loss/emd: lower)
+SELECT_METRICS = ("srcc", "plcc", "loss", "emd", "pair_accuracy", *CLIP_SELECT_METRICS)
 # pairs.head: s(a) - s(b); an MLP on both embeddings; or a unit embedding dotted with a learned unit vector
 PAIR_HEADS = ("difference", "concat", "unit")
 PAIR_TARGETS = ("soft", "hard")  # pairs.target: the preference ratio itself, or which photo won
@@ -175,7 +175,8 @@ class TrainingConfig:
     channels_last: bool = False
     checkpoint_every: int = _f(1, ge=1)
     # the val metric that picks best_model.pt and drives early stopping and the plateau
-    # scheduler: srcc / plcc (higher is better), loss / emd (lower; emd needs vote distributions)
+    # scheduler: srcc / plcc (higher is better), loss / emd (lower; emd needs vote distributions);
+    # pairwise: pair_accuracy; clip: action_top1 / verb_top1 / noun_top1
     select_metric: str = _f("srcc", choices=SELECT_METRICS)
 
 
@@ -228,6 +229,15 @@ class PairsConfig:
 
 
 @dataclass
+class ClipConfig:
+    """The clip task (`task: clip`): video segments classified by verb and noun (EPIC-KITCHENS)."""
+
+    frames: int = _f(8, ge=1, le=64)  # TSN segments per clip: one frame of each per forward pass
+    verb_classes: int = _f(97, ge=1, le=100_000)  # must equal the manifest's classes.verb count
+    noun_classes: int = _f(300, ge=1, le=100_000)  # must equal the manifest's classes.noun count
+
+
+@dataclass
 class EvalConfig:
     """How held-out predictions are judged."""
 
@@ -241,8 +251,8 @@ class Config:
     """The whole training config; see configs/*.yaml for every key explained."""
 
     name: str = _f("ava", nonempty=True, filename=True)  # the run folder is {name}-{time}
-    # what the run learns: score (a photo's votes or MOS) or pairwise (which photo of a series is
-    # better); the shards' labels must be of that task's kind (avakit.tasks)
+    # what the run learns: score (a photo's votes or MOS), pairwise (which photo of a series is
+    # better) or clip (a video segment's verb and noun); the shards' labels must be of that task's kind
     task: str = _f("score", choices=TASK_NAMES)
     output_dir: str = _f("outputs", nonempty=True)
     device: str = _f("auto", choices=DEVICES)
@@ -256,6 +266,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

@@ -13,15 +13,20 @@ from avakit.errors import AvakitError
 from avakit.scores import FEATURE_SOURCES, LOSSES
 
 Config = Any  # an avakit.config.Config (not imported: config imports this module)
+CLIP_SELECT_METRICS = ("action_top1", "verb_top1", "noun_top1")  # the clip task's (besides loss)
 
 
 def check_cross_fields(cfg: Config, p: str = "") -> None:
     """Rules that span several keys (`p`: the prefix of every key named)."""
-    loss, mode = cfg.training.loss_type, cfg.model.output_mode
+    loss, mode, metric = cfg.training.loss_type, cfg.model.output_mode, cfg.training.select_metric
     if cfg.task == "pairwise":
         _check_pairwise(cfg, p)
-    elif cfg.training.select_metric == "pair_accuracy":
+    elif cfg.task == "clip":
+        _check_clip(cfg, p)
+    elif metric == "pair_accuracy":
         raise AvakitError(f"{p}training.select_metric: 'pair_accuracy' needs task: pairwise")
+    elif metric in CLIP_SELECT_METRICS:
+        raise AvakitError(f"{p}training.select_metric: {metric!r} needs task: clip")
     elif LOSSES[loss] != mode:
         raise AvakitError(
             f"{p}training.loss_type: '{loss}' needs {p}model.output_mode '{LOSSES[loss]}' (got '{mode}')"
@@ -87,4 +92,19 @@ def _check_pairwise(cfg: Config, p: str) -> None:
         raise AvakitError(
             f"{p}training.select_metric: task pairwise picks its best epoch by pair_accuracy or loss "
             f"(got '{cfg.training.select_metric}')"
+        )
+
+
+def _check_clip(cfg: Config, p: str) -> None:
+    """A clip run classifies verbs and nouns (its own heads and loss) and is judged on them."""
+    metric = cfg.training.select_metric
+    if metric not in (*CLIP_SELECT_METRICS, "loss"):
+        raise AvakitError(
+            f"{p}training.select_metric: task clip picks its best epoch by action_top1, verb_top1, "
+            f"noun_top1 or loss (got '{metric}')"
+        )
+    if cfg.data.features or cfg.features.sources or cfg.features.iqa or cfg.features.layer != "final":
+        raise AvakitError(
+            f"{p}features: task clip trains end to end on frames (no data.features cache, "
+            f"features.sources, features.iqa or features.layer other than final)"
         )

@@ -242,3 +242,12 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
 TASK_NAMES: tuple[str, ...] = ("score", "pairwise", "clip")  # config `task`: what a run learns (avakit.tasks)
 # training.amp: autocast dtype on cuda; elsewhere always "off" (see training.engine.resolve_amp)
 AMP_MODES: tuple[str, ...] = ("bf16", "fp16", "off")
+
+
+def refuse_clip(task: str, command: str, where: str) -> None:
+    """AvakitError when `command` (predict, export, features: single photos) meets a clip run."""
+    if task == "clip":
+        raise AvakitError(
+            f"{where}: a clip run (task: clip) classifies video segments from several frames; "
+            f"`avakit {command}` works on single photos: use `avakit evaluate` on clip shards"
+        )

@@ -56,7 +56,7 @@ from avakit.inference.quantize import quantize_int8
 from avakit.inference.rank_parity import export_ranking
 from avakit.metrics import srcc
 from avakit.model.losses import native_outputs
-from avakit.scores import AVA, PAIRS, Scale
+from avakit.scores import AVA, PAIRS, Scale, refuse_clip
 from avakit.training.checkpoint import (
     checkpoint_scale,
     load_checkpoint,
@@ -271,6 +271,7 @@ def export_onnx(
     output = check_output(Path(output))
     ckpt_path = run_checkpoint(Path(run_dir), checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    refuse_clip(checkpoint_scale(ckpt).task, "export", str(ckpt_path))
     model, cfg = model_from_checkpoint(ckpt)
     mode, spec, scale = cfg.model.output_mode, PreprocessSpec.from_checkpoint(ckpt), checkpoint_scale(ckpt)
     wrapped = ExportModel(model, mode, scale).eval()

@@ -21,6 +21,7 @@ from avakit.extras import require
 from avakit.inference.export import ExportModel, export_fp32, val_images
 from avakit.inference.preprocess import PreprocessSpec
 from avakit.inference.quantize import quantize_int8
+from avakit.scores import refuse_clip
 from avakit.training.checkpoint import (
     checkpoint_scale,
     load_checkpoint,
@@ -77,6 +78,7 @@ def phone_proxy(
         raise AvakitError(f"phone latency: n_photos must be at least 1, got {n_photos}")
     ckpt_path = run_checkpoint(Path(run_dir), checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    refuse_clip(checkpoint_scale(ckpt).task, "export --phone-latency", str(ckpt_path))
     model, cfg = model_from_checkpoint(ckpt)
     spec = PreprocessSpec.from_checkpoint(ckpt)
     source = str(shards) if shards is not None else cfg.data.shards

@@ -42,10 +42,12 @@ class TorchScorer(Scorer):
     def __init__(self, ckpt_path: Path, device: str = "auto") -> None:
         import torch
 
+        from avakit.scores import refuse_clip
         from avakit.training.checkpoint import checkpoint_scale, load_checkpoint, model_from_checkpoint
         from avakit.training.distributed import pick_device
 
         ckpt = load_checkpoint(ckpt_path)
+        refuse_clip(checkpoint_scale(ckpt).task, "predict", str(ckpt_path))
         self.spec = PreprocessSpec.from_checkpoint(ckpt)
         model, cfg = model_from_checkpoint(ckpt)
         self.scale = checkpoint_scale(ckpt)

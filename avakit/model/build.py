@@ -29,6 +29,10 @@ def model_from_config(cfg: Any, *, scale: Scale = AVA, load_weights: bool = True
     checkpoint). Head-only runs (`data.features` set) freeze the whole backbone.
     """
     m, f = cfg.model, cfg.features
+    if getattr(cfg, "task", "score") == "clip":  # per-frame backbone, verb and noun heads
+        from avakit.model.clip import clip_model
+
+        return clip_model(cfg, load_weights)
     check_output_mode(m.output_mode, cfg.training.loss_type, scale)
     if getattr(f, "sources", None):
         return fused_model(cfg, scale, load_weights)

@@ -48,6 +48,9 @@ class StepContext:
     max_steps: int | None = None  # DDP: the same number of optimizer steps on every rank
     log_interval: int = 0  # log the running loss every N optimizer steps (0 = never)
     skipped_steps: int = 0  # fp16: optimizer steps skipped in a row by the GradScaler (inf gradients)
+    # summed per-epoch training counts a task's loss may add ({"n": clips, "action_top1": hits, ...}):
+    # train_one_epoch resets it and returns it in EpochStats.counts (the history's train_* keys)
+    epoch_counts: dict[str, int] | None = None
 
 
 @dataclass

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -86,11 +86,29 @@ class EpochStats:
     steps: int = 0
     seconds: float = 0.0
     last_step: int = 0
+    counts: dict[str, int] = field(
+        default_factory=dict
+    )  # the task's training counts (StepContext.epoch_counts)
 
     @property
     def img_per_s(self) -> float:
         """Training throughput in samples per second (0 when no time was measured)."""
         return self.samples / self.seconds if self.seconds else 0.0
+
+
+def summed_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    """Ranks' EpochStats.counts added up key by key (zeros kept)."""
+    return {k: sum(p.get(k, 0) for p in parts) for k in dict.fromkeys(k for p in parts for k in p)}
+
+
+def train_rates(counts: dict[str, int], val: dict, gap_metric: str | None) -> dict[str, float]:
+    """A task's summed training counts as train_* rates (hits / counts["n"]), and gap = train - val
+    of `gap_metric` (the clip task: action_top1) when both are known."""
+    n = counts.get("n", 0)
+    out = {f"train_{k}": v / n for k, v in counts.items() if k != "n" and n}
+    if gap_metric and f"train_{gap_metric}" in out and isinstance(val.get(gap_metric), float):
+        out["gap"] = out[f"train_{gap_metric}"] - val[gap_metric]
+    return out
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -184,6 +202,7 @@ def train_one_epoch(
     ctx.model.train()
     task = ctx.task or SCORE
     stats = EpochStats(last_step=step)
+    ctx.epoch_counts = stats.counts
     start, total, units, micro = time.perf_counter(), 0.0, 0, 0
     batches = iter(loader)
     while ctx.max_steps is None or stats.steps < ctx.max_steps:

@@ -31,7 +31,7 @@ from avakit.errors import AvakitError
 from avakit.fileio import atomic_write, clear_stale_tmp, file_sha256, write_json_atomic, write_parquet_atomic
 from avakit.model.build import model_from_config
 from avakit.model.iqa import IQA_NAMES, iqa_features
-from avakit.scores import SPLITS, Scale, stored_scale
+from avakit.scores import SPLITS, Scale, refuse_clip, stored_scale
 from avakit.training.checkpoint import make_folder
 from avakit.training.distributed import pick_device
 from avakit.training.engine import autocast, place_model, resolve_amp
@@ -177,6 +177,7 @@ def extract_features(
     `allow_missing`; meta.json's `counts` then say per split how many samples were cached and
     how many were lost, and why (corrupt samples are counted the same way).
     """
+    refuse_clip(cfg.task, "features", "config")
     if not splits or any(s not in SPLITS for s in splits):
         raise AvakitError(f"splits must list train, val and/or test, got {','.join(splits)!r}")
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from avakit.dataset.samples import SampleCounts
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
 from avakit.scores import HELD_OUT_SPLITS
+from avakit.tasks.base import Task
 from avakit.training.checkpoint import (
     load_checkpoint,
     make_folder,
@@ -35,7 +36,9 @@ from avakit.training.engine import (
     EpochStats,
     NonFiniteError,
     check_val_finite,
+    summed_counts,
     train_one_epoch,
+    train_rates,
 )
 from avakit.training.resume import (
     check_same_data,
@@ -102,17 +105,19 @@ def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
 
 
 def _epoch_record(
-    epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int, counts: SampleCounts, keys: tuple
+    epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int, counts: SampleCounts, task: Task
 ) -> dict:
     """One training_history.json entry: losses, val metrics, LRs, speed and the samples accounted for.
 
     samples_expected = samples_seen + sum(lost) for the train pass (reasons: corrupt samples and
     samples lost with their shard; corrupt / missing are those two totals); val_* the same for val.
+    A task's training counts become train_* rates; its gap_metric (clip) gap = train - val.
     """
     record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val["loss"]}
-    for key in (*keys, *counts.as_dict()):
+    for key in (*task.history_keys, *counts.as_dict()):
         if key in val:
             record[f"val_{key}"] = val[key]
+    record.update(train_rates(stats.counts, val, getattr(task, "gap_metric", None)))
     record.update(
         lr=lrs,
         img_per_s=stats.img_per_s * world,
@@ -132,7 +137,8 @@ def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, frames:
     t = max(stats.last_step - 1, 0) if tr.ctx.scheduler is not None else epoch
     lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
     counts = _pass_counts(tr, "train", f"epoch {epoch} training")
-    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts, tr.task.history_keys))
+    stats.counts = summed_counts(gather_objects(stats.counts, tr.ddp))  # every rank's training counts
+    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts, tr.task))
     value = val.get(s.select_metric, math.nan)
     improved = improves(s.select_metric, value, s.best_value, cfg.training.early_stop_min_delta)
     if improved:
@@ -222,6 +228,7 @@ def _finish(tr: Trainer, progress: Progress | None, started: float) -> dict:
         "labels": tr.scale.as_dict(),
         "select_metric": s.select_metric,
         "threshold": tr.threshold,
+        **({"classes": tr.classes} if tr.classes else {}),  # clip runs: the shards' class names
     }  # checkpoint None: no epoch improved
     for split in HELD_OUT_SPLITS:
         if split in tr.sources and tr.sources[split].has_data:

@@ -15,8 +15,26 @@ from avakit.errors import AvakitError
 from avakit.predictions import frame_intervals, metrics_line  # noqa: F401 (re-exported)
 from avakit.scores import Scale
 
-HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "loss": False, "emd": False, "pair_accuracy": True}
-NAMES = {"srcc": "SRCC", "plcc": "PLCC", "loss": "loss", "emd": "EMD", "pair_accuracy": "pair accuracy"}
+HIGHER_IS_BETTER = {
+    "srcc": True,
+    "plcc": True,
+    "loss": False,
+    "emd": False,
+    "pair_accuracy": True,
+    "action_top1": True,
+    "verb_top1": True,
+    "noun_top1": True,
+}
+NAMES = {
+    "srcc": "SRCC",
+    "plcc": "PLCC",
+    "loss": "loss",
+    "emd": "EMD",
+    "pair_accuracy": "pair accuracy",
+    "action_top1": "action top-1",
+    "verb_top1": "verb top-1",
+    "noun_top1": "noun top-1",
+}
 NOISY_VAL = 500  # fewer val samples than this: checkpoint selection is noisy (warned at train start)
 NOISY_VAL_SERIES = 100  # pairwise: ~250 pairs, a standard error of ~3 points on the accuracy
 
@@ -60,7 +78,7 @@ def check_best_value(metric: object, value: object, where: str, key: str = "best
         raise AvakitError(f"{where}.{key}: expected a float, got {str(value)[:60]!r}")
     if metric in ("srcc", "plcc"):
         ok = -1.0 <= value <= 1.0 or value == -math.inf
-    elif metric == "pair_accuracy":
+    elif metric in ("pair_accuracy", "action_top1", "verb_top1", "noun_top1"):
         ok = 0.0 <= value <= 1.0 or value == -math.inf
     elif metric == "emd":
         ok = 0.0 <= value < math.inf or value == math.inf

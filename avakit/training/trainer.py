@@ -90,6 +90,7 @@ class Trainer:
     fraction: float
     state: RunState
     loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
+    classes: dict[str, list[str]] | None = None  # clip runs: the manifest's verb and noun names
 
 
 def _optimizer(groups: list[dict], t) -> torch.optim.Optimizer:
@@ -117,6 +118,7 @@ def build_trainer(
         scale = cache_scale_for(cfg)
     threshold = eval_threshold(cfg.eval.threshold, scale)
     check_select_metric(cfg, scale)
+    classes = _clip_classes(cfg, shard_sources or {}) if cfg.task == "clip" else None
     seed_everything(cfg.seed)
     core, normalize = place_model(model_from_config(cfg, scale=scale), cfg, device)
     groups = param_groups(core, t.learning_rate, t.head_lr_multiplier, t.differential_lr, t.weight_decay)
@@ -178,7 +180,16 @@ def build_trainer(
         steps_per_epoch=steps,
         fraction=fraction,
         state=RunState(select_metric=t.select_metric, best_value=worst(t.select_metric)),
+        classes=classes,
     )
+
+
+def _clip_classes(cfg: Config, sources: dict[str, SplitSource]) -> dict[str, list[str]]:
+    """A clip run's verb and noun names, from its manifests, checked against clip.*_classes."""
+    from avakit.dataset.clip_classes import run_classes
+
+    manifests = sorted({s.where for s in sources.values() if s.samples is not None})
+    return run_classes(manifests, cfg.clip.verb_classes, cfg.clip.noun_classes)
 
 
 def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
