@@ -72,7 +72,9 @@ def _assert_same(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(shared_shards: Path, tiny_train: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(
+    shared_shards: Path, tiny_train: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """An uninterrupted in-process run of the config the tests interrupt."""
     from avakit.config import load_config
 
@@ -105,7 +107,9 @@ def test_signal_stops_and_resume_is_exact(
         fit(cfg, output_dir=tmp_path, progress=SignalAt(sig, bar, at))
     message = str(info.value)
     assert info.value.exit_code == EXIT_REQUEUE == 75
-    assert message.startswith(f"preempted ({sig.name}) in epoch {stopped_in}: last.pt holds the start of epoch")
+    assert message.startswith(
+        f"preempted ({sig.name}) in epoch {stopped_in}: last.pt holds the start of epoch"
+    )
     assert "\n" not in message and "continue with: avakit train --resume" in message
     (run,) = tmp_path.glob("pre-*")
     assert message in (run / "training.log").read_text()
@@ -119,7 +123,9 @@ def test_signal_stops_and_resume_is_exact(
 
 
 @pytest.mark.slow
-def test_ctrl_c_still_interrupts(tiny_cfg: Callable[..., Config], shared_shards: Path, tmp_path: Path) -> None:
+def test_ctrl_c_still_interrupts(
+    tiny_cfg: Callable[..., Config], shared_shards: Path, tmp_path: Path
+) -> None:
     cfg = tiny_cfg(shared_shards, *SETS)
     with pytest.raises(Interrupted, match="^interrupted: run folder .* kept; resume with: avakit train"):
         fit(cfg, output_dir=tmp_path, progress=SignalAt(signal.SIGINT, "epoch 1", 3))
@@ -153,10 +159,73 @@ def test_cli_sigterm_exit_75_then_resume_auto(
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stdout[-2000:] + stderr[-2000:]
-    line = re.search(r"preempted \(SIGTERM\) in epoch 1: last.pt holds the start of epoch 1; continue.*", stderr)
+    line = re.search(
+        r"preempted \(SIGTERM\) in epoch 1: last.pt holds the start of epoch 1; continue.*", stderr
+    )
     assert line, stderr[-2000:]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--resume auto: continuing" in done.stderr
     (run,) = out.glob("pre-*")
     _assert_same(reference, run)
+
+
+def _run_folder(base: Path, name: str, results: bool = False, config: bool = True) -> Path:
+    folder = base / name
+    folder.mkdir(parents=True)
+    if config:
+        (folder / "config.yaml").write_text("name: x\n")
+    if results:
+        (folder / "results.json").write_text("{}")
+    return folder
+
+
+def test_newest_unfinished_picks_by_name_stamp_and_n(tmp_path: Path) -> None:
+    from avakit.training.autoresume import newest_unfinished
+
+    assert newest_unfinished(tmp_path / "none", "pre") is None
+    assert newest_unfinished(tmp_path, "pre") is None
+    _run_folder(tmp_path, "pre-20260101-120000")
+    _run_folder(tmp_path, "pre-20260102-090000")
+    want = _run_folder(tmp_path, "pre-20260102-090000-2")
+    _run_folder(tmp_path, "pre-20260103-000000", results=True)  # finished: skipped
+    _run_folder(tmp_path, "pre-20260104-000000", config=False)  # never started: skipped
+    _run_folder(tmp_path, "pre-x-20260105-000000")  # another name
+    _run_folder(tmp_path, "prefix-20260105-000000")  # another name
+    _run_folder(tmp_path, "pre-20260105-00000")  # not a run folder name
+    (tmp_path / "pre-20260106-000000").write_text("a file")
+    assert newest_unfinished(tmp_path, "pre") == want
+    assert newest_unfinished(tmp_path, "pre-x") == tmp_path / "pre-x-20260105-000000"
+
+
+def test_resume_auto_options(tmp_path: Path, tiny_train: tuple[str, ...]) -> None:
+    from avakit.errors import AvakitError
+    from avakit.training.autoresume import train_target
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nname: pre\n")
+    with pytest.raises(AvakitError, match="^--resume auto needs --config"):
+        train_target(None, [], None, "auto")
+    cfg, run, out = train_target(config, ["training.max_epochs=7"], None, "auto")  # nothing yet: new
+    assert run is None and out is None and cfg.training.max_epochs == 7
+    found = tmp_path / "out" / "pre-20260101-120000"
+    found.mkdir(parents=True)
+    (found / "config.yaml").write_text(f"output_dir: {tmp_path / 'out'}\nname: pre\nseed: 5\n")
+    cfg, run, out = train_target(config, ["training.max_epochs=7"], tmp_path / "elsewhere", "auto")
+    assert run is None and out == tmp_path / "elsewhere"  # --output-dir is where it looks
+    cfg, run, out = train_target(config, ["training.max_epochs=7"], None, "auto")
+    assert run == found and out is None and cfg.seed == 5 and cfg.training.max_epochs == 7  # its own config
+    with pytest.raises(AvakitError, match="not --config"):
+        train_target(config, [], None, str(found))
+    with pytest.raises(AvakitError, match="^--output-dir: a resumed run"):
+        train_target(None, [], tmp_path, str(found))
+
+
+def test_cli_resume_auto_without_config_is_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from avakit.cli.app import app
+
+    result = CliRunner().invoke(app, ["train", "--resume", "auto"])
+    assert result.exit_code == 2
+    assert "--resume auto needs --config" in result.output
