@@ -85,6 +85,10 @@ class DataConfig:
     num_workers: int = _f(4, ge=0, le=MAX_WORKERS)
     shuffle_buffer: int = _f(1000, ge=0, le=MAX_SHUFFLE_BUFFER)
     features: str | None = None  # folder of cached backbone features (null = compute on the fly)
+    # train: every rank draws shards with replacement from the whole split (an endless stream seeded
+    # by seed, epoch, rank), for more ranks x workers than shards; eval splits never resample
+    resampled: bool = False
+    epoch_samples: int | None = _f(None, ge=1)  # resampled epoch length over all ranks (null = split size)
 
 
 @dataclass
@@ -112,6 +116,14 @@ class ColorJitterConfig:
 
 
 @dataclass
+class RandomErasingConfig:
+    """torchvision RandomErasing on the training crop, erased with the normalisation mean."""
+
+    p: float = _f(0.0, ge=0.0, le=1.0)  # probability per sample (0 = off)
+    scale: list[float] = _f(factory=lambda: [0.02, 0.33], length=2, gt=0.0, le=1.0)  # area bounds
+
+
+@dataclass
 class AugmentationConfig:
     """Training-time augmentation."""
 
@@ -119,6 +131,9 @@ class AugmentationConfig:
     random_crop: bool = True
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
     rotation: float = _f(0.0, ge=0.0, le=45.0)  # random rotation within +- this many degrees (0 = off)
+    random_erasing: RandomErasingConfig = field(default_factory=RandomErasingConfig)
+    # RandomResizedCrop area bounds [lo, hi] in (0, 1] replacing resize + random crop (null = off)
+    crop_scale: list[float] | None = _f(None, length=2, gt=0.0, le=1.0)
 
 
 @dataclass
@@ -149,6 +164,8 @@ class TrainingConfig:
     early_stop_min_delta: float = _f(0.0, ge=0.0)
     loss_type: str = _f("emd", choices=tuple(LOSSES))
     scheduler: str = _f("cosine", choices=("none", "cosine", "plateau"))
+    plateau_factor: float = _f(0.1, gt=0.0, lt=1.0)  # plateau: LR times this after `patience` bad epochs
+    plateau_patience: int | None = _f(None, ge=1)  # null = early_stop_patience // 2, at least 1
     warmup_epochs: int = _f(1, ge=0)
     grad_clip: float | None = _f(1.0, ge=0.0)
     grad_accum_steps: int = _f(1, ge=1)

@@ -32,9 +32,29 @@ def check_cross_fields(cfg: Config, p: str = "") -> None:
             f"(got {p}model.backbone '{cfg.model.backbone}')"
         )
     _check_sources(cfg, p)
+    _check_recipe(cfg, p)
     crop, resize = cfg.transform.crop_size, cfg.transform.resize_size
     if crop > resize:
         raise AvakitError(f"{p}transform.crop_size: {crop} must be <= {p}transform.resize_size ({resize})")
+
+
+def _check_recipe(cfg: Config, p: str) -> None:
+    """Augmentation bounds are (lo, hi) pairs; a resampled stream reads shards, not a feature cache."""
+    aug = cfg.transform.augmentation
+    for key, bounds in (("random_erasing.scale", aug.random_erasing.scale), ("crop_scale", aug.crop_scale)):
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise AvakitError(
+                f"{p}transform.augmentation.{key}: [lo, hi] needs lo <= hi (got {list(bounds)})"
+            )
+    if cfg.data.epoch_samples is not None and not cfg.data.resampled:
+        raise AvakitError(
+            f"{p}data.epoch_samples: sets a resampled epoch's length (set {p}data.resampled: true)"
+        )
+    if cfg.data.resampled and cfg.data.features:
+        raise AvakitError(
+            f"{p}data.resampled: resamples shards; a head-only run from {p}data.features "
+            "does not (set it false)"
+        )
 
 
 def _check_sources(cfg: Config, p: str) -> None:

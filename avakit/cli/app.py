@@ -371,15 +371,14 @@ def main() -> None:
 
 def _report_table(title: str, rows: list[tuple[str, str, dict]], task: str = "score") -> None:
     """`avakit report`'s summary: one row per split and model, the metrics the data (the task) has."""
-    from avakit.cli.cells import pair_caption, report_columns
+    from avakit.cli.cells import report_columns, task_caption, task_rows
 
-    caption = pair_caption() if task == "pairwise" else None
-    table = Table(title=escape(title), caption=caption, caption_justify="left")
+    table = Table(title=escape(title), caption=task_caption(task), caption_justify="left")
     table.add_column("split")
     table.add_column("model")
     columns = report_columns(rows, task)
     for header, _ in columns:
         table.add_column(header, justify="right")
-    for split, model, m in rows:
+    for split, model, m in task_rows(rows, task):
         table.add_row(escape(split), escape(model), *(cell(m) for _, cell in columns))
     console.print(table)

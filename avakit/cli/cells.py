@@ -1,6 +1,7 @@
 """Table cells of metrics as the CLI prints them: intervals and accuracy beside its baseline;
-a pairwise run's pair accuracy beside the human ceiling (values read from files: a cell shows
-"-" for anything that is not a number in its metric's range)."""
+a pairwise run's pair accuracy beside the human ceiling; a clip run's verb, noun and action
+top-1 / top-5 with its subsets (values read from files: a cell shows "-" for anything that is
+not a number in its metric's range)."""
 
 from __future__ import annotations
 
@@ -69,9 +70,11 @@ def written_files(written: Any, pairwise: bool = False) -> str:
 def report_columns(rows: list[tuple[str, str, dict]], task: str = "score") -> list[tuple[str, Cell]]:
     """(header, cell function) of `avakit report`'s table. Score: accuracy and EMD only where some
     row has them (a threshold applies; vote distributions), SRCC and PLCC with their intervals.
-    Pairwise: `pair_columns`."""
+    Pairwise: `pair_columns`; clip: `clip_columns`."""
     if task == "pairwise":
         return pair_columns("\n")
+    if task == "clip":
+        return clip_columns()
     has = {key: any(key in m for _, _, m in rows) for key in ("accuracy", "emd")}
     columns: list[tuple[str, Cell]] = [
         ("SRCC", lambda m: with_interval(m, "srcc")),
@@ -245,4 +248,102 @@ def pair_results_table(found: dict) -> Table:
     for split in HELD_OUT_SPLITS:
         if isinstance(found.get(split), dict):
             table.add_row(split, *(cell(found[split]) for _, cell in columns))
+    return table
+
+
+# --- clip runs (verb + noun segments) --------------------------------------------------------
+
+CLIP_PARTS = ("verb", "noun", "action")
+CLIP_SUBSETS = {"unseen": "unseen participants", "tail": "tail classes"}  # subset -> what it is
+
+
+def fraction(m: dict, key: str, digits: int = 3) -> str:
+    """m[key] with `digits` decimals, "-" unless it is a finite number in 0..1."""
+    value = m.get(key)
+    if type(value) not in (int, float) or not (math.isfinite(value) and 0 <= value <= 1):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def clip_top_cell(m: dict, part: str, prefix: str = "") -> str:
+    """Top-1 / top-5 of `part` ("verb", "noun", "action"), of a subset with `prefix` ("tail_"):
+    "0.412 / 0.733"; "-" when neither is a fraction."""
+    one, five = fraction(m, f"{prefix}{part}_top1"), fraction(m, f"{prefix}{part}_top5")
+    return "-" if one == five == "-" else f"{one} / {five}"
+
+
+def clip_columns() -> list[tuple[str, Cell]]:
+    """(header, cell function) of a clip run's row tables (train's, report's): verb, noun and
+    action top-1 / top-5 and the segments."""
+    columns: list[tuple[str, Cell]] = [
+        (f"{part} top-1/5", lambda m, part=part: clip_top_cell(m, part)) for part in CLIP_PARTS
+    ]
+    return [*columns, ("segments", lambda m: count(m, "n"))]
+
+
+def clip_subset(m: dict, subset: str) -> dict | None:
+    """A subset's metrics under the plain keys (verb_top1.., n), None when `m` has no such subset."""
+    if not isinstance(m, dict) or f"{subset}_n" not in m:
+        return None
+    keys = [f"{p}_top{k}" for p in CLIP_PARTS for k in (1, 5)] + ["n"]
+    return {key: m.get(f"{subset}_{key}") for key in keys}
+
+
+def task_rows(rows: list[tuple[str, str, dict]], task: str) -> list[tuple[str, str, dict]]:
+    """The rows of `avakit report`'s table: for a clip run each split's unseen and tail subsets
+    follow it as rows of their own ("val · tail"); other tasks' rows unchanged."""
+    if task != "clip":
+        return rows
+    out = []
+    for split, model, m in rows:
+        out.append((split, model, m))
+        for subset in CLIP_SUBSETS:
+            found = clip_subset(m, subset)
+            if found is not None:
+                out.append((f"{split} · {subset}", model, found))
+    return out
+
+
+def clip_rows(m: dict) -> list[tuple[str, str]]:
+    """(metric, value) rows of `evaluate`'s table for a clip run (its segments row apart): verb,
+    noun and action top-1 / top-5, then those of each subset with its segments."""
+    rows = [(f"{part} top-1 / top-5", clip_top_cell(m, part)) for part in CLIP_PARTS]
+    for subset, what in CLIP_SUBSETS.items():
+        found = clip_subset(m, subset)
+        if found is not None:
+            rows += [(f"{what}: {part} top-1 / top-5", clip_top_cell(found, part)) for part in CLIP_PARTS]
+            rows.append((f"{what}: segments", count(found, "n")))
+    return rows
+
+
+def clip_caption() -> str:
+    """The line under a clip table: what its numbers are."""
+    return (
+        "top-1 / top-5 accuracy over segments; an action is right when verb and noun both are, actions "
+        "ranked by p(verb) x p(noun); unseen: participants absent from training; tail: EPIC-KITCHENS-100 "
+        "tail classes (verb on tail-verb segments, noun on tail-noun ones, action on either)"
+    )
+
+
+def task_caption(task: str) -> str | None:
+    """The caption of a task's metrics table (None for score runs)."""
+    return {"pairwise": pair_caption, "clip": clip_caption}.get(task, lambda: None)()
+
+
+def clip_results_table(found: dict) -> Table:
+    """`train`'s final table for a clip run's results.json: one row per held-out split, then its
+    subsets."""
+    best, epochs = count(found, "best_epoch"), count(found, "epochs")
+    chosen = found.get("select_metric")
+    by = f" (by val {chosen})" if isinstance(chosen, str) else ""
+    table = Table(
+        title=escape(f"best epoch {best} of {epochs}{by}"), caption=clip_caption(), caption_justify="left"
+    )
+    table.add_column("split")
+    columns = clip_columns()
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    rows = [(s, "", found[s]) for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
+    for split, _, m in task_rows(rows, "clip"):
+        table.add_row(escape(split), *(cell(m) for _, cell in columns))
     return table

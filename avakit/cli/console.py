@@ -189,6 +189,8 @@ def print_results(run_dir: Path) -> None:
     found = json.loads(results.read_text())
     if cells.run_task(found) == "pairwise":
         return console.print(cells.pair_results_table(found))
+    if cells.run_task(found) == "clip":
+        return console.print(cells.clip_results_table(found))
     splits = [s for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
     has_acc = any("accuracy" in found[s] for s in splits)
     chosen = found.get("select_metric", "srcc")
@@ -288,17 +290,17 @@ def print_evaluation(report: dict, run_name: str, written: Any) -> None:
     m, split = report["metrics"], report["split"]
     epoch, tta = report["epoch"], report["tta"]
     title = f"{run_name}: {split} split, {report['checkpoint']} (epoch {epoch}), tta {tta}"
-    pairwise = cells.run_task(report) == "pairwise"  # pair metrics; its samples are series
-    table = Table(
-        title=escape(title), caption=cells.pair_caption() if pairwise else None, caption_justify="left"
-    )
+    task = cells.run_task(report)
+    pairwise = task == "pairwise"  # pair metrics; its samples are series (a clip run's: segments)
+    table = Table(title=escape(title), caption=cells.task_caption(task), caption_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in cells.eval_rows(m, pairwise):
+    for name, value in cells.clip_rows(m) if task == "clip" else cells.eval_rows(m, pairwise):
         table.add_row(name, value)
     expected = report["samples_expected"]
     of = f" of {expected}" if expected is not None else ""
-    table.add_row("series" if pairwise else "samples", f"{m['n']}{of}")
+    samples = {"pairwise": "series", "clip": "segments"}.get(task, "samples")
+    table.add_row(samples, f"{m['n']}{of}")
     for name, value in latency_rows(report):  # desktop, and the phone proxy when measured
         table.add_row(name, value)
     console.print(table)

@@ -13,8 +13,10 @@ from avakit.config import QUALITY_RANGE, SHORT_SIDE_RANGE, SPLIT_SEED_MAX
 from avakit.errors import AvakitError
 
 if TYPE_CHECKING:
+    from avakit.dataset.epic_plan import EpicInput
     from avakit.dataset.folders_plan import FoldersInput
     from avakit.dataset.phototriage_plan import PhotoTriageInput
+    from avakit.dataset.plan import ShardPlan
 
 _AvaTxt = Annotated[Path | None, typer.Option("--ava-txt", help="AVA.txt (15 integer columns per line).")]
 _Labels = Annotated[
@@ -96,6 +98,39 @@ _GroupSize = Annotated[
         show_default="32",
     ),
 ]
+_Epic = Annotated[
+    Path | None,
+    typer.Option(
+        "--epic-kitchens",
+        help="EPIC-KITCHENS-100 annotations folder (EPIC_100_train.csv, EPIC_100_validation.csv, the "
+        "class CSVs): one group sample per action segment (needs --frames).",
+        metavar="ANNOTATIONS_DIR",
+        show_default=False,
+    ),
+]
+_Frames = Annotated[
+    Path | None,
+    typer.Option(
+        help="--epic-kitchens: frames root, FRAMES_ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg.",
+        metavar="FRAMES_ROOT",
+        show_default=False,
+    ),
+]
+_FramesPerSegment = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="--epic-kitchens: frames stored per segment, uniformly spaced.", show_default="16"
+    ),
+]
+_TestShare = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="--epic-kitchens: share of EPIC_100_train.csv's participants carved out as the test split.",
+        show_default="0: no test split",
+    ),
+]
 _Images = Annotated[
     Path | None,
     typer.Option(help="Images folder: {image id}.jpg for AVA.txt; the table's paths are relative to it."),
@@ -166,6 +201,10 @@ def shard(
     mos: _Mos = None,
     mos_scale: _MosScale = None,
     group_size: _GroupSize = None,
+    epic_kitchens: _Epic = None,
+    frames: _Frames = None,
+    frames_per_segment: _FramesPerSegment = None,
+    test_share: _TestShare = None,
     images: _Images = None,
     scale: _Scale = None,
     lower_is_better: _LowerIsBetter = False,
@@ -187,8 +226,9 @@ def shard(
     Labels: AVA.txt (--ava-txt), your own table (--labels: K-point votes,
     or a MOS on --scale), a dataset's release (--preset NAME ROOT),
     PhotoTriage's photo series (--phototriage ROOT: one sample per series),
-    or culling folders (--folders ROOT --splits splits.json: good/ and bad/
-    photos per folder, one sample per folder chunk).
+    culling folders (--folders ROOT --splits splits.json: good/ and bad/
+    photos per folder, one sample per folder chunk), or EPIC-KITCHENS-100
+    (--epic-kitchens DIR --frames ROOT: one sample per action segment).
     Each image is decoded, EXIF-rotated, made RGB, resized to --short-side
     and re-encoded. Unusable rows are skipped and listed in the manifest
     with their line and reason. Interrupted? Rerun the same command.
@@ -199,17 +239,18 @@ def shard(
       avakit shard --preset koniq10k data/koniq --out shards/koniq
       avakit shard --phototriage data/phototriage --out shards/pt
       avakit shard --folders data/culling --splits data/culling/splits.json --out shards/cull
+      avakit shard --epic-kitchens epic/annotations --frames epic/frames --out shards/epic
     """
     from avakit.dataset.plan import ShardOptions
-    from avakit.dataset.shards import write_shards
     from avakit.dataset.table_plan import LabelInput, plan_inputs
 
     pt = _phototriage_input(phototriage, reviews, min_agreement, min_reviewers)
     fo = _folders_input(folders, splits, mos, mos_scale, group_size, (val_ratio, test_ratio, seed))
+    ep = _epic_input(epic_kitchens, frames, frames_per_segment, test_share, (val_ratio, test_ratio))
     options = ShardOptions(
         short_side=short_side,
         quality=quality,
-        shard_size=shard_size or _default_shard_size(pt, fo),
+        shard_size=shard_size or _default_shard_size(pt, fo, ep),
         split=str(split),
         val_ratio=0.1 if val_ratio is None else val_ratio,
         test_ratio=test_ratio if test_ratio is not None else (0.0 if pt else 0.1),
@@ -219,13 +260,20 @@ def shard(
     given = LabelInput(
         phototriage=pt,
         folders=fo,
+        epic=ep,
         ava_txt=ava_txt,
         labels=labels,
         preset=(str(preset[0]), preset[1]) if preset else None,
         scale=scale,
         lower_is_better=lower_is_better,
     )
-    plan = plan_inputs(given, images, out, options, test_list, strict)
+    _write(plan_inputs(given, images, out, options, test_list, strict), out, workers)
+
+
+def _write(plan: ShardPlan, out: Path, workers: int | None) -> None:
+    """Write the plan's pending shards with a progress bar, then print the summary."""
+    from avakit.dataset.shards import write_shards
+
     done = len(plan.tasks) - len(plan.pending)
     if done:
         console.print(f"resuming: {done} of {len(plan.tasks)} shards already complete")
@@ -281,13 +329,45 @@ def _folders_input(
     )
 
 
-def _default_shard_size(pt: PhotoTriageInput | None, fo: FoldersInput | None) -> int:
-    """Rows per shard unless --shard-size: series or folder chunks per shard, else 1000 rows."""
-    from avakit.dataset import folders_plan, phototriage_plan
+def _epic_input(
+    root: Path | None,
+    frames: Path | None,
+    frames_per_segment: int | None,
+    test_share: float | None,
+    ratios: tuple[float | None, float | None],
+) -> EpicInput | None:
+    """--epic-kitchens' input; its flags without it, or the ratio flags with it, are an error."""
+    from avakit.dataset.epic_plan import FRAMES_PER_SEGMENT, EpicInput
 
+    if root is None:
+        if any(v is not None for v in (frames, frames_per_segment, test_share)):
+            raise AvakitError(
+                "--frames, --frames-per-segment and --test-share belong to --epic-kitchens ANNOTATIONS_DIR"
+            )
+        return None
+    if any(v is not None for v in ratios):
+        raise AvakitError(
+            "--val-ratio and --test-ratio do not apply to --epic-kitchens: EPIC_100_validation.csv is "
+            "the val split, --test-share carves test participants out of EPIC_100_train.csv"
+        )
+    return EpicInput(
+        annotations=root,
+        frames=frames,
+        frames_per_segment=FRAMES_PER_SEGMENT if frames_per_segment is None else frames_per_segment,
+        test_share=test_share or 0.0,
+    )
+
+
+def _default_shard_size(pt: PhotoTriageInput | None, fo: FoldersInput | None, ep: EpicInput | None) -> int:
+    """Rows per shard unless --shard-size: series, folder chunks or segments per shard, else 1000 rows."""
+    from avakit.dataset import epic_plan, folders_plan, phototriage_plan
+
+    if ep:
+        return epic_plan.SHARD_SIZE
     return phototriage_plan.SHARD_SIZE if pt else folders_plan.SHARD_SIZE if fo else 1000
 
 
 def _unit(plan) -> str:
-    """What the shard progress counts: images, or groups (a PhotoTriage series, a folder chunk)."""
-    return "groups" if plan.scale.kind == "pairs" else "images"
+    """What the shard progress counts: images, groups (a PhotoTriage series, a folder chunk) or
+    segments (EPIC-KITCHENS)."""
+    return {"pairs": "groups", "clips": "segments"}.get(plan.scale.kind, "images")

@@ -18,6 +18,9 @@ def print_summary(console: Console, manifest: dict, out: Path) -> None:
     from avakit.dataset.manifest import manifest_scale
 
     scale = manifest_scale(manifest)
+    if scale.kind == "clips":
+        _print_clips(console, manifest, out)
+        return
     pairs = scale.kind == "pairs"
     folders = "photos_written" in manifest["counts"]
     if folders:
@@ -69,3 +72,35 @@ def _print_counts(console: Console, manifest: dict, pairs: bool, folders: bool) 
         for reason, n in manifest["skipped_by_reason"].items():
             skipped.add_row(escape(reason), f"{n:,}")
         console.print(skipped)
+
+
+def _print_clips(console: Console, manifest: dict, out: Path) -> None:
+    """EPIC-KITCHENS shards: segments, frames, classes seen and participants per split; the test
+    participants and the segments skipped for missing frames."""
+    table = Table(title=escape(f"shards in {out}: video segments, verb + noun classes"))
+    for col in ("split", "segments", "shards", "MB", "frames", "verbs", "nouns", "participants"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, info in manifest["splits"].items():
+        stats = info["label_stats"]
+        cells = (
+            [str(stats["frames_per_segment"])]
+            + [str(sum(n > 0 for n in stats[k])) for k in ("verb_counts", "noun_counts")]
+            + [str(len(stats["participants"]))]
+            if stats["n"]
+            else ["-"] * 4
+        )
+        table.add_row(
+            split, f"{info['samples']:,}", str(len(info["shards"])), f"{info['bytes'] / 1e6:,.1f}", *cells
+        )
+    console.print(table)
+    epic = manifest.get("epic_kitchens", {})
+    if isinstance(epic, dict) and epic.get("test_participants"):
+        console.print(f"test participants: {escape(', '.join(map(str, epic['test_participants'])))}")
+    for split, m in (epic.get("frames_missing") or {}).items() if isinstance(epic, dict) else ():
+        if isinstance(m, dict) and m.get("segments_skipped"):
+            first = (m.get("first_missing_frames") or ["?"])[0]
+            console.print(
+                f"{split}: {m['segments_skipped']:,} segments skipped, {m.get('frames_missing', 0):,} frames "
+                f"missing (first {escape(str(first))}; up to 20 listed in manifest.json)"
+            )
+    _print_counts(console, manifest, False, False)

@@ -23,6 +23,7 @@ from avakit.scores import AVA, SPLITS, Scale, stored_scale
 FORMAT_VERSION = 2  # 2: the `labels` block (a Scale); 1 (no `labels`): AVA's 1..10 votes
 READABLE_VERSIONS = (1, 2)  # shards written by the previous version still train and evaluate
 MANIFEST = "manifest.json"
+GROUP_KINDS = ("pairs", "clips")  # label kinds whose samples hold members 000.jpg, 001.jpg, ...
 
 
 def manifest_scale(manifest: dict) -> Scale:
@@ -141,6 +142,8 @@ def _check_split(c: _Checker, info: dict, key: str, names: set[str], kind: str) 
     stats = c.mapping(info, key, "label_stats")
     if kind == "pairs":
         _check_pair_stats(c, stats, f"{key}.label_stats", samples)
+    elif kind == "clips":
+        _check_clip_stats(c, stats, f"{key}.label_stats", samples)
     elif c.count(stats, f"{key}.label_stats", "n"):
         for name in (
             "mean_score_mean",
@@ -175,6 +178,25 @@ def _check_pair_stats(c: _Checker, stats: dict, key: str, samples: int) -> None:
         if not 0.5 <= ceiling <= 1.0:
             raise c.fail(f"{key}.human_ceiling", f"expected a share in [0.5, 1], got {ceiling!r}")
     _check_folder_counts(c, stats, key, n, photos)
+
+
+def _check_clip_stats(c: _Checker, stats: dict, key: str, samples: int) -> None:
+    """A clips split's label_stats: n = segments = its samples, frames per segment in 1..64, verb
+    and noun counts (one per class) summing to the segments, participants a list of strings."""
+    for name in ("n", "segments"):
+        if c.count(stats, key, name) != samples:
+            raise c.fail(f"{key}.{name}", f"{stats[name]} segments, but the split holds {samples} samples")
+    if not 1 <= c.count(stats, key, "frames_per_segment") <= MAX_MEMBERS:
+        raise c.fail(
+            f"{key}.frames_per_segment", f"expected 1..{MAX_MEMBERS}, got {stats['frames_per_segment']}"
+        )
+    for name in ("verb_counts", "noun_counts"):
+        counts = c.typed(c.get(stats, key, name), list, "a list", f"{key}.{name}")
+        if not all(type(n) is int and n >= 0 for n in counts) or sum(counts) != samples:
+            raise c.fail(f"{key}.{name}", f"expected counts per class summing to the {samples} segments")
+    people = c.typed(c.get(stats, key, "participants"), list, "a list", f"{key}.participants")
+    if not all(isinstance(p, str) for p in people):
+        raise c.fail(f"{key}.participants", "expected a list of participant ids")
 
 
 def _check_folder_counts(c: _Checker, stats: dict, key: str, n: int, photos: int) -> None:
@@ -212,7 +234,7 @@ def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list
             n += 1
             key = sample["__key__"]
             shown = key if key.isprintable() else repr(key)  # a newline in a name stays on one line
-            first = member_name(0) if scale.kind == "pairs" else "jpg"
+            first = member_name(0) if scale.kind in GROUP_KINDS else "jpg"
             if first not in sample or "json" not in sample:
                 members = sorted(k for k in sample if not k.startswith("__"))
                 problems.append(f"{path.name}: sample {shown}: {Reason.MEMBERS.text} (has {members})")
@@ -229,7 +251,7 @@ def _read_shard(path: Path, decode: bool, scale: Scale = AVA) -> tuple[int, list
 def _sample_problems(key: str, sample: dict[str, bytes], scale: Scale) -> list[str]:
     """The reasons the loader would count this sample as corrupt (empty when it is usable)."""
     reasons = []
-    images = sorted(k for k in sample if k.endswith(".jpg")) if scale.kind == "pairs" else ["jpg"]
+    images = sorted(k for k in sample if k.endswith(".jpg")) if scale.kind in GROUP_KINDS else ["jpg"]
     for name in images:
         try:
             decode_image(sample[name])
@@ -246,9 +268,10 @@ def _sample_problems(key: str, sample: dict[str, bytes], scale: Scale) -> list[s
     reason, label = parse_label(key, sample["json"], scale)
     if reason:
         reasons.append(reason.text)
-    elif scale.kind == "pairs" and images != [member_name(k) for k in range(len(label["members"]))]:
-        n = len(label["members"])
-        reasons.append(f"{Reason.MEMBERS.text}: the label names {n} members, the sample holds {images}")
+    elif scale.kind in GROUP_KINDS:
+        n = len(label["members" if scale.kind == "pairs" else "frames"])
+        if images != [member_name(k) for k in range(n)]:
+            reasons.append(f"{Reason.MEMBERS.text}: the label names {n} members, the sample holds {images}")
     return reasons
 
 

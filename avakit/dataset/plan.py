@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -90,6 +91,8 @@ class ShardPlan:
     split_method: str | None = None  # manifest's split.method when not options.split (PhotoTriage)
     pending: list[ShardTask] = field(default_factory=list)
     done: dict[str, dict] = field(default_factory=dict)  # shard name -> record of a finished shard
+    extra: dict = field(default_factory=dict)  # manifest keys of this input (EPIC: classes, frames missing)
+    stats: Callable[[str, list], dict] | None = None  # a split's label_stats from its written rows
 
     @property
     def pending_images(self) -> int:

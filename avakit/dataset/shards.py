@@ -300,18 +300,19 @@ def check_written(manifest: dict, out: Path) -> None:
 
 def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
     """The manifest of a finished run: plan (inputs, options) + per-shard records."""
-    rows_by_id = {r.image_id: r for t in plan.tasks for r in t.rows}
     skipped = [asdict(s) for s in plan.parse_skipped]
     splits: dict[str, dict] = {}
     for split in SPLITS:
+        rows_by_id = {r.image_id: r for t in plan.tasks if t.split == split for r in t.rows}
         mine = [r for r in records if r["split"] == split]
         ids = [i for r in mine for i in r["image_ids"]]
         mine_skipped = [s for r in mine for s in r["skipped"]]
+        rows = as_written(rows_by_id, ids, mine_skipped)
         splits[split] = {
             "samples": len(ids),
             "bytes": sum(r["bytes"] for r in mine),
             "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in mine],
-            "label_stats": split_stats(as_written(rows_by_id, ids, mine_skipped), plan.scale),
+            "label_stats": plan.stats(split, rows) if plan.stats else split_stats(rows, plan.scale),
         }
         skipped += mine_skipped
     skipped.sort(key=lambda s: s["line"])
@@ -328,6 +329,7 @@ def build_manifest(plan: ShardPlan, records: list[dict]) -> dict:
         "created_by": f"avakit {__version__}",
         "sources": plan.sources,
         "labels": plan.scale.as_dict(),
+        **plan.extra,
         "preprocessing": {
             "short_side": opts.pop("short_side"),
             "quality": opts.pop("quality"),

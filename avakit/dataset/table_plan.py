@@ -23,6 +23,7 @@ from avakit.fileio import file_sha256
 from avakit.scores import Scale
 
 if TYPE_CHECKING:
+    from avakit.dataset.epic_plan import EpicInput
     from avakit.dataset.folders_plan import FoldersInput
     from avakit.dataset.phototriage_plan import PhotoTriageInput
 
@@ -191,6 +192,39 @@ class LabelInput:
     lower_is_better: bool = False
     phototriage: PhotoTriageInput | None = None  # a PhotoTriage release (and its reviews)
     folders: FoldersInput | None = None  # good/bad culling folders with their splits.json
+    epic: EpicInput | None = None  # EPIC-KITCHENS-100 annotations and frames
+
+
+def _one_input(labels: LabelInput) -> None:
+    """AvakitError unless exactly one input is given, or for a table's flags without a table."""
+    given = [
+        name
+        for name, v in (
+            ("--ava-txt", labels.ava_txt),
+            ("--labels", labels.labels),
+            ("--preset", labels.preset),
+            ("--phototriage", labels.phototriage),
+            ("--folders", labels.folders),
+            ("--epic-kitchens", labels.epic),
+        )
+        if v
+    ]
+    if len(given) > 1 and labels.epic is not None:
+        raise AvakitError(f"--epic-kitchens is an input of its own (got {', '.join(given)})")
+    if len(given) > 1 and labels.folders is not None:
+        raise AvakitError(
+            "give exactly one of --ava-txt, --labels, --preset, --phototriage or --folders "
+            f"(got {', '.join(given)})"
+        )
+    if len(given) != 1:
+        raise AvakitError(
+            "give exactly one of --ava-txt, --labels, --preset or --phototriage"
+            + (f" (got {', '.join(given)})" if given else ", or --folders ROOT with --splits FILE")
+        )
+    if labels.labels is None and (labels.scale is not None or labels.lower_is_better):
+        raise AvakitError(
+            "--scale and --lower-is-better describe a --labels table (AVA.txt and presets know their scale)"
+        )
 
 
 def plan_inputs(
@@ -206,31 +240,11 @@ def plan_inputs(
     from avakit.dataset.plan import plan_sharding
     from avakit.dataset.presets import preset_frame, preset_table
 
-    given = [
-        name
-        for name, v in (
-            ("--ava-txt", labels.ava_txt),
-            ("--labels", labels.labels),
-            ("--preset", labels.preset),
-            ("--phototriage", labels.phototriage),
-            ("--folders", labels.folders),
-        )
-        if v
-    ]
-    if len(given) > 1 and labels.folders is not None:
-        raise AvakitError(
-            "give exactly one of --ava-txt, --labels, --preset, --phototriage or --folders "
-            f"(got {', '.join(given)})"
-        )
-    if len(given) != 1:
-        raise AvakitError(
-            "give exactly one of --ava-txt, --labels, --preset or --phototriage"
-            + (f" (got {', '.join(given)})" if given else ", or --folders ROOT with --splits FILE")
-        )
-    if labels.labels is None and (labels.scale is not None or labels.lower_is_better):
-        raise AvakitError(
-            "--scale and --lower-is-better describe a --labels table (AVA.txt and presets know their scale)"
-        )
+    _one_input(labels)
+    if labels.epic is not None:
+        from avakit.dataset.epic_plan import plan_epic
+
+        return plan_epic(labels.epic, images, out, options, test_list, strict)
     if labels.folders is not None:
         from avakit.dataset.folders_plan import plan_folders
 

@@ -27,13 +27,13 @@ from avakit.dataset.manifest import MANIFEST
 from avakit.errors import AvakitError
 from avakit.fileio import clear_stale_tmp, write_error, write_text_atomic
 from avakit.plots import gradient_warnings
-from avakit.report import html, pairwise
+from avakit.report import clip, clip_run, html, pairwise
 from avakit.report.pairwise_run import best_epoch as pair_best_epoch
 from avakit.report.pairwise_run import check_history, load_pair_splits, run_task
 from avakit.report.scale import RunScale, run_scale
 from avakit.report.shard_stats import THUMB_DIR, group_ids, group_stats, read_split_samples, write_thumbs
 from avakit.report.splits import SplitData, best_epoch, epoch_points, load_splits, read_evaluations
-from avakit.scores import HELD_OUT_SPLITS, PAIRS
+from avakit.scores import CLIPS, HELD_OUT_SPLITS, PAIRS
 from avakit.training.rundir import (
     CHECKPOINT_FILES,
     GRAD_FILE,
@@ -240,6 +240,8 @@ def build_report(
     }
     if run_task(run_dir) == "pairwise":
         return _pairwise_report(run_dir, shards)
+    if run_task(run_dir) == "clip":
+        return _clip_report(run_dir)
     history = load_history(run_dir)
     notes: list[str] = []
     results, best = best_epoch(run_dir, history, notes)
@@ -337,6 +339,47 @@ def _pairwise_report(run_dir: Path, shards: Path | None) -> dict:
         "labels": PAIRS.as_dict(),
         "threshold": None,
         "task": "pairwise",
+    }
+
+
+def _clip_report(run_dir: Path) -> dict:
+    """A clip run's report (`avakit.report.clip`): its sections, with the telemetry, notes and
+    page every report shares. Summary keys as `build_report`'s, plus task "clip"."""
+    history = load_history(run_dir)
+    clip_run.check_history(run_dir, history)
+    notes: list[str] = []
+    results, best = clip_run.best_epoch(run_dir, history, notes)
+    cfg = _run_config(run_dir, notes)
+    c = html.Collector(run_dir / REPORT_DIR, notes=notes, rs=RunScale(CLIPS, None))
+    splits = clip_run.load_clip_splits(run_dir, best, c.notes)
+    names = clip_run.class_names(results, c.notes)
+    evaluations = read_evaluations(run_dir, c.notes)
+    _clean_out(c.out)
+    grad_df, lr_df = _telemetry(run_dir, c.notes)
+    warnings = gradient_warnings(grad_df, frozen_parts(cfg)[0])
+    starts = epoch_start_steps(history)
+    telemetry = html.telemetry_section(c, grad_df, warnings, html.Frozen(*frozen_parts(cfg)), starts)
+    extra = {"telemetry": telemetry, "lr_df": lr_df, "starts": starts}
+    page = clip.sections(c, history, splits, names, extra)
+    rows = clip.split_rows(splits) + evaluations
+    gap = clip_run.train_val_gap(history, best)
+    summary_html = clip.summary_table(best, rows, gap) + html.notes_list(c.notes)
+    report = _write_page(run_dir, c.out, results, len(history), [("summary", "Summary", summary_html), *page])
+    by_key = {sp.key: sp.metrics for sp in splits}
+    return {
+        "report": report,
+        "pngs": list(c.pngs),
+        "best_epoch": best,
+        "val": by_key.get("val"),
+        "test": by_key.get("test"),
+        "models": {sp.key: sp.model for sp in splits},
+        "evaluations": evaluations,
+        "warnings": warnings,
+        "notes": list(c.notes),
+        "labels": CLIPS.as_dict(),
+        "threshold": None,
+        "task": "clip",
+        "train_val_gap": gap,
     }
 
 

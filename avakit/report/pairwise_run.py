@@ -55,8 +55,9 @@ class PairSplit:
 
 
 def run_task(run_dir: Path) -> str:
-    """ "pairwise" when results.json's labels are pairs, or (without labels there) config.yaml
-    says `task: pairwise`; "score" otherwise (the score report then reports what it cannot read)."""
+    """ "pairwise" ("clip") when results.json's labels are pairs (clips), or (without labels there)
+    config.yaml says `task: pairwise` (`task: clip`); "score" otherwise (the score report then
+    reports what it cannot read)."""
     path = run_dir / "results.json"
     try:
         results = read_json(path) if path.is_file() else {}
@@ -69,7 +70,8 @@ def run_task(run_dir: Path) -> str:
         cfg = read_yaml(run_dir / "config.yaml", "config") if (run_dir / "config.yaml").is_file() else None
     except AvakitError:
         return "score"
-    return "pairwise" if isinstance(cfg, dict) and cfg.get("task") == "pairwise" else "score"
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    return task if task in ("pairwise", "clip") else "score"
 
 
 def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

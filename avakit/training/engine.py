@@ -45,14 +45,15 @@ class WarmupSchedule:
 
     `t` counts optimizer steps (or epochs when the step count is unknown). The object's
     __dict__ is saved by LambdaLR.state_dict(), so the plateau state resumes too; the `SHAPE`
-    attributes come from the run's config and data, so a resumed run recomputes them.
+    attributes come from the run's config and data, so a resumed run recomputes them (and a
+    last.pt written before one of them existed still loads: `trainer.restore` fills it in).
     """
 
-    SHAPE = ("kind", "warmup", "total", "patience")
+    SHAPE = ("kind", "warmup", "total", "patience", "factor")
 
-    def __init__(self, kind: str, warmup: int, total: int, patience: int) -> None:
+    def __init__(self, kind: str, warmup: int, total: int, patience: int, factor: float = 0.1) -> None:
         self.kind, self.warmup, self.total = kind, warmup, max(total, 1)
-        self.patience = max(1, patience)
+        self.patience, self.factor = max(1, patience), factor
         self.plateau_factor, self.best, self.bad_epochs = 1.0, -math.inf, 0
 
     def __call__(self, t: int) -> float:
@@ -64,7 +65,7 @@ class WarmupSchedule:
         return factor * self.plateau_factor
 
     def epoch_end(self, metric: float) -> None:
-        """Plateau: divide the LR by 10 after `patience` epochs without a better val SRCC."""
+        """Plateau: LR times `factor` after `patience` epochs without a better `metric` (maximised)."""
         if self.kind != "plateau" or not math.isfinite(metric):
             return
         if metric > self.best:
@@ -72,7 +73,7 @@ class WarmupSchedule:
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
-                self.plateau_factor, self.bad_epochs = self.plateau_factor * 0.1, 0
+                self.plateau_factor, self.bad_epochs = self.plateau_factor * self.factor, 0
 
 
 @dataclass(kw_only=True)

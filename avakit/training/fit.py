@@ -27,6 +27,7 @@ from avakit.training.epochs import run_epochs, run_evaluation
 from avakit.training.preempt import Preemption
 from avakit.training.resume import check_same_data, interrupted_message, run_fraction, stored_definition
 from avakit.training.selection import warn_small_val
+from avakit.training.shard_share import train_share_warning
 from avakit.training.trainer import Progress, Trainer, build_trainer, restore, run_data_definition
 
 log = logging.getLogger("avakit.training.fit")
@@ -195,6 +196,8 @@ def _train(
         val = tr.sources["val"].samples if "val" in tr.sources else None
         samples = None if val is None else round(val * tr.fraction)
         warn_small_val(log, samples, tr.state.select_metric, tr.task.name)
+        if share := train_share_warning(cfg, tr.sources["train"], tr.ddp.world_size):
+            log.warning("%s", share)
     telemetry = Telemetry(
         run_dir,
         tr.model,

@@ -6,7 +6,9 @@ decoded with torchvision.io.decode_jpeg (libjpeg-turbo) in DataLoader workers; s
 split across DDP ranks (in the main process) and across workers (webdataset.split_by_worker),
 so every validation sample is seen exactly once per evaluation. Shard order and the sample
 shuffle buffer are seeded by (seed, epoch), so an epoch's order does not depend on what ran
-before it: a resumed run sees the same data as an uninterrupted one.
+before it: a resumed run sees the same data as an uninterrupted one. With `data.resampled` every
+rank's workers instead draw train shards with replacement from the whole split, each an endless
+stream seeded by (seed, epoch, rank, worker); the trainer ends the epoch by its step count.
 
 Local shard files (a manifest's, see avakit.dataset.sources) are opened by avakit with `open()` and
 parsed with webdataset's `group_by_keys`, never through webdataset's URL opener; their sha256
@@ -40,6 +42,7 @@ from avakit.dataset.samples import Reason, SampleCounts, tar_samples
 from avakit.dataset.sources import DataSource, ShardFile, SplitSource
 from avakit.errors import AvakitError
 from avakit.tasks.score import SCORE, SampleDecoder, collate  # noqa: F401 (re-exported: the score task's)
+from avakit.training.shard_share import no_shard_error
 from avakit.training.transforms import EvalPreset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, votes, ids, valid/codes
@@ -59,18 +62,38 @@ class ShardStream:
     """
 
     def __init__(
-        self, entries: list[tuple[int, str | ShardFile]], seed: int, shuffle: bool, infinite: bool
+        self,
+        entries: list[tuple[int, str | ShardFile]],
+        seed: int,
+        shuffle: bool,
+        infinite: bool,
+        resample: str | None = None,
     ) -> None:
         self.entries, self.seed, self.shuffle, self.infinite = list(entries), seed, shuffle, infinite
+        self.resample = resample  # "seed:epoch:rank": draw shards with replacement, per worker
 
     def __call__(self) -> Iterator[dict]:
-        """Yield this rank's shards as {url, index, entry}: once, or reshuffled pass after pass."""
+        """Yield this rank's shards as {url, index, entry}: once, reshuffled pass after pass, or resampled."""
+        if self.resample is not None:
+            yield from self._resampled()
+            return
         for cycle in range(2**62 if self.infinite else 1):
             order = list(self.entries)
             if self.shuffle:
                 random.Random(self.seed * 1_000_003 + cycle).shuffle(order)
             for index, entry in order:
-                yield {"url": entry if isinstance(entry, str) else entry.name, "index": index, "entry": entry}
+                yield _shard_item(index, entry)
+
+    def _resampled(self) -> Iterator[dict]:
+        """Endless shards drawn with replacement, seeded by (seed, epoch, rank, worker)."""
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"resample:{self.resample}:{info.id if info is not None else 0}")
+        while self.entries:
+            yield _shard_item(*self.entries[rng.randrange(len(self.entries))])
+
+
+def _shard_item(index: int, entry: str | ShardFile) -> dict:
+    return {"url": entry if isinstance(entry, str) else entry.name, "index": index, "entry": entry}
 
 
 def _placeholders(reason: Reason, n: int, index: int, name: str, start: int = 0) -> Iterator[dict]:
@@ -168,19 +191,20 @@ def make_pipeline(
     shuffle_buffer: int = 1000,
     fraction: float = 1.0,
     infinite: bool = False,
+    resample: str | None = None,
 ) -> wds.DataPipeline:
     """The webdataset pipeline of one epoch over `entries` (this rank's share of SplitSource.entries).
 
     `entries` are URL strings, ShardFiles or (index in the source, entry) pairs; a placeholder
-    carries the index as its id, so the loader can name the shard it stands for.
+    carries the index as its id, so the loader can name the shard it stands for. `resample`
+    ("seed:epoch:rank"): every worker draws its own endless stream of `entries` with replacement.
     """
     pairs = [e if isinstance(e, tuple) else (i, e) for i, e in enumerate(entries)]
     epoch_seed = seed * 10_007 + epoch
-    stages: list = [
-        ShardStream(pairs, epoch_seed, shuffle=train, infinite=infinite),
-        wds.split_by_worker,
-        read_shards,
-    ]
+    stages: list = [ShardStream(pairs, epoch_seed, shuffle=train, infinite=infinite, resample=resample)]
+    if resample is None:
+        stages.append(wds.split_by_worker)
+    stages.append(read_shards)
     if fraction < 1.0:
         stages.append(wds.select(functools.partial(_in_subset, fraction=fraction)))
     if train and shuffle_buffer > 1:
@@ -248,6 +272,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    resampled: bool = False,
 ) -> CountingLoader:
     """A counting DataLoader over this rank's shards of `source` for one epoch.
 
@@ -255,17 +280,19 @@ def make_loader(
     caller takes the same number of batches on every rank, so no rank waits on another. The
     loader's `counts.expected` is what the manifest promises for this rank's shards (None when
     unknown: URL sources, a `--quick-experiment` subset, or an endless DDP training stream).
+    `resampled` (training only): every rank and worker draws from all shards with replacement,
+    endlessly, seeded by (seed, epoch, rank); the caller ends the epoch by its step count.
     """
     entries = list(enumerate(source.entries))
-    if train and world_size > 1:
-        random.Random(seed * 7 + epoch).shuffle(entries)  # a new rank/shard pairing each epoch
-    entries = entries[rank::world_size]
-    infinite = train and world_size > 1
+    resample = f"{seed}:{epoch}:{rank}" if train and resampled else None
+    if resample is None:  # resampled: every rank draws from all shards
+        if train and world_size > 1:
+            random.Random(seed * 7 + epoch).shuffle(entries)  # a new rank/shard pairing each epoch
+        entries = entries[rank::world_size]
+    infinite = train and (world_size > 1 or resample is not None)
     if infinite and not entries:
-        raise AvakitError(
-            f"{source.split}: fewer shards ({len(source.entries)}) than processes ({world_size})"
-        )
-    workers = min(num_workers, len(entries)) if entries else 0
+        raise no_shard_error(source.split, len(source.entries), world_size)
+    workers = (num_workers if resample else min(num_workers, len(entries))) if entries else 0
     pipeline = make_pipeline(
         entries,
         decoder,
@@ -276,6 +303,7 @@ def make_loader(
         shuffle_buffer=shuffle_buffer,
         fraction=fraction,
         infinite=infinite,
+        resample=resample,
     )
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
     loader = DataLoader(

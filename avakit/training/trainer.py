@@ -31,6 +31,7 @@ from avakit.training.engine import StepContext, WarmupSchedule, place_model, res
 from avakit.training.loader import CountingLoader, eval_loader, make_loader
 from avakit.training.resume import check_resume_state, data_definition
 from avakit.training.selection import check_select_metric, eval_threshold, worst
+from avakit.training.shard_share import no_shard_error, steps_per_epoch
 from avakit.training.transforms import TrainPreset
 
 
@@ -91,15 +92,6 @@ class Trainer:
     loaders: dict[str, CountingLoader] = field(default_factory=dict)  # the latest loader of each split
 
 
-def _steps_per_epoch(cfg: Config, source: DataSource, fraction: float, world: int) -> int | None:
-    if source.samples is None:
-        return None
-    per_rank = source.samples * fraction / world
-    batch = cfg.training.batch_size
-    batches = per_rank // batch if world > 1 else math.ceil(per_rank / batch)
-    return max(1, int(batches) // cfg.training.grad_accum_steps)
-
-
 def _optimizer(groups: list[dict], t) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum 0.9, over the parameter groups (training section `t`)."""
     if t.optimizer == "adamw":
@@ -137,10 +129,11 @@ def build_trainer(
     else:
         sources = shard_sources
         model = eval_model = core
-    steps = _steps_per_epoch(cfg, sources["train"], fraction, ddp.world_size)
+    steps = steps_per_epoch(cfg, sources["train"].samples, fraction, ddp.world_size)
     unit = steps or 1
+    patience = t.plateau_patience or max(1, t.early_stop_patience // 2)
     schedule = WarmupSchedule(
-        t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit, max(1, t.early_stop_patience // 2)
+        t.scheduler, t.warmup_epochs * unit, t.max_epochs * unit, patience, t.plateau_factor
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(optimizer.param_groups))
     if ddp.enabled:
@@ -164,7 +157,7 @@ def build_trainer(
         grad_accum_steps=t.grad_accum_steps,
         scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
         scheduler=scheduler if steps else None,
-        max_steps=steps if ddp.enabled else None,
+        max_steps=steps if ddp.enabled or cfg.data.resampled else None,  # endless streams
         log_interval=cfg.log_interval,
     )
     return Trainer(
@@ -204,8 +197,13 @@ def _shard_sources(cfg: Config, ddp: DistInfo) -> dict[str, SplitSource]:
                 f"{sources[split].where or 'data.shards'}: the {split} split has no samples; "
                 "training needs both train and val samples"
             )
-    if ddp.enabled and sources["train"].samples is None:
-        raise AvakitError("data.shards: multi-process training needs a shard folder with manifest.json")
+    if ddp.enabled and not cfg.data.resampled and len(sources["train"].entries) < ddp.world_size:
+        raise no_shard_error("train", len(sources["train"].entries), ddp.world_size)  # before any write
+    if ddp.enabled and sources["train"].samples is None and cfg.data.epoch_samples is None:
+        raise AvakitError(
+            "data.shards: multi-process training needs a shard folder with manifest.json "
+            "(or data.resampled with data.epoch_samples)"
+        )
     return sources
 
 
@@ -234,6 +232,7 @@ def split_loader(tr: Trainer, split: str, train: bool, epoch: int) -> CountingLo
             rank=tr.ddp.rank,
             world_size=tr.ddp.world_size,
             pin_memory=tr.device.type == "cuda",
+            resampled=cfg.data.resampled,
         )
     else:
         loader = eval_loader(
@@ -273,6 +272,7 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     # progress (plateau state) comes from last.pt
     shape = {key: getattr(tr.schedule, key) for key in WarmupSchedule.SHAPE}
     with _part(path, "scheduler"):
+        _fill_shape(ckpt["scheduler"], shape)
         if not _same_shape(ckpt["scheduler"], tr.scheduler.state_dict()):
             raise AvakitError(f"{path}: scheduler: does not fit this run's schedule (keys or types differ)")
         tr.scheduler.load_state_dict(ckpt["scheduler"])
@@ -284,6 +284,15 @@ def restore(tr: Trainer, ckpt: dict, path: Path) -> None:
     tr.state = RunState(**state)
     with _part(path, "rng"):
         set_rng_state(ckpt["rng"])
+
+
+def _fill_shape(stored: object, shape: dict) -> None:
+    """A last.pt from before a SHAPE attribute existed: add it (recomputed from the config anyway)."""
+    lambdas = stored.get("lr_lambdas") if isinstance(stored, dict) else None
+    for entry in lambdas if isinstance(lambdas, list) else ():
+        if isinstance(entry, dict) and "kind" in entry:
+            for key, value in shape.items():
+                entry.setdefault(key, value)
 
 
 def _same_shape(stored: object, fresh: object) -> bool:

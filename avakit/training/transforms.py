@@ -13,10 +13,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torchvision import transforms as T
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from avakit.config import TTA_MODES, TransformConfig
+
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio bounds (torchvision's default)
 
 
 def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -29,11 +32,14 @@ def _center(length: int, crop: int) -> int:
 
 
 class TrainPreset(nn.Module):
-    """Resize shorter side, random (or center) crop, optional flip and colour jitter.
+    """Resize shorter side, random (or center) crop, optional flip, colour jitter and erasing.
 
-    The same operations as torchvision's Resize / RandomCrop / RandomHorizontalFlip /
-    ColorJitter, written with its functional API and slicing: per image, the transform-class
-    dispatch cost more than the crop itself (see benchmarks/bench_loader.py).
+    The same operations as torchvision's Resize / RandomCrop (or RandomResizedCrop) /
+    RandomHorizontalFlip / ColorJitter / RandomErasing, written with its functional API and
+    slicing: per image, the transform-class dispatch cost more than the crop itself (see
+    benchmarks/bench_loader.py). Takes one image [3, H, W] or a stack [T, 3, H, W] (a clip's
+    frames): every random parameter is drawn once per call, so a stack's frames share the crop
+    box, flip, jitter factors and erased box.
     """
 
     def __init__(self, cfg: TransformConfig) -> None:
@@ -41,24 +47,49 @@ class TrainPreset(nn.Module):
         aug, jitter = cfg.augmentation, cfg.augmentation.color_jitter
         self.resize_size, self.crop_size = cfg.resize_size, cfg.crop_size
         self.random_crop, self.flip = aug.random_crop, aug.horizontal_flip
+        self.crop_scale = tuple(aug.crop_scale) if aug.crop_scale is not None else None
         self.jitter = (
             v2.ColorJitter(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
             if any((jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue))
             else None
         )
+        erasing = aug.random_erasing
+        self.erase_p = erasing.p
+        # the patch is the normalisation mean in uint8, so after Normalize it is 0 (as torchvision's
+        # references erase normalised tensors with 0)
+        fill = [float(round(m * 255)) for m in cfg.normalize_mean]
+        self.erasing = v2.RandomErasing(1.0, tuple(erasing.scale), value=fill) if erasing.p > 0 else None
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        """Resize, crop (random or center), maybe flip and colour-jitter one uint8 image."""
-        img = _resize(img, self.resize_size)
-        (h, w), c = img.shape[-2:], self.crop_size
-        if self.random_crop:
-            top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
+        """Crop (resized-random, random or center), maybe flip, jitter and erase uint8 [3|T,3, H, W]."""
+        c = self.crop_size
+        if self.crop_scale is not None:
+            top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.crop_scale), list(RRC_RATIO))
+            img = F.resized_crop(img, top, left, h, w, [c, c], antialias=True)
         else:
-            top, left = _center(h, c), _center(w, c)
-        img = img[..., top : top + c, left : left + c]
+            img = _resize(img, self.resize_size)
+            (h, w) = img.shape[-2:]
+            if self.random_crop:
+                top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
+            else:
+                top, left = _center(h, c), _center(w, c)
+            img = img[..., top : top + c, left : left + c]
         if self.flip and float(torch.rand(())) < 0.5:
             img = img.flip(-1)
-        return self.jitter(img) if self.jitter is not None else img
+        if self.jitter is not None:
+            img = self.jitter(img)
+        if self.erasing is not None and float(torch.rand(1)) < self.erase_p:
+            img = _erase(self.erasing, img)
+        return img
+
+
+def _erase(erasing: v2.RandomErasing, img: torch.Tensor) -> torch.Tensor:
+    """v2.RandomErasing's box (one draw, 10 tries) erased on `img` (a stack: the same box on all)."""
+    make_params = getattr(erasing, "make_params", None) or erasing._get_params  # torchvision < 0.21
+    params = make_params([img])
+    if params["v"] is None:  # no box fitted in 10 tries: torchvision leaves the image as it is
+        return img
+    return F.erase(img, params["i"], params["j"], params["h"], params["w"], params["v"].to(img.dtype))
 
 
 TTA_VIEWS = dict(zip(TTA_MODES, (1, 2, 5), strict=True))
