@@ -95,7 +95,8 @@ def test_two_nodes_see_every_sample_once_and_match_one_process(
         assert df["image_id"].is_unique and len(df) == n
         # one process evaluating the same model (best_model.pt) gives the same metrics
         single = evaluate_run(run, split=split, device="cpu")
-        found = single.get("metrics", single)
+        found = single["metrics"]
+        assert found["n"] == n
         for key in ("srcc", "plcc", "accuracy", "emd", "mae", "rmse"):
             assert found[key] == pytest.approx(results[split][key], abs=1e-5), (split, key)
     for h in history:
