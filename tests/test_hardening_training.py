@@ -149,14 +149,14 @@ def test_val_metrics_nan_only_from_constant_predictions_do_not_stop() -> None:
 def test_nan_val_predictions_stop_before_last_pt_is_overwritten(
     tiny_cfg: Callable[..., Config], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from avakit.training import fit as train_mod
+    from avakit.training import epochs as train_mod  # the epoch loop's module
 
     epoch_now = {"e": 0}
     real_epoch, real_predict = train_mod.train_one_epoch, score_task.predict_batch
 
-    def tracking(ctx, loader, epoch, step, advance=None):  # noqa: ANN001, ANN202
+    def tracking(ctx, loader, epoch, step, advance=None, stop=None):  # noqa: ANN001, ANN202
         epoch_now["e"] = epoch
-        return real_epoch(ctx, loader, epoch, step, advance)
+        return real_epoch(ctx, loader, epoch, step, advance, stop)
 
     def nan_in_epoch_1(model, x, ctx):  # noqa: ANN001, ANN202
         out = real_predict(model, x, ctx)
@@ -264,14 +264,14 @@ def test_data_definition_checks_name_the_difference(tmp_path: Path) -> None:
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    from avakit.training import fit as train_mod
+    from avakit.training import epochs as train_mod  # the epoch loop's module
 
     real = train_mod.train_one_epoch
 
-    def interrupted(ctx, loader, e, step, advance=None):  # noqa: ANN001, ANN202
+    def interrupted(ctx, loader, e, step, advance=None, stop=None):  # noqa: ANN001, ANN202
         if e == epoch:
             raise KeyboardInterrupt
-        return real(ctx, loader, e, step, advance)
+        return real(ctx, loader, e, step, advance, stop)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
 
