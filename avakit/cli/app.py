@@ -36,6 +36,7 @@ from avakit.cli.console import (
 )
 from avakit.cli.options import Checkpoint, Device, Format, Split, Tta, split_list
 from avakit.cli.shard import shard
+from avakit.cli.sweep import sweep
 from avakit.config import (
     MAX_BATCH,
 )
@@ -54,6 +55,7 @@ app = typer.Typer(
 
 app.command()(shard)
 app.command()(audit)
+app.command()(sweep)
 
 
 @app.command()
@@ -98,6 +100,10 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run folder, on the data it started with.")
     ] = None,
+    sweep: Annotated[
+        Path | None, typer.Option(help="A sweep file (avakit sweep): run --sweep-line of it.")
+    ] = None,
+    sweep_line: Annotated[int | None, typer.Option(min=1, help="Which run of --sweep (1-based).")] = None,
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
@@ -115,12 +121,16 @@ def train(
     from avakit.config import load_config
     from avakit.training.checkpoint import run_config
     from avakit.training.fit import fit
+    from avakit.training.sweep import sweep_config
 
     if resume is not None and config is not None:
         raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
     if resume is not None and output_dir is not None:
         raise AvakitError(f"--output-dir: a resumed run goes on in its own folder ({resume})")
-    cfg = run_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
+    if sweep is not None or sweep_line is not None:
+        cfg = sweep_config(config, set_ or (), sweep, sweep_line, resume)
+    else:
+        cfg = run_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
     log_to_console()
     run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
     print_results(run_dir)
