@@ -22,3 +22,16 @@ class Interrupted(KeyboardInterrupt):
     A KeyboardInterrupt, so library callers that stop on Ctrl-C still do; the CLI prints the
     message and exits 130.
     """
+
+
+EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL, "try again later": a preempted run; the sbatch template requeues
+
+
+class Preempted(AvakitError):
+    """SIGTERM/SIGUSR1 stopped training; last.pt holds the start of the interrupted epoch.
+
+    The CLI exits EXIT_REQUEUE (75) with the one line that says how to go on.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_REQUEUE) -> None:
+        super().__init__(message, exit_code)

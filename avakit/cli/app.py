@@ -98,7 +98,12 @@ def train(
         ),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue an interrupted run folder, on the data it started with.")
+        str | None,
+        typer.Option(
+            help="Continue an interrupted run folder, on the data it started with; 'auto': the newest "
+            "unfinished run of --config's name under the output dir, or a new one (--config then "
+            "only names the run and its output dir; the run keeps its own config.yaml and --set)."
+        ),
     ] = None,
     sweep: Annotated[
         Path | None, typer.Option(help="A sweep file (avakit sweep): run --sweep-line of it.")
@@ -112,27 +117,21 @@ def train(
     model on test (with bootstrap 95% intervals of SRCC and PLCC). A pairwise run (task: pairwise)
     reports pair accuracy ± its standard error beside the human ceiling, log-loss, confident-pair
     accuracy, series top-1 and Kendall tau instead.
-    Multi-GPU: torchrun --nproc_per_node N avakit train.
+    Multi-GPU: torchrun --nproc_per_node N avakit train (or srun, one task per GPU).
     A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
-    command that resumes it.
+    command that resumes it; SIGTERM/SIGUSR1 (slurm preemption) stop it after the current step
+    with last.pt at the start of that epoch, exit 75: a requeued job goes on with --resume auto.
 
     Example: avakit train --config configs/gpu.yaml --set training.batch_size=32
     """
-    from avakit.config import load_config
-    from avakit.training.checkpoint import run_config
+    from avakit.training.autoresume import train_target
     from avakit.training.fit import fit
-    from avakit.training.sweep import sweep_config
+    from avakit.training.sweep import sweep_loader
 
-    if resume is not None and config is not None:
-        raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
-    if resume is not None and output_dir is not None:
-        raise AvakitError(f"--output-dir: a resumed run goes on in its own folder ({resume})")
-    if sweep is not None or sweep_line is not None:
-        cfg = sweep_config(config, set_ or (), sweep, sweep_line, resume)
-    else:
-        cfg = run_config(resume, set_ or ()) if resume else load_config(config, set_ or ())
+    load = None if sweep is None and sweep_line is None else sweep_loader(sweep, sweep_line, resume)
     log_to_console()
-    run_dir = fit(cfg, output_dir, quick_experiment, resume, RichProgress())
+    cfg, run, output_dir = train_target(config, set_ or [], output_dir, resume, load)
+    run_dir = fit(cfg, output_dir, quick_experiment, run, RichProgress())
     print_results(run_dir)
     console.print(f"run folder: {run_dir}")
 

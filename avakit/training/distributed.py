@@ -1,7 +1,8 @@
-"""Multi-process (DDP) helpers: set-up from torchrun's environment, gathering, rank checks.
+"""Multi-process (DDP) helpers: set-up from torchrun's or srun's environment, gathering, rank checks.
 
-`torchrun --nproc_per_node N avakit train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; without them
-everything here is a no-op for a single process.
+`torchrun --nproc_per_node N avakit train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; `srun` with
+one task per GPU sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (training.slurm reads both);
+without them everything here is a no-op for a single process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.distributed as tdist
 
 from avakit.config import DEVICES
 from avakit.errors import AvakitError
+from avakit.training.slurm import dist_env
 
 
 @dataclass(frozen=True)
@@ -49,18 +51,34 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device_preference: str) -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Join the process group when launched by torchrun or srun (NCCL on GPU, gloo on CPU)."""
+    env = dist_env(os.environ)
+    if env.world_size <= 1:
         return DistInfo(), pick_device(device_preference)
-    ddp = DistInfo(
-        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
-    )
+    ddp = DistInfo(env.rank, env.world_size, env.local_rank)
     device = pick_device(device_preference, ddp.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if env.master_addr is not None:  # srun: the rendezvous torchrun would have set up
+            os.environ.update(
+                MASTER_ADDR=env.master_addr,
+                MASTER_PORT=str(env.master_port),
+                RANK=str(env.rank),
+                WORLD_SIZE=str(env.world_size),
+                LOCAL_RANK=str(env.local_rank),
+            )
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
     return ddp, device
+
+
+def any_rank(flag: bool, ddp: DistInfo, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any rank (an all_reduce MAX; `flag` alone for one)."""
+    if not ddp.enabled:
+        return flag
+    box = torch.tensor([int(flag)], device=device)
+    tdist.all_reduce(box, op=tdist.ReduceOp.MAX)
+    return bool(box.item())
 
 
 def gather_objects(obj: Any, ddp: DistInfo) -> list[Any]:

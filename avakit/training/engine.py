@@ -85,6 +85,7 @@ class EpochStats:
     steps: int = 0
     seconds: float = 0.0
     last_step: int = 0
+    stopped: bool = False  # ended early by `stop` (preemption): the epoch is incomplete
 
     @property
     def img_per_s(self) -> float:
@@ -174,9 +175,17 @@ def _batchnorm_eval(model: nn.Module) -> Iterator[None]:
 
 
 def train_one_epoch(
-    ctx: StepContext, loader, epoch: int, step: int, advance: Callable[[int, float], None] | None = None
+    ctx: StepContext,
+    loader,
+    epoch: int,
+    step: int,
+    advance: Callable[[int, float], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
     """One pass over the loader; `step` is the global optimizer step count at the start.
+
+    `stop` is asked after each optimizer step (the same answer on every rank); True ends the
+    epoch there with `stopped` set.
 
     Raises NonFiniteError on a NaN/inf loss or gradient norm, naming the epoch and step.
     """
@@ -213,6 +222,9 @@ def train_one_epoch(
             _optimizer_step(ctx, stats.last_step, epoch)
             stats.last_step += 1
             stats.steps += 1
+            if stop is not None and stop():
+                stats.stopped = True
+                break
             if ctx.log_interval and stats.last_step % ctx.log_interval == 0:
                 log.info(
                     "epoch %03d step %d  loss %.4f (epoch mean %.4f)  %.0f img/s",
@@ -224,7 +236,7 @@ def train_one_epoch(
                 )
         if advance is not None:
             advance(p.n, loss_value)
-    if micro % ctx.grad_accum_steps and ctx.max_steps is None:  # leftover micro-batches
+    if micro % ctx.grad_accum_steps and ctx.max_steps is None and not stats.stopped:  # leftover micro-batches
         _optimizer_step(ctx, stats.last_step, epoch)
         stats.last_step += 1
         stats.steps += 1

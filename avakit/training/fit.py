@@ -7,7 +7,6 @@ Run folder (the contract `report`, `evaluate` and `predict` read):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -15,49 +14,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from avakit import __version__
 from avakit.config import Config, save_config
-from avakit.dataset.samples import SampleCounts
 from avakit.errors import AvakitError, Interrupted
 from avakit.fileio import LogFileHandler, clear_stale_tmp, write_json_atomic, write_parquet_atomic
 from avakit.scores import HELD_OUT_SPLITS
-from avakit.training.checkpoint import (
-    load_checkpoint,
-    make_folder,
-    new_run_dir,
-    save_checkpoint,
-    with_absolute_paths,
-)
+from avakit.training.checkpoint import load_checkpoint, make_folder, new_run_dir, with_absolute_paths
 from avakit.training.distributed import DistInfo, gather_objects, init_distributed, shutdown
-from avakit.training.engine import (
-    EpochStats,
-    NonFiniteError,
-    check_val_finite,
-    train_one_epoch,
-)
-from avakit.training.resume import (
-    check_same_data,
-    interrupted_message,
-    run_fraction,
-    stored_definition,
-)
-from avakit.training.selection import (
-    NAMES,
-    improves,
-    plateau_value,
-    warn_small_val,
-)
-from avakit.training.trainer import (
-    Progress,
-    Trainer,
-    build_trainer,
-    checkpoint_payload,
-    restore,
-    run_data_definition,
-    split_loader,
-)
+from avakit.training.engine import NonFiniteError
+from avakit.training.epochs import run_epochs, run_evaluation
+from avakit.training.preempt import Preemption
+from avakit.training.resume import check_same_data, interrupted_message, run_fraction, stored_definition
+from avakit.training.selection import warn_small_val
+from avakit.training.trainer import Progress, Trainer, build_trainer, restore, run_data_definition
 
 log = logging.getLogger("avakit.training.fit")
 
@@ -71,100 +41,6 @@ def _setup_logging(run_dir: Path, ddp: DistInfo) -> None:
         handler = LogFileHandler(run_dir / "training.log")  # a full disk stops the run: one line
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
-
-
-def run_evaluation(
-    tr: Trainer, model: torch.nn.Module, split: str, progress: Progress | None, final: bool = False
-) -> tuple[dict, dict]:
-    """Evaluate `model` on a split across all ranks: (metrics incl. loss, predictions tables by
-    file-name suffix); `final` for the end-of-run evaluation (the task adds slower figures)."""
-    loader = split_loader(tr, split, train=False, epoch=0)
-    with progress.task(f"eval {split}", tr.sources[split].samples) if progress else contextlib.nullcontext():
-        result = tr.task.evaluate(model, loader, tr.ctx, progress.advance if progress else None, False)
-    merged = tr.task.merge(gather_objects(result, tr.ddp))
-    counts = _pass_counts(tr, split, f"{split} evaluation")
-    found, frames = tr.task.summarise(merged, tr.ctx, tr.threshold, final)
-    loss_n = merged.get("loss_n", merged["n"])
-    found["loss"] = merged["loss_sum"] / loss_n if loss_n else float("nan")
-    images = merged.get("n_images", merged["n"])  # a pairwise group counts its photos
-    found["img_per_s"] = images / merged["seconds"] if merged["seconds"] else 0.0
-    found.update(counts.as_dict())
-    return found, frames
-
-
-def _pass_counts(tr: Trainer, split: str, what: str) -> SampleCounts:
-    """The last pass's sample counts of `split`, summed over ranks, and logged (a warning if any lost)."""
-    first, *rest = gather_objects(tr.loaders[split].counts, tr.ddp)
-    counts = first.merged(*rest)
-    (log.warning if counts.lost else log.info)("%s: %s", what, counts.summary())
-    return counts
-
-
-def _epoch_record(
-    epoch: int, stats: EpochStats, val: dict, lrs: list[float], world: int, counts: SampleCounts, keys: tuple
-) -> dict:
-    """One training_history.json entry: losses, val metrics, LRs, speed and the samples accounted for.
-
-    samples_expected = samples_seen + sum(lost) for the train pass (reasons: corrupt samples and
-    samples lost with their shard; corrupt / missing are those two totals); val_* the same for val.
-    """
-    record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val["loss"]}
-    for key in (*keys, *counts.as_dict()):
-        if key in val:
-            record[f"val_{key}"] = val[key]
-    record.update(
-        lr=lrs,
-        img_per_s=stats.img_per_s * world,
-        time_s=stats.seconds,
-        corrupt=counts.corrupt,
-        missing=counts.n_lost - counts.corrupt,
-        steps=stats.steps,
-        **counts.as_dict(),
-    )
-    return record
-
-
-def _end_of_epoch(tr: Trainer, epoch: int, stats: EpochStats, val: dict, frames: dict) -> bool:
-    """Record the epoch, save predictions and checkpoints; True when early stopping says stop."""
-    s, cfg = tr.state, tr.cfg
-    # the learning rates the epoch's last step used (a per-step scheduler has moved on since)
-    t = max(stats.last_step - 1, 0) if tr.ctx.scheduler is not None else epoch
-    lrs = [base * tr.schedule(t) for base in tr.scheduler.base_lrs]
-    counts = _pass_counts(tr, "train", f"epoch {epoch} training")
-    s.history.append(_epoch_record(epoch, stats, val, lrs, tr.ddp.world_size, counts, tr.task.history_keys))
-    value = val.get(s.select_metric, math.nan)
-    improved = improves(s.select_metric, value, s.best_value, cfg.training.early_stop_min_delta)
-    if improved:
-        s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
-    else:
-        s.bad_epochs += 1
-    tr.schedule.epoch_end(plateau_value(s.select_metric, value))
-    if tr.ctx.scheduler is None:  # step count unknown (URL sources): the schedule counts epochs
-        tr.scheduler.step()
-    s.epoch, s.step = epoch + 1, stats.last_step
-    patience = cfg.training.early_stop_patience
-    stop = bool(patience) and s.bad_epochs >= patience
-    log.info(
-        "epoch %03d  train_loss %.4f  val_loss %.4f  %s  lr %s  %.0f img/s%s",
-        epoch,
-        stats.loss,
-        val["loss"],
-        tr.task.metrics_line(val, s.select_metric),
-        "/".join(f"{lr:.2e}" for lr in lrs),
-        stats.img_per_s * tr.ddp.world_size,
-        "  *best*" if improved else "",
-    )
-    if not tr.ddp.is_main:
-        return stop
-    if cfg.save_val_predictions and "" in frames:  # the main table (images, or pairs) of every epoch
-        write_parquet_atomic(tr.run_dir / "predictions" / f"val_epoch_{epoch:03d}.parquet", frames[""])
-    if improved:
-        save_checkpoint(tr.run_dir / "best_model.pt", checkpoint_payload(tr, epoch, val, full=False))
-    last = stop or epoch + 1 >= cfg.training.max_epochs
-    if (epoch + 1) % cfg.training.checkpoint_every == 0 or last:
-        save_checkpoint(tr.run_dir / "last.pt", checkpoint_payload(tr, epoch, val, full=True))
-    write_json_atomic(tr.run_dir / "training_history.json", s.history)
-    return stop
 
 
 def _prepare_run(cfg: Config, output_dir: Path | None, resume: Path | None, ddp: DistInfo) -> tuple:
@@ -328,8 +204,9 @@ def _train(
         resume_step=tr.state.step if ckpt is not None else None,
     )
     tr.ctx.telemetry = telemetry
-    with telemetry:
-        _epochs(tr, progress, stop_after_epochs)
+    with telemetry, Preemption() as guard:
+        guard.saved_epoch = tr.state.epoch if ckpt is not None else None  # last.pt holds its start
+        run_epochs(tr, progress, stop_after_epochs, guard)
     if tr.state.epoch >= cfg.training.max_epochs or tr.state.bad_epochs >= (
         cfg.training.early_stop_patience or math.inf
     ):
@@ -352,38 +229,3 @@ def _stopped(tr: Trainer | None, error: NonFiniteError) -> NonFiniteError:
         if isinstance(handler, (LogFileHandler, logging.FileHandler)):
             handler.handle(record)
     return NonFiniteError(message)
-
-
-def _epochs(tr: Trainer, progress: Progress | None, stop_after_epochs: int | None) -> None:
-    """The epoch loop: train, evaluate, record; early stopping and partial sessions."""
-    cfg, s = tr.cfg, tr.state
-    first = s.epoch
-    while s.epoch < cfg.training.max_epochs:
-        if stop_after_epochs is not None and s.epoch - first >= stop_after_epochs:
-            return
-        epoch, started = s.epoch, time.perf_counter()
-        total = (
-            tr.steps_per_epoch * cfg.training.batch_size * cfg.training.grad_accum_steps
-            if tr.steps_per_epoch
-            else None
-        )
-        with progress.task(f"epoch {epoch}", total) if progress else contextlib.nullcontext():
-            stats = train_one_epoch(
-                tr.ctx,
-                split_loader(tr, "train", True, epoch),
-                epoch,
-                s.step,
-                advance=progress.advance if progress else None,
-            )
-        val, frames = run_evaluation(tr, tr.eval_model, "val", progress)
-        check_val_finite(val, epoch, stats.last_step)  # before last.pt or best_model.pt is written
-        s.elapsed_s += time.perf_counter() - started
-        if _end_of_epoch(tr, epoch, stats, val, frames):
-            log.info(
-                "early stopping: no better val %s for %d epochs (best %.4f at epoch %d)",
-                NAMES[s.select_metric],
-                s.bad_epochs,
-                s.best_value,
-                s.best_epoch,
-            )
-            return

@@ -10,10 +10,11 @@ named `{cfg.name}-{slug}`, the slug spelling its overrides by their last key par
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,16 +146,25 @@ def run_config(config: Path | None, sets: Sequence[str], run: SweepRun, path: Pa
     return dataclasses.replace(cfg, name=name)
 
 
-def sweep_config(
-    config: Path | None, sets: Sequence[str], path: Path | None, index: int | None, resume: object = None
-) -> Config:
-    """`avakit train --sweep FILE --sweep-line I [--resume auto]`: run I's config."""
+def sweep_loader(
+    path: Path | None, index: int | None, resume: str | None = None
+) -> Callable[[Path | None, Sequence[str]], Config]:
+    """`avakit train --sweep FILE --sweep-line I [--resume auto]`: loads (config, --set) as run I.
+
+    The file is read and checked now, before any training work."""
     if path is None or index is None:
         raise AvakitError("--sweep FILE and --sweep-line I go together: run I of the sweep file")
-    if resume is not None and str(resume) != "auto":
+    if resume is not None and resume != "auto":
         raise AvakitError("--sweep names a new run; continue one with --resume auto, not a run folder")
     path = Path(path)
-    return run_config(config, sets, pick_run(read_sweep(path), index, path), path)
+    return functools.partial(run_config, run=pick_run(read_sweep(path), index, path), path=path)
+
+
+def sweep_config(
+    config: Path | None, sets: Sequence[str], path: Path, index: int, resume: str | None = None
+) -> Config:
+    """Run `index`'s config of the sweep file `path`."""
+    return sweep_loader(path, index, resume)(config, sets)
 
 
 def submit_command(config: Path, path: Path, n_runs: int) -> str:
