@@ -1,0 +1,212 @@
+"""The slurm templates (scripts/slurm/): their #SBATCH lines, bash syntax, and their command lines
+run locally with a stub `srun` (drops its options, runs the command) and a stub `scontrol`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avakit.config import load_config, save_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SLURM = ROOT / "scripts" / "slurm"
+TEMPLATES = ["train.sbatch", "sweep.sbatch", "epic_resnet18.sbatch"]
+KNOWN = {  # sbatch options a template may set (`sbatch --help`); anything else is a typo
+    "job-name", "nodes", "ntasks", "ntasks-per-node", "gpus-per-node", "gpus", "cpus-per-task",
+    "mem", "time", "partition", "output", "error", "signal", "requeue", "open-mode", "array",
+    "account", "qos", "constraint", "exclusive",
+}  # fmt: skip
+VENV = Path(sys.prefix)
+JOB = "4242"
+
+SRUN = """#!/bin/bash
+# stub srun: drop srun's own options, run the command here
+while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
+echo "srun $*" >> "$STUB_LOG"
+[ -z "${STUB_SRUN_EXIT:-}" ] || exit "$STUB_SRUN_EXIT"
+if [ -n "${STUB_SRUN_SLEEP:-}" ]; then touch "$STUB_LOG.started"; exec sleep "$STUB_SRUN_SLEEP"; fi
+exec "$@"
+"""
+SCONTROL = """#!/bin/bash
+# stub scontrol: `show hostnames` prints localhost, `requeue` records its call
+echo "scontrol $*" >> "$STUB_LOG"
+case "$1 $2" in "show hostnames") echo localhost ;; esac
+"""
+
+
+def sbatch_options(path: Path) -> dict[str, str]:
+    """The `#SBATCH --key[=value]` lines before the first command, as {key: value}."""
+    options: dict[str, str] = {}
+    for line in path.read_text().splitlines()[1:]:
+        if line.startswith("#SBATCH"):
+            word = line.split(maxsplit=1)[1]
+            assert word.startswith("--") and " " not in word.strip(), f"{path.name}: {line!r}"
+            key, _, value = word[2:].partition("=")
+            options[key] = value
+        elif line.strip() and not line.startswith("#"):
+            break  # sbatch stops reading #SBATCH lines at the first command
+    return options
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_sbatch_lines(name: str) -> None:
+    options = sbatch_options(SLURM / name)
+    assert set(options) <= KNOWN, set(options) - KNOWN
+    assert options["signal"].startswith("B:USR1@") and int(options["signal"].split("@")[1]) >= 60
+    assert "requeue" in options and options["open-mode"] == "append"
+    assert options["ntasks-per-node"] == "1" and options["nodes"] == "1"
+    for log in ("output", "error"):
+        assert "%j" in options[log] and options[log].startswith("logs/")
+    if name == "sweep.sbatch":
+        assert options["array"].startswith("1-")
+
+
+@pytest.mark.parametrize("name", [*TEMPLATES, "requeue.sh"])
+def test_bash_syntax(name: str) -> None:
+    proc = subprocess.run(["bash", "-n", str(SLURM / name)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_train_template_command_lines() -> None:
+    text = (SLURM / "train.sbatch").read_text()
+    for piece in (
+        'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1',
+        '--nnodes "$SLURM_NNODES" --node_rank "$SLURM_NODEID" --nproc_per_node "$GPUS"',
+        '-m avakit train --config "$0" --resume auto "$@"',
+        "bash -c '",  # SLURM_NODEID read by each node's task, not by the batch shell
+    ):
+        assert piece in text
+    sweep = (SLURM / "sweep.sbatch").read_text()
+    assert '--sweep "$SWEEP_FILE" --sweep-line "$SLURM_ARRAY_TASK_ID" --resume auto' in sweep
+    epic = (SLURM / "epic_resnet18.sbatch").read_text()
+    assert 'exec bash "$AVAKIT_HOME/scripts/slurm/train.sbatch" configs/epic_resnet18.yaml' in epic
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> dict[str, str]:
+    """The environment slurm would give a one-node job, with the stub srun/scontrol first on PATH."""
+    if not (VENV / "bin" / "activate").is_file():
+        pytest.skip(f"{VENV} is not a virtual environment (the templates source its bin/activate)")
+    bin_dir = tmp_path / "stubbin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "AVAKIT_VENV": str(VENV),
+        "STUB_LOG": str(tmp_path / "stub.log"),
+        "MASTER_PORT": str(port),
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "SLURM_JOB_ID": JOB,
+        "SLURM_JOB_NODELIST": "node001",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_GPUS_ON_NODE": "1",
+        "SLURM_CPUS_PER_TASK": "2",
+        "SLURM_ARRAY_JOB_ID": JOB,
+        "SLURM_ARRAY_TASK_ID": "2",
+    }
+
+
+def _calls(env: dict[str, str]) -> list[str]:
+    path = Path(env["STUB_LOG"])
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _run(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_step_exit_75_requeues(stubs: dict[str, str]) -> None:
+    for template in (["train.sbatch", "C.yaml"], ["sweep.sbatch", "C.yaml", "S.txt"]):
+        Path(stubs["STUB_LOG"]).unlink(missing_ok=True)
+        proc = _run([str(SLURM / template[0]), *template[1:]], {**stubs, "STUB_SRUN_EXIT": "75"})
+        assert proc.returncode == 75, proc.stderr
+        assert _calls(stubs)[-1] == f"scontrol requeue {JOB}", _calls(stubs)
+        assert f"requeueing job {JOB}" in proc.stderr
+
+
+def test_usr1_is_forwarded_then_requeued(stubs: dict[str, str]) -> None:
+    env = {**stubs, "STUB_SRUN_SLEEP": "60"}
+    proc = subprocess.Popen(
+        ["bash", str(SLURM / "train.sbatch"), "C.yaml"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    started = Path(env["STUB_LOG"] + ".started")
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    begin = time.monotonic()
+    proc.send_signal(signal.SIGUSR1)  # slurm's --signal=B:USR1@120 goes to the batch shell
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - begin < 10  # the step got SIGTERM; nobody waited for the sleep
+    assert proc.returncode == 75, err
+    assert "got SIGUSR1" in err and _calls(env)[-1] == f"scontrol requeue {JOB}"
+
+
+@pytest.mark.parametrize(
+    ("unset", "message"),
+    [("SLURM_JOB_ID", "SLURM_JOB_ID must be"), ("SLURM_ARRAY_TASK_ID", "submit with sbatch --array")],
+)
+def test_missing_slurm_variable_exits_2(stubs: dict[str, str], unset: str, message: str) -> None:
+    env = {k: v for k, v in stubs.items() if k != unset}
+    proc = _run([str(SLURM / "sweep.sbatch"), "C.yaml", "S.txt"], env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not _calls(env)  # nothing started
+
+
+def _tiny_config(tmp_path: Path, shards: Path, tiny_train: tuple[str, ...]) -> Path:
+    """A config file of the tiny CPU run (one epoch), its run folders under tmp_path/out."""
+    sets = [*tiny_train, f"data.shards={shards}", "training.max_epochs=1", "name=tiny"]
+    path = tmp_path / "tiny.yaml"
+    save_config(load_config(None, [*sets, f"output_dir={tmp_path / 'out'}"]), path)
+    return path
+
+
+@pytest.mark.slow
+def test_train_sbatch_runs_torchrun(
+    stubs: dict[str, str], shared_shards: Path, tiny_train: tuple[str, ...], tmp_path: Path
+) -> None:
+    config = _tiny_config(tmp_path, shared_shards, tiny_train)
+    proc = _run([str(SLURM / "train.sbatch"), str(config), "--set", "seed=7"], stubs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = list((tmp_path / "out").glob("tiny-*"))
+    assert len(runs) == 1 and (runs[0] / "results.json").is_file()
+    assert yaml.safe_load((runs[0] / "config.yaml").read_text())["seed"] == 7  # options reach avakit train
+    calls = _calls(stubs)
+    assert calls[0] == "scontrol show hostnames node001" and not any("requeue" in c for c in calls)
+    assert calls[1].startswith("srun bash -c exec torchrun --nnodes")  # one task per node, torchrun in it
+
+
+@pytest.mark.slow
+def test_sweep_sbatch_runs_its_line(
+    stubs: dict[str, str], shared_shards: Path, tiny_train: tuple[str, ...], tmp_path: Path
+) -> None:
+    config = _tiny_config(tmp_path, shared_shards, tiny_train)
+    sweep = tmp_path / "lr.txt"
+    sweep.write_text(
+        "# two runs\ntraining.learning_rate=1e-3\n\ntraining.learning_rate=3e-4 model.dropout=0.2\n"
+    )
+    proc = _run([str(SLURM / "sweep.sbatch"), str(config), str(sweep)], stubs)  # array task 2
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = list((tmp_path / "out").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("tiny-learning_rate=3e-4_dropout=0.2-"), runs
+    assert (runs[0] / "results.json").is_file()
+    stored = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    assert stored["training"]["learning_rate"] == pytest.approx(3e-4) and stored["model"]["dropout"] == 0.2
+    assert not any("requeue" in c for c in _calls(stubs))
