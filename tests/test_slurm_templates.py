@@ -210,3 +210,40 @@ def test_sweep_sbatch_runs_its_line(
     stored = yaml.safe_load((runs[0] / "config.yaml").read_text())
     assert stored["training"]["learning_rate"] == pytest.approx(3e-4) and stored["model"]["dropout"] == 0.2
     assert not any("requeue" in c for c in _calls(stubs))
+
+
+def _wait_for_step(out: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the run's training.log shows a training step (the job is mid-epoch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any("epoch 000 step 2 " in p.read_text() for p in out.glob("tiny-*/training.log")):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no training step before the deadline (exit {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_train_sbatch_preempted_requeued_and_continued(
+    stubs: dict[str, str], shared_shards: Path, tiny_train: tuple[str, ...], tmp_path: Path
+) -> None:
+    """USR1 mid-epoch: the batch shell SIGTERMs the step, torchrun's worker writes last.pt and exits,
+    the job is requeued; the requeued job (same command) continues the run and finishes it."""
+    config = _tiny_config(tmp_path, shared_shards, tiny_train)
+    args = ["bash", str(SLURM / "train.sbatch"), str(config), "--set", "training.batch_size=4"]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=stubs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    _wait_for_step(tmp_path / "out", proc)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out[-3000:]
+    assert _calls(stubs)[-1] == f"scontrol requeue {JOB}"
+    (run,) = (tmp_path / "out").glob("tiny-*")
+    assert (run / "last.pt").is_file() and not (run / "results.json").exists()
+
+    again = _run(args[1:], stubs)  # the requeued job runs the same script
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert list((tmp_path / "out").glob("tiny-*")) == [run] and (run / "results.json").is_file()
+    assert "preempted (SIGTERM) in epoch 0" in (run / "training.log").read_text()
+    assert "--resume auto: continuing" in again.stdout + again.stderr
+    assert [c for c in _calls(stubs) if "requeue" in c] == [f"scontrol requeue {JOB}"]
