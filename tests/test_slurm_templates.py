@@ -32,7 +32,12 @@ SRUN = """#!/bin/bash
 while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
 echo "srun $*" >> "$STUB_LOG"
 [ -z "${STUB_SRUN_EXIT:-}" ] || exit "$STUB_SRUN_EXIT"
-if [ -n "${STUB_SRUN_SLEEP:-}" ]; then touch "$STUB_LOG.started"; exec sleep "$STUB_SRUN_SLEEP"; fi
+if [ -n "${STUB_SRUN_SLEEP:-}" ]; then
+    # a step that stops (143) or finishes (0) on SIGTERM
+    trap 'kill "$child"; exit "${STUB_SRUN_ON_TERM:-143}"' TERM
+    sleep "$STUB_SRUN_SLEEP" >/dev/null 2>&1 & child=$!
+    touch "$STUB_LOG.started"; wait; exit 0
+fi
 exec "$@"
 """
 SCONTROL = """#!/bin/bash
@@ -133,7 +138,11 @@ def _run(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess
 
 
 def test_step_exit_75_requeues(stubs: dict[str, str]) -> None:
-    for template in (["train.sbatch", "C.yaml"], ["sweep.sbatch", "C.yaml", "S.txt"]):
+    for template in (
+        ["train.sbatch", "C.yaml"],
+        ["sweep.sbatch", "C.yaml", "S.txt"],
+        ["epic_resnet18.sbatch"],
+    ):
         Path(stubs["STUB_LOG"]).unlink(missing_ok=True)
         proc = _run([str(SLURM / template[0]), *template[1:]], {**stubs, "STUB_SRUN_EXIT": "75"})
         assert proc.returncode == 75, proc.stderr
@@ -141,22 +150,34 @@ def test_step_exit_75_requeues(stubs: dict[str, str]) -> None:
         assert f"requeueing job {JOB}" in proc.stderr
 
 
-def test_usr1_is_forwarded_then_requeued(stubs: dict[str, str]) -> None:
-    env = {**stubs, "STUB_SRUN_SLEEP": "60"}
-    proc = subprocess.Popen(
-        ["bash", str(SLURM / "train.sbatch"), "C.yaml"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    )
+def _signalled(env: dict[str, str], template: str) -> tuple[int, str, float]:
+    """Run `template` with a stub step that sleeps, send the batch shell USR1 (slurm's
+    --signal=B:USR1@120); (exit code, stderr, seconds from the signal to the exit)."""
+    args = ["bash", str(SLURM / template), "C.yaml", "S.txt"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     started = Path(env["STUB_LOG"] + ".started")
     deadline = time.monotonic() + 30
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.2)
     begin = time.monotonic()
-    proc.send_signal(signal.SIGUSR1)  # slurm's --signal=B:USR1@120 goes to the batch shell
+    proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - begin < 10  # the step got SIGTERM; nobody waited for the sleep
-    assert proc.returncode == 75, err
-    assert "got SIGUSR1" in err and _calls(env)[-1] == f"scontrol requeue {JOB}"
+    return proc.returncode, err, time.monotonic() - begin
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_usr1_is_forwarded_then_requeued(stubs: dict[str, str], template: str) -> None:
+    code, err, seconds = _signalled({**stubs, "STUB_SRUN_SLEEP": "60"}, template)
+    assert seconds < 10  # the step got SIGTERM; nobody waited for the sleep
+    assert code == 75, err
+    assert "got SIGUSR1" in err and _calls(stubs)[-1] == f"scontrol requeue {JOB}"
+
+
+def test_a_step_that_finishes_after_the_signal_is_not_requeued(stubs: dict[str, str]) -> None:
+    code, err, _ = _signalled({**stubs, "STUB_SRUN_SLEEP": "60", "STUB_SRUN_ON_TERM": "0"}, "train.sbatch")
+    assert code == 0, err
+    assert "got SIGUSR1" in err and not any("requeue" in c for c in _calls(stubs))
 
 
 @pytest.mark.parametrize(

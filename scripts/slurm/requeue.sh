@@ -25,22 +25,25 @@ avakit_uint() {
 
 _avakit_forward() {
     _AVAKIT_SIGNAL=$1
+    _AVAKIT_TRAPS=$((_AVAKIT_TRAPS + 1))
     echo "avakit sbatch: got SIG$1, sending SIGTERM to the step (pid $_AVAKIT_PID)" >&2
     kill -TERM "$_AVAKIT_PID" 2>/dev/null || true
 }
 
 avakit_step() {
     _AVAKIT_SIGNAL=""
+    _AVAKIT_TRAPS=0
     trap '_avakit_forward USR1' USR1
     trap '_avakit_forward TERM' TERM
     "$@" &
     _AVAKIT_PID=$!
-    local rc
+    local rc traps
     while :; do
+        traps=$_AVAKIT_TRAPS
         wait "$_AVAKIT_PID"
         rc=$?
-        # wait also returns (> 128) when a trapped signal arrives: keep waiting for the step
-        if [ "$rc" -gt 128 ] && kill -0 "$_AVAKIT_PID" 2>/dev/null; then
+        # a trapped signal cuts wait short (128 + its number): wait again for the step's own status
+        if [ "$rc" -gt 128 ] && [ "$_AVAKIT_TRAPS" != "$traps" ]; then
             continue
         fi
         break
