@@ -29,7 +29,7 @@ def sweep(
 
     Example: avakit sweep sweeps/lr.txt --config configs/cluster.yaml
     """
-    from avakit.training.sweep import read_sweep, run_config, submit_command
+    from avakit.training.sweep import config_of_run, read_sweep, submit_command
 
     runs = read_sweep(sweep_file)
     table = Table(title=f"sweep {escape(str(sweep_file))}: {len(runs)} run(s)")
@@ -38,7 +38,7 @@ def sweep(
     table.add_column("run name", overflow="fold")  # whole: it is the run folder's name
     table.add_column("overrides")
     for run in runs:
-        cfg = run_config(config, set_ or (), run, sweep_file)
+        cfg = config_of_run(config, set_ or (), run, sweep_file)
         table.add_row(str(run.index), str(run.line), escape(cfg.name), escape(" ".join(run.overrides)))
     console.print(table)
     console.print("submit with:", highlight=False)

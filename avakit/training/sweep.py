@@ -134,7 +134,7 @@ def pick_run(runs: Sequence[SweepRun], index: int, path: Path) -> SweepRun:
     return runs[index - 1]
 
 
-def run_config(config: Path | None, sets: Sequence[str], run: SweepRun, path: Path) -> Config:
+def config_of_run(config: Path | None, sets: Sequence[str], run: SweepRun, path: Path) -> Config:
     """The config of one sweep run: the file, then `sets`, then the run's overrides, named
     `{name}-{slug}`. A problem with the run's overrides names FILE:LINE."""
     load_config(config, sets)  # first, so a problem of the config or --set is not blamed on the line
@@ -157,7 +157,7 @@ def sweep_loader(
     if resume is not None and resume != "auto":
         raise AvakitError("--sweep names a new run; continue one with --resume auto, not a run folder")
     path = Path(path)
-    return functools.partial(run_config, run=pick_run(read_sweep(path), index, path), path=path)
+    return functools.partial(config_of_run, run=pick_run(read_sweep(path), index, path), path=path)
 
 
 def sweep_config(
