@@ -97,3 +97,47 @@ def test_init_distributed_from_srun_env(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ddp, device = init_distributed("cpu")
     assert not ddp.enabled and device.type == "cpu"
+
+
+def _free_slurm_job_id() -> int:
+    """A SLURM_JOB_ID whose derived MASTER_PORT (20000 + id % 20000) is free here."""
+    import random
+    import socket
+
+    for _ in range(100):
+        job = random.randrange(1, 10**6)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 20000 + job % 20000))
+            except OSError:
+                continue
+            return job
+    pytest.skip("no free port in 20000..39999")
+
+
+def test_two_srun_tasks_join_one_process_group() -> None:
+    """Two processes with only srun's variables (no torchrun) form a gloo group and agree on a flag."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from avakit.training.distributed import any_rank, init_distributed, shutdown\n"
+        "ddp, device = init_distributed('cpu')\n"
+        "print(ddp.rank, ddp.world_size, ddp.local_rank, any_rank(ddp.rank == 1, ddp, device), flush=True)\n"
+        "shutdown(ddp)\n"
+    )
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    job = str(_free_slurm_job_id())
+    procs = []
+    for rank in (0, 1):
+        env = {**base, **SRUN, "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+        env.update(SLURM_JOB_NODELIST="localhost,other[1-3]", SLURM_JOB_ID=job, OMP_NUM_THREADS="1")
+        procs.append(
+            subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        )
+    lines = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert lines == ["0 2 0 True", "1 2 1 True"]
