@@ -36,6 +36,7 @@ from avakit.cli.console import (
 )
 from avakit.cli.options import Checkpoint, Device, Format, Split, Tta, split_list
 from avakit.cli.shard import shard
+from avakit.cli.sweep import sweep
 from avakit.config import (
     MAX_BATCH,
 )
@@ -54,6 +55,7 @@ app = typer.Typer(
 
 app.command()(shard)
 app.command()(audit)
+app.command()(sweep)
 
 
 @app.command()
@@ -103,6 +105,10 @@ def train(
             "only names the run and its output dir; the run keeps its own config.yaml and --set)."
         ),
     ] = None,
+    sweep: Annotated[
+        Path | None, typer.Option(help="A sweep file (avakit sweep): run --sweep-line of it.")
+    ] = None,
+    sweep_line: Annotated[int | None, typer.Option(min=1, help="Which run of --sweep (1-based).")] = None,
 ) -> None:
     """Train a backbone + MLP head on the shards; writes outputs/{name}-{timestamp}/.
 
@@ -120,9 +126,11 @@ def train(
     """
     from avakit.training.autoresume import train_target
     from avakit.training.fit import fit
+    from avakit.training.sweep import sweep_loader
 
+    load = None if sweep is None and sweep_line is None else sweep_loader(sweep, sweep_line, resume)
     log_to_console()
-    cfg, run, output_dir = train_target(config, set_ or [], output_dir, resume)
+    cfg, run, output_dir = train_target(config, set_ or [], output_dir, resume, load)
     run_dir = fit(cfg, output_dir, quick_experiment, run, RichProgress())
     print_results(run_dir)
     console.print(f"run folder: {run_dir}")

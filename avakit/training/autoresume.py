@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from avakit.config import Config, load_config
@@ -59,17 +60,24 @@ def _resolve(cfg: Config, output_dir: Path | None) -> Path | None:
 
 
 def train_target(
-    config: Path | None, overrides: list[str], output_dir: Path | None, resume: str | None
+    config: Path | None,
+    overrides: list[str],
+    output_dir: Path | None,
+    resume: str | None,
+    load: Callable[[Path | None, Sequence[str]], Config] | None = None,
 ) -> tuple[Config, Path | None, Path | None]:
     """(config, run folder to resume or None, output dir) of `avakit train`'s options.
 
     `--resume RUN` uses RUN's config.yaml plus `--set`; `--resume auto` reads `--config` (with
     `--set`) only for the run's name and output dir, then resumes the run found like `--resume RUN`.
+    `load` builds the config of `--config` and `--set` (default load_config; a sweep run's adds
+    its line's overrides and name).
     """
     from avakit.training.checkpoint import run_config
 
+    load = load or load_config
     if resume is None:
-        return load_config(config, overrides), None, output_dir
+        return load(config, overrides), None, output_dir
     if resume != AUTO:
         if config is not None:
             raise AvakitError("--resume uses the run's own config.yaml; change keys with --set, not --config")
@@ -81,7 +89,7 @@ def train_target(
             "--resume auto needs --config: its name and output_dir say which runs to look at "
             "(to continue one run folder: --resume RUN_DIR)"
         )
-    cfg = load_config(config, overrides)
+    cfg = load(config, overrides)
     found = _resolve(cfg, output_dir)
     if found is None:
         return cfg, None, output_dir
