@@ -20,8 +20,9 @@ from avakit.training.distributed import DistInfo
 from avakit.training.engine import WarmupSchedule
 from avakit.training.fit import fit
 from avakit.training.loader import SampleDecoder, make_loader
+from avakit.training.run_checkpoint import restore
 from avakit.training.shard_share import idle_workers_warning, no_shard_error, steps_per_epoch
-from avakit.training.trainer import _shard_sources, build_trainer, restore
+from avakit.training.trainer import _shard_sources, build_trainer
 from avakit.training.transforms import EvalPreset, Normalize, TrainPreset
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

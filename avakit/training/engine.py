@@ -46,7 +46,7 @@ class WarmupSchedule:
     `t` counts optimizer steps (or epochs when the step count is unknown). The object's
     __dict__ is saved by LambdaLR.state_dict(), so the plateau state resumes too; the `SHAPE`
     attributes come from the run's config and data, so a resumed run recomputes them (and a
-    last.pt written before one of them existed still loads: `trainer.restore` fills it in).
+    last.pt written before one of them existed still loads: `run_checkpoint.restore` fills it in).
     """
 
     SHAPE = ("kind", "warmup", "total", "patience", "factor")

@@ -23,8 +23,9 @@ from avakit.training.checkpoint import save_checkpoint
 from avakit.training.distributed import any_rank, gather_objects
 from avakit.training.engine import EpochStats, check_val_finite, summed_counts, train_one_epoch, train_rates
 from avakit.training.preempt import Preemption, preempted_message
+from avakit.training.run_checkpoint import checkpoint_payload
 from avakit.training.selection import NAMES, improves, plateau_value
-from avakit.training.trainer import Progress, Trainer, checkpoint_payload, split_loader
+from avakit.training.trainer import Progress, Trainer, split_loader
 
 log = logging.getLogger("avakit.training.fit")
 

@@ -26,9 +26,10 @@ from avakit.training.engine import NonFiniteError
 from avakit.training.epochs import run_epochs, run_evaluation
 from avakit.training.preempt import Preemption
 from avakit.training.resume import check_same_data, interrupted_message, run_fraction, stored_definition
+from avakit.training.run_checkpoint import restore
 from avakit.training.selection import warn_small_val
 from avakit.training.shard_share import train_share_warning
-from avakit.training.trainer import Progress, Trainer, build_trainer, restore, run_data_definition
+from avakit.training.trainer import Progress, Trainer, build_trainer, run_data_definition
 
 log = logging.getLogger("avakit.training.fit")
 
