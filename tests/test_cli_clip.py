@@ -155,3 +155,23 @@ def test_report_table(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "SRCC" not in text and "pair acc" not in text
     headers = [h for h, _ in cells.report_columns(rows, "clip")]
     assert headers == ["verb top-1/5", "noun top-1/5", "action top-1/5", "segments"]
+
+
+def test_an_empty_subset_is_no_row() -> None:
+    # a test split carved from train by participant has no unseen-participant segment: no row for it
+    m = {**METRICS, "unseen_n": 0, "tail_n": 7, "tail_verb_top1": 1.0}
+    rows = cells.task_rows([("test", "m", m)], "clip")
+    assert [r[0] for r in rows] == ["test", "test · tail"]
+    assert not any("unseen" in name for name, _ in cells.clip_rows(m))
+
+
+def test_small_val_warning_speaks_of_segments(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from avakit.training.selection import warn_small_val
+
+    log = logging.getLogger("avakit.test.smallval.clip")
+    with caplog.at_level(logging.WARNING, logger="avakit.test.smallval.clip"):
+        warn_small_val(log, 48, "action_top1", "clip")
+        warn_small_val(log, 9668, "action_top1", "clip")  # EPIC-KITCHENS-100's validation split: fine
+    assert len(caplog.records) == 1 and "48 segments" in caplog.text and "SRCC" not in caplog.text

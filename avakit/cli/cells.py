@@ -282,8 +282,9 @@ def clip_columns() -> list[tuple[str, Cell]]:
 
 
 def clip_subset(m: dict, subset: str) -> dict | None:
-    """A subset's metrics under the plain keys (verb_top1.., n), None when `m` has no such subset."""
-    if not isinstance(m, dict) or f"{subset}_n" not in m:
+    """A subset's metrics under the plain keys (verb_top1.., n), None when `m` has no such subset
+    or it is empty (a test split carved from train has no unseen-participant segments)."""
+    if not isinstance(m, dict) or f"{subset}_n" not in m or m[f"{subset}_n"] == 0:
         return None
     keys = [f"{p}_top{k}" for p in CLIP_PARTS for k in (1, 5)] + ["n"]
     return {key: m.get(f"{subset}_{key}") for key in keys}

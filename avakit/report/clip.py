@@ -85,7 +85,7 @@ def summary_rows(rows: Sequence[tuple[str, str, dict | None]]) -> list[list[str]
             continue
         cells.append([name, model, _count(m, "n"), *(frac(m, k) for k in METRIC_KEYS)])
         for s in SUBSETS:
-            if f"{s}_n" in m:
+            if m.get(f"{s}_n"):  # absent, or empty (a carved test split has no unseen participant)
                 what = f"{name} · {SUBSET_TITLES[s]}"
                 cells.append([what, model, _count(m, f"{s}_n"), *(frac(m, f"{s}_{k}") for k in METRIC_KEYS)])
     return cells
