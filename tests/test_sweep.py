@@ -144,7 +144,7 @@ def test_sweep_command_table_and_submit_line(tmp_path: Path, monkeypatch: pytest
         "lr-learning_rate=1e-3_weight_decay=0.01",
     ):
         assert f" {name} " in out, out
-    assert f"sbatch --array=1-3 scripts/slurm/sweep.sbatch {config} {path}" in out
+    assert f"sbatch --array=1-3 scripts/slurm/sweep.sbatch {config} {path} --set name=lr" in out
 
 
 def test_sweep_command_bad_line_exits_2(tmp_path: Path) -> None:

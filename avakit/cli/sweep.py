@@ -42,4 +42,6 @@ def sweep(
         table.add_row(str(run.index), str(run.line), escape(cfg.name), escape(" ".join(run.overrides)))
     console.print(table)
     console.print("submit with:", highlight=False)
-    console.print(escape(submit_command(config, sweep_file, len(runs))), highlight=False, soft_wrap=True)
+    console.print(
+        escape(submit_command(config, sweep_file, len(runs), set_ or ())), highlight=False, soft_wrap=True
+    )

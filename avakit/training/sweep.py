@@ -167,7 +167,8 @@ def sweep_config(
     return sweep_loader(path, index, resume)(config, sets)
 
 
-def submit_command(config: Path, path: Path, n_runs: int) -> str:
-    """The sbatch line that submits a sweep as a job array."""
+def submit_command(config: Path, path: Path, n_runs: int, sets: Sequence[str] = ()) -> str:
+    """The sbatch line that submits a sweep as a job array (with the --set every run shares)."""
     args = " ".join(shlex.quote(str(p)) for p in (config, path))
+    args += "".join(f" --set {shlex.quote(s)}" for s in sets)
     return f"sbatch --array=1-{n_runs} scripts/slurm/sweep.sbatch {args}"
