@@ -116,7 +116,8 @@ def train(
     best_model.pt (best val training.select_metric) and last.pt; at the end, evaluate the best
     model on test (with bootstrap 95% intervals of SRCC and PLCC). A pairwise run (task: pairwise)
     reports pair accuracy ± its standard error beside the human ceiling, log-loss, confident-pair
-    accuracy, series top-1 and Kendall tau instead.
+    accuracy, series top-1 and Kendall tau instead; a clip run (task: clip) verb, noun and action
+    top-1 / top-5, on the unseen-participant and tail-class subsets too.
     Multi-GPU: torchrun --nproc_per_node N avakit train (or srun, one task per GPU).
     A NaN/inf loss, gradient norm or val metric stops the run (exit 1); Ctrl-C prints the
     command that resumes it; SIGTERM/SIGUSR1 (slurm preemption) stop it after the current step
