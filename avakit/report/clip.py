@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from avakit.clip_metrics import CLIP_METRIC_NAMES, METRIC_KEYS, SUBSETS, confusion, per_class_accuracy
-from avakit.plots import plot_learning_rates
 from avakit.report import clip_plots as cp
+from avakit.report import pairwise
 from avakit.report.clip_run import ClipSplit, class_name
-from avakit.report.html import Collector, esc, paragraph, section, table
+from avakit.report.html import Collector, drawn_figure, paragraph, section, table
 from avakit.scores import HELD_OUT_SPLITS
 from avakit.training.rundir import CHECKPOINT_FILES
 
@@ -46,12 +46,7 @@ SUBSET_TITLES = {"unseen": "unseen participants", "tail": "tail classes"}
 
 def _figure(c: Collector, name: str, key: str, fn: Callable[..., Path], *args: Any) -> str:
     """Draw `fn(args[0], out/name, *args[1:])`; its <figure> with the caption of `key`."""
-    c.pngs.append(fn(args[0], c.out / name, *args[1:]))
-    alt = name.removesuffix(".png").replace("_", " ")
-    return (
-        f'<figure><img src="{esc(name)}" alt="{esc(alt)}"><figcaption>{esc(CAPTIONS[key])}</figcaption>'
-        "</figure>\n"
-    )
+    return drawn_figure(c, name, CAPTIONS[key], fn, *args)
 
 
 def frac(m: dict, key: str, digits: int = 4) -> str:
@@ -123,14 +118,7 @@ def training_section(
     c: Collector, history: list[dict], lr_df: pd.DataFrame | None, starts: Sequence[int] | None
 ) -> str:
     """Per-epoch curves of a clip run and, from telemetry, the learning rate per step."""
-    body = _figure(c, "training_curves.png", "curves", cp.plot_clip_curves, history)
-    if len(history) <= 1:
-        body += c.note(f"training_history.json has {len(history)} epoch(s): the curves are single points")
-    if lr_df is None:
-        return body + c.note(
-            "no usable telemetry/learning_rates.csv: the per-step learning-rate plot is skipped"
-        )
-    return body + _figure(c, "learning_rates.png", "learning_rates", plot_learning_rates, lr_df, starts)
+    return pairwise.training_section(c, history, lr_df, starts, cp.plot_clip_curves, CAPTIONS)
 
 
 def per_class_table(df: pd.DataFrame, part: str, names: list[str], top: int = TOP_CLASSES) -> pd.DataFrame:

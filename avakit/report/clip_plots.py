@@ -7,15 +7,13 @@ returns its path. Torch-free.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from avakit.plots import BEST_MARKER, _group_label, _log_y, _placeholder, _positive, _save, _style
-from avakit.report.pairwise_plots import _column, _lr_matrix
+from avakit.plots import _placeholder, _save, _style
+from avakit.report.pairwise_plots import plot_task_curves
 
 # the per-epoch accuracies plotted against each other: (history key, legend)
 CURVE_ACCURACIES = (
@@ -30,39 +28,14 @@ CURVE_ACCURACIES = (
 def plot_clip_curves(history: list[dict], path: Path) -> Path:
     """Losses, train vs val action top-1 (with verb, noun and action top-5 on val; the best val
     action top-1 starred) and the learning rate per param group vs epoch."""
-    fig = Figure(figsize=(15, 4.4), layout="constrained")
-    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    if not history:
-        for ax in (ax_loss, ax_acc, ax_lr):
-            _placeholder(ax, "no completed epochs")
-    else:
-        epochs = np.array([int(h.get("epoch", i)) for i, h in enumerate(history)])
-        mk: dict[str, Any] = dict(marker="o", markersize=4) if len(epochs) <= 30 else {}
-        for key in ("train_loss", "val_loss"):
-            ax_loss.plot(epochs, _column(history, key), label=key.replace("_", " "), **mk)
-        for key, name in CURVE_ACCURACIES:
-            style = "-" if key.endswith("action_top1") else ":"
-            ax_acc.plot(epochs, _column(history, key), style, label=name, **mk)
-        acc = _column(history, "val_action_top1")
-        if np.isfinite(acc).any():
-            b = int(np.nanargmax(acc))
-            label = f"best {acc[b]:.4f} (epoch {epochs[b]})"
-            ax_acc.plot(epochs[b], acc[b], markersize=14, **BEST_MARKER, label=label)
-        lr = _lr_matrix(history)
-        series = [_positive(lr[:, g]) for g in range(lr.shape[1])]
-        for g, values in enumerate(series):
-            ax_lr.plot(epochs, values, label=_group_label("group ", g, lr.shape[1]), **mk)
-        _log_y(ax_lr, *series)
-        if not series:
-            _placeholder(ax_lr, "no learning rates recorded")
-        for ax in (ax_loss, ax_acc, ax_lr):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-    _style(ax_loss, "Loss", "epoch (0-based)", "loss (verb + noun cross-entropy)")
-    _style(ax_acc, "Accuracy", "epoch (0-based)", "share of segments right")
-    _style(ax_lr, "Learning rate (last step of epoch)", "epoch (0-based)", "learning rate (log scale)")
-    fig.suptitle("Training curves (clip: verb, noun, action)")
-    return _save(fig, path)
+    curves = [(key, name, "-" if key.endswith("action_top1") else ":") for key, name in CURVE_ACCURACIES]
+    titles = (
+        "loss (verb + noun cross-entropy)",
+        "Accuracy",
+        "share of segments right",
+        "Training curves (clip: verb, noun, action)",
+    )
+    return plot_task_curves(history, path, curves, "val_action_top1", titles)
 
 
 def plot_per_class(table: pd.DataFrame, path: Path, title: str) -> Path:

@@ -74,6 +74,13 @@ def figure(src: str, key: str, alt: str, rs: RunScale = AVA_RUN) -> str:
     )
 
 
+def drawn_figure(c: Collector, name: str, text: str, fn: Callable[..., Path], *args: Any) -> str:
+    """Draw `fn(args[0], out/name, *args[1:])` (its PNG kept in `c.pngs`); its <figure> captioned `text`."""
+    c.pngs.append(fn(args[0], c.out / name, *args[1:]))
+    alt = name.removesuffix(".png").replace("_", " ")
+    return f'<figure><img src="{esc(name)}" alt="{esc(alt)}"><figcaption>{esc(text)}</figcaption></figure>\n'
+
+
 def table(header: list[str], rows: Iterable[list[object]], first_is_name: bool = True) -> str:
     """A plain table; the first column left-aligned when `first_is_name`."""
 

@@ -23,7 +23,7 @@ from avakit.errors import AvakitError
 from avakit.pair_metrics import CONFIDENT, series_table
 from avakit.plots import plot_learning_rates
 from avakit.report import pairwise_plots as pp
-from avakit.report.html import Collector, esc, note, paragraph, section, table
+from avakit.report.html import Collector, drawn_figure, esc, note, paragraph, section, table
 from avakit.report.pairwise_run import PairSplit
 from avakit.report.prediction_plots import fmt
 from avakit.report.shard_stats import write_thumbs
@@ -49,12 +49,7 @@ CAPTIONS = {
 
 def _figure(c: Collector, name: str, key: str, fn: Callable[..., Path], *args: Any) -> str:
     """Draw `fn(args[0], out/name, *args[1:])`; its <figure> with the caption of `key`."""
-    c.pngs.append(fn(args[0], c.out / name, *args[1:]))
-    alt = name.removesuffix(".png").replace("_", " ")
-    return (
-        f'<figure><img src="{esc(name)}" alt="{esc(alt)}"><figcaption>{esc(CAPTIONS[key])}</figcaption>'
-        "</figure>\n"
-    )
+    return drawn_figure(c, name, CAPTIONS[key], fn, *args)
 
 
 def summary_table(best: int | None, rows: Sequence[tuple[str, str, dict | None]]) -> str:
@@ -110,17 +105,24 @@ def summary_table(best: int | None, rows: Sequence[tuple[str, str, dict | None]]
 
 
 def training_section(
-    c: Collector, history: list[dict], lr_df: pd.DataFrame | None, starts: Sequence[int] | None
+    c: Collector,
+    history: list[dict],
+    lr_df: pd.DataFrame | None,
+    starts: Sequence[int] | None,
+    plot: Callable[..., Path] = pp.plot_pairwise_curves,
+    captions: dict[str, str] = CAPTIONS,
 ) -> str:
-    """Per-epoch curves of a pairwise run and, from telemetry, the learning rate per step."""
-    body = _figure(c, "training_curves.png", "curves", pp.plot_pairwise_curves, history)
+    """Per-epoch curves of a pairwise run (or of a clip run: its `plot` and `captions`) and, from
+    telemetry, the learning rate per step."""
+    body = drawn_figure(c, "training_curves.png", captions["curves"], plot, history)
     if len(history) <= 1:
         body += c.note(f"training_history.json has {len(history)} epoch(s): the curves are single points")
     if lr_df is None:
         return body + c.note(
             "no usable telemetry/learning_rates.csv: the per-step learning-rate plot is skipped"
         )
-    return body + _figure(c, "learning_rates.png", "learning_rates", plot_learning_rates, lr_df, starts)
+    lr = captions["learning_rates"]
+    return body + drawn_figure(c, "learning_rates.png", lr, plot_learning_rates, lr_df, starts)
 
 
 def _bin_table(t: pd.DataFrame, what: str) -> str:

@@ -172,6 +172,22 @@ def _lr_matrix(history: list[dict]) -> np.ndarray:
 def plot_pairwise_curves(history: list[dict], path: Path) -> Path:
     """Loss, validation pair accuracy / series top-1 / Kendall tau (best accuracy starred) and
     the learning rate per param group vs epoch."""
+    curves = [(key, name, "-") for key, name in CURVE_METRICS.items()]
+    titles = (
+        "loss (mean per pair)",
+        "Validation ranking",
+        "accuracy / top-1 / tau",
+        "Training curves (pairwise)",
+    )
+    return plot_task_curves(history, path, curves, "val_pair_accuracy", titles)
+
+
+def plot_task_curves(
+    history: list[dict], path: Path, curves: list[tuple[str, str, str]], best: str, titles: tuple[str, ...]
+) -> Path:
+    """A group task's training curves: losses; its metric `curves` ((history key, legend, line
+    style)), the epoch of best `best` starred; the learning rate per param group. `titles`: the
+    loss axis label, the metric panel's title and axis label, the figure title."""
     fig = Figure(figsize=(15, 4.4), layout="constrained")
     ax_loss, ax_val, ax_lr = fig.subplots(1, 3)
     if not history:
@@ -182,18 +198,13 @@ def plot_pairwise_curves(history: list[dict], path: Path) -> Path:
         mk: dict[str, Any] = dict(marker="o", markersize=4) if len(epochs) <= 30 else {}
         for key in ("train_loss", "val_loss"):
             ax_loss.plot(epochs, _column(history, key), label=key.replace("_", " "), **mk)
-        for key, name in CURVE_METRICS.items():
-            ax_val.plot(epochs, _column(history, key), label=name, **mk)
-        acc = _column(history, "val_pair_accuracy")
+        for key, name, style in curves:
+            ax_val.plot(epochs, _column(history, key), style, label=name, **mk)
+        acc = _column(history, best)
         if np.isfinite(acc).any():
             b = int(np.nanargmax(acc))
-            ax_val.plot(
-                epochs[b],
-                acc[b],
-                markersize=14,
-                **BEST_MARKER,
-                label=f"best {acc[b]:.4f} (epoch {epochs[b]})",
-            )
+            label = f"best {acc[b]:.4f} (epoch {epochs[b]})"
+            ax_val.plot(epochs[b], acc[b], markersize=14, **BEST_MARKER, label=label)
         lr = _lr_matrix(history)
         series = [_positive(lr[:, g]) for g in range(lr.shape[1])]
         for g, values in enumerate(series):
@@ -204,8 +215,9 @@ def plot_pairwise_curves(history: list[dict], path: Path) -> Path:
         for ax in (ax_loss, ax_val, ax_lr):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-    _style(ax_loss, "Loss", "epoch (0-based)", "loss (mean per pair)")
-    _style(ax_val, "Validation ranking", "epoch (0-based)", "accuracy / top-1 / tau")
+    loss_label, metric_title, metric_label, title = titles
+    _style(ax_loss, "Loss", "epoch (0-based)", loss_label)
+    _style(ax_val, metric_title, "epoch (0-based)", metric_label)
     _style(ax_lr, "Learning rate (last step of epoch)", "epoch (0-based)", "learning rate (log scale)")
-    fig.suptitle("Training curves (pairwise)")
+    fig.suptitle(title)
     return _save(fig, path)

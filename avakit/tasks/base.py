@@ -63,6 +63,15 @@ class Prepared:
     corrupt: int
 
 
+def pass_totals(parts: list[dict], *sums: str) -> dict:
+    """The totals of ranks' evaluation passes: loss_sum, n, corrupt (and `sums`) added up, the
+    slowest rank's seconds and model_seconds; a task's `merge` adds its own rows."""
+    totals: dict = {key: sum(q[key] for q in parts) for key in ("loss_sum", "n", "corrupt", *sums)}
+    for key in ("seconds", "model_seconds"):
+        totals[key] = max(q[key] for q in parts)
+    return totals
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """torch.autocast for bf16/fp16, a no-op for 'off'."""
     if amp == "off":

@@ -25,7 +25,7 @@ from avakit.clip_metrics import clip_frame, clip_metrics
 from avakit.dataset.samples import CLIP_FLAGS, Reason, decode_image, member_name, parse_label
 from avakit.errors import AvakitError
 from avakit.scores import CLIPS, Scale
-from avakit.tasks.base import Prepared, StepContext, autocast, to_input
+from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, to_input
 
 AXES = ("verb", "noun", "action")
 
@@ -203,14 +203,7 @@ class ClipTask:
     def merge(self, parts: list[dict]) -> dict:
         """Ranks' results joined, clips sorted by (image_id, key)."""
         full = [q for q in parts if q["n"]]
-        merged = {
-            "loss_sum": sum(q["loss_sum"] for q in parts),
-            "n": sum(q["n"] for q in parts),
-            "n_images": sum(q["n_images"] for q in parts),
-            "corrupt": sum(q["corrupt"] for q in parts),
-            "seconds": max(q["seconds"] for q in parts),
-            "model_seconds": max(q["model_seconds"] for q in parts),
-        }
+        merged = pass_totals(parts, "n_images")
         if not full:
             return merged
         meta = [m for q in full for m in q["meta"]]

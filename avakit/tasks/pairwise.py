@@ -25,7 +25,7 @@ from torch import nn
 from avakit.dataset.samples import Reason, decode_image, member_name, parse_label
 from avakit.pair_metrics import folder_metrics, pair_metrics
 from avakit.scores import PAIRS, Scale
-from avakit.tasks.base import Prepared, StepContext, autocast, to_input
+from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, to_input
 from avakit.tasks.pair_views import PairView, PhotoView, make_view
 
 Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict, int, int]
@@ -255,15 +255,8 @@ class PairwiseTask:
     def merge(self, parts: list[dict]) -> dict:
         """Ranks' results joined, pairs sorted by (series, i, j) and photos by (series, index)."""
         full = [q for q in parts if q["n"]]
-        merged = {
-            "loss_sum": sum(q["loss_sum"] for q in parts),
-            "loss_n": sum(q["loss_n"] for q in parts),
-            "n": sum(q["n"] for q in parts),
-            "n_images": sum(len(q["scores"]) if q["n"] else 0 for q in parts),  # photos, for speeds
-            "corrupt": sum(q["corrupt"] for q in parts),
-            "seconds": max(q["seconds"] for q in parts),
-            "model_seconds": max(q["model_seconds"] for q in parts),
-        }
+        merged = pass_totals(parts, "loss_n")
+        merged["n_images"] = sum(len(q["scores"]) if q["n"] else 0 for q in parts)  # photos, for speeds
         if not full:
             return merged
         pairs = np.concatenate([q["pairs"] for q in full])

@@ -20,7 +20,7 @@ from avakit.dataset.samples import Reason, decode_image, label_values, parse_lab
 from avakit.model.losses import loss_targets, native_outputs
 from avakit.predictions import frame_intervals, frame_metrics, metrics_line, predictions_frame
 from avakit.scores import AVA, Scale
-from avakit.tasks.base import Prepared, StepContext, autocast, to_input
+from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, to_input
 
 
 class SampleDecoder:
@@ -161,11 +161,8 @@ def merge_results(parts: list[dict]) -> dict:
         "ids": ids[order],
         "outputs": np.concatenate([p["outputs"] for p in nonempty])[order],
         "votes": np.concatenate([p["votes"] for p in nonempty])[order],
-        "loss_sum": sum(p["loss_sum"] for p in parts),
+        **pass_totals(parts),
         "n": int(len(ids)),
-        "corrupt": sum(p["corrupt"] for p in parts),
-        "seconds": max(p["seconds"] for p in parts),
-        "model_seconds": max(p["model_seconds"] for p in parts),
     }
 
 
