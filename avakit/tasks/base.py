@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from avakit.dataset.samples import Reason, parse_label
 from avakit.scores import AVA, Scale
 
 
@@ -61,6 +62,18 @@ class Prepared:
     labels: Any
     n: int
     corrupt: int
+
+
+def read_group(sample: dict, scale: Scale) -> tuple[dict | None, int, int]:
+    """A raw group sample's checked label on `scale`; None with the id and reason code its
+    placeholder carries when the sample is one (a lost shard's), lacks its json, or is malformed."""
+    code = sample.get("__code__")
+    if code is not None:
+        return None, sample["__index__"], code
+    if "json" not in sample:
+        return None, -1, int(Reason.MEMBERS)
+    reason, label = parse_label(sample["__key__"], sample["json"], scale)
+    return label, -1, int(reason)
 
 
 def pass_totals(parts: list[dict], *sums: str) -> dict:

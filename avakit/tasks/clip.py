@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from avakit.clip_metrics import clip_frame, clip_metrics
-from avakit.dataset.samples import CLIP_FLAGS, Reason, decode_image, member_name, parse_label
+from avakit.dataset.samples import CLIP_FLAGS, Reason, decode_image, member_name
 from avakit.errors import AvakitError
 from avakit.scores import CLIPS, Scale
-from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, to_input
+from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, read_group, to_input
 
 AXES = ("verb", "noun", "action")
 
@@ -63,14 +63,9 @@ class ClipDecoder:
 
     def __call__(self, sample: dict) -> tuple:
         """Decode one raw clip sample (see the class docstring)."""
-        code = sample.get("__code__")
-        if code is not None:
-            return self._none(sample["__index__"], code)
-        if "json" not in sample:
-            return self._none(-1, int(Reason.MEMBERS))
-        reason, label = parse_label(sample["__key__"], sample["json"], CLIPS)
+        label, ident, code = read_group(sample, CLIPS)
         if label is None:
-            return self._none(-1, int(reason))
+            return self._none(ident, code)
         if label["verb_class"] >= self.classes[0] or label["noun_class"] >= self.classes[1]:
             return self._none(label["image_id"], int(Reason.CLIP))
         stored = len(label["frames"])

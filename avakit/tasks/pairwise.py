@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avakit.dataset.samples import Reason, decode_image, member_name, parse_label
+from avakit.dataset.samples import Reason, decode_image, member_name
 from avakit.pair_metrics import folder_metrics, pair_metrics
 from avakit.scores import PAIRS, Scale
-from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, to_input
+from avakit.tasks.base import Prepared, StepContext, autocast, pass_totals, read_group, to_input
 from avakit.tasks.pair_views import PairView, PhotoView, make_view
 
 Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict, int, int]
@@ -47,14 +47,9 @@ class PairDecoder:
 
     def __call__(self, sample: dict) -> Decoded:
         """Decode one raw group sample (see the class docstring)."""
-        code = sample.get("__code__")
-        if code is not None:
-            return self._none(sample["__index__"], code)
-        if "json" not in sample:
-            return self._none(-1, int(Reason.MEMBERS))
-        reason, label = parse_label(sample["__key__"], sample["json"], PAIRS)
+        label, ident, code = read_group(sample, PAIRS)
         if label is None:
-            return self._none(-1, int(reason))
+            return self._none(ident, code)
         members = [sample.get(member_name(k)) for k in range(len(label["members"]))]
         if any(m is None for m in members):
             return self._none(label["image_id"], int(Reason.MEMBERS))
