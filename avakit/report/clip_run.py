@@ -21,15 +21,13 @@ import pandas as pd
 
 from avakit.clip_metrics import METRIC_KEYS, frame_metrics
 from avakit.errors import AvakitError
-from avakit.report.pairwise_run import _ints
-from avakit.scores import stored_scale
+from avakit.report import pairwise_run
+from avakit.report.pairwise_run import _ints, open_predictions, prediction_sources
 from avakit.training.rundir import (
     CHECKPOINT_FILES,
-    HISTORY_FILE,
     _bad_row,
     _check_numeric,
     model_label,
-    read_json,
 )
 
 LABEL_COLUMNS = ("verb_true", "noun_true", "verb_pred", "noun_pred")
@@ -63,19 +61,6 @@ class ClipSplit:
         return f"{self.key}: {self.model}"
 
 
-def _read(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise AvakitError(f"{path}: unreadable predictions parquet: {first[:200]}") from None
-    required = (*LABEL_COLUMNS, *TOP_COLUMNS, *FLAG_COLUMNS)
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise AvakitError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
-
-
 def _is_top(value: object) -> bool:
     """A top-5 list: 1..5 whole numbers >= 0 (a list, tuple or numpy array as parquet returns)."""
     if not isinstance(value, (list, tuple, np.ndarray)) or not 1 <= len(value) <= 5:
@@ -95,7 +80,7 @@ def _flags(path: Path, df: pd.DataFrame, col: str, nullable: bool) -> pd.DataFra
 def read_clips(path: Path) -> pd.DataFrame:
     """A clip predictions parquet checked against the contract; AvakitError naming the file, the
     column and the first bad row otherwise. Missing optional columns are added as nulls."""
-    df = _read(path)
+    df = open_predictions(path, (*LABEL_COLUMNS, *TOP_COLUMNS, *FLAG_COLUMNS))
     _check_numeric(path, df, LABEL_COLUMNS)
     df = _ints(path, df, LABEL_COLUMNS)
     for col in TOP_COLUMNS:
@@ -117,34 +102,13 @@ def read_clips(path: Path) -> pd.DataFrame:
 
 def check_history(run_dir: Path, history: list[dict]) -> None:
     """The clip metrics of each training_history.json record are numbers or null."""
-    for i, record in enumerate(history):
-        for key in HISTORY_METRICS:
-            value = record.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                where = f"{run_dir / HISTORY_FILE}: record {i}, key {key!r}"
-                raise AvakitError(f"{where}: expected a number or null, got {repr(value)[:40]}")
+    pairwise_run.check_history(run_dir, history, HISTORY_METRICS)
 
 
 def best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[dict, int | None]:
     """(results.json or {}, best epoch): results.json's, else the highest val action top-1 of the
     history. A results.json "labels" that is not a clips scale is an AvakitError."""
-    path = run_dir / "results.json"
-    results = read_json(path) if path.is_file() else {}
-    results = results if isinstance(results, dict) else {}
-    if results.get("labels") is not None:
-        scale = stored_scale(results, str(path))
-        if scale.kind != "clips":
-            raise AvakitError(f"{path}: labels: kind {scale.kind!r}, expected 'clips' for a clip run")
-    best = results.get("best_epoch")
-    if type(best) is int and best >= 0:
-        return results, best
-    notes.append(f"{path.name} has no best epoch (run not finished?): taken from {HISTORY_FILE}")
-    scored = [
-        (h["val_action_top1"], int(h.get("epoch", i)))
-        for i, h in enumerate(history)
-        if isinstance(h.get("val_action_top1"), (int, float)) and math.isfinite(h["val_action_top1"])
-    ]
-    return results, max(scored, key=lambda t: t[0])[1] if scored else None
+    return pairwise_run.best_epoch(run_dir, history, notes, "clips", "val_action_top1")
 
 
 def class_names(results: dict, notes: list[str]) -> dict[str, list[str]]:
@@ -182,30 +146,12 @@ def train_val_gap(history: list[dict], best: int | None) -> float | None:
     return float(train) - float(val)
 
 
-def _sources(pred_dir: Path, best: int | None, notes: list[str]) -> list[tuple[str, Path]]:
-    """(split, predictions file) of val (the best epoch's, else val.parquet) and test."""
-    sources = []
-    epoch_file = pred_dir / f"val_epoch_{best:03d}.parquet" if best is not None else None
-    if epoch_file is not None and epoch_file.is_file():
-        sources.append(("val", epoch_file))
-    elif (pred_dir / "val.parquet").is_file():
-        sources.append(("val", pred_dir / "val.parquet"))
-        notes.append("no predictions file of the best epoch: val analysis uses predictions/val.parquet")
-    else:
-        notes.append("no val predictions of the best epoch: val sections skipped")
-    if (pred_dir / "test.parquet").is_file():
-        sources.append(("test", pred_dir / "test.parquet"))
-    else:
-        notes.append("no predictions/test.parquet (no test split, or the run did not finish): test skipped")
-    return sources
-
-
 def load_clip_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[ClipSplit]:
     """train's segment predictions of best_model.pt for val and test, with their metrics.
 
     Raises AvakitError when there are no predictions at all or every file is empty."""
     pred_dir = run_dir / "predictions"
-    sources = _sources(pred_dir, best, notes)
+    sources = prediction_sources(pred_dir, best, notes)
     if not sources:
         raise AvakitError(
             f"{pred_dir}: no predictions found (expected val_epoch_NNN.parquet, val.parquet or test.parquet)"

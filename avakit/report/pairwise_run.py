@@ -74,8 +74,9 @@ def run_task(run_dir: Path) -> str:
     return task if task in ("pairwise", "clip") else "score"
 
 
-def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A parquet file with `columns`, each numeric; AvakitError naming the file otherwise."""
+def open_predictions(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A predictions parquet holding `columns` (a pairwise or clip run's); AvakitError naming the
+    file when it does not read or lacks one."""
     try:
         df = pd.read_parquet(path)
     except (OSError, ValueError, TypeError) as e:
@@ -84,6 +85,12 @@ def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise AvakitError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A parquet file with `columns`, each numeric; AvakitError naming the file otherwise."""
+    df = open_predictions(path, columns)
     _check_numeric(path, df, columns)
     return df
 
@@ -144,40 +151,51 @@ def read_photos(path: Path) -> tuple[pd.DataFrame, int]:
     return df.assign(score=df["score"].astype("float64")), dropped
 
 
-def check_history(run_dir: Path, history: list[dict]) -> None:
-    """The pairwise metrics of each training_history.json record are numbers or null."""
+def check_history(run_dir: Path, history: list[dict], keys: tuple[str, ...] = HISTORY_METRICS) -> None:
+    """The task's metrics (`keys`: the pairwise ones by default) of each training_history.json
+    record are numbers or null."""
     for i, record in enumerate(history):
-        for key in HISTORY_METRICS:
+        for key in keys:
             value = record.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 where = f"{run_dir / HISTORY_FILE}: record {i}, key {key!r}"
                 raise AvakitError(f"{where}: expected a number or null, got {repr(value)[:40]}")
 
 
-def best_epoch(run_dir: Path, history: list[dict], notes: list[str]) -> tuple[dict, int | None]:
-    """(results.json or {}, best epoch): results.json's, else the highest val pair accuracy of
-    the history. A results.json "labels" that is not a pairs scale is an AvakitError."""
+def best_epoch(
+    run_dir: Path,
+    history: list[dict],
+    notes: list[str],
+    kind: str = "pairs",
+    metric: str = "val_pair_accuracy",
+) -> tuple[dict, int | None]:
+    """(results.json or {}, best epoch): results.json's, else the epoch of the highest `metric`
+    in the history. A results.json "labels" not of label `kind` (a pairwise run's "pairs", a
+    clip run's "clips") is an AvakitError."""
     path = run_dir / "results.json"
     results = read_json(path) if path.is_file() else {}
     results = results if isinstance(results, dict) else {}
     if results.get("labels") is not None:
         scale = stored_scale(results, str(path))
-        if scale.kind != "pairs":
-            raise AvakitError(f"{path}: labels: kind {scale.kind!r}, expected 'pairs' for a pairwise run")
+        if scale.kind != kind:
+            raise AvakitError(
+                f"{path}: labels: kind {scale.kind!r}, expected {kind!r} for a {TASKS[kind]} run"
+            )
     best = results.get("best_epoch")
     if type(best) is int and best >= 0:
         return results, best
     notes.append(f"{path.name} has no best epoch (run not finished?): taken from {HISTORY_FILE}")
     scored = [
-        (h["val_pair_accuracy"], int(h.get("epoch", i)))
+        (h[metric], int(h.get("epoch", i)))
         for i, h in enumerate(history)
-        if isinstance(h.get("val_pair_accuracy"), (int, float)) and math.isfinite(h["val_pair_accuracy"])
+        if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])
     ]
     return results, max(scored, key=lambda t: t[0])[1] if scored else None
 
 
-def _sources(pred_dir: Path, best: int | None, notes: list[str]) -> list[tuple[str, Path]]:
-    """(split, pair predictions file) of val (the best epoch's, else val.parquet) and test."""
+def prediction_sources(pred_dir: Path, best: int | None, notes: list[str]) -> list[tuple[str, Path]]:
+    """(split, predictions file) of val (the best epoch's, else val.parquet) and test: the main
+    tables of a pairwise (pairs) or clip (segments) run."""
     sources = []
     epoch_file = pred_dir / f"val_epoch_{best:03d}.parquet" if best is not None else None
     if epoch_file is not None and epoch_file.is_file():
@@ -210,7 +228,7 @@ def load_pair_splits(run_dir: Path, best: int | None, notes: list[str]) -> list[
 
     Raises AvakitError when there are no pair predictions at all or every file is empty."""
     pred_dir = run_dir / "predictions"
-    sources = _sources(pred_dir, best, notes)
+    sources = prediction_sources(pred_dir, best, notes)
     if not sources:
         raise AvakitError(
             f"{pred_dir}: no predictions found (expected val_epoch_NNN.parquet, val.parquet or test.parquet)"
