@@ -72,6 +72,20 @@ def fingerprint(cfg: Config) -> dict:
     }
 
 
+def start_cache(out: Path, model: torch.nn.Module, fingerprint: dict, scale: Scale, **extra: object) -> dict:
+    """A new feature cache: its frozen backbone written to backbone.pt, and the meta.json content
+    that names it (`extra`: the cache kind's own keys; splits fill in as they are extracted)."""
+    with atomic_write(out / "backbone.pt") as f:
+        torch.save(model.backbone.state_dict(), f)
+    meta = {
+        "format_version": 1,
+        "created_by": f"avakit {__version__}",
+        "fingerprint": fingerprint,
+        "feature_dim": model.spec.feature_dim,
+    }
+    return {**meta, **extra, "splits": {}, "preprocessing": None, "labels": scale.as_dict()}
+
+
 def _read_meta(out: Path) -> dict | None:
     """The cache's meta.json (None when there is none yet), its structure checked: one line naming the key."""
     path = Path(out) / "meta.json"
@@ -206,18 +220,7 @@ def extract_features(
     model, normalize = place_model(model_from_config(cfg, scale=scale).eval(), cfg, dev)
     amp = resolve_amp(cfg.training.amp, dev)
     if meta is None:
-        with atomic_write(out / "backbone.pt") as f:
-            torch.save(model.backbone.state_dict(), f)
-        meta = {
-            "format_version": 1,
-            "created_by": f"avakit {__version__}",
-            "fingerprint": wanted,
-            "feature_dim": model.spec.feature_dim,
-            "iqa_names": list(IQA_NAMES),
-            "splits": {},
-            "preprocessing": None,
-            "labels": scale.as_dict(),
-        }
+        meta = start_cache(out, model, wanted, scale, iqa_names=list(IQA_NAMES))
     for split in splits:
         if split in meta["splits"] and (out / f"{split}.features.npy").is_file():
             continue  # finished in an earlier run

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from avakit import __version__
 from avakit.config import Config
 from avakit.dataset.sources import common_scale, resolve_split
 from avakit.errors import AvakitError
@@ -35,7 +34,7 @@ from avakit.tasks.pairwise import PAIRWISE, batch_rows
 from avakit.training.checkpoint import make_folder
 from avakit.training.distributed import pick_device
 from avakit.training.engine import StepContext, autocast, place_model, resolve_amp
-from avakit.training.features import _read_meta
+from avakit.training.features import _read_meta, start_cache
 from avakit.training.loader import eval_loader
 
 REDO = "re-run `avakit features` into a new folder"
@@ -114,20 +113,7 @@ def extract_pair_features(
         amp=resolve_amp(cfg.training.amp, dev),
     )  # type: ignore[arg-type]
     if meta is None:
-        with atomic_write(out / "backbone.pt") as f:
-            torch.save(model.backbone.state_dict(), f)
-        meta = {
-            "format_version": 1,
-            "created_by": f"avakit {__version__}",
-            "fingerprint": wanted,
-            "feature_dim": model.spec.feature_dim,
-            "slices": model.backbone.slices,
-            "iqa_names": [],
-            "splits": {},
-            "photos": {},
-            "preprocessing": None,
-            "labels": PAIRS.as_dict(),
-        }
+        meta = start_cache(out, model, wanted, PAIRS, slices=model.backbone.slices, iqa_names=[], photos={})
     for split in splits:
         if split in meta["splits"] and (out / f"{split}.features.npy").is_file():
             continue  # finished in an earlier run
