@@ -252,17 +252,10 @@ def build_report(
     evaluations = read_evaluations(run_dir, c.notes)
     _clean_out(c.out)
     shards_dir = _resolve_shards(run_dir, shards, cfg, c.notes)
-    grad_df, lr_df = _telemetry(run_dir, c.notes)
-    frozen, why = frozen_parts(cfg)
-    warnings = gradient_warnings(grad_df, frozen)
-    starts = epoch_start_steps(history)
+    telemetry, warnings, lr_df, starts = _telemetry_parts(run_dir, c, cfg, history)
     sections = [
         ("training", "Training curves", html.training_section(c, history, lr_df, starts)),
-        (
-            "telemetry",
-            "Telemetry: gradient norms",
-            html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts),
-        ),
+        ("telemetry", "Telemetry: gradient norms", telemetry),
         ("predictions", "Prediction analysis", html.predictions_section(c, splits)),
         ("epochs", "SRCC over epochs", html.epochs_section(c, epoch_points(run_dir, c.notes, rs), best)),
         ("votes", "Predicted vs real vote distributions", html.votes_section(c, splits)),
@@ -276,19 +269,48 @@ def build_report(
     report = _write_page(
         run_dir, c.out, results, len(history), [("summary", "Summary", summary_html), *sections]
     )
-    found = {sp.key: sp.metrics for sp in splits}
+    return _summary(report, c, best, splits, evaluations, warnings)
+
+
+def _telemetry_parts(run_dir: Path, c: html.Collector, cfg: Any, history: list[dict]) -> tuple:
+    """(telemetry section html, gradient warnings, learning-rate frame, epoch start steps) of a run."""
+    grad_df, lr_df = _telemetry(run_dir, c.notes)
+    frozen, why = frozen_parts(cfg)
+    warnings = gradient_warnings(grad_df, frozen)
+    starts = epoch_start_steps(history)
+    return (
+        html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts),
+        warnings,
+        lr_df,
+        starts,
+    )
+
+
+def _summary(
+    report: Path,
+    c: html.Collector,
+    best: int | None,
+    splits: list,
+    evaluations: list,
+    warnings: list,
+    **task: Any,
+) -> dict:
+    """What build_report returns: the page, its PNGs, best epoch, val/test metrics (None when absent),
+    the model behind each split, evaluations, warnings, notes, labels and threshold (+ `task` keys)."""
+    found = {sp.key: sp for sp in splits}
     return {
         "report": report,
         "pngs": list(c.pngs),
         "best_epoch": best,
-        "val": found.get("val"),
-        "test": found.get("test"),
+        "val": found["val"].metrics if "val" in found else None,
+        "test": found["test"].metrics if "test" in found else None,
         "models": {sp.key: sp.model for sp in splits},
         "evaluations": evaluations,
         "warnings": warnings,
         "notes": list(c.notes),
-        "labels": rs.scale.as_dict(),
-        "threshold": rs.threshold,
+        "labels": c.rs.scale.as_dict(),
+        "threshold": c.rs.threshold,
+        **task,
     }
 
 
@@ -305,11 +327,7 @@ def _pairwise_report(run_dir: Path, shards: Path | None) -> dict:
     evaluations = read_evaluations(run_dir, c.notes)
     _clean_out(c.out)
     shards_dir = _resolve_shards(run_dir, shards, cfg, c.notes)
-    grad_df, lr_df = _telemetry(run_dir, c.notes)
-    frozen, why = frozen_parts(cfg)
-    warnings = gradient_warnings(grad_df, frozen)
-    starts = epoch_start_steps(history)
-    telemetry = html.telemetry_section(c, grad_df, warnings, html.Frozen(frozen, why), starts)
+    telemetry, warnings, lr_df, starts = _telemetry_parts(run_dir, c, cfg, history)
     sections = [
         ("training", "Training curves", pairwise.training_section(c, history, lr_df, starts)),
         ("telemetry", "Telemetry: gradient norms", telemetry),
@@ -326,20 +344,7 @@ def _pairwise_report(run_dir: Path, shards: Path | None) -> dict:
     summary_html = pairwise.summary_table(best, rows + evaluations) + html.notes_list(c.notes)
     page = [("summary", "Summary", summary_html), *sections]
     report = _write_page(run_dir, c.out, results, len(history), page)
-    return {
-        "report": report,
-        "pngs": list(c.pngs),
-        "best_epoch": best,
-        "val": by_key["val"].metrics if "val" in by_key else None,
-        "test": by_key["test"].metrics if "test" in by_key else None,
-        "models": {sp.key: sp.model for sp in splits},
-        "evaluations": evaluations,
-        "warnings": warnings,
-        "notes": list(c.notes),
-        "labels": PAIRS.as_dict(),
-        "threshold": None,
-        "task": "pairwise",
-    }
+    return _summary(report, c, best, splits, evaluations, warnings, task="pairwise")
 
 
 def _clip_report(run_dir: Path) -> dict:
@@ -355,32 +360,14 @@ def _clip_report(run_dir: Path) -> dict:
     names = clip_run.class_names(results, c.notes)
     evaluations = read_evaluations(run_dir, c.notes)
     _clean_out(c.out)
-    grad_df, lr_df = _telemetry(run_dir, c.notes)
-    warnings = gradient_warnings(grad_df, frozen_parts(cfg)[0])
-    starts = epoch_start_steps(history)
-    telemetry = html.telemetry_section(c, grad_df, warnings, html.Frozen(*frozen_parts(cfg)), starts)
+    telemetry, warnings, lr_df, starts = _telemetry_parts(run_dir, c, cfg, history)
     extra = {"telemetry": telemetry, "lr_df": lr_df, "starts": starts}
     page = clip.sections(c, history, splits, names, extra)
     rows = clip.split_rows(splits) + evaluations
     gap = clip_run.train_val_gap(history, best)
     summary_html = clip.summary_table(best, rows, gap) + html.notes_list(c.notes)
     report = _write_page(run_dir, c.out, results, len(history), [("summary", "Summary", summary_html), *page])
-    by_key = {sp.key: sp.metrics for sp in splits}
-    return {
-        "report": report,
-        "pngs": list(c.pngs),
-        "best_epoch": best,
-        "val": by_key.get("val"),
-        "test": by_key.get("test"),
-        "models": {sp.key: sp.model for sp in splits},
-        "evaluations": evaluations,
-        "warnings": warnings,
-        "notes": list(c.notes),
-        "labels": CLIPS.as_dict(),
-        "threshold": None,
-        "task": "clip",
-        "train_val_gap": gap,
-    }
+    return _summary(report, c, best, splits, evaluations, warnings, task="clip", train_val_gap=gap)
 
 
 def _write_page(run_dir: Path, out: Path, results: dict, epochs: int, sections: list[tuple]) -> Path:
