@@ -233,24 +233,6 @@ def pair_caption() -> str:
     )
 
 
-def pair_results_table(found: dict) -> Table:
-    """`train`'s final table for a pairwise run's results.json: one row per held-out split."""
-    best, epochs = count(found, "best_epoch"), count(found, "epochs")
-    chosen = found.get("select_metric")
-    by = f" (by val {chosen})" if isinstance(chosen, str) else ""
-    table = Table(
-        title=escape(f"best epoch {best} of {epochs}{by}"), caption=pair_caption(), caption_justify="left"
-    )
-    table.add_column("split")
-    columns = pair_columns("\n")
-    for header, _ in columns:
-        table.add_column(header, justify="right")
-    for split in HELD_OUT_SPLITS:
-        if isinstance(found.get(split), dict):
-            table.add_row(split, *(cell(found[split]) for _, cell in columns))
-    return table
-
-
 # --- clip runs (verb + noun segments) --------------------------------------------------------
 
 CLIP_PARTS = ("verb", "noun", "action")
@@ -331,20 +313,20 @@ def task_caption(task: str) -> str | None:
     return {"pairwise": pair_caption, "clip": clip_caption}.get(task, lambda: None)()
 
 
-def clip_results_table(found: dict) -> Table:
-    """`train`'s final table for a clip run's results.json: one row per held-out split, then its
-    subsets."""
+def task_results_table(found: dict, task: str) -> Table:
+    """`train`'s final table for a pairwise or clip run's results.json: one row per held-out split
+    (a clip run's unseen and tail subsets as rows of their own)."""
     best, epochs = count(found, "best_epoch"), count(found, "epochs")
     chosen = found.get("select_metric")
     by = f" (by val {chosen})" if isinstance(chosen, str) else ""
     table = Table(
-        title=escape(f"best epoch {best} of {epochs}{by}"), caption=clip_caption(), caption_justify="left"
+        title=escape(f"best epoch {best} of {epochs}{by}"), caption=task_caption(task), caption_justify="left"
     )
     table.add_column("split")
-    columns = clip_columns()
+    columns = pair_columns("\n") if task == "pairwise" else clip_columns()
     for header, _ in columns:
         table.add_column(header, justify="right")
     rows = [(s, "", found[s]) for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
-    for split, _, m in task_rows(rows, "clip"):
+    for split, _, m in task_rows(rows, task):
         table.add_row(escape(split), *(cell(m) for _, cell in columns))
     return table

@@ -187,10 +187,8 @@ def print_results(run_dir: Path) -> None:
     if not results.is_file():
         return
     found = json.loads(results.read_text())
-    if cells.run_task(found) == "pairwise":
-        return console.print(cells.pair_results_table(found))
-    if cells.run_task(found) == "clip":
-        return console.print(cells.clip_results_table(found))
+    if cells.run_task(found) in ("pairwise", "clip"):
+        return console.print(cells.task_results_table(found, cells.run_task(found)))
     splits = [s for s in HELD_OUT_SPLITS if isinstance(found.get(s), dict)]
     has_acc = any("accuracy" in found[s] for s in splits)
     chosen = found.get("select_metric", "srcc")
