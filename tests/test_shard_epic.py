@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shard_reading import digests, samples
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
@@ -17,7 +18,7 @@ from avakit.dataset import epic
 from avakit.dataset.epic_plan import EpicInput, frame_path, pick_test_participants, plan_epic, sample_frames
 from avakit.dataset.manifest import load_manifest
 from avakit.dataset.plan import ShardOptions
-from avakit.dataset.samples import Reason, check_clip_label, member_name, read_shard
+from avakit.dataset.samples import Reason, check_clip_label, member_name
 from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic_epic import SyntheticEpic, make_synthetic_epic
 from avakit.errors import AvakitError
@@ -32,24 +33,6 @@ def shard(e: SyntheticEpic | Path, out: Path, *extra: str, frames: Path | None =
     args = ["shard", "--epic-kitchens", str(ann), "--frames", str(frames or fr), "--out", str(out), *FAST]
     result = runner.invoke(app, [*args, *extra])
     return result.exit_code, " ".join(result.output.split())
-
-
-def samples(out: Path) -> dict[str, dict]:
-    """narration id -> {"split", "label", "images"} of every sample in the folder's shards."""
-    found = {}
-    for tar in sorted(out.glob("*.tar")):
-        for s in read_shard(tar):
-            images = sorted(k for k in s if k.endswith(".jpg"))
-            found[s["__key__"]] = {
-                "split": tar.name.split("-")[0],
-                "label": json.loads(s["json"]),
-                "images": images,
-            }
-    return found
-
-
-def digests(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shard_reading import digests, samples
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
 from avakit.dataset.folders_plan import FoldersInput, plan_folders
 from avakit.dataset.manifest import load_manifest, verify_shards
 from avakit.dataset.plan import ShardOptions
-from avakit.dataset.samples import check_group_label, member_name, read_shard
+from avakit.dataset.samples import check_group_label, member_name
 from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic_folders import SyntheticFolders, make_synthetic_folders
 from avakit.errors import AvakitError
@@ -33,24 +34,6 @@ def shard(
     args = ["shard", "--folders", str(root), "--splits", str(splits), "--out", str(out), *FAST, *extra]
     result = runner.invoke(app, args)
     return result.exit_code, " ".join(result.output.split())
-
-
-def samples(out: Path) -> dict[str, dict]:
-    """key -> {"split", "label", "images"} of every sample in the folder's shards."""
-    found = {}
-    for tar in sorted(out.glob("*.tar")):
-        for s in read_shard(tar):
-            images = sorted(k for k in s if k.endswith(".jpg"))
-            found[s["__key__"]] = {
-                "split": tar.name.split("-")[0],
-                "label": json.loads(s["json"]),
-                "images": images,
-            }
-    return found
-
-
-def digests(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
 @pytest.fixture(scope="module")

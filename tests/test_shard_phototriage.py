@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shard_reading import digests, samples
 from typer.testing import CliRunner
 
 from avakit.cli.app import app
@@ -16,7 +17,7 @@ from avakit.dataset.manifest import load_manifest
 from avakit.dataset.phototriage import read_pair_list
 from avakit.dataset.phototriage_plan import PhotoTriageInput, plan_phototriage
 from avakit.dataset.plan import ShardOptions
-from avakit.dataset.samples import member_name, read_shard
+from avakit.dataset.samples import member_name
 from avakit.dataset.shards import write_shards
 from avakit.dataset.synthetic_pairs import SyntheticPhotoTriage, make_synthetic_phototriage
 from avakit.errors import AvakitError
@@ -28,24 +29,6 @@ FAST = ["--short-side", "32", "--shard-size", "8", "--workers", "1"]
 def shard(root: Path, out: Path, *extra: str) -> tuple[int, str]:
     result = runner.invoke(app, ["shard", "--phototriage", str(root), "--out", str(out), *FAST, *extra])
     return result.exit_code, " ".join(result.output.split())
-
-
-def samples(out: Path) -> dict[str, dict]:
-    """key -> {"split", "label", "images": member names} of every sample in the folder's shards."""
-    found = {}
-    for tar in sorted(out.glob("*.tar")):
-        for s in read_shard(tar):
-            images = sorted(k for k in s if k.endswith(".jpg"))
-            found[s["__key__"]] = {
-                "split": tar.name.split("-")[0],
-                "label": json.loads(s["json"]),
-                "images": images,
-            }
-    return found
-
-
-def digests(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
 @pytest.fixture(scope="module")
