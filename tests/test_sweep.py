@@ -96,6 +96,15 @@ def test_parse_errors_name_file_and_line(tmp_path: Path, text: str, message: str
         read_sweep(_write(tmp_path, text))
 
 
+def test_unreadable_sweep_files_are_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "sweep.bin"
+    binary.write_bytes(b"model.dropout=0.3\ntraining.learning_rate=1e-3 \xff\xfe\n")
+    with pytest.raises(AvakitError, match=r"sweep.bin:2: not UTF-8 text"):
+        read_sweep(binary)
+    with pytest.raises(AvakitError, match=r"missing.txt: cannot read"):
+        read_sweep(tmp_path / "missing.txt")
+
+
 @pytest.mark.parametrize(
     ("text", "index", "message"),
     [
